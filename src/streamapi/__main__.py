@@ -1,0 +1,3 @@
+from streamapi.cli import main
+
+raise SystemExit(main())

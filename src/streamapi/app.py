@@ -1,0 +1,95 @@
+"""The app factory: settings in, a wired FastAPI app out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from streamapi import __version__, api, schemas
+from streamapi.engines import Engine, create_engine
+from streamapi.errors import install_error_handlers
+from streamapi.lifecycle import Lifecycle
+from streamapi.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from streamapi.serving import ChatService
+from streamapi.settings import Settings
+
+# Documented in the OpenAPI schema although no route declares them as a body
+# or response model: the chat route parses its body itself (to give the
+# original spec's messages) and streams its chunks.
+_EXTRA_SCHEMAS: tuple[type[BaseModel], ...] = (
+    schemas.ChatCompletionRequest,
+    schemas.PromptRequest,
+    schemas.ChatCompletionChunk,
+)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    lifecycle: Lifecycle | None = None,
+) -> FastAPI:
+    """Build the streamapi ASGI app.
+
+    ``settings`` defaults to ``Settings()`` (the environment). ``engine``
+    replaces the one the settings name (the caller then owns its closing);
+    ``lifecycle`` lets the process that runs the app start the shutdown drain.
+    """
+    settings = settings or Settings()
+    lifecycle = lifecycle or Lifecycle()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[api.State]:
+        lifecycle.bind(asyncio.get_running_loop())
+        own_engine = engine is None
+        active = engine if engine is not None else create_engine(settings)
+        try:
+            yield api.State(
+                settings=settings,
+                engine=active,
+                lifecycle=lifecycle,
+                chat=ChatService(settings, active, lifecycle),
+                started_at=int(time.time()),
+            )
+        finally:
+            if own_engine:
+                await active.aclose()
+
+    app = FastAPI(
+        title="streamapi",
+        version=__version__,
+        summary="OpenAI-compatible streaming LLM API server with an embedded simulator.",
+        lifespan=lifespan,
+    )
+    app.include_router(api.router)
+    install_error_handlers(app, sse_paths=api.SSE_PATHS)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes, sse_paths=api.SSE_PATHS
+    )
+    app.add_middleware(RequestIdMiddleware)
+    _document_extra_schemas(app)
+    return app
+
+
+def _document_extra_schemas(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in _EXTRA_SCHEMAS:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(schema.pop("$defs", {}))
+            components[model.__name__] = schema
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,60 @@
+"""The server's life: requests in flight, and the drain that follows SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    """Counts generation requests in flight and runs the shutdown drain.
+
+    On ``begin_drain`` the server reports itself draining (``/health`` 503,
+    new generation requests 503) while open streams go on; once the grace
+    period is over ``drain_expired`` turns true and every stream still open
+    ends at its next token with an in-stream error and ``[DONE]``.
+    """
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.draining = False
+        self.drain_expired = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Remember the loop the server runs on (called from the app's lifespan)."""
+        self._loop = loop
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+
+    def begin_drain(self, grace_period_s: float) -> None:
+        """Start draining; safe to call from a signal handler."""
+        if self._loop is None:
+            self._start_drain(grace_period_s)
+        else:
+            self._loop.call_soon_threadsafe(self._start_drain, grace_period_s)
+
+    def _start_drain(self, grace_period_s: float) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        logger.info(
+            "Draining: %d request(s) in flight may run for %.1f s more",
+            self.in_flight,
+            grace_period_s,
+        )
+        if self._loop is None:
+            self._expire()
+        else:
+            self._loop.call_later(grace_period_s, self._expire)
+
+    def _expire(self) -> None:
+        self.drain_expired = True
+        if self.in_flight:
+            logger.warning("Grace period over: ending %d open request(s)", self.in_flight)

@@ -1,0 +1,146 @@
+"""Server settings: one object, read once at start-up and passed down.
+
+Every field is also an environment variable ``STREAMAPI_<FIELD_NAME>`` and a
+``streamapi serve --<field-name>`` option; the descriptions below are the
+``--help`` text and the README's settings table.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """streamapi serve: an OpenAI-compatible streaming LLM API server.
+
+    Every option is also read from the environment as STREAMAPI_<OPTION>, with
+    the option's dashes as underscores (STREAMAPI_INTER_TOKEN_LATENCY_MS=20).
+    Options given on the command line win over the environment.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMAPI_",
+        extra="ignore",
+        validate_default=True,
+        cli_prog_name="streamapi serve",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+    )
+
+    # --- listening -----------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Interface to listen on.")
+    port: int = Field(default=8080, ge=1, le=65535, description="TCP port to listen on.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="Log level of the server and of uvicorn."
+    )
+
+    # --- models ---------------------------------------------------------------
+    engine: Literal["simulator"] = Field(
+        default="simulator",
+        description="The engine that generates tokens: the embedded simulator (no weights, "
+        "no network).",
+    )
+    served_model_names: list[str] = Field(
+        default=["sim-small"],
+        min_length=1,
+        description="Model names listed by /v1/models. The first one answers requests that "
+        "name no model. On the command line: a JSON list or comma-separated names.",
+    )
+    accept_unknown_models: bool = Field(
+        default=True,
+        description="Answer requests for a model that is not listed (the response names the "
+        "requested model). When off, such requests get 404 model_not_found, as OpenAI does.",
+    )
+    max_model_len: int = Field(
+        default=8192,
+        ge=16,
+        description="Context length in tokens. A prompt plus max_tokens beyond it gets 400 "
+        "context_length_exceeded.",
+    )
+
+    # --- simulator content ----------------------------------------------------
+    min_answer_chars: int = Field(
+        default=1378,
+        ge=0,
+        description="The simulator's answers are at least this many characters long "
+        "(before max_tokens or stop cut them).",
+    )
+    seed: int | None = Field(
+        default=None,
+        description="Seed for requests that carry none. Set it to make every answer "
+        "deterministic; requests with their own seed are always deterministic.",
+    )
+
+    # --- pacing ---------------------------------------------------------------
+    time_to_first_token_ms: float = Field(
+        default=100.0,
+        ge=0,
+        le=600_000,
+        description="Simulated delay from request to the first token (prefill).",
+    )
+    inter_token_latency_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=60_000,
+        description="Simulated delay between two tokens (decode step).",
+    )
+    tokens_per_event: int = Field(
+        default=1,
+        ge=1,
+        le=4096,
+        description="Tokens carried by each streamed SSE event.",
+    )
+
+    # --- request bounds -------------------------------------------------------
+    max_prompt_chars: int = Field(
+        default=5000,
+        ge=1,
+        description='Longest accepted prompt in the original spec\'s {"prompt": ...} form; '
+        "longer gets 400.",
+    )
+    max_n: int = Field(
+        default=16, ge=1, le=128, description="Largest accepted n (choices per request)."
+    )
+    max_request_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted request body; larger gets 413 before it is read.",
+    )
+
+    # --- streaming and lifecycle ---------------------------------------------
+    ping_interval_s: float = Field(
+        default=0,
+        ge=0,
+        description="Seconds between SSE keep-alive comments (': ping') on idle streams; "
+        "0 turns them off. Off by default because some clients (openai-go) choke on them.",
+    )
+    send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A stream whose client takes longer than this to accept one write is "
+        "dropped and its resources freed.",
+    )
+    shutdown_grace_period_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, open streams may run this long; streams still open then "
+        "end with an in-stream error event and [DONE].",
+    )
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Settings:
+        names = [name.strip() for name in self.served_model_names]
+        if any(not name for name in names):
+            raise ValueError("served_model_names must not contain empty names")
+        if len(set(names)) != len(names):
+            raise ValueError("served_model_names must not repeat a name")
+        self.served_model_names = names
+        return self
+
+    @property
+    def default_model(self) -> str:
+        """The model that answers requests which name none."""
+        return self.served_model_names[0]

@@ -1,0 +1,1 @@
+"""Text machinery of the simulator: the tokenizer and the answer writer."""

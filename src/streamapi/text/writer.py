@@ -1,0 +1,181 @@
+"""The simulator's answer writer: a structured, on-topic answer with no model.
+
+The answer names the subject of the last user message, builds on its key
+terms, and is laid out as a real assistant's would be: an opening paragraph,
+a short list of key points, paragraphs on practice and pitfalls, and a
+summary. Every choice comes from a seeded ``random.Random``, so equal inputs
+give equal answers.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9+#'-]*")
+_LEADING_ASKS = re.compile(
+    r"^(?:(?:please|kindly|hey|hi|hello|so|ok|okay)[,!]?\s+)*"
+    r"(?:(?:can|could|would|will) you\s+)?(?:please\s+)?"
+    r"(?:explain|describe|summari[sz]e|discuss|outline|compare|define|teach me|show me|"
+    r"tell me (?:about|how|why|what)|write (?:about|an? \w+ (?:about|on))|"
+    r"give (?:me )?(?:an? )?(?:overview|summary|introduction|explanation) (?:of|on|about)|"
+    r"what (?:is|are|was|were|does|do)|how (?:does|do|can|should|to|is|are)|"
+    r"why (?:is|are|does|do|should)|help me (?:understand|with))?\s*",
+    re.IGNORECASE,
+)
+_STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been
+    before being below between both but by can could did do does doing down during each
+    few for from further had has have having he her here hers herself him himself his how
+    i if in into is it its itself just me more most my myself no nor not now of off on once
+    only or other our ours out over own same she should so some such than that the their
+    theirs them then there these they this those through to too under until up very was we
+    were what when where which while who whom why will with would you your yours yourself
+    explain describe tell give show write please help understand overview summary example
+    examples thing things something make made use using used want need like know way ways
+    many much well really quite just prompt test work works""".split()
+)
+_FALLBACK_TERMS = ("the core idea", "practical use", "trade-offs", "quality", "clarity")
+
+
+def write_answer(question: str, rng: random.Random, *, min_chars: int) -> str:
+    """An answer of at least ``min_chars`` characters about ``question``."""
+    subject = find_subject(question)
+    terms = key_terms(question, subject)
+    fill = _Filler(subject, terms, rng)
+    parts = [
+        fill(rng.choice(_OPENINGS)),
+        fill(rng.choice(_LIST_HEADINGS)),
+        "\n".join(fill(line) for line in _points(rng, len(terms))),
+        fill(rng.choice(_PRACTICE)),
+    ]
+    extras = list(_EXTRAS)
+    rng.shuffle(extras)
+    closing = fill(rng.choice(_CLOSINGS))
+    while extras and _length(parts) + len(closing) < min_chars:
+        parts.append(fill(extras.pop()))
+    while _length(parts) + len(closing) < min_chars:
+        parts.append(fill(rng.choice(_EXTRAS)))
+    parts.append(closing)
+    return "\n\n".join(parts)
+
+
+def find_subject(question: str) -> str:
+    """The subject of a request: its first sentence without the asking words."""
+    first = re.split(r"(?<=[.?!])\s|\n", question.strip(), maxsplit=1)[0]
+    first = _LEADING_ASKS.sub("", first).strip(" \t.?!:;,\"'`")
+    first = re.sub(r"^(?:the|a|an)\s+", "", first, flags=re.IGNORECASE)
+    first = re.sub(r"\s+(?:work|works|mean|means|matter)$", "", first, flags=re.IGNORECASE)
+    words = first.split()
+    if not words:
+        return "this topic"
+    return " ".join(words[:8])
+
+
+def key_terms(question: str, subject: str, *, limit: int = 5) -> list[str]:
+    """The request's most telling words: frequent, long, and not stop words."""
+    words = [w.strip("'-") for w in _WORD.findall(question)]
+    candidates = [w for w in words if len(w) > 2 and w.lower() not in _STOPWORDS]
+    counts = Counter(w.lower() for w in candidates)
+    order = {w.lower(): i for i, w in reversed(list(enumerate(candidates)))}
+    spelled = {w.lower(): w for w in reversed(candidates)}
+    ranked = sorted(counts, key=lambda w: (-counts[w], -min(len(w), 9), order[w]))
+    terms = [spelled[w] for w in ranked[:limit]]
+    for fallback in _FALLBACK_TERMS:
+        if len(terms) >= 3:
+            break
+        if fallback not in terms and fallback != subject.lower():
+            terms.append(fallback)
+    return terms
+
+
+def _length(parts: list[str]) -> int:
+    return sum(len(part) + 2 for part in parts)
+
+
+def _points(rng: random.Random, n_terms: int) -> list[str]:
+    templates = rng.sample(_POINTS, k=n_terms)
+    return [f"- {t.replace('{t}', '{t' + str(i) + '}')}" for i, t in enumerate(templates)]
+
+
+class _Filler:
+    def __init__(self, subject: str, terms: list[str], rng: random.Random) -> None:
+        self._values = {"subject": subject, "Subject": subject[:1].upper() + subject[1:]}
+        rest = terms[1:]
+        rng.shuffle(rest)
+        for i, term in enumerate([terms[0], *rest, *rest, *rest][:5]):
+            self._values[f"t{i}"] = term
+
+    def __call__(self, template: str) -> str:
+        return template.format_map(self._values)
+
+
+_OPENINGS = (
+    "{Subject} is a subject where a clear structure pays off quickly. The short answer is "
+    "that it rests on a few ideas, chiefly {t0} and {t1}, and that most of the practical "
+    "questions follow once those are understood. Below is an overview of what matters, how "
+    "it is used, and where people usually go wrong.",
+    "Here is a structured overview of {subject}. At its heart are {t0} and {t1}: get those "
+    "right and the rest of the picture falls into place. The sections below cover the key "
+    "points, how they apply in practice, and the trade-offs worth keeping in mind.",
+    "Good question. {Subject} comes up often, and it is easiest to understand by starting "
+    "from {t0}, then seeing how {t1} and {t2} build on it. This answer walks through the "
+    "essentials first and then turns to practical advice.",
+    "{Subject} can be approached from several angles, but the most useful one starts with "
+    "{t0}. From there, {t1} explains much of the behaviour you will see in practice, and "
+    "{t2} shapes the decisions you will have to make.",
+)
+_LIST_HEADINGS = (
+    "Key points:",
+    "The essentials:",
+    "What to keep in mind:",
+)
+_POINTS = (
+    "**{t}**: define it precisely before relying on it; most confusion comes from vague "
+    "assumptions here.",
+    "**{t}**: measure it instead of guessing, and keep the measurements next to the design "
+    "decisions they justify.",
+    "**{t}**: it interacts with the rest of the system, so change it deliberately and one "
+    "step at a time.",
+    "**{t}**: start with the simplest version that works, then refine it where evidence "
+    "shows a need.",
+    "**{t}**: document the reasoning behind it, not only the outcome, so others can build on it.",
+    "**{t}**: plan for failure cases early; they are cheaper to handle by design than by repair.",
+)
+_PRACTICE = (
+    "In practice, the most reliable way to work with {subject} is iterative. Begin with a "
+    "small, concrete example that exercises {t0}, verify that it behaves as expected, and "
+    "only then extend it toward {t1}. Each step should leave something you can check, so "
+    "that problems surface while they are still small and cheap to fix.",
+    "Applied to real work, {subject} rewards a disciplined routine: state the goal, pick the "
+    "smallest experiment that tests it, and record what happened. Teams that treat {t0} and "
+    "{t1} this way tend to move faster, because every decision rests on evidence rather "
+    "than on memory or opinion.",
+)
+_EXTRAS = (
+    "A common pitfall is to optimise {t1} before {t0} is well understood. The result often "
+    "looks impressive in isolation but behaves poorly once it meets real conditions. It is "
+    "better to accept a plain first version and improve it with measurements in hand.",
+    "It also helps to think about scale early. What works for one case may not hold for a "
+    "thousand, and {t2} is usually where the difference appears first. Planning for growth "
+    "does not mean building everything up front; it means knowing which parts will need to "
+    "change.",
+    "Communication matters as much as technique. When {subject} involves several people, a "
+    "shared vocabulary around {t0} and {t1} prevents misunderstandings, and short written "
+    "notes on decisions save time when the same questions come back months later.",
+    "Finally, consider the trade-offs explicitly. Improving {t1} often costs something in "
+    "{t2} or in simplicity, and the right balance depends on the context. Making those "
+    "costs visible turns a vague debate into a decision that can be revisited with data.",
+    "Testing deserves its own mention. Checks that exercise {t0} under realistic conditions "
+    "catch regressions long before users do, and they document the expected behaviour more "
+    "precisely than prose can.",
+)
+_CLOSINGS = (
+    "In summary, {subject} is best approached through its foundations: understand {t0}, "
+    "treat {t1} as something to measure, and make trade-offs explicit. With that footing, "
+    "the remaining details become much easier to reason about.",
+    "To sum up: focus first on {t0}, then on how {t1} affects the outcome, and keep "
+    "evidence close to every decision. That approach scales from a first experiment to a "
+    "mature, dependable practice around {subject}.",
+)
