@@ -137,13 +137,20 @@ def _param_path(error: ErrorDetails) -> str:
             continue
         if isinstance(part, int):
             path += f"[{part}]"
-        elif "[" in str(part) or "-" in str(part):
-            # Pydantic names union branches and function validators in `loc`;
-            # they are not fields a client can fix.
+        elif _is_type_name(part):
+            # Pydantic names union branches and validators in `loc`
+            # ('str', 'list[str]', 'TextContentPart'); they are not fields.
             continue
         else:
             path += f".{part}" if path else str(part)
     return path
+
+
+def _is_type_name(part: str) -> bool:
+    return part[:1].isupper() or "[" in part or "-" in part or part in _SCALAR_TYPES
+
+
+_SCALAR_TYPES = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
 
 
 def render(error: APIError, *, as_event_stream: bool) -> Response:

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import random
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from streamapi.engines import FinishReason, GenerationRequest, TokenDelta
@@ -75,7 +75,7 @@ class SimulatorEngine:
             tokens = tokens[: request.max_tokens]
         return Plan(tokens, finish_reason)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[TokenDelta]:
         plan = self.plan(request)
         loop = asyncio.get_running_loop()
         start = loop.time() + self._ttft_s

@@ -1,0 +1,79 @@
+"""Models, health, load, request ids and the OpenAPI document."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from openai.types import Model
+
+from streamapi.settings import Settings
+
+
+@pytest.mark.parametrize("settings", [Settings(served_model_names=["alpha", "org/beta"])])
+async def test_models_lists_the_served_names(client: httpx.AsyncClient) -> None:
+    body = (await client.get("/v1/models")).json()
+    assert body["object"] == "list"
+    assert [Model.model_validate(m).id for m in body["data"]] == ["alpha", "org/beta"]
+
+
+@pytest.mark.parametrize("settings", [Settings(served_model_names=["alpha", "org/beta"])])
+async def test_model_retrieve_by_id_including_slashes(client: httpx.AsyncClient) -> None:
+    found = await client.get("/v1/models/org/beta")
+    missing = await client.get("/v1/models/nope")
+    assert found.json()["id"] == "org/beta"
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "model_not_found"
+
+
+async def test_health_and_its_ping_alias(client: httpx.AsyncClient) -> None:
+    for path in ("/health", "/ping"):
+        response = await client.get(path)
+        assert response.status_code == 200
+        assert response.json() == {"status": "healthy"}
+
+
+async def test_load_counts_nothing_when_idle(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/load")).json() == {"server_load": 0}
+
+
+async def test_request_id_is_echoed_when_sane_and_made_up_otherwise(
+    client: httpx.AsyncClient,
+) -> None:
+    echoed = await client.get("/health", headers={"X-Request-Id": "abc-123"})
+    replaced = await client.get("/health", headers={"X-Request-Id": "bad id <script>"})
+    assert echoed.headers["x-request-id"] == "abc-123"
+    assert replaced.headers["x-request-id"] != "bad id <script>"
+    assert len(replaced.headers["x-request-id"]) == 32
+
+
+async def test_openapi_documents_every_route_body_and_error(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    paths = document["paths"]
+    assert {
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/models/{model_id}",
+        "/health",
+        "/load",
+    } <= set(paths)
+    chat = paths["/v1/chat/completions"]["post"]
+    body_refs = {
+        s["$ref"] for s in chat["requestBody"]["content"]["application/json"]["schema"]["anyOf"]
+    }
+    assert body_refs == {
+        "#/components/schemas/ChatCompletionRequest",
+        "#/components/schemas/PromptRequest",
+    }
+    assert set(chat["responses"]) >= {"200", "400", "404", "413", "500", "503"}
+    assert "text/event-stream" in chat["responses"]["200"]["content"]
+    schemas = document["components"]["schemas"]
+    for name in (
+        "ChatCompletionRequest",
+        "PromptRequest",
+        "ChatCompletionChunk",
+        "ErrorResponse",
+        "ChatMessage",
+    ):
+        assert name in schemas
+    docs = await client.get("/docs")
+    assert docs.status_code == 200

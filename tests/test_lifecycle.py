@@ -1,0 +1,186 @@
+"""Disconnects free everything at once; the drain lets streams finish, then ends them cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from starlette.types import ASGIApp, Message
+
+from streamapi.app import create_app
+from streamapi.lifecycle import Lifecycle
+from streamapi.settings import Settings
+from tests.sse_helpers import chunks, events
+
+URL = "/v1/chat/completions"
+
+
+class _Client:
+    """Drives the ASGI app directly, so a test decides when the client goes away."""
+
+    def __init__(self, app: ASGIApp, body: dict[str, Any]) -> None:
+        self.app = app
+        self.body = json.dumps(body).encode()
+        self.sent: list[Message] = []
+        self.gone = asyncio.Event()
+        self.first_body = asyncio.Event()
+        self._body_sent = False
+
+    async def receive(self) -> Message:
+        if not self._body_sent:
+            self._body_sent = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+        if message["type"] == "http.response.body" and message.get("body"):
+            self.first_body.set()
+
+    async def run(self) -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": URL,
+            "raw_path": URL.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+            "client": ("127.0.0.1", 1),
+            "server": ("test", 80),
+            "state": {},
+        }
+        await self.app(scope, self.receive, self.send)
+
+
+def _chat(**fields: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": "hi"}]} | fields
+
+
+async def test_disconnect_mid_stream_ends_the_stream_at_once() -> None:
+    lifecycle = Lifecycle()
+    app = create_app(
+        Settings(time_to_first_token_ms=0, inter_token_latency_ms=20), lifecycle=lifecycle
+    )
+    async with LifespanManager(app) as manager:
+        client = _Client(manager.app, _chat(stream=True))
+        task = asyncio.create_task(client.run())
+        await asyncio.wait_for(client.first_body.wait(), 5)
+        assert lifecycle.in_flight == 1
+        client.gone.set()
+        await asyncio.wait_for(task, 1)
+        assert lifecycle.in_flight == 0
+        bodies = [m for m in client.sent if m["type"] == "http.response.body"]
+        assert len(bodies) < 10, "the stream stopped instead of running to its end"
+
+
+async def test_disconnect_before_the_first_token_frees_the_request() -> None:
+    lifecycle = Lifecycle()
+    app = create_app(Settings(time_to_first_token_ms=10_000), lifecycle=lifecycle)
+    async with LifespanManager(app) as manager:
+        client = _Client(manager.app, _chat(stream=True, n=3))
+        task = asyncio.create_task(client.run())
+        await asyncio.sleep(0.05)
+        assert lifecycle.in_flight == 1
+        client.gone.set()
+        await asyncio.wait_for(task, 1)
+        assert lifecycle.in_flight == 0
+
+
+async def test_disconnect_during_a_non_streamed_request_cancels_it() -> None:
+    lifecycle = Lifecycle()
+    app = create_app(Settings(time_to_first_token_ms=10_000), lifecycle=lifecycle)
+    async with LifespanManager(app) as manager:
+        client = _Client(manager.app, _chat())
+        task = asyncio.create_task(client.run())
+        await asyncio.sleep(0.05)
+        assert lifecycle.in_flight == 1
+        client.gone.set()
+        await asyncio.wait_for(task, 1)
+        assert lifecycle.in_flight == 0
+
+
+async def test_no_task_is_left_behind_after_streams_end() -> None:
+    app = create_app(Settings(time_to_first_token_ms=0, inter_token_latency_ms=1))
+    async with LifespanManager(app) as manager:
+        before = len(asyncio.all_tasks())
+        clients = [_Client(manager.app, _chat(stream=True, n=2)) for _ in range(20)]
+        runs = [asyncio.create_task(c.run()) for c in clients]
+        await asyncio.wait_for(asyncio.gather(*(c.first_body.wait() for c in clients)), 5)
+        for c in clients[::2]:
+            c.gone.set()
+        await asyncio.wait_for(asyncio.gather(*runs[::2]), 2)
+        for c in clients[1::2]:
+            c.gone.set()  # the finished half: the server stops listening once done
+        await asyncio.wait_for(asyncio.gather(*runs[1::2]), 10)
+        await asyncio.sleep(0)
+        assert _tasks() == before
+
+
+def _tasks() -> int:
+    # sse-starlette runs one shutdown watcher per event loop, not per stream.
+    return sum(1 for t in asyncio.all_tasks() if "_shutdown_watcher" not in repr(t.get_coro()))
+
+
+@pytest.fixture
+def draining_app() -> tuple[Lifecycle, Any]:
+    lifecycle = Lifecycle()
+    settings = Settings(time_to_first_token_ms=0, inter_token_latency_ms=5)
+    return lifecycle, create_app(settings, lifecycle=lifecycle)
+
+
+async def test_drain_refuses_new_work_and_reports_unhealthy(
+    draining_app: tuple[Lifecycle, Any],
+) -> None:
+    lifecycle, app = draining_app
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://t") as c,
+    ):
+        lifecycle.begin_drain(30)
+        await asyncio.sleep(0)
+        health = await c.get("/health")
+        chat = await c.post(URL, json=_chat(), headers={"Accept": "application/json"})
+    assert health.status_code == 503
+    assert health.json()["error"]["code"] == "server_shutting_down"
+    assert chat.status_code == 503
+    assert chat.headers["retry-after"] == "1"
+
+
+async def test_streams_open_when_the_drain_starts_run_to_completion(
+    draining_app: tuple[Lifecycle, Any],
+) -> None:
+    lifecycle, app = draining_app
+    async with LifespanManager(app) as manager:
+        client = _Client(manager.app, _chat(stream=True, max_tokens=40))
+        task = asyncio.create_task(client.run())
+        await asyncio.wait_for(client.first_body.wait(), 5)
+        lifecycle.begin_drain(30)
+        await asyncio.wait_for(task, 5)
+    body = b"".join(m.get("body", b"") for m in client.sent if m["type"] == "http.response.body")
+    assert chunks(body.decode())[-1]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_streams_still_open_after_the_grace_period_end_with_an_error_event(
+    draining_app: tuple[Lifecycle, Any],
+) -> None:
+    lifecycle, app = draining_app
+    async with LifespanManager(app) as manager:
+        client = _Client(manager.app, _chat(stream=True))
+        task = asyncio.create_task(client.run())
+        await asyncio.wait_for(client.first_body.wait(), 5)
+        lifecycle.begin_drain(0.05)
+        await asyncio.wait_for(task, 5)
+    body = b"".join(m.get("body", b"") for m in client.sent if m["type"] == "http.response.body")
+    payloads = events(body.decode())
+    assert payloads[-1] == "[DONE]"
+    assert json.loads(payloads[-2])["error"]["code"] == "server_shutting_down"
+    assert lifecycle.in_flight == 0
