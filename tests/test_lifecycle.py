@@ -130,6 +130,25 @@ def _tasks() -> int:
     return sum(1 for t in asyncio.all_tasks() if "_shutdown_watcher" not in repr(t.get_coro()))
 
 
+async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout() -> None:
+    lifecycle = Lifecycle()
+    settings = Settings(time_to_first_token_ms=0, inter_token_latency_ms=1, send_timeout_s=0.2)
+    app = create_app(settings, lifecycle=lifecycle)
+    async with LifespanManager(app) as manager:
+        client = _Client(manager.app, _chat(stream=True))
+        stalled = asyncio.Event()
+        record = client.send
+
+        async def send_then_stall(message: Message) -> None:
+            await record(message)
+            if client.first_body.is_set():
+                await stalled.wait()  # a reader that never drains its socket
+
+        client.send = send_then_stall  # type: ignore[method-assign]
+        await asyncio.wait_for(client.run(), 2)
+        assert lifecycle.in_flight == 0
+
+
 @pytest.fixture
 def draining_app() -> tuple[Lifecycle, Any]:
     lifecycle = Lifecycle()

@@ -13,12 +13,16 @@ so the framing is exactly what OpenAI's clients parse:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
 
 MEDIA_TYPE = "text/event-stream"
 SEP = "\n"
@@ -77,6 +81,9 @@ class EventStreamResponse(EventSourceResponse):
             self._on_start()
         try:
             await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            # A client that stopped reading; sse-starlette has closed the generator.
+            logger.warning("Dropped a stream whose client stopped reading")
         finally:
             if self._on_finish is not None:
                 self._on_finish()
