@@ -102,7 +102,7 @@ async def test_seed_errors_are_json_for_sdks(
         ({"n": 17}, "n"),
         ({"seed": 2**64}, "seed"),
         ({"stream": "yes"}, "stream"),
-        ({"stream_options": {"include_usage": True}}, None),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"stop": 5}, "stop"),
         (
             {

@@ -84,6 +84,11 @@ def test_answer_is_structured_on_topic_and_long_enough() -> None:
     assert len(bullets) >= 3
 
 
+def test_a_pathological_prompt_gives_an_answer_of_normal_length() -> None:
+    answer = write_answer("a" * 5000, random.Random(1), min_chars=1378)
+    assert len(answer) < 3000
+
+
 def test_min_chars_grows_the_answer() -> None:
     assert len(write_answer("Explain caching", random.Random(1), min_chars=6000)) >= 6000
 

@@ -91,6 +91,9 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._lifecycle.begin_drain(self._grace_period_s)
         super().handle_exit(sig, frame)
+        # uvicorn re-raises caught signals once it has stopped, so the process
+        # would die by SIGTERM after a clean drain; a drained server exits 0.
+        self._captured_signals.clear()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

@@ -124,7 +124,7 @@ def from_validation_error(exc: ValidationError) -> InvalidRequestError:
     """The first problem Pydantic found, named by its dotted field path."""
     first = exc.errors(include_url=False, include_context=False)[0]
     param = _param_path(first)
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     return InvalidRequestError(
         f"Invalid value for '{param}': {message}" if param else message, param=param or None
     )

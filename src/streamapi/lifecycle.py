@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 logger = logging.getLogger(__name__)
+
+DRAIN_EXPIRED = "streamapi: shutdown grace period over"
 
 
 class Lifecycle:
@@ -22,6 +26,7 @@ class Lifecycle:
         self.draining = False
         self.drain_expired = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._interruptible: set[asyncio.Task[object]] = set()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Remember the loop the server runs on (called from the app's lifespan)."""
@@ -32,6 +37,24 @@ class Lifecycle:
 
     def request_finished(self) -> None:
         self.in_flight -= 1
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Within this block the current task is cancelled when the grace period ends.
+
+        That cancellation raises ``asyncio.CancelledError`` with ``DRAIN_EXPIRED``
+        as its message, wherever the task waits: a stream asleep before its first
+        token ends at the deadline, not at its next token.
+        """
+        task = asyncio.current_task()
+        if task is None:
+            yield
+            return
+        self._interruptible.add(task)
+        try:
+            yield
+        finally:
+            self._interruptible.discard(task)
 
     def begin_drain(self, grace_period_s: float) -> None:
         """Start draining; safe to call from a signal handler."""
@@ -58,3 +81,5 @@ class Lifecycle:
         self.drain_expired = True
         if self.in_flight:
             logger.warning("Grace period over: ending %d open request(s)", self.in_flight)
+        for task in self._interruptible:
+            task.cancel(DRAIN_EXPIRED)

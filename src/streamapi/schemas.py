@@ -103,12 +103,6 @@ class ChatCompletionRequest(_Request):
         "max_tokens tokens (load testers use it for fixed output lengths).",
     )
 
-    @model_validator(mode="after")
-    def _check_stream_options(self) -> ChatCompletionRequest:
-        if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true")
-        return self
-
 
 class PromptRequest(_Request):
     """The original spec's form: one prompt, always streamed."""

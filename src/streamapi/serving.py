@@ -26,7 +26,7 @@ from streamapi.errors import (
     ModelNotFoundError,
     ServiceUnavailableError,
 )
-from streamapi.lifecycle import Lifecycle
+from streamapi.lifecycle import DRAIN_EXPIRED, Lifecycle
 from streamapi.schemas import (
     ChatCompletion,
     ChatCompletionMessage,
@@ -65,6 +65,10 @@ class ChatService:
     def prepare(self, request: ChatCompletionRequest) -> ChatJob:
         """Check everything that can fail before the first byte; raise ``APIError`` if not."""
         settings = self._settings
+        if request.stream_options is not None and not request.stream:
+            raise InvalidRequestError(
+                "stream_options is only allowed when stream is true.", param="stream_options"
+            )
         model = self.resolve_model(request.model)
         messages = tuple(_flatten(i, m.role, m.content) for i, m in enumerate(request.messages))
         n = request.n or 1
@@ -127,7 +131,7 @@ class ChatService:
                 if index not in frames.started:
                     yield frames.role(index)
                 if delta.text:
-                    frames.count(index)
+                    frames.completion_tokens += 1
                     texts = pending.setdefault(index, [])
                     texts.append(delta.text)
                     if len(texts) >= per_event:
@@ -175,16 +179,21 @@ class ChatService:
         )
 
     async def _deltas(self, job: ChatJob) -> AsyncIterator[tuple[int, TokenDelta]]:
-        lifecycle = self._lifecycle
         streams = [self._engine.stream(request) for request in job.choices]
         source = _single(streams[0]) if len(streams) == 1 else _merge(streams)
         try:
-            async for item in source:
-                if lifecycle.drain_expired:
-                    raise ServiceUnavailableError(
-                        "Generation aborted: server shutting down.", code="server_shutting_down"
-                    )
-                yield item
+            with self._lifecycle.interruptible():
+                async for item in source:
+                    yield item
+        except asyncio.CancelledError as cancel:
+            if cancel.args != (DRAIN_EXPIRED,):
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise ServiceUnavailableError(
+                "Generation aborted: server shutting down.", code="server_shutting_down"
+            ) from None
         finally:
             await source.aclose()
 
@@ -203,9 +212,6 @@ class _ChunkWriter:
         }
         self.started: set[int] = set()
         self.completion_tokens = 0
-
-    def count(self, index: int) -> None:
-        self.completion_tokens += 1
 
     def role(self, index: int) -> bytes:
         self.started.add(index)

@@ -36,6 +36,8 @@ _STOPWORDS = frozenset(
     examples thing things something make made use using used want need like know way ways
     many much well really quite just prompt test work works""".split()
 )
+# Words are cut to this length, so a pathological prompt cannot blow up the answer.
+_LONGEST_TERM = 24
 _FALLBACK_TERMS = ("the core idea", "practical use", "trade-offs", "quality", "clarity")
 
 
@@ -67,15 +69,13 @@ def find_subject(question: str) -> str:
     first = _LEADING_ASKS.sub("", first).strip(" \t.?!:;,\"'`")
     first = re.sub(r"^(?:the|a|an)\s+", "", first, flags=re.IGNORECASE)
     first = re.sub(r"\s+(?:work|works|mean|means|matter)$", "", first, flags=re.IGNORECASE)
-    words = first.split()
-    if not words:
-        return "this topic"
-    return " ".join(words[:8])
+    words = [word[:_LONGEST_TERM] for word in first.split()[:8]]
+    return " ".join(words) if words else "this topic"
 
 
 def key_terms(question: str, subject: str, *, limit: int = 5) -> list[str]:
     """The request's most telling words: frequent, long, and not stop words."""
-    words = [w.strip("'-") for w in _WORD.findall(question)]
+    words = [w.strip("'-")[:_LONGEST_TERM] for w in _WORD.findall(question)]
     candidates = [w for w in words if len(w) > 2 and w.lower() not in _STOPWORDS]
     counts = Counter(w.lower() for w in candidates)
     order = {w.lower(): i for i, w in reversed(list(enumerate(candidates)))}
