@@ -8,21 +8,46 @@ the same two-member protocol.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from streamapi.settings import Settings
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+Channel = Literal["content", "reasoning", "tool_call"]
+ToolChoice = str
+"""``"none"``, ``"auto"``, ``"required"``, or the name of the one function to call."""
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One message of the conversation, its content flattened to text."""
+    """One message of the conversation, its content flattened to text.
+
+    ``name`` is the function's name on a tool result (resolved from the call it
+    answers), else the author's name if the client gave one.
+    """
 
     role: str
     content: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call; ``parameters`` is its JSON Schema."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFormat:
+    """What the answer must be: free text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    schema: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +63,46 @@ class GenerationRequest:
     top_p: float = 1.0
     choice_index: int = 0
     ignore_eos: bool = False
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    parallel_tool_calls: bool = True
+    output_format: OutputFormat = OutputFormat()
+    reasoning: bool = False
+    logprobs: int | None = None
+    """None: no log probabilities; k: each token's, with k alternatives."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStart:
+    """Opens a tool call: the first delta of each call carries it."""
+
+    index: int
+    id: str
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
 class TokenDelta:
-    """One generated token; ``finish_reason`` is set on the last one only."""
+    """One generated token, on one channel.
+
+    Content and reasoning tokens carry their text. A tool call opens with a
+    delta that carries ``tool_call`` (its text is empty), then its arguments
+    arrive as text fragments tagged with ``tool_index``. ``finish_reason`` is
+    set on the last delta only; that delta may carry no token at all.
+    """
 
     text: str
     finish_reason: FinishReason | None = None
+    channel: Channel = "content"
+    tool_call: ToolCallStart | None = None
+    tool_index: int = 0
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def is_token(self) -> bool:
+        """Whether this delta counts as a generated token in usage."""
+        return bool(self.text) or self.tool_call is not None
 
 
 class Engine(Protocol):

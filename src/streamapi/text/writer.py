@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9+#'-]*")
 _LEADING_ASKS = re.compile(
@@ -178,4 +179,69 @@ _CLOSINGS = (
     "To sum up: focus first on {t0}, then on how {t1} affects the outcome, and keep "
     "evidence close to every decision. That approach scales from a first experiment to a "
     "mature, dependable practice around {subject}.",
+)
+
+
+def write_reasoning(question: str, rng: random.Random, *, tool_names: Sequence[str] = ()) -> str:
+    """A short chain of thought that plans the answer to ``question``."""
+    subject = find_subject(question)
+    terms = key_terms(question, subject)
+    fill = _Filler(subject, terms, rng)
+    steps = [fill(rng.choice(_REASONING_OPENINGS))]
+    if tool_names:
+        names = ", ".join(f"`{name}`" for name in tool_names)
+        steps.append(
+            f"I don't have the data to answer this directly, so I should call {names} first "
+            "and answer from the result."
+        )
+    else:
+        steps.append(fill(rng.choice(_REASONING_PLANS)))
+    return " ".join(steps)
+
+
+def write_tool_answer(
+    question: str, results: Sequence[tuple[str, str]], rng: random.Random, *, min_chars: int
+) -> str:
+    """An answer that reports and builds on tool results (``(tool name, output)`` pairs)."""
+    reports = []
+    for name, output in results:
+        shown = " ".join(output.split())
+        shown = shown if len(shown) <= 300 else shown[:297] + "..."
+        reports.append(f"- `{name}` returned: {shown}")
+    opening = (
+        "Here is what the tool call returned:"
+        if len(results) == 1
+        else f"Here is what the {len(results)} tool calls returned:"
+    )
+    head = "\n".join([opening, *reports])
+    body = write_answer(question, rng, min_chars=max(0, min_chars - len(head) - 2))
+    return f"{head}\n\nBased on {'this result' if len(results) == 1 else 'these results'}: {body}"
+
+
+def json_answer(question: str, rng: random.Random) -> dict[str, object]:
+    """An answer shaped as a JSON object, for ``response_format: json_object``."""
+    subject = find_subject(question)
+    terms = key_terms(question, subject)
+    fill = _Filler(subject, terms, rng)
+    return {
+        "subject": subject,
+        "summary": fill(rng.choice(_OPENINGS)).split(". ")[0] + ".",
+        "key_points": [
+            fill(point.replace("**{t}**", "{t" + str(i) + "}"))
+            for i, point in enumerate(rng.sample(_POINTS, k=3))
+        ],
+        "confidence": round(rng.uniform(0.6, 0.95), 2),
+    }
+
+
+_REASONING_OPENINGS = (
+    "The user is asking about {subject}. The key ideas here are {t0} and {t1}.",
+    "Let me think about {subject}. What matters most is {t0}, and how {t1} relates to it.",
+    "The question is about {subject}; I need to cover {t0} first and then {t1}.",
+)
+_REASONING_PLANS = (
+    "A good answer should start with an overview, list the key points, explain how they "
+    "apply in practice, and close with a short summary.",
+    "I'll structure it as a brief introduction, a list of essentials, some practical "
+    "advice on {t1}, and a conclusion.",
 )

@@ -1,0 +1,247 @@
+"""What the simulator says: reasoning, tool calls or an answer, decided up front.
+
+The planner turns a ``GenerationRequest`` into the exact list of deltas the
+simulator will stream; pacing is the simulator's business. Every choice comes
+from a ``random.Random`` seeded by the request's seed, the conversation and the
+choice index, so equal requests get equal plans.
+
+Tool calls follow a documented rule (README, "Tool calls"): ``tool_choice``
+``"none"`` never calls, a named function or ``"required"`` always calls, and
+``"auto"`` calls the tools the last user message names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import secrets
+import struct
+from dataclasses import dataclass, replace
+
+from streamapi.engines import (
+    ChatMessage,
+    FinishReason,
+    GenerationRequest,
+    TokenDelta,
+    ToolCallStart,
+    ToolSpec,
+)
+from streamapi.text.jsonschema import SchemaGenerator
+from streamapi.text.tokenizer import tokenize
+from streamapi.text.writer import (
+    find_subject,
+    json_answer,
+    key_terms,
+    write_answer,
+    write_reasoning,
+    write_tool_answer,
+)
+
+# With ignore_eos the answer must reach max_tokens: write this many characters
+# per wanted token, comfortably above the tokenizer's ~4.2.
+_CHARS_PER_TOKEN_HEADROOM = 6
+# Name parts that say what a function does, not what it is about.
+_GENERIC_VERBS = frozenset(
+    "get set fetch list find create update delete remove search lookup look call run make do "
+    "add send check query read write compute calculate".split()
+)
+_WORDS = re.compile(r"[A-Za-z][a-z]*|[A-Z]+(?![a-z])|\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Every delta a request will stream; the last one carries the finish reason."""
+
+    deltas: list[TokenDelta]
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return self.deltas[-1].finish_reason
+
+    @property
+    def tokens(self) -> list[str]:
+        """The text of every token, on all channels."""
+        return [d.text for d in self.deltas if d.is_token]
+
+    @property
+    def text(self) -> str:
+        """The content channel's text."""
+        return "".join(d.text for d in self.deltas if d.channel == "content")
+
+
+class Planner:
+    """Plans answers for the simulator."""
+
+    def __init__(self, *, min_answer_chars: int = 1378, seed: int | None = None) -> None:
+        self._min_answer_chars = min_answer_chars
+        self._seed = seed
+
+    def plan(self, request: GenerationRequest) -> Plan:
+        rng = self._rng(request)
+        question = _question(request.messages)
+        calls = choose_tools(request)
+        deltas: list[TokenDelta] = []
+        if request.reasoning:
+            thought = write_reasoning(question, rng, tool_names=[t.name for t in calls])
+            deltas += [TokenDelta(t, channel="reasoning") for t in tokenize(thought)]
+        finish: FinishReason = "stop"
+        if calls:
+            deltas += _tool_call_deltas(calls, request, rng)
+            finish = "tool_calls"
+        else:
+            text = self._answer(request, question, rng)
+            if not request.ignore_eos:
+                text = _cut_at_stop(text, request.stop)
+            deltas += [TokenDelta(t) for t in tokenize(text)]
+        if request.max_tokens is not None and len(deltas) > request.max_tokens:
+            deltas = deltas[: request.max_tokens]
+            finish = "length"
+        elif request.max_tokens is not None and len(deltas) == request.max_tokens:
+            # A real engine that is stopped by the limit reports "length" even
+            # when the answer would have ended on that very token.
+            finish = "length" if request.ignore_eos else finish
+        if request.logprobs is not None:
+            deltas = _with_logprobs(deltas, request.logprobs)
+        if not deltas:
+            return Plan([TokenDelta("", finish)])
+        deltas[-1] = replace(deltas[-1], finish_reason=finish)
+        return Plan(deltas)
+
+    def _answer(self, request: GenerationRequest, question: str, rng: random.Random) -> str:
+        fmt = request.output_format
+        if fmt.type == "json_schema" and fmt.schema is not None:
+            hints = _hints(question)
+            return json.dumps(
+                SchemaGenerator(fmt.schema, rng, hints).generate(), ensure_ascii=False
+            )
+        if fmt.type == "json_object":
+            return json.dumps(json_answer(question, rng), ensure_ascii=False)
+        min_chars = self._min_answer_chars
+        if request.ignore_eos and request.max_tokens is not None:
+            min_chars = max(min_chars, request.max_tokens * _CHARS_PER_TOKEN_HEADROOM)
+        results = _tool_results(request.messages)
+        if results:
+            return write_tool_answer(question, results, rng, min_chars=min_chars)
+        return write_answer(question, rng, min_chars=min_chars)
+
+    def _rng(self, request: GenerationRequest) -> random.Random:
+        seed = request.seed if request.seed is not None else self._seed
+        if seed is None and request.temperature == 0:
+            seed = 0  # greedy decoding is deterministic with or without a seed
+        if seed is None:
+            return random.Random(secrets.randbits(64))
+        conversation = hashlib.sha256()
+        for message in request.messages:
+            conversation.update(f"{message.role}\x00{message.content}\x01".encode())
+        choice = 0 if request.temperature == 0 else request.choice_index
+        return random.Random(f"{seed}:{choice}:{conversation.hexdigest()}")
+
+
+def choose_tools(request: GenerationRequest) -> list[ToolSpec]:
+    """The tools this request calls, by the documented ``tool_choice`` rule."""
+    tools, choice = request.tools, request.tool_choice
+    if not tools or choice == "none":
+        return []
+    if choice not in ("auto", "required"):
+        return [t for t in tools if t.name == choice][:1]
+    last = request.messages[-1] if request.messages else None
+    question = last.content if last is not None and last.role == "user" else ""
+    named = [t for t in tools if _names(t, question)]
+    if choice == "required":
+        named = named or [tools[0]]
+    return named if request.parallel_tool_calls else named[:1]
+
+
+def _names(tool: ToolSpec, question: str) -> bool:
+    """Whether ``question`` names the tool: its name, a word of it, or two of its description's."""
+    if not question:
+        return False
+    lowered = question.lower()
+    if tool.name.lower() in lowered:
+        return True
+    stems = {w.lower()[:5] for w in _WORDS.findall(question) if len(w) >= 3}
+    name_words = [w.lower() for w in _WORDS.findall(tool.name) if len(w) >= 3]
+    if any(w[:5] in stems for w in name_words if w not in _GENERIC_VERBS):
+        return True
+    described = {w[:5] for w in key_terms(tool.description, "") if len(w) >= 5}
+    return len(described & stems) >= 2
+
+
+def _tool_call_deltas(
+    calls: list[ToolSpec], request: GenerationRequest, rng: random.Random
+) -> list[TokenDelta]:
+    hints = _hints(_question(request.messages))
+    deltas: list[TokenDelta] = []
+    for index, tool in enumerate(calls):
+        call_id = f"call_{rng.getrandbits(96):024x}"
+        arguments = SchemaGenerator(tool.parameters or {"type": "object"}, rng, hints).generate()
+        start = ToolCallStart(index, call_id, tool.name)
+        deltas.append(TokenDelta("", channel="tool_call", tool_call=start, tool_index=index))
+        deltas += [
+            TokenDelta(t, channel="tool_call", tool_index=index)
+            for t in tokenize(json.dumps(arguments, ensure_ascii=False))
+        ]
+    return deltas
+
+
+def _hints(question: str) -> list[str]:
+    """Words a generated value may use: the question's proper nouns, then its key terms."""
+    words = re.findall(r"[A-Za-z][\w'-]*", question)
+    proper = [w for i, w in enumerate(words) if w[:1].isupper() and i > 0]
+    terms = key_terms(question, find_subject(question))
+    return list(dict.fromkeys([*proper, *terms]))
+
+
+def _question(messages: tuple[ChatMessage, ...]) -> str:
+    for message in reversed(messages):
+        if message.role == "user":
+            return message.content
+    return messages[-1].content if messages else ""
+
+
+def _tool_results(messages: tuple[ChatMessage, ...]) -> list[tuple[str, str]]:
+    """The tool outputs after the last user turn: the answers to the latest calls."""
+    results: list[tuple[str, str]] = []
+    for message in reversed(messages):
+        if message.role == "user":
+            break
+        if message.role in ("tool", "function"):
+            results.append((message.name or "tool", message.content))
+    return results[::-1]
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def _with_logprobs(deltas: list[TokenDelta], alternatives: int) -> list[TokenDelta]:
+    """Deterministic log probabilities: a function of the token and its position."""
+    out = []
+    for position, delta in enumerate(deltas):
+        if not delta.text:
+            out.append(delta)
+            continue
+        chosen = _logprob(delta.text, position, 0)
+        top = [(delta.text, chosen)]
+        for rank, alt in enumerate(_alternatives(delta.text, alternatives - 1), start=1):
+            top.append((alt, round(min(chosen, _logprob(alt, position, rank)) - 0.5 * rank, 6)))
+        out.append(replace(delta, logprob=chosen, top_logprobs=tuple(top[:alternatives])))
+    return out
+
+
+def _logprob(token: str, position: int, rank: int) -> float:
+    digest = hashlib.blake2b(f"{position}:{rank}:{token}".encode(), digest_size=4).digest()
+    value: int = struct.unpack("<I", digest)[0]
+    # Sampled tokens are mostly likely ones: -0.0 .. -2.5, skewed towards 0.
+    return -round(2.5 * (value / 0xFFFFFFFF) ** 3, 6)
+
+
+def _alternatives(token: str, count: int) -> list[str]:
+    stripped = token.strip() or token
+    candidates = [stripped.lower(), stripped.capitalize(), stripped + "s", " " + stripped, "\n"]
+    candidates += [f"{stripped}{i}" for i in range(count)]
+    unique = [c for c in dict.fromkeys(candidates) if c != token]
+    return unique[:count]

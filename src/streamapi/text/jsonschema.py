@@ -1,0 +1,327 @@
+"""Values that validate against a JSON Schema, for tool arguments and structured outputs.
+
+Covers what tool definitions and OpenAI's strict structured outputs use:
+``type`` (single or list), ``enum``, ``const``, ``properties`` and ``required``,
+``items`` and ``prefixItems``, ``minItems``/``maxItems``/``uniqueItems``,
+numeric bounds and ``multipleOf``, ``minLength``/``maxLength``, ``pattern`` (a
+regular-expression generator), common ``format``s, ``anyOf``/``oneOf``/``allOf``,
+and local ``$ref``s (``#/$defs/...``, ``#/definitions/...``, ``#``), recursive
+ones included. Strings are drawn from the conversation (``hints``) so that,
+say, a ``location`` argument names the city the user asked about.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+
+# The stdlib's own regex parser, to generate strings for `pattern`; the public
+# sre_parse alias is deprecated since 3.11.
+import re._constants as sre_constants  # type: ignore[import-not-found]
+import re._parser as sre_parse  # type: ignore[import-not-found]
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Schema = Mapping[str, Any] | bool
+
+# Past this depth, recursive schemas get their smallest valid value.
+_MAX_DEPTH = 6
+_PLACE_WORDS = ("city", "location", "place", "country", "region", "destination", "origin")
+_TEXT_WORDS = ("description", "summary", "text", "content", "reason", "answer", "message", "note")
+
+
+class SchemaGenerator:
+    """Generates values for one root schema; ``hints`` are words to use in strings."""
+
+    def __init__(self, root: Schema, rng: random.Random, hints: Sequence[str] = ()) -> None:
+        self._root = root
+        self._rng = rng
+        self._hints = [h for h in hints if h] or ["example"]
+
+    def generate(self) -> Any:
+        """A value valid against the root schema."""
+        return self._value(self._root, name="", depth=0)
+
+    def _value(self, schema: Schema, *, name: str, depth: int) -> Any:
+        if schema is True or schema == {}:
+            return self._string({}, name)
+        if schema is False or not isinstance(schema, Mapping):
+            return None
+        if "$ref" in schema:
+            return self._value(self._resolve(schema["$ref"]), name=name, depth=depth + 1)
+        if "const" in schema:
+            return schema["const"]
+        if "enum" in schema:
+            return self._rng.choice(list(schema["enum"]))
+        if "allOf" in schema:
+            return self._value(self._merge(schema), name=name, depth=depth)
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                branches = list(schema[key])
+                concrete = [b for b in branches if not _is_null(b)]
+                # Deep in a recursion, a null branch ends it.
+                if depth >= _MAX_DEPTH and len(concrete) < len(branches):
+                    return None
+                branch = self._rng.choice(concrete or branches)
+                return self._value(branch, name=name, depth=depth + 1)
+        kind = _kind(schema)
+        if kind == "object":
+            return self._object(schema, depth)
+        if kind == "array":
+            return self._array(schema, name, depth)
+        if kind == "integer":
+            return self._integer(schema)
+        if kind == "number":
+            return self._number(schema)
+        if kind == "boolean":
+            return self._rng.random() < 0.5
+        if kind == "null":
+            return None
+        return self._string(schema, name)
+
+    def _object(self, schema: Mapping[str, Any], depth: int) -> dict[str, Any]:
+        properties: Mapping[str, Schema] = schema.get("properties", {})
+        required = set(schema.get("required", ()))
+        value: dict[str, Any] = {}
+        for prop, sub in properties.items():
+            optional_kept = depth < _MAX_DEPTH and self._rng.random() < 0.5
+            if prop in required or optional_kept:
+                value[prop] = self._value(sub, name=prop, depth=depth + 1)
+        return value
+
+    def _array(self, schema: Mapping[str, Any], name: str, depth: int) -> list[Any]:
+        prefix: Sequence[Schema] = schema.get("prefixItems", ())
+        items: Schema = schema.get("items", True)
+        low = int(schema.get("minItems", 0))
+        high = int(schema.get("maxItems", max(low, len(prefix), 3)))
+        if depth >= _MAX_DEPTH:
+            high = low
+        count = self._rng.randint(max(low, min(1, high)), max(low, high))
+        count = max(count, min(len(prefix), high))
+        singular = name[:-1] if name.endswith("s") else name
+        values: list[Any] = []
+        attempts = 0
+        while len(values) < count and attempts < count * 10:
+            attempts += 1
+            sub = prefix[len(values)] if len(values) < len(prefix) else items
+            value = self._value(sub, name=singular, depth=depth + 1)
+            if schema.get("uniqueItems") and value in values:
+                if not isinstance(value, str):
+                    continue
+                value = f"{value} {len(values) + 1}"
+            values.append(value)
+        return values
+
+    def _integer(self, schema: Mapping[str, Any]) -> int:
+        low, low_open, high, high_open = _bounds(schema, default=(1, 100))
+        first = math.floor(low) + 1 if low_open else math.ceil(low)
+        last = math.ceil(high) - 1 if high_open else math.floor(high)
+        step = schema.get("multipleOf")
+        if isinstance(step, int) and step > 0:
+            multiples = range(-(-first // step) * step, last + 1, step)
+            return self._rng.choice(multiples) if multiples else first
+        return self._rng.randint(first, max(first, last))
+
+    def _number(self, schema: Mapping[str, Any]) -> float:
+        low, low_open, high, high_open = _bounds(schema, default=(0.0, 100.0))
+        step = schema.get("multipleOf")
+        if isinstance(step, (int, float)) and step > 0:
+            return self._multiple(step, low, low_open, high)
+        value = round(self._rng.uniform(low, high), 2)
+        if (low_open and value <= low) or (high_open and value >= high) or not low <= value <= high:
+            value = (low + high) / 2
+        return value
+
+    def _multiple(self, step: float, low: float, low_open: bool, high: float) -> float:
+        first = math.ceil(low / step)
+        first += 1 if low_open and first * step == low else 0
+        last = max(first, math.floor(high / step))
+        decimals = max(0, -math.floor(math.log10(step))) + 2
+        candidates = list(range(first, last + 1))[:64]
+        self._rng.shuffle(candidates)
+        for k in candidates:
+            value = round(k * step, decimals)
+            # Validators divide in floating point: 0.6 / 0.1 is not a whole number.
+            if (value / step).is_integer():
+                return value
+        return round(first * step, decimals)
+
+    def _string(self, schema: Mapping[str, Any], name: str) -> str:
+        pattern = schema.get("pattern")
+        if isinstance(pattern, str):
+            text = self._from_pattern(pattern)
+        else:
+            text = self._formatted(schema.get("format")) or self._word_for(name)
+        low = int(schema.get("minLength", 0))
+        high = schema.get("maxLength")
+        if len(text) < low:
+            text += "x" * (low - len(text))
+        if isinstance(high, int) and len(text) > high:
+            text = text[:high]
+        return text
+
+    def _formatted(self, fmt: object) -> str | None:
+        rng = self._rng
+        day = f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        clock = f"{rng.randint(0, 23):02d}:{rng.choice((0, 15, 30, 45)):02d}:00"
+        formats = {
+            "date": day,
+            "date-time": f"{day}T{clock}Z",
+            "time": f"{clock}Z",
+            "email": f"{self._slug()}@example.com",
+            "uri": f"https://example.com/{self._slug()}",
+            "url": f"https://example.com/{self._slug()}",
+            "uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "ipv4": f"192.0.2.{rng.randint(1, 254)}",
+            "ipv6": f"2001:db8::{rng.randint(1, 65535):x}",
+            "hostname": f"{self._slug()}.example.com",
+            "duration": f"PT{rng.randint(1, 59)}M",
+        }
+        return formats.get(fmt) if isinstance(fmt, str) else None
+
+    def _word_for(self, name: str) -> str:
+        lowered = name.lower()
+        proper = [h for h in self._hints if h[:1].isupper()]
+        if any(word in lowered for word in _PLACE_WORDS) and proper:
+            return self._rng.choice(proper)
+        if any(word in lowered for word in _TEXT_WORDS):
+            return f"A concise note about {self._rng.choice(self._hints)}."
+        if lowered.endswith("id"):
+            return f"{lowered.rstrip('_id') or 'id'}_{self._rng.getrandbits(32):08x}"
+        return self._rng.choice(self._hints)
+
+    def _slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self._rng.choice(self._hints).lower()).strip("-") or "x"
+
+    def _from_pattern(self, pattern: str) -> str:
+        try:
+            parsed = sre_parse.parse(pattern)
+        except re.error:
+            return self._rng.choice(self._hints)
+        return _Regex(self._rng).emit(parsed)
+
+    def _resolve(self, ref: str) -> Schema:
+        if not ref.startswith("#"):
+            return True  # remote references are not fetched; anything goes
+        node: Any = self._root
+        for part in ref[1:].split("/")[1:]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            node = node[int(part)] if isinstance(node, list) else node.get(part, True)
+        return node  # type: ignore[no-any-return]
+
+    def _merge(self, schema: Mapping[str, Any]) -> dict[str, Any]:
+        merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
+        for part in schema["allOf"]:
+            resolved = self._resolve(part["$ref"]) if "$ref" in part else part
+            if not isinstance(resolved, Mapping):
+                continue
+            for key, value in resolved.items():
+                if key == "properties":
+                    merged["properties"] = {**merged.get("properties", {}), **value}
+                elif key == "required":
+                    merged["required"] = [*merged.get("required", []), *value]
+                else:
+                    merged.setdefault(key, value)
+        return merged
+
+
+class _Regex:
+    """Emits one string matching a parsed regular expression."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def emit(self, parsed: Any) -> str:
+        return "".join(self._node(op, arg) for op, arg in parsed)
+
+    def _node(self, op: Any, arg: Any) -> str:
+        c = sre_constants
+        if op is c.LITERAL:
+            return chr(arg)
+        if op is c.NOT_LITERAL:
+            return "x" if chr(arg) != "x" else "y"
+        if op is c.ANY:
+            return "a"
+        if op is c.IN:
+            return self._charset(arg)
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
+            low, high, sub = arg
+            high = min(high, low + 3) if high is not c.MAXREPEAT else low + 3
+            return "".join(self.emit(sub) for _ in range(self._rng.randint(low, high)))
+        if op is c.SUBPATTERN:
+            return self.emit(arg[-1])
+        if op is c.BRANCH:
+            return self.emit(self._rng.choice(arg[1]))
+        if op is c.CATEGORY:
+            return _CATEGORY.get(arg, "a")
+        return ""  # anchors and look-arounds emit nothing
+
+    def _charset(self, items: Any) -> str:
+        c = sre_constants
+        if items and items[0][0] is c.NEGATE:
+            return "x"
+        op, arg = self._rng.choice(items)
+        if op is c.LITERAL:
+            return chr(arg)
+        if op is c.RANGE:
+            return chr(self._rng.randint(arg[0], arg[1]))
+        if op is c.CATEGORY:
+            return _CATEGORY.get(arg, "a")
+        return "a"
+
+
+_CATEGORY = {
+    sre_constants.CATEGORY_DIGIT: "7",
+    sre_constants.CATEGORY_WORD: "w",
+    sre_constants.CATEGORY_SPACE: " ",
+    sre_constants.CATEGORY_NOT_DIGIT: "d",
+    sre_constants.CATEGORY_NOT_WORD: "-",
+    sre_constants.CATEGORY_NOT_SPACE: "s",
+}
+
+
+def _kind(schema: Mapping[str, Any]) -> str:
+    declared = schema.get("type")
+    if isinstance(declared, list):
+        concrete = [t for t in declared if t != "null"]
+        return str(concrete[0]) if concrete else "null"
+    if isinstance(declared, str):
+        return declared
+    if "properties" in schema:
+        return "object"
+    if "items" in schema or "prefixItems" in schema:
+        return "array"
+    return "string"
+
+
+def _is_null(schema: Schema) -> bool:
+    return isinstance(schema, Mapping) and schema.get("type") == "null"
+
+
+def _bounds(
+    schema: Mapping[str, Any], *, default: tuple[float, float]
+) -> tuple[float, bool, float, bool]:
+    """The tightest lower and upper bounds, and whether each is exclusive."""
+    low, low_open = _tighter(schema.get("minimum"), schema.get("exclusiveMinimum"), max)
+    high, high_open = _tighter(schema.get("maximum"), schema.get("exclusiveMaximum"), min)
+    if low is None and high is None:
+        low, high = default
+    elif low is None:
+        low = min(default[0], high - default[1])  # type: ignore[operator]
+    elif high is None:
+        high = max(default[1], low + default[1])
+    return float(low), low_open, float(high), high_open  # type: ignore[arg-type]
+
+
+def _tighter(inclusive: Any, exclusive: Any, pick: Any) -> tuple[float | None, bool]:
+    # Draft 4 spelled exclusivity as booleans beside minimum/maximum.
+    if isinstance(exclusive, bool):
+        return inclusive, exclusive and inclusive is not None
+    if inclusive is None:
+        return exclusive, exclusive is not None
+    if exclusive is None:
+        return inclusive, False
+    tight = pick(inclusive, exclusive)
+    return tight, tight == exclusive
