@@ -11,21 +11,32 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from streamapi import __version__, api, schemas
+from streamapi import __version__, api
+from streamapi.api.common import State
 from streamapi.engines import Engine, create_engine
 from streamapi.errors import install_error_handlers
 from streamapi.lifecycle import Lifecycle
 from streamapi.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from streamapi.serving import ChatService
+from streamapi.schemas import anthropic, openai, responses
+from streamapi.serving.anthropic import MessageService
+from streamapi.serving.chat import ChatService
+from streamapi.serving.completions import CompletionService
+from streamapi.serving.core import Generation
+from streamapi.serving.embeddings import EmbeddingService
+from streamapi.serving.responses import ResponseService, ResponseStore
 from streamapi.settings import Settings
 
 # Documented in the OpenAPI schema although no route declares them as a body
-# or response model: the chat route parses its body itself (to give the
-# original spec's messages) and streams its chunks.
+# or response model: routes parse their bodies themselves (to give each
+# protocol's own error messages) and stream their chunks.
 _EXTRA_SCHEMAS: tuple[type[BaseModel], ...] = (
-    schemas.ChatCompletionRequest,
-    schemas.PromptRequest,
-    schemas.ChatCompletionChunk,
+    openai.ChatCompletionRequest,
+    openai.PromptRequest,
+    openai.ChatCompletionChunk,
+    openai.CompletionRequest,
+    openai.EmbeddingRequest,
+    responses.ResponseRequest,
+    anthropic.MessageCreateRequest,
 )
 
 
@@ -45,16 +56,22 @@ def create_app(
     lifecycle = lifecycle or Lifecycle()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[api.State]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         lifecycle.bind(asyncio.get_running_loop())
         own_engine = engine is None
         active = engine if engine is not None else create_engine(settings)
+        generation = Generation(settings, active, lifecycle)
+        per_event = settings.tokens_per_event
         try:
-            yield api.State(
+            yield State(
                 settings=settings,
-                engine=active,
                 lifecycle=lifecycle,
-                chat=ChatService(settings, active, lifecycle),
+                generation=generation,
+                chat=ChatService(generation, tokens_per_event=per_event),
+                completions=CompletionService(generation, tokens_per_event=per_event),
+                embeddings=EmbeddingService(generation),
+                responses=ResponseService(generation, ResponseStore(settings.responses_store_size)),
+                messages=MessageService(generation),
                 started_at=int(time.time()),
             )
         finally:
@@ -68,9 +85,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(api.router)
-    install_error_handlers(app, sse_paths=api.SSE_PATHS)
+    install_error_handlers(app, api.ERROR_DIALECTS)
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes, sse_paths=api.SSE_PATHS
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_body_bytes,
+        dialects=api.ERROR_DIALECTS,
     )
     app.add_middleware(RequestIdMiddleware)
     _document_extra_schemas(app)

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request
@@ -69,6 +70,23 @@ class APIError(Exception):
                 "code": self.code,
             }
         }
+
+    def to_anthropic(self) -> dict[str, Any]:
+        """Anthropic's envelope ``{"type": "error", "error": {"type", "message"}}``."""
+        kind = _ANTHROPIC_TYPES.get(int(self.status_code), "api_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 
 
 class InvalidRequestError(APIError):
@@ -153,16 +171,36 @@ def _is_type_name(part: str) -> bool:
 _SCALAR_TYPES = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
 
 
-def render(error: APIError, *, as_event_stream: bool) -> Response:
-    """The error as an HTTP response: JSON, or one SSE event with the same status."""
-    body = error.to_dict()
-    if as_event_stream:
+Dialect = Literal["json", "sse", "anthropic"]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDialects:
+    """Which routes answer errors other than in OpenAI's JSON envelope."""
+
+    sse_paths: Collection[str] = ()
+    """Generation routes: a client that does not accept JSON (curl) gets one SSE event."""
+    anthropic_paths: Collection[str] = ()
+    """Anthropic's routes: Anthropic's envelope."""
+
+    def for_request(self, method: str, path: str, accept: str) -> Dialect:
+        if path in self.anthropic_paths:
+            return "anthropic"
+        if method == "POST" and path in self.sse_paths and "application/json" not in accept:
+            return "sse"
+        return "json"
+
+
+def render(error: APIError, dialect: Dialect) -> Response:
+    """The error as an HTTP response in the client's dialect, with the error's status."""
+    if dialect == "sse":
         return Response(
-            sse.encode_data(body),
+            sse.encode_data(error.to_dict()),
             status_code=error.status_code,
             media_type=sse.MEDIA_TYPE,
             headers={**sse.HEADERS, **error.headers},
         )
+    body = error.to_anthropic() if dialect == "anthropic" else error.to_dict()
     return Response(
         orjson.dumps(body),
         status_code=error.status_code,
@@ -171,23 +209,12 @@ def render(error: APIError, *, as_event_stream: bool) -> Response:
     )
 
 
-def wants_event_stream(request: Request, sse_paths: Collection[str]) -> bool:
-    """Whether a failed request is answered in SSE rather than JSON.
-
-    Only generation routes stream; there a client that does not accept JSON
-    (curl sends ``*/*``) gets its error in the stream's own format.
-    """
-    if request.method != "POST" or request.url.path not in sse_paths:
-        return False
-    accept = request.headers.get("accept", "")
-    return "application/json" not in accept
-
-
-def install_error_handlers(app: FastAPI, *, sse_paths: Collection[str]) -> None:
+def install_error_handlers(app: FastAPI, dialects: ErrorDialects) -> None:
     """Route every exception to the one envelope, with the right status."""
 
     def respond(request: Request, error: APIError) -> Response:
-        return render(error, as_event_stream=wants_event_stream(request, sse_paths))
+        accept = request.headers.get("accept", "")
+        return render(error, dialects.for_request(request.method, request.url.path, accept))
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)

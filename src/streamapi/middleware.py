@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Collection
 
 from starlette.datastructures import Headers
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from streamapi.errors import RequestTooLargeError, render, wants_event_stream
+from streamapi.errors import ErrorDialects, RequestTooLargeError, render
 
 REQUEST_ID_HEADER = "x-request-id"
 # An id the client sent is echoed only if it cannot smuggle anything into a header.
@@ -51,19 +49,22 @@ class RequestIdMiddleware:
 class BodyLimitMiddleware:
     """Refuses bodies over ``max_bytes`` with 413, before reading them when it can."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, sse_paths: Collection[str]) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, dialects: ErrorDialects) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.sse_paths = sse_paths
+        self.dialects = dialects
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            as_event_stream = wants_event_stream(Request(scope), self.sse_paths)
-            response = render(self._error(), as_event_stream=as_event_stream)
+            dialect = self.dialects.for_request(
+                scope["method"], scope["path"], headers.get("accept", "")
+            )
+            response = render(self._error(), dialect)
             await response(scope, receive, send)
             return
         received = 0

@@ -7,9 +7,10 @@ Every field is also an environment variable ``STREAMAPI_<FIELD_NAME>`` and a
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +75,26 @@ class Settings(BaseSettings):
         "deterministic; requests with their own seed are always deterministic.",
     )
 
+    reasoning: bool = Field(
+        default=False,
+        description="Make every model reason before answering (reasoning_content in chat, "
+        "reasoning items in Responses, thinking blocks in Messages).",
+    )
+    reasoning_model_pattern: str = Field(
+        default=r"(?i)(reason|think|\br1\b|^o[1-9])",
+        description="Models whose name matches this regular expression reason before "
+        "answering; requests can also ask (reasoning_effort, reasoning, thinking).",
+    )
+    embedding_dimensions: int = Field(
+        default=1536, ge=1, le=8192, description="Length of embeddings when a request sets none."
+    )
+    responses_store_size: int = Field(
+        default=1000,
+        ge=0,
+        description="Responses kept in memory for previous_response_id and GET "
+        "/v1/responses/{id}; the oldest are dropped first. 0 stores none.",
+    )
+
     # --- pacing ---------------------------------------------------------------
     time_to_first_token_ms: float = Field(
         default=100.0,
@@ -129,6 +150,15 @@ class Settings(BaseSettings):
         description="On SIGTERM, open streams may run this long; streams still open then "
         "end with an in-stream error event and [DONE].",
     )
+
+    @field_validator("reasoning_model_pattern")
+    @classmethod
+    def _check_pattern(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return pattern
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:

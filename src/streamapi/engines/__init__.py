@@ -98,6 +98,8 @@ class TokenDelta:
     tool_index: int = 0
     logprob: float | None = None
     top_logprobs: tuple[tuple[str, float], ...] = ()
+    matched_stop: str | None = None
+    """On the last delta: the stop sequence that ended the answer, if one did."""
 
     @property
     def is_token(self) -> bool:

@@ -87,17 +87,18 @@ class Planner:
             thought = write_reasoning(question, rng, tool_names=[t.name for t in calls])
             deltas += [TokenDelta(t, channel="reasoning") for t in tokenize(thought)]
         finish: FinishReason = "stop"
+        matched: str | None = None
         if calls:
             deltas += _tool_call_deltas(calls, request, rng)
             finish = "tool_calls"
         else:
             text = self._answer(request, question, rng)
             if not request.ignore_eos:
-                text = _cut_at_stop(text, request.stop)
+                text, matched = _cut_at_stop(text, request.stop)
             deltas += [TokenDelta(t) for t in tokenize(text)]
         if request.max_tokens is not None and len(deltas) > request.max_tokens:
             deltas = deltas[: request.max_tokens]
-            finish = "length"
+            finish, matched = "length", None
         elif request.max_tokens is not None and len(deltas) == request.max_tokens:
             # A real engine that is stopped by the limit reports "length" even
             # when the answer would have ended on that very token.
@@ -105,8 +106,8 @@ class Planner:
         if request.logprobs is not None:
             deltas = _with_logprobs(deltas, request.logprobs)
         if not deltas:
-            return Plan([TokenDelta("", finish)])
-        deltas[-1] = replace(deltas[-1], finish_reason=finish)
+            return Plan([TokenDelta("", finish, matched_stop=matched)])
+        deltas[-1] = replace(deltas[-1], finish_reason=finish, matched_stop=matched)
         return Plan(deltas)
 
     def _answer(self, request: GenerationRequest, question: str, rng: random.Random) -> str:
@@ -212,13 +213,17 @@ def _tool_results(messages: tuple[ChatMessage, ...]) -> list[tuple[str, str]]:
     return results[::-1]
 
 
-def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-    return text if cut < 0 else text[:cut]
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, str | None]:
+    """The text before the earliest stop sequence, and that sequence."""
+    found = [(i, s) for s in stop if s and (i := text.find(s)) >= 0]
+    if not found:
+        return text, None
+    cut, matched = min(found)
+    return text[:cut], matched
 
 
 def _with_logprobs(deltas: list[TokenDelta], alternatives: int) -> list[TokenDelta]:
-    """Deterministic log probabilities: a function of the token and its position."""
+    """The deltas with deterministic log probabilities: functions of token and position."""
     out = []
     for position, delta in enumerate(deltas):
         if not delta.text:

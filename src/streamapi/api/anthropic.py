@@ -1,0 +1,63 @@
+"""Anthropic's Messages route. Errors here use Anthropic's envelope."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from streamapi.api.common import (
+    StateDep,
+    event_stream,
+    read_json,
+    refuse_if_draining,
+    validate,
+    whole,
+)
+from streamapi.schemas.anthropic import MessageCreateRequest
+
+MESSAGES_PATH = "/v1/messages"
+PATHS = frozenset({MESSAGES_PATH})
+
+router = APIRouter()
+
+_ANTHROPIC_ERROR = {
+    "description": 'Anthropic\'s envelope: {"type": "error", "error": {"type", "message"}}.',
+    "content": {"application/json": {}},
+}
+
+
+@router.post(
+    MESSAGES_PATH,
+    summary="Create a message (Anthropic)",
+    description=(
+        "Anthropic's Messages API: `model`, `max_tokens` (required), `messages`, `system`, "
+        "`stop_sequences`, `tools`, `tool_choice`, `thinking`. With `stream` true, named "
+        "events from `message_start` to `message_stop`. `x-api-key` and "
+        "`anthropic-version` headers are accepted."
+    ),
+    responses={
+        200: {
+            "description": "A Message, or its event stream.",
+            "content": {"application/json": {}, "text/event-stream": {}},
+        },
+        **{status: _ANTHROPIC_ERROR for status in (400, 404, 413, 500, 503)},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/MessageCreateRequest"}
+                }
+            },
+        }
+    },
+)
+async def create_message(request: Request, state: StateDep) -> Response:
+    refuse_if_draining(state["lifecycle"])
+    message_request = validate(MessageCreateRequest, await read_json(request))
+    messages = state["messages"]
+    job = messages.prepare(message_request)
+    if message_request.stream:
+        return event_stream(state, messages.stream(job))
+    return await whole(request, state, messages.create(job))

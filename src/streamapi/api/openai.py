@@ -1,0 +1,167 @@
+"""OpenAI's routes: chat and legacy completions, embeddings, models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from streamapi.api.common import (
+    ERRORS,
+    State,
+    StateDep,
+    event_stream,
+    json_response,
+    read_json,
+    refuse_if_draining,
+    validate,
+    whole,
+)
+from streamapi.errors import InvalidRequestError, ModelNotFoundError
+from streamapi.schemas.openai import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    CreateEmbeddingResponse,
+    EmbeddingRequest,
+    Model,
+    ModelList,
+    PromptRequest,
+)
+from streamapi.settings import Settings
+
+CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+# Routes that stream OpenAI's data-only events; a client that does not accept
+# JSON gets its errors there as one SSE event (the original spec's contract).
+SSE_PATHS = frozenset({CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH})
+
+router = APIRouter()
+
+
+def _body(*alternatives: str) -> dict[str, Any]:
+    refs = [{"$ref": f"#/components/schemas/{name}"} for name in alternatives]
+    schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _streamed(chunk: str, description: str) -> dict[int | str, dict[str, Any]]:
+    event_stream = {"schema": {"$ref": f"#/components/schemas/{chunk}"}}
+    return {200: {"description": description, "content": {"text/event-stream": event_stream}}}
+
+
+@router.post(
+    CHAT_COMPLETIONS_PATH,
+    response_model=ChatCompletion,
+    summary="Create a chat completion",
+    description=(
+        "OpenAI's chat completions. The body is OpenAI's form (`model`, `messages`, ...) "
+        'or the original spec\'s `{"prompt": ..., "stream": true}`. With `stream` true '
+        "the answer is a `text/event-stream` of `chat.completion.chunk` events ended by "
+        "`data: [DONE]`; otherwise one `chat.completion` object. Errors found before the "
+        "first byte have their HTTP status (JSON for clients that accept "
+        "`application/json`, else one SSE `data:` event); errors after it arrive as a "
+        '`data: {"error": ...}` event followed by `[DONE]`.'
+    ),
+    responses={**_streamed("ChatCompletionChunk", "A chat completion or its chunks."), **ERRORS},
+    openapi_extra=_body("ChatCompletionRequest", "PromptRequest"),
+)
+async def create_chat_completion(request: Request, state: StateDep) -> Response:
+    refuse_if_draining(state["lifecycle"])
+    payload = await read_json(request)
+    chat_request = (
+        _from_prompt_form(payload, state["settings"])
+        if "messages" not in payload and "prompt" in payload
+        else validate(ChatCompletionRequest, payload)
+    )
+    chat = state["chat"]
+    job = chat.prepare(chat_request)
+    if chat_request.stream:
+        return event_stream(state, chat.stream(job))
+    return await whole(request, state, chat.complete(job))
+
+
+@router.post(
+    COMPLETIONS_PATH,
+    response_model=Completion,
+    summary="Create a (legacy) completion",
+    description=(
+        "OpenAI's legacy text completions: `prompt` as a string, strings or token ids; "
+        "`echo`, `logprobs`, `n`, `stop`, `max_tokens` (16 when omitted). Streams "
+        "`text_completion` events ended by `data: [DONE]`."
+    ),
+    responses={**_streamed("Completion", "A completion or its stream events."), **ERRORS},
+    openapi_extra=_body("CompletionRequest"),
+)
+async def create_completion(request: Request, state: StateDep) -> Response:
+    refuse_if_draining(state["lifecycle"])
+    completion_request = validate(CompletionRequest, await read_json(request))
+    completions = state["completions"]
+    job = completions.prepare(completion_request)
+    if completion_request.stream:
+        return event_stream(state, completions.stream(job))
+    return await whole(request, state, completions.complete(job))
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=CreateEmbeddingResponse,
+    summary="Create embeddings",
+    description="Deterministic unit vectors derived from each input: equal inputs, equal vectors.",
+    responses=ERRORS,
+    openapi_extra=_body("EmbeddingRequest"),
+)
+async def create_embedding(request: Request, state: StateDep) -> Response:
+    refuse_if_draining(state["lifecycle"])
+    embedding_request = validate(EmbeddingRequest, await read_json(request))
+    return json_response(state["embeddings"].create(embedding_request))
+
+
+@router.get("/v1/models", response_model=ModelList, summary="List the served models")
+async def list_models(state: StateDep) -> ModelList:
+    settings = state["settings"]
+    return ModelList(data=[_model_card(name, state) for name in settings.served_model_names])
+
+
+@router.get(
+    "/v1/models/{model_id:path}",
+    response_model=Model,
+    summary="Retrieve a served model",
+    responses={404: ERRORS[404]},
+)
+async def retrieve_model(model_id: str, state: StateDep) -> Model:
+    if model_id not in state["settings"].served_model_names:
+        raise ModelNotFoundError(model_id)
+    return _model_card(model_id, state)
+
+
+def _from_prompt_form(payload: dict[str, Any], settings: Settings) -> ChatCompletionRequest:
+    """The original spec's ``{"prompt", "stream"}`` form, with its own rules and messages."""
+    prompt = payload.get("prompt")
+    if not isinstance(prompt, str):
+        raise InvalidRequestError("prompt must be a string.", param="prompt")
+    if not prompt.strip():
+        raise InvalidRequestError("Prompt cannot be empty", param="prompt")
+    if len(prompt) > settings.max_prompt_chars:
+        raise InvalidRequestError(
+            f"Prompt exceeds maximum length of {settings.max_prompt_chars} characters",
+            param="prompt",
+        )
+    if payload.get("stream") is not True:
+        raise InvalidRequestError("stream parameter must be true", param="stream")
+    validate(PromptRequest, payload)
+    rest = {k: v for k, v in payload.items() if k != "prompt"}
+    return validate(
+        ChatCompletionRequest, {**rest, "messages": [{"role": "user", "content": prompt}]}
+    )
+
+
+def _model_card(name: str, state: State) -> Model:
+    return Model(
+        id=name,
+        created=state["started_at"],
+        owned_by="streamapi",
+        max_model_len=state["settings"].max_model_len,
+    )

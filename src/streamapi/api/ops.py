@@ -1,0 +1,38 @@
+"""Operational routes: health, load and version."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from streamapi import __version__
+from streamapi.api.common import ERRORS, StateDep, shutting_down
+from streamapi.schemas.openai import Health, Load
+
+router = APIRouter()
+
+
+@router.get(
+    "/health",
+    response_model=Health,
+    summary="Liveness and readiness",
+    responses={503: ERRORS[503]},
+)
+async def health(state: StateDep) -> Health:
+    if state["lifecycle"].draining:
+        raise shutting_down()
+    return Health(status="healthy")
+
+
+router.add_api_route(
+    "/ping", health, methods=["GET"], response_model=Health, summary="Alias of /health"
+)
+
+
+@router.get("/load", response_model=Load, summary="Generation requests in flight")
+async def load(state: StateDep) -> Load:
+    return Load(server_load=state["lifecycle"].in_flight)
+
+
+@router.get("/version", summary="Server version")
+async def version() -> dict[str, str]:
+    return {"version": __version__}

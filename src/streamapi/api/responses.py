@@ -1,0 +1,71 @@
+"""OpenAI's Responses API routes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from streamapi.api.common import (
+    ERRORS,
+    StateDep,
+    event_stream,
+    json_response,
+    read_json,
+    refuse_if_draining,
+    validate,
+    whole,
+)
+from streamapi.errors import NotFoundError
+from streamapi.schemas.responses import ResponseRequest
+
+router = APIRouter()
+
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ResponseRequest"}}
+        },
+    }
+}
+
+
+@router.post(
+    "/v1/responses",
+    summary="Create a response",
+    description=(
+        "OpenAI's Responses API: `input` as a string or items (messages, function calls "
+        "and their outputs), `instructions`, `tools`, `text.format`, `max_output_tokens`, "
+        "`previous_response_id`. With `stream` true, named events from `response.created` "
+        "to `response.completed` (or `response.incomplete`), each with a "
+        "`sequence_number`; no `[DONE]`."
+    ),
+    responses={
+        200: {
+            "description": "A Response object, or its event stream.",
+            "content": {"application/json": {}, "text/event-stream": {}},
+        },
+        **ERRORS,
+    },
+    openapi_extra=_REQUEST_BODY,
+)
+async def create_response(request: Request, state: StateDep) -> Response:
+    refuse_if_draining(state["lifecycle"])
+    response_request = validate(ResponseRequest, await read_json(request))
+    responses = state["responses"]
+    job = responses.prepare(response_request)
+    if response_request.stream:
+        return event_stream(state, responses.stream(job))
+    return await whole(request, state, responses.create(job))
+
+
+@router.get(
+    "/v1/responses/{response_id}",
+    summary="Retrieve a stored response",
+    responses={404: ERRORS[404]},
+)
+async def retrieve_response(response_id: str, state: StateDep) -> Response:
+    body = state["responses"].retrieve(response_id)
+    if body is None:
+        raise NotFoundError(f"No response with id '{response_id}' is stored.", param="response_id")
+    return json_response(body)

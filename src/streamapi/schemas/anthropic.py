@@ -1,0 +1,87 @@
+"""Anthropic Messages wire models (``POST /v1/messages``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from streamapi.schemas.openai import Request
+
+
+class TextBlock(Request):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseBlock(Request):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ToolResultBlock(Request):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[TextBlock] | None = None
+    is_error: bool | None = None
+
+
+class ThinkingBlock(Request):
+    """Earlier thinking handed back by the client; it adds nothing to the prompt."""
+
+    type: Literal["thinking", "redacted_thinking"]
+
+
+class OtherBlock(Request):
+    """Images and documents: accepted by the schema, refused by the text-only engine."""
+
+    type: Literal["image", "document"]
+
+
+ContentBlock = Annotated[
+    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | OtherBlock,
+    Field(discriminator="type"),
+]
+
+
+class MessageParam(Request):
+    role: Literal["user", "assistant"]
+    content: str | list[ContentBlock]
+
+
+class Tool(Request):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,128}$")
+    description: str | None = None
+    input_schema: dict[str, Any]
+
+
+class ToolChoice(Request):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class ThinkingConfig(Request):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = Field(default=None, ge=1)
+
+
+class MessageCreateRequest(Request):
+    """``POST /v1/messages`` in Anthropic's form. Unknown fields are ignored."""
+
+    model: str
+    max_tokens: int = Field(ge=1, description="Required, as Anthropic requires it.")
+    messages: list[MessageParam] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    stop_sequences: list[str] | None = None
+    stream: bool | None = False
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: ThinkingConfig | None = None
+    metadata: dict[str, Any] | None = None
+    seed: int | None = Field(default=None, description="Extension: a deterministic answer.")

@@ -1,0 +1,280 @@
+"""Anthropic Messages (``/v1/messages``): content blocks and their named-event stream.
+
+A stream is ``message_start``, a ``ping``, then per content block (thinking,
+text or tool_use) ``content_block_start``, its deltas and
+``content_block_stop``, then ``message_delta`` (stop reason and cumulative
+output tokens) and ``message_stop``. Every event has an ``event:`` line
+matching its ``type``: the Anthropic SDK drops unnamed events.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamapi import sse
+from streamapi.engines import ChatMessage, GenerationRequest, TokenDelta
+from streamapi.errors import APIError, InvalidRequestError
+from streamapi.schemas.anthropic import (
+    MessageCreateRequest,
+    MessageParam,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+from streamapi.serving.core import Generation, Job, Usage, check_tool_choice, tool_spec
+
+logger = logging.getLogger(__name__)
+
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+_BLOCK_KINDS = {"content": "text", "reasoning": "thinking", "tool_call": "tool_use"}
+
+
+@dataclass(frozen=True, slots=True)
+class MessageJob:
+    """A checked Messages request."""
+
+    job: Job
+
+
+class MessageService:
+    """Serves ``/v1/messages``."""
+
+    def __init__(self, generation: Generation) -> None:
+        self._generation = generation
+
+    def prepare(self, request: MessageCreateRequest) -> MessageJob:
+        """Check everything that can fail before the first byte."""
+        generation = self._generation
+        model = generation.resolve_model(request.model)
+        messages = _conversation(request.system, request.messages)
+        tools = tuple(
+            tool_spec(t.name, t.description, t.input_schema, param=f"tools[{i}].input_schema")
+            for i, t in enumerate(request.tools or ())
+        )
+        choice = request.tool_choice
+        if choice is None:
+            tool_choice = "auto" if tools else "none"
+        elif choice.type == "tool":
+            if not choice.name:
+                raise InvalidRequestError(
+                    "tool_choice of type 'tool' needs a name.", param="tool_choice.name"
+                )
+            tool_choice = choice.name
+        else:
+            tool_choice = {"auto": "auto", "any": "required", "none": "none"}[choice.type]
+        check_tool_choice(tools, tool_choice, param="tool_choice")
+        thinking = request.thinking
+        asked = (
+            None if thinking is None or thinking.type == "adaptive" else thinking.type == "enabled"
+        )
+        template = GenerationRequest(
+            model=model,
+            messages=messages,
+            max_tokens=request.max_tokens,
+            stop=tuple(request.stop_sequences or ()),
+            seed=request.seed,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=not (choice and choice.disable_parallel_tool_use),
+            reasoning=generation.reasons(model, asked),
+        )
+        return MessageJob(generation.job([template], id_prefix="msg_"))
+
+    async def stream(self, message: MessageJob) -> AsyncIterator[bytes]:
+        """The named-event stream, from ``message_start`` to ``message_stop``."""
+        job = message.job
+        blocks = _Blocks(job)
+        try:
+            start = {**blocks.message_body(), "content": [], "stop_reason": None}
+            start["usage"] = {"input_tokens": job.prompt_tokens, "output_tokens": 0}
+            yield _event("message_start", message=start)
+            yield _event("ping")
+            async for _, delta in self._generation.deltas(job):
+                for frame in blocks.add(delta):
+                    yield frame
+            for frame in blocks.close_block():
+                yield frame
+            yield _event(
+                "message_delta",
+                delta={"stop_reason": blocks.stop_reason, "stop_sequence": blocks.stop_sequence},
+                usage={"output_tokens": blocks.usage.completion_tokens},
+            )
+            yield _event("message_stop")
+        except APIError as error:
+            logger.warning("%s ended in-stream: %s", job.id, error.message)
+            yield _event("error", error=error.to_anthropic()["error"])
+        except Exception:
+            logger.exception("%s failed mid-stream", job.id)
+            failure = {"type": "api_error", "message": "The server had an error while generating."}
+            yield _event("error", error=failure)
+
+    async def create(self, message: MessageJob) -> dict[str, Any]:
+        """The whole Message (``stream`` false)."""
+        blocks = _Blocks(message.job)
+        async for _, delta in self._generation.deltas(message.job):
+            blocks.add(delta)
+        blocks.close_block()
+        return blocks.message_body()
+
+
+@dataclass(slots=True)
+class _Block:
+    index: int
+    kind: str
+    texts: list[str] = field(default_factory=list)
+    id: str = ""
+    name: str = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+
+class _Blocks:
+    """Builds one message's content blocks and their events."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._block: _Block | None = None
+        self.content: list[dict[str, Any]] = []
+        self.usage = Usage(job.prompt_tokens)
+        self.stop_reason: str | None = None
+        self.stop_sequence: str | None = None
+
+    def add(self, delta: TokenDelta) -> list[bytes]:
+        self.usage.add(delta)
+        if delta.finish_reason is not None:
+            self.stop_reason = _STOP_REASONS[delta.finish_reason]
+            if delta.matched_stop is not None:
+                self.stop_reason, self.stop_sequence = "stop_sequence", delta.matched_stop
+        if not delta.is_token:
+            return []
+        kind = _BLOCK_KINDS[delta.channel]
+        frames: list[bytes] = []
+        if delta.tool_call is not None or self._block is None or self._block.kind != kind:
+            frames += self.close_block()
+            frames += self._open(kind, delta)
+            if delta.tool_call is not None:
+                return frames
+        block = self._block
+        assert block is not None
+        block.texts.append(delta.text)
+        if kind == "text":
+            body = {"type": "text_delta", "text": delta.text}
+        elif kind == "thinking":
+            body = {"type": "thinking_delta", "thinking": delta.text}
+        else:
+            body = {"type": "input_json_delta", "partial_json": delta.text}
+        frames.append(_event("content_block_delta", index=block.index, delta=body))
+        return frames
+
+    def close_block(self) -> list[bytes]:
+        block, self._block = self._block, None
+        if block is None:
+            return []
+        frames = []
+        done = _block_body(block)
+        if block.kind == "thinking":
+            signature = {"type": "signature_delta", "signature": done["signature"]}
+            frames.append(_event("content_block_delta", index=block.index, delta=signature))
+        self.content.append(done)
+        frames.append(_event("content_block_stop", index=block.index))
+        return frames
+
+    def message_body(self) -> dict[str, Any]:
+        return {
+            "id": self._job.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self._job.model,
+            "content": list(self.content),
+            "stop_reason": self.stop_reason,
+            "stop_sequence": self.stop_sequence,
+            "usage": {
+                "input_tokens": self.usage.prompt_tokens,
+                "output_tokens": self.usage.completion_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        }
+
+    def _open(self, kind: str, delta: TokenDelta) -> list[bytes]:
+        block = _Block(len(self.content), kind)
+        if delta.tool_call is not None:
+            block.id = "toolu_" + delta.tool_call.id.removeprefix("call_")
+            block.name = delta.tool_call.name
+        self._block = block
+        opening: dict[str, Any]
+        if kind == "text":
+            opening = {"type": "text", "text": ""}
+        elif kind == "thinking":
+            opening = {"type": "thinking", "thinking": "", "signature": ""}
+        else:
+            opening = {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
+        return [_event("content_block_start", index=block.index, content_block=opening)]
+
+
+def _block_body(block: _Block) -> dict[str, Any]:
+    if block.kind == "text":
+        return {"type": "text", "text": block.text}
+    if block.kind == "thinking":
+        digest = hashlib.sha256(block.text.encode()).digest()
+        return {
+            "type": "thinking",
+            "thinking": block.text,
+            "signature": base64.b64encode(digest).decode(),
+        }
+    try:
+        arguments = json.loads(block.text) if block.text else {}
+    except json.JSONDecodeError:
+        arguments = {}  # cut short by max_tokens
+    return {"type": "tool_use", "id": block.id, "name": block.name, "input": arguments}
+
+
+def _event(kind: str, **fields: Any) -> bytes:
+    return sse.encode_event(kind, {"type": kind, **fields})
+
+
+def _conversation(
+    system: str | list[TextBlock] | None, messages: list[MessageParam]
+) -> tuple[ChatMessage, ...]:
+    out: list[ChatMessage] = []
+    if system:
+        text = system if isinstance(system, str) else "\n".join(b.text for b in system)
+        out.append(ChatMessage("system", text))
+    tool_names: dict[str, str] = {}
+    for index, message in enumerate(messages):
+        if isinstance(message.content, str):
+            out.append(ChatMessage(message.role, message.content))
+            continue
+        texts: list[str] = []
+        for block_index, block in enumerate(message.content):
+            if isinstance(block, TextBlock):
+                texts.append(block.text)
+            elif isinstance(block, ToolUseBlock):
+                tool_names[block.id] = block.name
+                texts.append(f"{block.name}({json.dumps(block.input)})")
+            elif isinstance(block, ToolResultBlock):
+                content = block.content
+                result = (
+                    content
+                    if isinstance(content, str)
+                    else "\n".join(b.text for b in content or ())
+                )
+                out.append(ChatMessage("tool", result, tool_names.get(block.tool_use_id)))
+            elif block.type in ("image", "document"):
+                raise InvalidRequestError(
+                    f"This model only reads text: '{block.type}' blocks are not supported.",
+                    param=f"messages[{index}].content[{block_index}].type",
+                )
+        if texts:
+            out.append(ChatMessage(message.role, "\n".join(texts)))
+    return tuple(out)

@@ -1,0 +1,353 @@
+"""Chat completions: engine deltas become OpenAI chunks, completions and usage.
+
+This is where the chat protocol's rules live: one ``id`` and ``created`` per
+completion, the role chunk once per choice and only after its first token
+exists, a tool call's ``id``, ``type`` and ``name`` in its first delta only,
+exactly one ``finish_reason`` per choice, the usage chunk last, and errors
+after the first byte sent in-stream followed by ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamapi import sse
+from streamapi.engines import ChatMessage, GenerationRequest, OutputFormat, TokenDelta
+from streamapi.errors import APIError, InvalidRequestError
+from streamapi.schemas.openai import (
+    ChatCompletionRequest,
+    ChatMessage as WireMessage,
+    NamedToolChoice,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
+    TextContentPart,
+)
+from streamapi.serving.core import (
+    Generation,
+    Job,
+    Transcript,
+    Usage,
+    check_schema,
+    check_tool_choice,
+    tool_spec,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatJob:
+    """A checked chat request and how its stream reports."""
+
+    job: Job
+    include_usage: bool
+    continuous_usage: bool
+    logprobs: bool
+
+
+class ChatService:
+    """Serves ``/v1/chat/completions``."""
+
+    def __init__(self, generation: Generation, *, tokens_per_event: int) -> None:
+        self._generation = generation
+        self._tokens_per_event = tokens_per_event
+
+    def prepare(self, request: ChatCompletionRequest) -> ChatJob:
+        """Check everything that can fail before the first byte; raise ``APIError`` if not."""
+        generation = self._generation
+        if request.stream_options is not None and not request.stream:
+            raise InvalidRequestError(
+                "stream_options is only allowed when stream is true.", param="stream_options"
+            )
+        if request.top_logprobs and not request.logprobs:
+            raise InvalidRequestError(
+                "top_logprobs is only allowed when logprobs is true.", param="top_logprobs"
+            )
+        model = generation.resolve_model(request.model)
+        if request.tools is not None and not request.tools:
+            raise InvalidRequestError("tools must not be an empty array.", param="tools")
+        tools = tuple(
+            tool_spec(
+                t.function.name,
+                t.function.description,
+                t.function.parameters,
+                param=f"tools[{i}].function.parameters",
+            )
+            for i, t in enumerate(request.tools or ())
+        )
+        choice = _tool_choice(request.tool_choice, has_tools=bool(tools))
+        check_tool_choice(tools, choice, param="tool_choice")
+        effort = request.reasoning_effort
+        template = GenerationRequest(
+            model=model,
+            messages=_conversation(request.messages),
+            max_tokens=request.max_completion_tokens or request.max_tokens,
+            stop=(request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ()),
+            seed=request.seed,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            ignore_eos=bool(request.ignore_eos),
+            tools=tools,
+            tool_choice=choice,
+            parallel_tool_calls=request.parallel_tool_calls is not False,
+            output_format=_output_format(request),
+            reasoning=generation.reasons(model, None if effort is None else effort != "none"),
+            logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        )
+        options = request.stream_options
+        include_usage = bool(options and options.include_usage)
+        return ChatJob(
+            job=generation.job([template], n=request.n or 1, id_prefix="chatcmpl-"),
+            include_usage=include_usage,
+            continuous_usage=include_usage and bool(options and options.continuous_usage_stats),
+            logprobs=bool(request.logprobs),
+        )
+
+    async def stream(self, chat: ChatJob) -> AsyncIterator[bytes]:
+        """SSE frames of a streamed chat completion, ending with ``[DONE]``."""
+        writer = _ChunkWriter(chat, self._tokens_per_event)
+        try:
+            async for index, delta in self._generation.deltas(chat.job):
+                for frame in writer.add(index, delta):
+                    yield frame
+            if chat.include_usage:
+                yield writer.usage_chunk()
+        except APIError as error:
+            # The status line is long gone: the error becomes an event, then [DONE].
+            logger.warning("%s ended in-stream: %s", chat.job.id, error.message)
+            yield sse.encode_data(error.to_dict())
+        except Exception:
+            logger.exception("%s failed mid-stream", chat.job.id)
+            yield sse.encode_data(APIError("The server had an error while generating.").to_dict())
+        yield sse.DONE
+
+    async def complete(self, chat: ChatJob) -> dict[str, Any]:
+        """The whole completion at once (``stream`` false), as a ``chat.completion`` body."""
+        job = chat.job
+        transcripts = [Transcript.empty() for _ in job.choices]
+        usage = Usage(job.prompt_tokens)
+        async for index, delta in self._generation.deltas(job):
+            transcripts[index].add(delta)
+            usage.add(delta)
+        return {
+            "id": job.id,
+            "object": "chat.completion",
+            "created": job.created,
+            "model": job.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": i,
+                    "message": _message(t),
+                    "logprobs": _logprobs(t.logprobs) if chat.logprobs else None,
+                    "finish_reason": t.finish_reason,
+                }
+                for i, t in enumerate(transcripts)
+            ],
+            "usage": usage_dict(usage),
+        }
+
+
+def usage_dict(usage: Usage) -> dict[str, Any]:
+    """OpenAI's ``usage`` object."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Tokens of one choice waiting to fill an event."""
+
+    channel: str = "content"
+    tool_index: int = 0
+    deltas: list[TokenDelta] = field(default_factory=list)
+
+
+class _ChunkWriter:
+    """Encodes the chunks of one completion, grouping tokens into events."""
+
+    def __init__(self, chat: ChatJob, tokens_per_event: int) -> None:
+        job = chat.job
+        self._chat = chat
+        self._per_event = tokens_per_event
+        self._head: dict[str, Any] = {
+            "id": job.id,
+            "object": "chat.completion.chunk",
+            "created": job.created,
+            "model": job.model,
+            "system_fingerprint": None,
+        }
+        self._started: set[int] = set()
+        self._pending: dict[int, _Pending] = {}
+        self._usage = Usage(job.prompt_tokens)
+
+    def add(self, index: int, delta: TokenDelta) -> list[bytes]:
+        frames: list[bytes] = []
+        if index not in self._started:
+            self._started.add(index)
+            frames.append(self._chunk(index, {"role": "assistant", "content": ""}))
+        self._usage.add(delta)
+        pending = self._pending.setdefault(index, _Pending())
+        if pending.deltas and (
+            delta.tool_call is not None
+            or (delta.channel, delta.tool_index) != (pending.channel, pending.tool_index)
+        ):
+            frames.append(self._flush(index, pending))
+        if delta.tool_call is not None:
+            call = delta.tool_call
+            opening = {
+                "index": call.index,
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            frames.append(self._chunk(index, {"tool_calls": [opening]}))
+        elif delta.text:
+            pending.channel, pending.tool_index = delta.channel, delta.tool_index
+            pending.deltas.append(delta)
+            if len(pending.deltas) >= self._per_event:
+                frames.append(self._flush(index, pending))
+        if delta.finish_reason is not None:
+            if pending.deltas:
+                frames.append(self._flush(index, pending))
+            frames.append(self._chunk(index, {}, finish_reason=delta.finish_reason))
+        return frames
+
+    def usage_chunk(self) -> bytes:
+        return sse.encode_data({**self._head, "choices": [], "usage": usage_dict(self._usage)})
+
+    def _flush(self, index: int, pending: _Pending) -> bytes:
+        text = "".join(d.text for d in pending.deltas)
+        logprobs = None
+        if pending.channel == "reasoning":
+            delta: dict[str, Any] = {"reasoning_content": text}
+        elif pending.channel == "tool_call":
+            delta = {"tool_calls": [{"index": pending.tool_index, "function": {"arguments": text}}]}
+        else:
+            delta = {"content": text}
+            if self._chat.logprobs:
+                logprobs = _logprobs(pending.deltas)
+        pending.deltas = []
+        return self._chunk(index, delta, logprobs=logprobs)
+
+    def _chunk(
+        self,
+        index: int,
+        delta: dict[str, Any],
+        *,
+        finish_reason: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> bytes:
+        chunk = {
+            **self._head,
+            "choices": [
+                {
+                    "index": index,
+                    "delta": delta,
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason,
+                }
+            ],
+        }
+        if self._chat.include_usage:
+            # OpenAI sends usage: null on every chunk but the last when usage was asked
+            # for; vLLM's continuous_usage_stats puts running counts there instead.
+            chunk["usage"] = usage_dict(self._usage) if self._chat.continuous_usage else None
+        return sse.encode_data(chunk)
+
+
+def _message(transcript: Transcript) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": transcript.text if transcript.content or not transcript.tool_calls else None,
+        "refusal": None,
+    }
+    if transcript.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments_text},
+            }
+            for call in transcript.tool_calls
+        ]
+    if transcript.reasoning:
+        message["reasoning_content"] = transcript.reasoning_text
+    return message
+
+
+def _logprobs(deltas: list[TokenDelta]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": d.text,
+                "logprob": d.logprob,
+                "bytes": list(d.text.encode()),
+                "top_logprobs": [
+                    {"token": token, "logprob": lp, "bytes": list(token.encode())}
+                    for token, lp in d.top_logprobs
+                ],
+            }
+            for d in deltas
+        ],
+        "refusal": None,
+    }
+
+
+def _tool_choice(choice: str | NamedToolChoice | None, *, has_tools: bool) -> str:
+    if isinstance(choice, NamedToolChoice):
+        return choice.function.name
+    if choice is None:
+        return "auto" if has_tools else "none"
+    return choice
+
+
+def _output_format(request: ChatCompletionRequest) -> OutputFormat:
+    fmt = request.response_format
+    if isinstance(fmt, ResponseFormatJSONSchema) and fmt.json_schema.schema_ is not None:
+        check_schema(fmt.json_schema.schema_, param="response_format.json_schema.schema")
+        return OutputFormat("json_schema", fmt.json_schema.schema_)
+    if isinstance(fmt, ResponseFormatJSONObject | ResponseFormatJSONSchema):
+        return OutputFormat("json_object")
+    return OutputFormat()
+
+
+def _conversation(messages: list[WireMessage]) -> tuple[ChatMessage, ...]:
+    """The messages as engine text, tool results named after the call they answer."""
+    call_names: dict[str, str] = {}
+    out = []
+    for index, message in enumerate(messages):
+        text = _text(index, message.content)
+        for call in message.tool_calls or ():
+            call_names[call.id] = call.function.name
+            text += f"\n{call.function.name}({call.function.arguments})"
+        name = message.name
+        if message.role == "tool" and message.tool_call_id is not None:
+            name = call_names.get(message.tool_call_id, name)
+        out.append(ChatMessage(message.role, text.strip("\n"), name))
+    return tuple(out)
+
+
+def _text(index: int, content: object) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts: list[str] = []
+    for part_index, part in enumerate(content if isinstance(content, list) else []):
+        if not isinstance(part, TextContentPart):
+            raise InvalidRequestError(
+                f"This model only reads text: content parts of type '{part.type}' are not "
+                "supported.",
+                param=f"messages[{index}].content[{part_index}].type",
+            )
+        texts.append(part.text)
+    return "\n".join(texts)

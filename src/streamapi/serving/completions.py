@@ -1,0 +1,207 @@
+"""Legacy completions (``/v1/completions``): text choices, streamed or whole.
+
+Stream events and the whole response share one shape, ``text_completion``;
+there is no role chunk. With several prompts, choice ``i * n + j`` is the
+``j``-th choice of prompt ``i``, as OpenAI numbers them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from streamapi import sse
+from streamapi.engines import ChatMessage, GenerationRequest, TokenDelta
+from streamapi.errors import APIError, InvalidRequestError
+from streamapi.schemas.openai import CompletionRequest
+from streamapi.serving.chat import usage_dict
+from streamapi.serving.core import Generation, Job, Usage
+from streamapi.text.tokenizer import count_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionJob:
+    """A checked completion request."""
+
+    job: Job
+    echoes: tuple[str, ...]
+    """Per choice, the prompt text to put before its completion (``echo``)."""
+    include_usage: bool
+    logprobs: bool
+
+
+logger = logging.getLogger(__name__)
+
+
+class CompletionService:
+    """Serves ``/v1/completions``."""
+
+    def __init__(self, generation: Generation, *, tokens_per_event: int) -> None:
+        self._generation = generation
+        self._tokens_per_event = tokens_per_event
+
+    def prepare(self, request: CompletionRequest) -> CompletionJob:
+        """Check everything that can fail before the first byte."""
+        generation = self._generation
+        if request.stream_options is not None and not request.stream:
+            raise InvalidRequestError(
+                "stream_options is only allowed when stream is true.", param="stream_options"
+            )
+        n = request.n or 1
+        if request.best_of is not None and request.best_of < n:
+            raise InvalidRequestError("best_of must be at least n.", param="best_of")
+        model = generation.resolve_model(request.model)
+        prompts = _prompts(request.prompt)
+        templates = [
+            GenerationRequest(
+                model=model,
+                messages=(ChatMessage("user", text),),
+                max_tokens=request.max_tokens,
+                stop=(request.stop,)
+                if isinstance(request.stop, str)
+                else tuple(request.stop or ()),
+                seed=request.seed,
+                temperature=1.0 if request.temperature is None else request.temperature,
+                top_p=1.0 if request.top_p is None else request.top_p,
+                ignore_eos=bool(request.ignore_eos),
+                reasoning=False,
+                logprobs=request.logprobs,
+            )
+            for text, _ in prompts
+        ]
+        job = generation.job(
+            templates, n=n, id_prefix="cmpl-", prompt_tokens=[count for _, count in prompts]
+        )
+        echoes = tuple(text for text, _ in prompts for _ in range(n)) if request.echo else ()
+        options = request.stream_options
+        return CompletionJob(
+            job=job,
+            echoes=echoes,
+            include_usage=bool(options and options.include_usage),
+            logprobs=request.logprobs is not None,
+        )
+
+    async def stream(self, completion: CompletionJob) -> AsyncIterator[bytes]:
+        """SSE frames of a streamed completion, ending with ``[DONE]``."""
+        job = completion.job
+        usage = Usage(job.prompt_tokens)
+        offsets = [len(e) for e in completion.echoes] or [0] * len(job.choices)
+        pending: dict[int, list[TokenDelta]] = {}
+        try:
+            for index, echo in enumerate(completion.echoes):
+                yield self._chunk(job, index, echo)
+            async for index, delta in self._generation.deltas(job):
+                usage.add(delta)
+                group = pending.setdefault(index, [])
+                if delta.text:
+                    group.append(delta)
+                if group and (len(group) >= self._tokens_per_event or delta.finish_reason):
+                    text = "".join(d.text for d in group)
+                    logprobs = _logprobs(group, offsets[index]) if completion.logprobs else None
+                    offsets[index] += len(text)
+                    yield self._chunk(job, index, text, logprobs=logprobs)
+                    group.clear()
+                if delta.finish_reason is not None:
+                    yield self._chunk(job, index, "", finish_reason=delta.finish_reason)
+            if completion.include_usage:
+                yield sse.encode_data(_body(job, [], usage_dict(usage)))
+        except APIError as error:
+            logger.warning("%s ended in-stream: %s", job.id, error.message)
+            yield sse.encode_data(error.to_dict())
+        except Exception:
+            logger.exception("%s failed mid-stream", job.id)
+            yield sse.encode_data(APIError("The server had an error while generating.").to_dict())
+        yield sse.DONE
+
+    async def complete(self, completion: CompletionJob) -> dict[str, Any]:
+        """The whole completion (``stream`` false)."""
+        job = completion.job
+        usage = Usage(job.prompt_tokens)
+        texts: list[list[TokenDelta]] = [[] for _ in job.choices]
+        finish: list[str | None] = [None] * len(job.choices)
+        async for index, delta in self._generation.deltas(job):
+            usage.add(delta)
+            if delta.text:
+                texts[index].append(delta)
+            if delta.finish_reason is not None:
+                finish[index] = delta.finish_reason
+        echoes = completion.echoes or ("",) * len(job.choices)
+        choices = [
+            {
+                "index": i,
+                "text": echo + "".join(d.text for d in deltas),
+                "logprobs": _logprobs(deltas, len(echo)) if completion.logprobs else None,
+                "finish_reason": finish[i],
+            }
+            for i, (echo, deltas) in enumerate(zip(echoes, texts, strict=True))
+        ]
+        return _body(job, choices, usage_dict(usage))
+
+    def _chunk(
+        self,
+        job: Job,
+        index: int,
+        text: str,
+        *,
+        logprobs: dict[str, Any] | None = None,
+        finish_reason: str | None = None,
+    ) -> bytes:
+        choice = {
+            "index": index,
+            "text": text,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+        }
+        return sse.encode_data(_body(job, [choice], None))
+
+
+def _body(job: Job, choices: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": job.id,
+        "object": "text_completion",
+        "created": job.created,
+        "model": job.model,
+        "system_fingerprint": None,
+        "choices": choices,
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[tuple[str, int]]:
+    """Each prompt's text and token count; token ids are counted, not decoded."""
+    items: list[str | list[int]]
+    if isinstance(prompt, str):
+        items = [prompt]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        items = [prompt]  # type: ignore[list-item]
+    else:
+        items = list(prompt)  # type: ignore[arg-type]
+    if not items:
+        raise InvalidRequestError("prompt must not be empty.", param="prompt")
+    prompts: list[tuple[str, int]] = []
+    for item in items:
+        if isinstance(item, str):
+            prompts.append((item, count_tokens(item)))
+        elif not item:
+            raise InvalidRequestError("A token-id prompt must not be empty.", param="prompt")
+        else:
+            # The simulator cannot decode ids; it answers about a neutral subject.
+            prompts.append(("Continue the text.", len(item)))
+    return prompts
+
+
+def _logprobs(deltas: list[TokenDelta], offset: int) -> dict[str, Any]:
+    offsets = []
+    for d in deltas:
+        offsets.append(offset)
+        offset += len(d.text)
+    return {
+        "tokens": [d.text for d in deltas],
+        "token_logprobs": [d.logprob for d in deltas],
+        "top_logprobs": [dict(d.top_logprobs) for d in deltas],
+        "text_offset": offsets,
+    }

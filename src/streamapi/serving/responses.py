@@ -1,0 +1,467 @@
+"""The Responses API (``/v1/responses``): output items, their event stream, and a store.
+
+A stream is ``response.created``, ``response.in_progress``, then for each
+output item (reasoning, message or function call) its ``*.added`` events
+before its deltas and its ``*.done`` events after, and finally
+``response.completed`` (``response.incomplete`` when ``max_output_tokens``
+cut it). Every event names itself in ``event:`` and ``type`` and carries a
+``sequence_number`` from 0. There is no ``[DONE]``. Finished responses are
+kept in a bounded in-memory store for ``previous_response_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamapi import sse
+from streamapi.engines import ChatMessage, GenerationRequest, OutputFormat, TokenDelta
+from streamapi.errors import APIError, InvalidRequestError
+from streamapi.schemas.responses import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    InputText,
+    MessageItem,
+    NamedFunctionChoice,
+    ResponseRequest,
+    TextFormatJSONObject,
+    TextFormatJSONSchema,
+)
+from streamapi.serving.core import (
+    Generation,
+    Job,
+    Usage,
+    check_schema,
+    check_tool_choice,
+    tool_spec,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A finished response: its body, and the conversation a follow-up continues."""
+
+    body: dict[str, Any]
+    messages: tuple[ChatMessage, ...]
+    call_names: dict[str, str]
+
+
+class ResponseStore:
+    """The last ``capacity`` responses, oldest dropped first."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[str, StoredResponse] = OrderedDict()
+
+    def get(self, response_id: str) -> StoredResponse | None:
+        return self._items.get(response_id)
+
+    def put(self, response_id: str, stored: StoredResponse) -> None:
+        if self._capacity == 0:
+            return
+        self._items[response_id] = stored
+        self._items.move_to_end(response_id)
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseJob:
+    """A checked Responses request and the request fields its Response echoes."""
+
+    job: Job
+    echo: dict[str, Any]
+    messages: tuple[ChatMessage, ...]
+    call_names: dict[str, str]
+    store: bool
+
+
+class ResponseService:
+    """Serves ``/v1/responses``."""
+
+    def __init__(self, generation: Generation, store: ResponseStore) -> None:
+        self._generation = generation
+        self._store = store
+
+    def retrieve(self, response_id: str) -> dict[str, Any] | None:
+        stored = self._store.get(response_id)
+        return None if stored is None else stored.body
+
+    def prepare(self, request: ResponseRequest) -> ResponseJob:
+        """Check everything that can fail before the first byte."""
+        generation = self._generation
+        model = generation.resolve_model(request.model)
+        history: tuple[ChatMessage, ...] = ()
+        call_names: dict[str, str] = {}
+        if request.previous_response_id is not None:
+            previous = self._store.get(request.previous_response_id)
+            if previous is None:
+                raise InvalidRequestError(
+                    f"Previous response with id '{request.previous_response_id}' not found.",
+                    param="previous_response_id",
+                )
+            history, call_names = previous.messages, dict(previous.call_names)
+        messages = [*history, *_input_messages(request.input, call_names)]
+        if request.instructions:
+            messages.insert(0, ChatMessage("system", request.instructions))
+        tools = tuple(
+            tool_spec(t.name, t.description, t.parameters, param=f"tools[{i}].parameters")
+            for i, t in enumerate(request.tools or ())
+        )
+        choice = request.tool_choice
+        tool_choice = (
+            choice.name
+            if isinstance(choice, NamedFunctionChoice)
+            else choice or ("auto" if tools else "none")
+        )
+        check_tool_choice(tools, tool_choice, param="tool_choice")
+        effort = request.reasoning.effort if request.reasoning else None
+        template = GenerationRequest(
+            model=model,
+            messages=tuple(messages),
+            max_tokens=request.max_output_tokens,
+            seed=request.seed,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls is not False,
+            output_format=_output_format(request),
+            reasoning=generation.reasons(model, None if effort is None else effort != "none"),
+        )
+        job = generation.job([template], id_prefix="resp_")
+        return ResponseJob(
+            job=job,
+            echo=_echo(request, tools_given=request.tools or [], tool_choice=choice),
+            messages=tuple(messages),
+            call_names=call_names,
+            store=request.store is not False,
+        )
+
+    async def stream(self, response: ResponseJob) -> AsyncIterator[bytes]:
+        """The event stream, from ``response.created`` to its terminal event."""
+        builder = _Builder(response)
+        try:
+            yield builder.event("response.created", response=builder.body("in_progress"))
+            yield builder.event("response.in_progress", response=builder.body("in_progress"))
+            async for _, delta in self._generation.deltas(response.job):
+                for frame in builder.add(delta):
+                    yield frame
+            for frame in builder.close_item():
+                yield frame
+            status = builder.status()
+            body = builder.body(status)
+            self._keep(response, builder, body)
+            yield builder.event(f"response.{status}", response=body)
+        except APIError as error:
+            logger.warning("%s ended in-stream: %s", response.job.id, error.message)
+            yield builder.event("error", code=error.code, message=error.message, param=error.param)
+            failed = builder.body(
+                "failed", error={"code": error.code or error.type, "message": error.message}
+            )
+            yield builder.event("response.failed", response=failed)
+        except Exception:
+            logger.exception("%s failed mid-stream", response.job.id)
+            message = "The server had an error while generating."
+            yield builder.event("error", code="server_error", message=message, param=None)
+            failed = builder.body("failed", error={"code": "server_error", "message": message})
+            yield builder.event("response.failed", response=failed)
+
+    async def create(self, response: ResponseJob) -> dict[str, Any]:
+        """The whole Response object (``stream`` false)."""
+        builder = _Builder(response)
+        async for _, delta in self._generation.deltas(response.job):
+            builder.add(delta)
+        builder.close_item()
+        body = builder.body(builder.status())
+        self._keep(response, builder, body)
+        return body
+
+    def _keep(self, response: ResponseJob, builder: _Builder, body: dict[str, Any]) -> None:
+        if not response.store:
+            return
+        said: list[ChatMessage] = []
+        names = dict(response.call_names)
+        for item in builder.output:
+            if item["type"] == "message":
+                said.append(ChatMessage("assistant", item["content"][0]["text"]))
+            elif item["type"] == "function_call":
+                names[item["call_id"]] = item["name"]
+                said.append(ChatMessage("assistant", f"{item['name']}({item['arguments']})"))
+        conversation = tuple(m for m in response.messages if m.role != "system")
+        self._store.put(body["id"], StoredResponse(body, (*conversation, *said), names))
+
+
+_ITEM_KINDS = {"content": "message", "reasoning": "reasoning", "tool_call": "function_call"}
+
+
+@dataclass(slots=True)
+class _Item:
+    index: int
+    kind: str
+    id: str
+    texts: list[str] = field(default_factory=list)
+    call_id: str = ""
+    name: str = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+
+class _Builder:
+    """Builds one response's output items and numbers its events."""
+
+    def __init__(self, response: ResponseJob) -> None:
+        self._response = response
+        self._sequence = 0
+        self._item: _Item | None = None
+        self.output: list[dict[str, Any]] = []
+        self._usage = Usage(response.job.prompt_tokens)
+        self._finish: str | None = None
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        frame = sse.encode_event(kind, {"type": kind, "sequence_number": self._sequence, **fields})
+        self._sequence += 1
+        return frame
+
+    def add(self, delta: TokenDelta) -> list[bytes]:
+        self._usage.add(delta)
+        if delta.finish_reason is not None:
+            self._finish = delta.finish_reason
+        if not delta.is_token:
+            return []
+        kind = _ITEM_KINDS[delta.channel]
+        frames: list[bytes] = []
+        if delta.tool_call is not None or self._item is None or self._item.kind != kind:
+            frames += self.close_item()
+            frames += self._open(kind, delta)
+            if delta.tool_call is not None:
+                return frames
+        item = self._item
+        assert item is not None
+        item.texts.append(delta.text)
+        where = {"item_id": item.id, "output_index": item.index}
+        if kind == "message":
+            frames.append(
+                self.event(
+                    "response.output_text.delta",
+                    **where,
+                    content_index=0,
+                    delta=delta.text,
+                    logprobs=[],
+                )
+            )
+        elif kind == "reasoning":
+            frames.append(
+                self.event(
+                    "response.reasoning_text.delta", **where, content_index=0, delta=delta.text
+                )
+            )
+        else:
+            frames.append(
+                self.event("response.function_call_arguments.delta", **where, delta=delta.text)
+            )
+        return frames
+
+    def close_item(self) -> list[bytes]:
+        item, self._item = self._item, None
+        if item is None:
+            return []
+        where = {"item_id": item.id, "output_index": item.index}
+        frames = []
+        if item.kind == "message":
+            part = _output_text(item.text)
+            frames.append(
+                self.event(
+                    "response.output_text.done",
+                    **where,
+                    content_index=0,
+                    text=item.text,
+                    logprobs=[],
+                )
+            )
+            frames.append(
+                self.event("response.content_part.done", **where, content_index=0, part=part)
+            )
+        elif item.kind == "reasoning":
+            part = {"type": "reasoning_text", "text": item.text}
+            frames.append(
+                self.event("response.reasoning_text.done", **where, content_index=0, text=item.text)
+            )
+            frames.append(
+                self.event("response.content_part.done", **where, content_index=0, part=part)
+            )
+        else:
+            frames.append(
+                self.event(
+                    "response.function_call_arguments.done",
+                    **where,
+                    arguments=item.text,
+                    name=item.name,
+                )
+            )
+        done = _item_body(item, "completed")
+        self.output.append(done)
+        frames.append(self.event("response.output_item.done", output_index=item.index, item=done))
+        return frames
+
+    def status(self) -> str:
+        return "incomplete" if self._finish == "length" else "completed"
+
+    def body(self, status: str, *, error: dict[str, Any] | None = None) -> dict[str, Any]:
+        job = self._response.job
+        usage = self._usage
+        return {
+            "id": job.id,
+            "object": "response",
+            "created_at": job.created,
+            "status": status,
+            "model": job.model,
+            "output": list(self.output) if status != "in_progress" else [],
+            "error": error,
+            "incomplete_details": {"reason": "max_output_tokens"}
+            if status == "incomplete"
+            else None,
+            **self._response.echo,
+            "usage": None
+            if status == "in_progress"
+            else {
+                "input_tokens": usage.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": usage.completion_tokens,
+                "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+                "total_tokens": usage.total_tokens,
+            },
+        }
+
+    def _open(self, kind: str, delta: TokenDelta) -> list[bytes]:
+        index = len(self.output)
+        prefix = {"message": "msg_", "reasoning": "rs_", "function_call": "fc_"}[kind]
+        item = _Item(index, kind, f"{prefix}{uuid.uuid4().hex}")
+        if delta.tool_call is not None:
+            item.call_id, item.name = delta.tool_call.id, delta.tool_call.name
+        self._item = item
+        frames = [
+            self.event(
+                "response.output_item.added",
+                output_index=index,
+                item=_item_body(item, "in_progress"),
+            )
+        ]
+        where = {"item_id": item.id, "output_index": index, "content_index": 0}
+        if kind == "message":
+            frames.append(self.event("response.content_part.added", **where, part=_output_text("")))
+        elif kind == "reasoning":
+            part = {"type": "reasoning_text", "text": ""}
+            frames.append(self.event("response.content_part.added", **where, part=part))
+        return frames
+
+
+def _item_body(item: _Item, status: str) -> dict[str, Any]:
+    done = status == "completed"
+    if item.kind == "message":
+        content = [_output_text(item.text)] if done else []
+        return {
+            "id": item.id,
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": content,
+        }
+    if item.kind == "reasoning":
+        content = [{"type": "reasoning_text", "text": item.text}] if done else []
+        return {
+            "id": item.id,
+            "type": "reasoning",
+            "summary": [],
+            "content": content,
+            "status": status,
+        }
+    return {
+        "id": item.id,
+        "type": "function_call",
+        "status": status,
+        "call_id": item.call_id,
+        "name": item.name,
+        "arguments": item.text if done else "",
+    }
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _input_messages(value: str | list[Any], call_names: dict[str, str]) -> list[ChatMessage]:
+    if isinstance(value, str):
+        return [ChatMessage("user", value)]
+    messages = []
+    for index, item in enumerate(value):
+        if isinstance(item, MessageItem):
+            messages.append(
+                ChatMessage(item.role, _text(item.content, param=f"input[{index}].content"))
+            )
+        elif isinstance(item, FunctionCallItem):
+            call_names[item.call_id] = item.name
+            messages.append(ChatMessage("assistant", f"{item.name}({item.arguments})"))
+        elif isinstance(item, FunctionCallOutputItem):
+            output = _text(item.output, param=f"input[{index}].output")
+            messages.append(ChatMessage("tool", output, call_names.get(item.call_id)))
+    return messages
+
+
+def _text(content: str | list[Any], *, param: str) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for index, part in enumerate(content):
+        if not isinstance(part, InputText):
+            raise InvalidRequestError(
+                f"This model only reads text: '{part.type}' content is not supported.",
+                param=f"{param}[{index}].type",
+            )
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+def _output_format(request: ResponseRequest) -> OutputFormat:
+    fmt = request.text.format if request.text else None
+    if isinstance(fmt, TextFormatJSONSchema):
+        check_schema(fmt.schema_, param="text.format.schema")
+        return OutputFormat("json_schema", fmt.schema_)
+    if isinstance(fmt, TextFormatJSONObject):
+        return OutputFormat("json_object")
+    return OutputFormat()
+
+
+def _echo(request: ResponseRequest, *, tools_given: list[Any], tool_choice: Any) -> dict[str, Any]:
+    fmt = request.text.format if request.text and request.text.format else None
+    return {
+        "instructions": request.instructions,
+        "metadata": request.metadata or {},
+        "temperature": 1.0 if request.temperature is None else request.temperature,
+        "top_p": 1.0 if request.top_p is None else request.top_p,
+        "max_output_tokens": request.max_output_tokens,
+        "previous_response_id": request.previous_response_id,
+        "parallel_tool_calls": request.parallel_tool_calls is not False,
+        "tool_choice": tool_choice.model_dump()
+        if hasattr(tool_choice, "model_dump")
+        else (tool_choice or "auto"),
+        "tools": [t.model_dump(exclude_none=True) for t in tools_given],
+        "text": {
+            "format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}
+        },
+        "reasoning": {
+            "effort": request.reasoning.effort if request.reasoning else None,
+            "summary": None,
+        },
+        "store": request.store is not False,
+        "truncation": "disabled",
+        "user": request.user,
+    }
