@@ -138,29 +138,39 @@ class ServiceUnavailableError(APIError):
     type = "service_unavailable_error"
 
 
-def from_validation_error(exc: ValidationError) -> InvalidRequestError:
-    """The first problem Pydantic found, named by its dotted field path."""
-    first = exc.errors(include_url=False, include_context=False)[0]
-    param = _param_path(first)
+def from_validation_error(exc: ValidationError, payload: Any = None) -> InvalidRequestError:
+    """The first problem Pydantic found, named by its field path in ``payload``."""
+    # The deepest error is the most specific: a union reports one error per branch.
+    errors = exc.errors(include_url=False, include_context=False)
+    first = max(errors, key=lambda error: len(error["loc"]))
+    param = _param_path(first, payload)
     message = first["msg"].removeprefix("Value error, ")
     return InvalidRequestError(
         f"Invalid value for '{param}': {message}" if param else message, param=param or None
     )
 
 
-def _param_path(error: ErrorDetails) -> str:
+def _param_path(error: ErrorDetails, payload: Any = None) -> str:
+    """``messages[0].role`` from Pydantic's ``loc``.
+
+    ``loc`` also names union branches and discriminator tags (``str``,
+    ``json_schema``); walking the client's own payload alongside keeps only
+    what the client sent, plus a missing field at the end.
+    """
     path = ""
-    for part in error["loc"]:
-        if part in ("body",):
-            continue
+    node = payload
+    parts = [p for p in error["loc"] if p != "body"]
+    for position, part in enumerate(parts):
         if isinstance(part, int):
+            if isinstance(node, list) and part < len(node):
+                node = node[part]
             path += f"[{part}]"
-        elif _is_type_name(part):
-            # Pydantic names union branches and validators in `loc`
-            # ('str', 'list[str]', 'TextContentPart'); they are not fields.
             continue
-        else:
-            path += f".{part}" if path else str(part)
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif (payload is not None and position < len(parts) - 1) or _is_type_name(part):
+            continue
+        path += f".{part}" if path else part
     return path
 
 

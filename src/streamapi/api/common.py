@@ -80,7 +80,7 @@ def validate(model: type[M], payload: dict[str, Any]) -> M:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        raise from_validation_error(exc) from None
+        raise from_validation_error(exc, payload) from None
 
 
 def refuse_if_draining(lifecycle: Lifecycle) -> None:

@@ -39,6 +39,8 @@ class SchemaGenerator:
         self._root = root
         self._rng = rng
         self._hints = [h for h in hints if h] or ["example"]
+        # Strings take the hints in turn, from a seeded start: distinct where possible.
+        self._turn = rng.randrange(len(self._hints))
 
     def generate(self) -> Any:
         """A value valid against the root schema."""
@@ -185,15 +187,22 @@ class SchemaGenerator:
         lowered = name.lower()
         proper = [h for h in self._hints if h[:1].isupper()]
         if any(word in lowered for word in _PLACE_WORDS) and proper:
-            return self._rng.choice(proper)
+            return proper[0]  # hints open with the question's proper nouns
         if any(word in lowered for word in _TEXT_WORDS):
-            return f"A concise note about {self._rng.choice(self._hints)}."
+            return f"A concise note about {self._next_hint()}."
         if lowered.endswith("id"):
-            return f"{lowered.rstrip('_id') or 'id'}_{self._rng.getrandbits(32):08x}"
-        return self._rng.choice(self._hints)
+            return (
+                f"{lowered.removesuffix('id').rstrip('_') or 'id'}_{self._rng.getrandbits(32):08x}"
+            )
+        return self._next_hint()
+
+    def _next_hint(self) -> str:
+        hint = self._hints[self._turn % len(self._hints)]
+        self._turn += 1
+        return hint
 
     def _slug(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self._rng.choice(self._hints).lower()).strip("-") or "x"
+        return re.sub(r"[^a-z0-9]+", "-", self._next_hint().lower()).strip("-") or "x"
 
     def _from_pattern(self, pattern: str) -> str:
         try:

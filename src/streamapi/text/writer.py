@@ -77,7 +77,8 @@ def find_subject(question: str) -> str:
 def key_terms(question: str, subject: str, *, limit: int = 5) -> list[str]:
     """The request's most telling words: frequent, long, and not stop words."""
     words = [w.strip("'-")[:_LONGEST_TERM] for w in _WORD.findall(question)]
-    candidates = [w for w in words if len(w) > 2 and w.lower() not in _STOPWORDS]
+    # Contractions ("what's", "don't") are grammar, not subject matter.
+    candidates = [w for w in words if len(w) > 2 and w.lower() not in _STOPWORDS and "'" not in w]
     counts = Counter(w.lower() for w in candidates)
     order = {w.lower(): i for i, w in reversed(list(enumerate(candidates)))}
     spelled = {w.lower(): w for w in reversed(candidates)}
