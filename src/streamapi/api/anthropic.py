@@ -7,11 +7,10 @@ from starlette.responses import Response
 
 from streamapi.api.common import (
     StateDep,
-    event_stream,
     read_json,
     refuse_if_draining,
+    respond,
     validate,
-    whole,
 )
 from streamapi.schemas.anthropic import MessageCreateRequest
 
@@ -55,9 +54,5 @@ _ANTHROPIC_ERROR = {
 )
 async def create_message(request: Request, state: StateDep) -> Response:
     refuse_if_draining(state["lifecycle"])
-    message_request = validate(MessageCreateRequest, await read_json(request))
-    messages = state["messages"]
-    job = messages.prepare(message_request)
-    if message_request.stream:
-        return event_stream(state, messages.stream(job))
-    return await whole(request, state, messages.create(job))
+    parsed = validate(MessageCreateRequest, await read_json(request))
+    return await respond(request, state, state["messages"], parsed, streamed=bool(parsed.stream))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Coroutine
-from typing import Annotated, Any, TypedDict, TypeVar
+from typing import Annotated, Any, Protocol, TypedDict, TypeVar
 
 import orjson
 from fastapi import Depends, Request
@@ -25,6 +25,18 @@ from streamapi.settings import Settings
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+R_contra = TypeVar("R_contra", contravariant=True)
+J = TypeVar("J")
+
+
+class GenerationService(Protocol[R_contra, J]):
+    """What a generation route needs of its service (``serving.chat.ChatService``...)."""
+
+    def prepare(self, request: R_contra) -> J: ...
+
+    def stream(self, job: J) -> AsyncIterator[bytes]: ...
+
+    async def complete(self, job: J) -> dict[str, Any]: ...
 
 
 class State(TypedDict):
@@ -94,6 +106,21 @@ def shutting_down() -> ServiceUnavailableError:
         code="server_shutting_down",
         headers={"Retry-After": "1"},
     )
+
+
+async def respond(
+    request: Request,
+    state: State,
+    service: GenerationService[M, J],
+    parsed: M,
+    *,
+    streamed: bool,
+) -> Response:
+    """Prepare the job (every check before the first byte), then stream it or answer whole."""
+    job = service.prepare(parsed)
+    if streamed:
+        return event_stream(state, service.stream(job))
+    return await whole(request, state, service.complete(job))
 
 
 def event_stream(state: State, frames: AsyncIterator[bytes]) -> Response:

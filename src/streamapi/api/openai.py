@@ -11,12 +11,11 @@ from streamapi.api.common import (
     ERRORS,
     State,
     StateDep,
-    event_stream,
     json_response,
     read_json,
     refuse_if_draining,
+    respond,
     validate,
-    whole,
 )
 from streamapi.errors import InvalidRequestError, ModelNotFoundError
 from streamapi.schemas.openai import (
@@ -76,11 +75,9 @@ async def create_chat_completion(request: Request, state: StateDep) -> Response:
         if "messages" not in payload and "prompt" in payload
         else validate(ChatCompletionRequest, payload)
     )
-    chat = state["chat"]
-    job = chat.prepare(chat_request)
-    if chat_request.stream:
-        return event_stream(state, chat.stream(job))
-    return await whole(request, state, chat.complete(job))
+    return await respond(
+        request, state, state["chat"], chat_request, streamed=bool(chat_request.stream)
+    )
 
 
 @router.post(
@@ -97,12 +94,8 @@ async def create_chat_completion(request: Request, state: StateDep) -> Response:
 )
 async def create_completion(request: Request, state: StateDep) -> Response:
     refuse_if_draining(state["lifecycle"])
-    completion_request = validate(CompletionRequest, await read_json(request))
-    completions = state["completions"]
-    job = completions.prepare(completion_request)
-    if completion_request.stream:
-        return event_stream(state, completions.stream(job))
-    return await whole(request, state, completions.complete(job))
+    parsed = validate(CompletionRequest, await read_json(request))
+    return await respond(request, state, state["completions"], parsed, streamed=bool(parsed.stream))
 
 
 @router.post(

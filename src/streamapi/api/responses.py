@@ -8,12 +8,11 @@ from starlette.responses import Response
 from streamapi.api.common import (
     ERRORS,
     StateDep,
-    event_stream,
     json_response,
     read_json,
     refuse_if_draining,
+    respond,
     validate,
-    whole,
 )
 from streamapi.errors import NotFoundError
 from streamapi.schemas.responses import ResponseRequest
@@ -51,12 +50,8 @@ _REQUEST_BODY = {
 )
 async def create_response(request: Request, state: StateDep) -> Response:
     refuse_if_draining(state["lifecycle"])
-    response_request = validate(ResponseRequest, await read_json(request))
-    responses = state["responses"]
-    job = responses.prepare(response_request)
-    if response_request.stream:
-        return event_stream(state, responses.stream(job))
-    return await whole(request, state, responses.create(job))
+    parsed = validate(ResponseRequest, await read_json(request))
+    return await respond(request, state, state["responses"], parsed, streamed=bool(parsed.stream))
 
 
 @router.get(

@@ -116,7 +116,7 @@ class MessageService:
             failure = {"type": "api_error", "message": "The server had an error while generating."}
             yield _event("error", error=failure)
 
-    async def create(self, message: MessageJob) -> dict[str, Any]:
+    async def complete(self, message: MessageJob) -> dict[str, Any]:
         """The whole Message (``stream`` false)."""
         blocks = _Blocks(message.job)
         async for _, delta in self._generation.deltas(message.job):

@@ -173,7 +173,7 @@ class ResponseService:
             failed = builder.body("failed", error={"code": "server_error", "message": message})
             yield builder.event("response.failed", response=failed)
 
-    async def create(self, response: ResponseJob) -> dict[str, Any]:
+    async def complete(self, response: ResponseJob) -> dict[str, Any]:
         """The whole Response object (``stream`` false)."""
         builder = _Builder(response)
         async for _, delta in self._generation.deltas(response.job):
