@@ -57,10 +57,30 @@ async def test_completion_logprobs_offsets_follow_the_text(client: httpx.AsyncCl
     ).json()
     choice = body["choices"][0]
     logprobs = choice["logprobs"]
-    assert len(logprobs["tokens"]) == 6
+    assert len(logprobs["tokens"]) == 3 + 6  # the echoed prompt's tokens, then the new ones
     for token, offset in zip(logprobs["tokens"], logprobs["text_offset"], strict=True):
         assert choice["text"][offset : offset + len(token)] == token
-    assert all(len(top) == 2 for top in logprobs["top_logprobs"])
+    assert "".join(logprobs["tokens"]) == choice["text"]
+    assert all(len(top) == 2 for top in logprobs["top_logprobs"][1:])
+
+
+async def test_echo_with_zero_max_tokens_scores_the_prompt(client: httpx.AsyncClient) -> None:
+    body = (
+        await client.post(COMPLETIONS, json=completion(max_tokens=0, echo=True, logprobs=1))
+    ).json()
+    choice = body["choices"][0]
+    assert choice["text"] == "Write about rivers"
+    assert choice["logprobs"]["tokens"] == ["Write", " about", " rivers"]
+    assert choice["logprobs"]["token_logprobs"][0] is None
+    assert all(lp <= 0 for lp in choice["logprobs"]["token_logprobs"][1:])
+    assert choice["logprobs"]["text_offset"] == [0, 5, 11]
+    assert body["usage"]["completion_tokens"] == 0
+
+
+async def test_zero_max_tokens_without_echo_is_refused(client: httpx.AsyncClient) -> None:
+    response = await client.post(COMPLETIONS, json=completion(max_tokens=0), headers=JSON)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "max_tokens"
 
 
 async def test_token_id_prompts_are_counted(client: httpx.AsyncClient) -> None:

@@ -67,6 +67,7 @@ async def test_responses_max_output_tokens_makes_it_incomplete(client: httpx.Asy
     assert body["status"] == "incomplete"
     assert body["incomplete_details"] == {"reason": "max_output_tokens"}
     assert body["usage"]["output_tokens"] == 10
+    assert body["output"][-1]["status"] == "incomplete"
 
 
 async def test_responses_function_call_then_output_continues(client: httpx.AsyncClient) -> None:

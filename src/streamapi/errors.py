@@ -71,10 +71,13 @@ class APIError(Exception):
             }
         }
 
-    def to_anthropic(self) -> dict[str, Any]:
-        """Anthropic's envelope ``{"type": "error", "error": {"type", "message"}}``."""
+    def to_anthropic(self, request_id: str | None = None) -> dict[str, Any]:
+        """Anthropic's envelope: ``{"type": "error", "error": {"type", "message"}}``."""
         kind = _ANTHROPIC_TYPES.get(int(self.status_code), "api_error")
-        return {"type": "error", "error": {"type": kind, "message": self.message}}
+        body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": self.message}}
+        if request_id is not None:
+            body["request_id"] = request_id
+        return body
 
 
 _ANTHROPIC_TYPES = {
@@ -201,7 +204,7 @@ class ErrorDialects:
         return "json"
 
 
-def render(error: APIError, dialect: Dialect) -> Response:
+def render(error: APIError, dialect: Dialect, request_id: str | None = None) -> Response:
     """The error as an HTTP response in the client's dialect, with the error's status."""
     if dialect == "sse":
         return Response(
@@ -210,7 +213,7 @@ def render(error: APIError, dialect: Dialect) -> Response:
             media_type=sse.MEDIA_TYPE,
             headers={**sse.HEADERS, **error.headers},
         )
-    body = error.to_anthropic() if dialect == "anthropic" else error.to_dict()
+    body = error.to_anthropic(request_id) if dialect == "anthropic" else error.to_dict()
     return Response(
         orjson.dumps(body),
         status_code=error.status_code,
@@ -224,7 +227,8 @@ def install_error_handlers(app: FastAPI, dialects: ErrorDialects) -> None:
 
     def respond(request: Request, error: APIError) -> Response:
         accept = request.headers.get("accept", "")
-        return render(error, dialects.for_request(request.method, request.url.path, accept))
+        dialect = dialects.for_request(request.method, request.url.path, accept)
+        return render(error, dialect, getattr(request.state, "request_id", None))
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)

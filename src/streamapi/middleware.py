@@ -36,11 +36,15 @@ class RequestIdMiddleware:
         sent = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = sent if _SAFE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        header = (REQUEST_ID_HEADER.encode(), request_id.encode())
+        # OpenAI's SDKs read x-request-id, Anthropic's request-id.
+        headers = [
+            (REQUEST_ID_HEADER.encode(), request_id.encode()),
+            (b"request-id", request_id.encode()),
+        ]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
+                message["headers"] = [*message.get("headers", []), *headers]
             await send(message)
 
         await self.app(scope, receive, send_with_id)
@@ -64,7 +68,7 @@ class BodyLimitMiddleware:
             dialect = self.dialects.for_request(
                 scope["method"], scope["path"], headers.get("accept", "")
             )
-            response = render(self._error(), dialect)
+            response = render(self._error(), dialect, scope.get("state", {}).get("request_id"))
             await response(scope, receive, send)
             return
         received = 0

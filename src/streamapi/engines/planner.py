@@ -17,7 +17,6 @@ import json
 import random
 import re
 import secrets
-import struct
 from dataclasses import dataclass, replace
 
 from streamapi.engines import (
@@ -29,6 +28,7 @@ from streamapi.engines import (
     ToolSpec,
 )
 from streamapi.text.jsonschema import SchemaGenerator
+from streamapi.text.logprobs import logprob, top_logprobs
 from streamapi.text.tokenizer import tokenize
 from streamapi.text.writer import (
     find_subject,
@@ -189,7 +189,7 @@ def _tool_call_deltas(
 
 def _hints(question: str) -> list[str]:
     """Words a generated value may use: the question's proper nouns, then its key terms."""
-    words = re.findall(r"[A-Za-z][\w'-]*", question)
+    words = re.findall(r"[^\W\d_][\w'-]*", question)
     proper = [w for i, w in enumerate(words) if w[:1].isupper() and i > 0]
     terms = key_terms(question, find_subject(question))
     return list(dict.fromkeys([*proper, *terms]))
@@ -223,30 +223,13 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, str | None]:
 
 
 def _with_logprobs(deltas: list[TokenDelta], alternatives: int) -> list[TokenDelta]:
-    """The deltas with deterministic log probabilities: functions of token and position."""
-    out = []
-    for position, delta in enumerate(deltas):
-        if not delta.text:
-            out.append(delta)
-            continue
-        chosen = _logprob(delta.text, position, 0)
-        top = [(delta.text, chosen)]
-        for rank, alt in enumerate(_alternatives(delta.text, alternatives - 1), start=1):
-            top.append((alt, round(min(chosen, _logprob(alt, position, rank)) - 0.5 * rank, 6)))
-        out.append(replace(delta, logprob=chosen, top_logprobs=tuple(top[:alternatives])))
-    return out
-
-
-def _logprob(token: str, position: int, rank: int) -> float:
-    digest = hashlib.blake2b(f"{position}:{rank}:{token}".encode(), digest_size=4).digest()
-    value: int = struct.unpack("<I", digest)[0]
-    # Sampled tokens are mostly likely ones: -0.0 .. -2.5, skewed towards 0.
-    return -round(2.5 * (value / 0xFFFFFFFF) ** 3, 6)
-
-
-def _alternatives(token: str, count: int) -> list[str]:
-    stripped = token.strip() or token
-    candidates = [stripped.lower(), stripped.capitalize(), stripped + "s", " " + stripped, "\n"]
-    candidates += [f"{stripped}{i}" for i in range(count)]
-    unique = [c for c in dict.fromkeys(candidates) if c != token]
-    return unique[:count]
+    return [
+        replace(
+            delta,
+            logprob=logprob(delta.text, position),
+            top_logprobs=top_logprobs(delta.text, position, alternatives),
+        )
+        if delta.text
+        else delta
+        for position, delta in enumerate(deltas)
+    ]

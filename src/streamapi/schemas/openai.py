@@ -188,7 +188,11 @@ class CompletionRequest(Request):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
         description="A string, a list of strings, or token ids (counted, not decoded)."
     )
-    max_tokens: int | None = Field(default=16, ge=1, description="16 when omitted, as OpenAI.")
+    max_tokens: int | None = Field(
+        default=16,
+        ge=0,
+        description="16 when omitted, as OpenAI. 0 (with echo) scores the prompt only.",
+    )
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1)
@@ -337,8 +341,8 @@ class ChatCompletionChunk(Response):
 
 class CompletionLogprobs(Response):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None] = Field(description="null for an echoed first token.")
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 

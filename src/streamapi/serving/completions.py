@@ -18,7 +18,8 @@ from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.openai import CompletionRequest
 from streamapi.serving.chat import usage_dict
 from streamapi.serving.core import Generation, Job, Usage
-from streamapi.text.tokenizer import count_tokens
+from streamapi.text.logprobs import logprob, top_logprobs
+from streamapi.text.tokenizer import count_tokens, tokenize
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +27,8 @@ class CompletionJob:
     """A checked completion request."""
 
     job: Job
-    echoes: tuple[str, ...]
-    """Per choice, the prompt text to put before its completion (``echo``)."""
+    echoes: tuple[tuple[TokenDelta, ...], ...]
+    """Per choice, the prompt's tokens to put before its completion (``echo``)."""
     include_usage: bool
     logprobs: bool
 
@@ -50,6 +51,10 @@ class CompletionService:
                 "stream_options is only allowed when stream is true.", param="stream_options"
             )
         n = request.n or 1
+        if request.max_tokens == 0 and not request.echo:
+            raise InvalidRequestError(
+                "max_tokens may be 0 only with echo (to score the prompt).", param="max_tokens"
+            )
         if request.best_of is not None and request.best_of < n:
             raise InvalidRequestError("best_of must be at least n.", param="best_of")
         model = generation.resolve_model(request.model)
@@ -74,7 +79,11 @@ class CompletionService:
         job = generation.job(
             templates, n=n, id_prefix="cmpl-", prompt_tokens=[count for _, count in prompts]
         )
-        echoes = tuple(text for text, _ in prompts for _ in range(n)) if request.echo else ()
+        echoes = (
+            tuple(_echo(text, request.logprobs) for text, _ in prompts for _ in range(n))
+            if request.echo
+            else ()
+        )
         options = request.stream_options
         return CompletionJob(
             job=job,
@@ -87,11 +96,14 @@ class CompletionService:
         """SSE frames of a streamed completion, ending with ``[DONE]``."""
         job = completion.job
         usage = Usage(job.prompt_tokens)
-        offsets = [len(e) for e in completion.echoes] or [0] * len(job.choices)
+        offsets = [0] * len(job.choices)
         pending: dict[int, list[TokenDelta]] = {}
         try:
             for index, echo in enumerate(completion.echoes):
-                yield self._chunk(job, index, echo)
+                text = "".join(d.text for d in echo)
+                logprobs = _logprobs(list(echo), 0) if completion.logprobs else None
+                offsets[index] = len(text)
+                yield self._chunk(job, index, text, logprobs=logprobs)
             async for index, delta in self._generation.deltas(job):
                 usage.add(delta)
                 group = pending.setdefault(index, [])
@@ -127,15 +139,16 @@ class CompletionService:
                 texts[index].append(delta)
             if delta.finish_reason is not None:
                 finish[index] = delta.finish_reason
-        echoes = completion.echoes or ("",) * len(job.choices)
+        echoes = completion.echoes or ((),) * len(job.choices)
+        whole = [[*echo, *deltas] for echo, deltas in zip(echoes, texts, strict=True)]
         choices = [
             {
                 "index": i,
-                "text": echo + "".join(d.text for d in deltas),
-                "logprobs": _logprobs(deltas, len(echo)) if completion.logprobs else None,
+                "text": "".join(d.text for d in tokens),
+                "logprobs": _logprobs(tokens, 0) if completion.logprobs else None,
                 "finish_reason": finish[i],
             }
-            for i, (echo, deltas) in enumerate(zip(echoes, texts, strict=True))
+            for i, tokens in enumerate(whole)
         ]
         return _body(job, choices, usage_dict(usage))
 
@@ -194,6 +207,21 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[tupl
     return prompts
 
 
+def _echo(prompt: str, alternatives: int | None) -> tuple[TokenDelta, ...]:
+    """The prompt as tokens, scored like generated ones (the first has no logprob)."""
+    tokens = tokenize(prompt)
+    if alternatives is None:
+        return tuple(TokenDelta(t) for t in tokens)
+    return tuple(
+        TokenDelta(
+            t,
+            logprob=None if i == 0 else logprob(t, i),
+            top_logprobs=() if i == 0 else top_logprobs(t, i, alternatives),
+        )
+        for i, t in enumerate(tokens)
+    )
+
+
 def _logprobs(deltas: list[TokenDelta], offset: int) -> dict[str, Any]:
     offsets = []
     for d in deltas:
@@ -202,6 +230,6 @@ def _logprobs(deltas: list[TokenDelta], offset: int) -> dict[str, Any]:
     return {
         "tokens": [d.text for d in deltas],
         "token_logprobs": [d.logprob for d in deltas],
-        "top_logprobs": [dict(d.top_logprobs) for d in deltas],
+        "top_logprobs": [dict(d.top_logprobs) if d.logprob is not None else None for d in deltas],
         "text_offset": offsets,
     }

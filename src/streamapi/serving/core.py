@@ -168,7 +168,7 @@ class Generation:
                     max_tokens=max_tokens or 0,
                 )
             room = settings.max_model_len - count
-            capped = min(max_tokens or room, room)
+            capped = room if max_tokens is None else min(max_tokens, room)
             choices += [replace(template, choice_index=i, max_tokens=capped) for i in range(n)]
         return Job(
             id=f"{id_prefix}{uuid.uuid4().hex}",

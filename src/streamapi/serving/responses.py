@@ -307,7 +307,8 @@ class _Builder:
                     name=item.name,
                 )
             )
-        done = _item_body(item, "completed")
+        # The item max_output_tokens cut short is incomplete, like the response.
+        done = _item_body(item, "incomplete" if self._finish == "length" else "completed")
         self.output.append(done)
         frames.append(self.event("response.output_item.done", output_index=item.index, item=done))
         return frames
@@ -365,7 +366,7 @@ class _Builder:
 
 
 def _item_body(item: _Item, status: str) -> dict[str, Any]:
-    done = status == "completed"
+    done = status != "in_progress"
     if item.kind == "message":
         content = [_output_text(item.text)] if done else []
         return {

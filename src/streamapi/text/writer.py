@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9+#'-]*")
+_WORD = re.compile(r"[^\W\d_][\w+#'-]*")
 _LEADING_ASKS = re.compile(
     r"^(?:(?:please|kindly|hey|hi|hello|so|ok|okay)[,!]?\s+)*"
     r"(?:(?:can|could|would|will) you\s+)?(?:please\s+)?"
