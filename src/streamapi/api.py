@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypedDict, TypeVar
 
@@ -20,6 +21,7 @@ from streamapi.errors import (
     from_validation_error,
 )
 from streamapi.lifecycle import Lifecycle
+from streamapi.metrics import CONTENT_TYPE_LATEST, Metrics
 from streamapi.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -30,12 +32,16 @@ from streamapi.schemas import (
     ModelList,
     PromptRequest,
 )
-from streamapi.serving import ChatService
+from streamapi.serving import Admission, ChatService, TestOverrides
 from streamapi.settings import Settings
 
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
 # Routes that stream, whose errors a non-JSON client receives as an SSE event.
 SSE_PATHS = frozenset({CHAT_COMPLETIONS_PATH})
+# Per-request test overrides, honoured only with --enable-latency-headers.
+TTFT_HEADER = "x-streamapi-ttft-ms"
+ITL_HEADER = "x-streamapi-itl-ms"
+OUTPUT_TOKENS_HEADER = "x-streamapi-output-tokens"
 
 T = TypeVar("T")
 
@@ -47,6 +53,7 @@ class State(TypedDict):
     engine: Engine
     lifecycle: Lifecycle
     chat: ChatService
+    metrics: Metrics
     started_at: int
 
 
@@ -57,6 +64,7 @@ def _state(request: Request) -> State:
         engine=state.engine,
         lifecycle=state.lifecycle,
         chat=state.chat,
+        metrics=state.metrics,
         started_at=state.started_at,
     )
 
@@ -69,6 +77,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "Invalid request (malformed JSON, a bad field, context length exceeded).",
         404: "Unknown model (when unlisted models are refused).",
         413: "Request body over the size limit.",
+        429: "The engine's queue is full; retry after Retry-After seconds.",
         500: "Unexpected server error; the message is generic, details go to the log.",
         503: "The server is shutting down.",
     }.items()
@@ -119,26 +128,63 @@ router = APIRouter()
 )
 async def create_chat_completion(request: Request, state: StateDep) -> Response:
     settings, lifecycle, chat = state["settings"], state["lifecycle"], state["chat"]
+    arrived_at = _arrived_at(request)
     if lifecycle.draining:
         raise _shutting_down()
     chat_request = _parse_chat_request(await request.body(), settings)
-    job = chat.prepare(chat_request)
+    job = chat.prepare(chat_request, _test_overrides(request, settings))
+    # Admission happens here, before the response exists: a full engine is a 429.
+    admission = await chat.admit(job, arrived_at=arrived_at)
     if chat_request.stream:
-        return sse.EventStreamResponse(
-            chat.stream(job),
-            ping_interval_s=settings.ping_interval_s,
-            send_timeout_s=settings.send_timeout_s,
-            on_start=lifecycle.request_started,
-            on_finish=lifecycle.request_finished,
-        )
+        try:
+            return _event_stream(chat, admission, state)
+        except BaseException:
+            await admission.aclose()
+            raise
     lifecycle.request_started()
     try:
-        completion = await _unless_disconnected(request, chat.complete(job))
+        completion = await _unless_disconnected(request, chat.complete(admission))
     finally:
+        await admission.aclose()
         lifecycle.request_finished()
     if completion is None:
         return Response(status_code=499)  # nobody is listening; for the access log only
     return Response(orjson.dumps(completion.model_dump(mode="json")), media_type="application/json")
+
+
+def _event_stream(chat: ChatService, admission: Admission, state: State) -> Response:
+    settings, lifecycle, metrics = state["settings"], state["lifecycle"], state["metrics"]
+
+    def on_start() -> None:
+        lifecycle.request_started()
+        metrics.streams_in_flight.inc()
+
+    async def on_finish() -> None:
+        try:
+            await admission.aclose()
+        finally:
+            lifecycle.request_finished()
+            metrics.streams_in_flight.dec()
+
+    return sse.EventStreamResponse(
+        chat.stream(admission),
+        ping_interval_s=settings.ping_interval_s,
+        send_timeout_s=settings.send_timeout_s,
+        on_start=on_start,
+        on_finish=on_finish,
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="vLLM's engine metrics (`vllm:*`) for the simulated engine and the "
+    "server's own (`streamapi_*`), in Prometheus' text format.",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+async def metrics(state: StateDep) -> Response:
+    return Response(state["metrics"].render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models", response_model=ModelList, summary="List the served models")
@@ -225,6 +271,48 @@ def _from_prompt_form(payload: dict[str, Any], settings: Settings) -> ChatComple
         )
     except ValidationError as exc:
         raise from_validation_error(exc) from None
+
+
+def _arrived_at(request: Request) -> float:
+    """When the request reached the app (stamped by the outermost middleware)."""
+    arrived_at = getattr(request.state, "arrived_at", None)
+    if isinstance(arrived_at, float):
+        return arrived_at
+    return asyncio.get_running_loop().time()
+
+
+def _test_overrides(request: Request, settings: Settings) -> TestOverrides | None:
+    if not settings.enable_latency_headers:
+        return None
+    headers = request.headers
+    ttft = _header_number(headers.get(TTFT_HEADER), TTFT_HEADER, 600_000)
+    itl = _header_number(headers.get(ITL_HEADER), ITL_HEADER, 60_000)
+    tokens = _header_number(headers.get(OUTPUT_TOKENS_HEADER), OUTPUT_TOKENS_HEADER, 1_000_000)
+    if ttft is None and itl is None and tokens is None:
+        return None
+    if tokens is not None and not tokens.is_integer():
+        raise InvalidRequestError(
+            f"{OUTPUT_TOKENS_HEADER} must be a whole number.", param=OUTPUT_TOKENS_HEADER
+        )
+    return TestOverrides(
+        time_to_first_token_ms=ttft,
+        inter_token_latency_ms=itl,
+        output_tokens=None if tokens is None else int(tokens),
+    )
+
+
+def _header_number(value: str | None, name: str, most: float) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number <= most:
+        raise InvalidRequestError(
+            f"{name} must be a number from 0 to {most:g}; got {value!r}.", param=name
+        )
+    return number
 
 
 def _model_card(name: str, state: State) -> Model:

@@ -114,10 +114,15 @@ class PromptRequest(_Request):
 # --- responses ------------------------------------------------------------------
 
 
+class PromptTokensDetails(_Response):
+    cached_tokens: int = Field(description="Prompt tokens found in the prefix cache.")
+
+
 class CompletionUsage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class ChatCompletionMessage(_Response):

@@ -5,6 +5,13 @@ completion, the role chunk once per choice and only after its first token
 exists, exactly one ``finish_reason`` per choice, the usage chunk last, and
 errors after the first byte sent in-stream followed by ``[DONE]``. It knows
 the engine and the wire models, not HTTP.
+
+A request's engine sequences are opened by ``admit``, before the response
+exists, so that a full engine is an HTTP 429 and never an in-stream error; the
+``Admission`` it returns must be closed exactly once, however the request ends.
+The client-side latencies (time to first token, inter-token, end-to-end) are
+recorded here, where frames are handed to the response, against the event
+loop's monotonic clock and the request's arrival.
 """
 
 from __future__ import annotations
@@ -27,18 +34,29 @@ from streamapi.errors import (
     ServiceUnavailableError,
 )
 from streamapi.lifecycle import DRAIN_EXPIRED, Lifecycle
+from streamapi.metrics import Metrics
 from streamapi.schemas import (
     ChatCompletion,
     ChatCompletionMessage,
     ChatCompletionRequest,
     Choice,
     CompletionUsage,
+    PromptTokensDetails,
     TextContentPart,
 )
 from streamapi.settings import Settings
 from streamapi.text.tokenizer import count_chat_tokens
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TestOverrides:
+    """Per-request timing and length a test asked for (``--enable-latency-headers``)."""
+
+    time_to_first_token_ms: float | None = None
+    inter_token_latency_ms: float | None = None
+    output_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +72,60 @@ class ChatJob:
     continuous_usage: bool
 
 
+class Admission:
+    """A chat job whose engine sequences are open; ``aclose`` releases them.
+
+    ``aclose`` is idempotent, so every way a request can end may call it: the
+    stream's own ``finally``, the response's ``on_finish`` (which runs even when
+    the client left before the stream's first step, sse-starlette #156), and the
+    non-streamed route's ``finally``. A job closed before serving marked it
+    ``ended`` counts as a client disconnect.
+    """
+
+    def __init__(
+        self,
+        job: ChatJob,
+        streams: list[AsyncIterator[TokenDelta]],
+        *,
+        arrived_at: float,
+        metrics: Metrics | None,
+    ) -> None:
+        self.job = job
+        self.streams = streams
+        self.arrived_at = arrived_at
+        self.ended = False
+        self._metrics = metrics
+        self._closed = False
+
+    async def aclose(self) -> None:
+        """Release every engine sequence of the job (once; later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.ended and self._metrics is not None:
+            self._metrics.client_disconnects.inc()
+        for stream in self.streams:
+            await _aclose(stream)
+
+
 class ChatService:
     """Turns chat requests into engine calls and engine output into OpenAI responses."""
 
-    def __init__(self, settings: Settings, engine: Engine, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        lifecycle: Lifecycle,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._lifecycle = lifecycle
+        self._metrics = metrics
 
-    def prepare(self, request: ChatCompletionRequest) -> ChatJob:
+    def prepare(
+        self, request: ChatCompletionRequest, overrides: TestOverrides | None = None
+    ) -> ChatJob:
         """Check everything that can fail before the first byte; raise ``APIError`` if not."""
         settings = self._settings
         if request.stream_options is not None and not request.stream:
@@ -97,6 +160,9 @@ class ChatService:
                 top_p=1.0 if request.top_p is None else request.top_p,
                 choice_index=index,
                 ignore_eos=bool(request.ignore_eos),
+                time_to_first_token_ms=overrides.time_to_first_token_ms if overrides else None,
+                inter_token_latency_ms=overrides.inter_token_latency_ms if overrides else None,
+                output_tokens=overrides.output_tokens if overrides else None,
             )
             for index in range(n)
         )
@@ -121,48 +187,91 @@ class ChatService:
             return requested
         raise ModelNotFoundError(requested)
 
-    async def stream(self, job: ChatJob) -> AsyncIterator[bytes]:
+    async def admit(self, job: ChatJob, *, arrived_at: float) -> Admission:
+        """Open the job's engine sequences now, before any byte is sent.
+
+        Raises the engine's ``APIError`` (``RateLimitError`` when it is full),
+        having closed whatever it had opened: all of a job's choices or none.
+        """
+        streams: list[AsyncIterator[TokenDelta]] = []
+        try:
+            for request in job.choices:
+                streams.append(self._engine.stream(request))
+        except BaseException:
+            for stream in streams:
+                await _aclose(stream)
+            raise
+        return Admission(job, streams, arrived_at=arrived_at, metrics=self._metrics)
+
+    async def stream(self, admission: Admission) -> AsyncIterator[bytes]:
         """SSE frames of a streamed chat completion, ending with ``[DONE]``."""
+        job = admission.job
         frames = _ChunkWriter(job)
+        clock = _Stopwatch(admission.arrived_at, self._metrics)
         per_event = self._settings.tokens_per_event
         pending: dict[int, list[str]] = {}
         try:
-            async for index, delta in self._deltas(job):
-                if index not in frames.started:
-                    yield frames.role(index)
-                if delta.text:
-                    frames.completion_tokens += 1
-                    texts = pending.setdefault(index, [])
-                    texts.append(delta.text)
-                    if len(texts) >= per_event:
-                        yield frames.content(index, "".join(texts))
-                        texts.clear()
-                if delta.finish_reason is not None:
-                    if pending.get(index):
-                        yield frames.content(index, "".join(pending.pop(index)))
-                    yield frames.finish(index, delta.finish_reason)
-            if job.include_usage:
-                yield frames.usage()
-        except APIError as error:
-            # The status line is long gone: the error becomes an event, then [DONE].
-            logger.warning("%s ended in-stream: %s", job.id, error.message)
-            yield sse.encode_data(error.to_dict())
-        except Exception:
-            logger.exception("%s failed mid-stream", job.id)
-            yield sse.encode_data(APIError("The server had an error while generating.").to_dict())
-        yield sse.DONE
+            try:
+                async for index, delta in self._deltas(admission):
+                    if index not in frames.started:
+                        yield frames.role(index)
+                    if index == 0 and delta.cached_prompt_tokens:
+                        frames.cached_tokens = delta.cached_prompt_tokens
+                    if delta.text:
+                        frames.completion_tokens += 1
+                        texts = pending.setdefault(index, [])
+                        texts.append(delta.text)
+                        if len(texts) >= per_event:
+                            clock.content(index)
+                            yield frames.content(index, "".join(texts))
+                            texts.clear()
+                    if delta.finish_reason is not None:
+                        if pending.get(index):
+                            clock.content(index)
+                            yield frames.content(index, "".join(pending.pop(index)))
+                        clock.finish()
+                        yield frames.finish(index, delta.finish_reason)
+                if job.include_usage:
+                    yield frames.usage()
+            except APIError as error:
+                # The status line is long gone: the error becomes an event, then [DONE].
+                logger.warning("%s ended in-stream: %s", job.id, error.message)
+                self._count_error(error)
+                yield sse.encode_data(error.to_dict())
+            except Exception:
+                logger.exception("%s failed mid-stream", job.id)
+                hidden = APIError("The server had an error while generating.")
+                self._count_error(hidden)
+                yield sse.encode_data(hidden.to_dict())
+            admission.ended = True
+            yield sse.DONE
+        finally:
+            await admission.aclose()
 
-    async def complete(self, job: ChatJob) -> ChatCompletion:
+    async def complete(self, admission: Admission) -> ChatCompletion:
         """The whole completion at once (``stream`` false)."""
+        job = admission.job
+        clock = _Stopwatch(admission.arrived_at, self._metrics)
         texts: list[list[str]] = [[] for _ in job.choices]
         finish: list[Any] = [None] * len(job.choices)
-        completion_tokens = 0
-        async for index, delta in self._deltas(job):
-            if delta.text:
-                texts[index].append(delta.text)
-                completion_tokens += 1
-            if delta.finish_reason is not None:
-                finish[index] = delta.finish_reason
+        completion_tokens = cached_tokens = 0
+        try:
+            async for index, delta in self._deltas(admission):
+                if index == 0 and delta.cached_prompt_tokens:
+                    cached_tokens = delta.cached_prompt_tokens
+                if delta.text:
+                    # No client sees these tokens before the end; they are timed
+                    # when serving receives them, as vLLM times its engine's output.
+                    clock.content(index)
+                    texts[index].append(delta.text)
+                    completion_tokens += 1
+                if delta.finish_reason is not None:
+                    clock.finish()
+                    finish[index] = delta.finish_reason
+        except APIError:
+            admission.ended = True
+            raise
+        admission.ended = True
         return ChatCompletion(
             id=job.id,
             created=job.created,
@@ -175,11 +284,11 @@ class ChatService:
                 )
                 for i, parts in enumerate(texts)
             ],
-            usage=_usage(job.prompt_tokens, completion_tokens),
+            usage=_usage(job.prompt_tokens, completion_tokens, cached_tokens),
         )
 
-    async def _deltas(self, job: ChatJob) -> AsyncIterator[tuple[int, TokenDelta]]:
-        streams = [self._engine.stream(request) for request in job.choices]
+    async def _deltas(self, admission: Admission) -> AsyncIterator[tuple[int, TokenDelta]]:
+        streams = admission.streams
         source = _single(streams[0]) if len(streams) == 1 else _merge(streams)
         try:
             with self._lifecycle.interruptible():
@@ -197,6 +306,38 @@ class ChatService:
         finally:
             await source.aclose()
 
+    def _count_error(self, error: APIError) -> None:
+        if self._metrics is not None:
+            self._metrics.error(error.type, error.code, in_stream=True)
+
+
+class _Stopwatch:
+    """Times one request's sequences for the latency histograms, on the event loop's clock."""
+
+    def __init__(self, arrived_at: float, metrics: Metrics | None) -> None:
+        self._arrived_at = arrived_at
+        self._metrics = metrics
+        self._last: dict[int, float] = {}
+
+    def content(self, index: int) -> None:
+        """A content frame of choice ``index`` is handed over now."""
+        metrics = self._metrics
+        if metrics is None:
+            return
+        now = asyncio.get_running_loop().time()
+        last = self._last.get(index)
+        if last is None:
+            metrics.time_to_first_token.observe(now - self._arrived_at)
+        else:
+            metrics.inter_token_latency.observe(now - last)
+        self._last[index] = now
+
+    def finish(self) -> None:
+        """A choice's last frame is handed over now."""
+        if self._metrics is not None:
+            now = asyncio.get_running_loop().time()
+            self._metrics.e2e_request_latency.observe(now - self._arrived_at)
+
 
 class _ChunkWriter:
     """Encodes the chunks of one completion; counts tokens for usage."""
@@ -212,6 +353,7 @@ class _ChunkWriter:
         }
         self.started: set[int] = set()
         self.completion_tokens = 0
+        self.cached_tokens = 0
 
     def role(self, index: int) -> bytes:
         self.started.add(index)
@@ -239,15 +381,18 @@ class _ChunkWriter:
             chunk["usage"] = self._usage() if self._job.continuous_usage else None
         return sse.encode_data(chunk)
 
-    def _usage(self) -> dict[str, int]:
-        return _usage(self._job.prompt_tokens, self.completion_tokens).model_dump()
+    def _usage(self) -> dict[str, Any]:
+        return _usage(
+            self._job.prompt_tokens, self.completion_tokens, self.cached_tokens
+        ).model_dump()
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> CompletionUsage:
     return CompletionUsage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
     )
 
 
