@@ -57,7 +57,8 @@ class State(TypedDict):
     started_at: int
 
 
-def _state(request: Request) -> State:
+async def _state(request: Request) -> State:
+    # async: FastAPI runs a sync dependency in its thread pool, a thread hop per request.
     state = request.state
     return State(
         settings=state.settings,
