@@ -379,3 +379,28 @@ async def test_output_tokens_override_sets_the_answer_length(
     )
     assert SimulatorEngine().plan(capped).finish_reason == "length"
     await engine.aclose()
+
+
+async def test_the_readme_worked_example(clock: asyncio.AbstractEventLoop) -> None:
+    # README "Engine model", worked example: the 8b-1gpu profile, 4 slots,
+    # six requests at once with 1000-token prompts and 100 output tokens.
+    model = BatchModel(
+        time_to_first_token_ms=20,
+        prefill_ms_per_token=0.06,
+        inter_token_latency_ms=7,
+        load_factor=2,
+        max_num_seqs=4,
+        enable_prefix_caching=False,
+    )
+    scheduler = Scheduler(model)
+    start = clock.time()
+    seqs = [sequence(scheduler, f"r{i}", tokens=100, prompt=1000) for i in range(6)]
+    for seq in seqs:
+        scheduler.submit(seq)
+    results = await gather(*(arrivals(s, start) for s in seqs))
+    ms = [[round(t * 1000, 2) for t in (times[0], times[1], times[-1])] for times in results]
+    queued = [round((s.scheduled_at - s.enqueued_at) * 1000, 2) for s in seqs]
+    assert ms[:4] == [[260.0, 281.0, 2339.0]] * 4
+    assert ms[4:] == [[2479.0, 2490.67, 3634.0]] * 2
+    assert queued == [0.0] * 4 + [2339.0] * 2
+    await scheduler.aclose()
