@@ -339,7 +339,8 @@ async def test_two_apps_in_one_process_keep_separate_metrics(serve: Serve) -> No
 
 def test_a_profile_presets_the_latency_settings_and_explicit_ones_win() -> None:
     settings = Settings(latency_profile="70b-8gpu", inter_token_latency_ms=12)
-    assert settings.time_to_first_token_ms == 35
+    assert settings.time_to_first_token_ms == 10
+    assert settings.prefill_overhead_ms == 25
     assert settings.prefill_ms_per_token == 0.1
     assert settings.inter_token_latency_ms == 12
     assert settings.kv_cache_tokens == 1_200_000

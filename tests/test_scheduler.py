@@ -141,7 +141,7 @@ async def test_inter_token_latency_grows_with_the_batch(
 async def test_an_admission_mid_stream_stretches_that_step_by_its_prefill(
     clock: asyncio.AbstractEventLoop,
 ) -> None:
-    model = BatchModel(time_to_first_token_ms=50, inter_token_latency_ms=10, max_num_seqs=4)
+    model = BatchModel(prefill_overhead_ms=50, inter_token_latency_ms=10, max_num_seqs=4)
     scheduler = Scheduler(model)
     start = clock.time()
     first = sequence(scheduler, "a", tokens=10)
@@ -159,6 +159,55 @@ async def test_an_admission_mid_stream_stretches_that_step_by_its_prefill(
     assert times[:5] == pytest.approx([0.050, 0.060, 0.070, 0.080, 0.140])
     assert gaps(times[4:]) == pytest.approx([0.010] * 5)
     assert late_times == pytest.approx([0.140, 0.150, 0.160])
+    await scheduler.aclose()
+
+
+async def test_time_to_first_token_holds_a_slot_but_does_not_stall_the_batch(
+    clock: asyncio.AbstractEventLoop,
+) -> None:
+    model = BatchModel(time_to_first_token_ms=45, inter_token_latency_ms=10, max_num_seqs=4)
+    scheduler = Scheduler(model)
+    start = clock.time()
+    first = sequence(scheduler, "a", tokens=12)
+    scheduler.submit(first)
+    late = sequence(scheduler, "b", tokens=3)
+
+    async def submit_late() -> list[float]:
+        await asyncio.sleep(0.070)  # during the step from 65 to 75 ms
+        scheduler.submit(late)
+        return await arrivals(late, start)
+
+    times, late_times = await gather(arrivals(first, start), submit_late())
+    assert times == pytest.approx([0.045 + 0.010 * i for i in range(12)])
+    # late: admitted at 75 ms, prefilled by 85, first token 45 ms later; it joins
+    # the batch at the next step (125 to 135 is under way) and decodes from 135.
+    assert late_times == pytest.approx([0.130, 0.145, 0.155])
+    assert scheduler.running == 0
+    await scheduler.aclose()
+
+
+async def test_with_the_default_profile_arrivals_do_not_stall_running_streams(
+    clock: asyncio.AbstractEventLoop,
+) -> None:
+    # The default profile's 100 ms is a per-sequence latency, not a step cost:
+    # ten arrivals a second must not hold up the tokens of the streams already running.
+    model = BatchModel(time_to_first_token_ms=100, inter_token_latency_ms=5, load_factor=1)
+    scheduler = Scheduler(model)
+
+    async def arrive(i: int) -> list[float]:
+        await asyncio.sleep(i * 0.1)
+        seq = sequence(scheduler, f"r{i}", tokens=350)
+        scheduler.submit(seq)
+        return await arrivals(seq, clock.time())
+
+    results = await gather(*(arrive(i) for i in range(20)))
+    step = 5 * (1 + 1 * (20 - 1) / (256 - 1)) * MS + 1e-9  # the widest decode step
+    # A request waits out the step under way, is prefilled in the next (no prefill
+    # cost in this profile, but the step decodes the others), then waits its 100 ms;
+    # it joins the batch at the step after its first token.
+    assert all(0.100 - 1e-9 <= times[0] <= 0.100 + 2 * step for times in results)
+    assert all(gaps(times)[0] <= 2 * step for times in results)
+    assert max(max(gaps(times)[1:]) for times in results) <= step
     await scheduler.aclose()
 
 
@@ -385,7 +434,8 @@ async def test_the_readme_worked_example(clock: asyncio.AbstractEventLoop) -> No
     # README "Engine model", worked example: the 8b-1gpu profile, 4 slots,
     # six requests at once with 1000-token prompts and 100 output tokens.
     model = BatchModel(
-        time_to_first_token_ms=20,
+        time_to_first_token_ms=5,
+        prefill_overhead_ms=15,
         prefill_ms_per_token=0.06,
         inter_token_latency_ms=7,
         load_factor=2,

@@ -21,6 +21,7 @@ class LatencyPreset:
     """The settings a latency profile presets (see ``LATENCY_PROFILES``)."""
 
     time_to_first_token_ms: float
+    prefill_overhead_ms: float
     prefill_ms_per_token: float
     inter_token_latency_ms: float
     load_factor: float
@@ -31,10 +32,10 @@ class LatencyPreset:
 # of that class, not measurements: they give a real deployment's shape, not its
 # exact numbers.
 LATENCY_PROFILES: Final[dict[LatencyProfile, LatencyPreset]] = {
-    "default": LatencyPreset(100.0, 0.0, 5.0, 1.0, 2_097_152),
-    "instant": LatencyPreset(0.0, 0.0, 0.0, 0.0, 2_097_152),
-    "8b-1gpu": LatencyPreset(20.0, 0.06, 7.0, 2.0, 450_000),
-    "70b-8gpu": LatencyPreset(35.0, 0.1, 18.0, 2.0, 1_200_000),
+    "default": LatencyPreset(100.0, 0.0, 0.0, 5.0, 1.0, 2_097_152),
+    "instant": LatencyPreset(0.0, 0.0, 0.0, 0.0, 0.0, 2_097_152),
+    "8b-1gpu": LatencyPreset(5.0, 15.0, 0.06, 7.0, 2.0, 450_000),
+    "70b-8gpu": LatencyPreset(10.0, 25.0, 0.1, 18.0, 2.0, 1_200_000),
 }
 
 
@@ -102,7 +103,7 @@ class Settings(BaseSettings):
     # --- engine model: latency ------------------------------------------------
     latency_profile: LatencyProfile = Field(
         default="default",
-        description="Named preset for the latency and KV settings below (default, instant, "
+        description="Named preset for the six latency and KV settings below (default, instant, "
         "8b-1gpu, 70b-8gpu); each of those settings given explicitly wins over the preset. "
         "See the README's Engine model section.",
     )
@@ -110,16 +111,24 @@ class Settings(BaseSettings):
         default=100.0,
         ge=0,
         le=600_000,
-        description="Fixed cost of an engine step that prefills: a lone request's time to "
-        "first token is this plus prefill-ms-per-token for each uncached prompt token. "
+        description="Latency from a sequence's prefill to its first token that holds its "
+        "slot but not the engine. A lone request's time to first token is this plus "
+        "prefill-overhead-ms plus prefill-ms-per-token per uncached prompt token. "
         "Default: the latency profile's (100 in the default profile).",
+    )
+    prefill_overhead_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=600_000,
+        description="Fixed cost of an engine step that prefills, paid once per step by "
+        "every running sequence. Default: the latency profile's (0 in the default profile).",
     )
     prefill_ms_per_token: float = Field(
         default=0.0,
         ge=0,
         le=1_000,
-        description="Prefill cost of each uncached prompt token admitted in a step. "
-        "Default: the latency profile's (0 in the default profile).",
+        description="Prefill cost of each uncached prompt token admitted in a step, paid by "
+        "every running sequence. Default: the latency profile's (0 in the default profile).",
     )
     inter_token_latency_ms: float = Field(
         default=5.0,

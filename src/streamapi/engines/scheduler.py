@@ -8,10 +8,13 @@ The model (the README's "Engine model" gives the formulas and a worked example):
   budget that running sequences leave free;
 - sequences are admitted at the start of a step; a step lasts
   ``decode_ms(d) + prefill_ms(u)``: ``d`` running sequences decode one token each,
-  and the sequences admitted in it prefill ``u`` uncached prompt tokens and get
-  their first token at its end;
+  and the sequences admitted in it prefill ``u`` uncached prompt tokens;
+- a prefilled sequence gets its first token ``time_to_first_token_ms`` after its
+  prefill step, a latency that holds its slot but not the engine (so a slow
+  first token does not stall everyone else), then joins the batch at the next
+  step's start and gets one token a step;
 - a sequence's queue time is from ``submit`` to its admission, its prefill time
-  that first step, its decode time the steps after, one token each.
+  from there to its first token, its decode time the rest.
 
 Sequences hand their tokens to the consumer through a counter into their
 planned tokens, not a queue: a consumer slower than the steps falls behind by at
@@ -41,6 +44,7 @@ class BatchModel:
     """The engine's capacity and step-cost model; every time is in milliseconds."""
 
     time_to_first_token_ms: float = 0.0
+    prefill_overhead_ms: float = 0.0
     prefill_ms_per_token: float = 0.0
     inter_token_latency_ms: float = 0.0
     load_factor: float = 0.0
@@ -59,7 +63,7 @@ class BatchModel:
 
     def prefill_ms(self, uncached_tokens: int) -> float:
         """The prefill part of a step that admits sequences with ``uncached_tokens`` in all."""
-        return self.time_to_first_token_ms + self.prefill_ms_per_token * uncached_tokens
+        return self.prefill_overhead_ms + self.prefill_ms_per_token * uncached_tokens
 
     def step_ms(self, decoding: int, prefilling: int, uncached_tokens: int) -> float:
         """A whole step: decode of the running batch plus prefill of the admitted ones."""
@@ -188,8 +192,10 @@ class Scheduler:
         self._metrics = metrics
         self._rng = rng or random.Random()
         self._waiting: deque[Sequence] = deque()
-        self._running: list[Sequence] = []
-        self._paced: list[Sequence] = []
+        self._running: list[Sequence] = []  # in the batch: one token a step
+        self._warming: list[Sequence] = []  # prefilled; first token at next_due
+        self._joining: list[Sequence] = []  # first token out; into the batch next step
+        self._paced: list[Sequence] = []  # a test's own pace, outside the steps
         self._kv_reserved = 0
         self._prefix = PrefixCache(model.kv_cache_tokens) if model.enable_prefix_caching else None
         self._task: asyncio.Task[None] | None = None
@@ -206,7 +212,7 @@ class Scheduler:
     @property
     def running(self) -> int:
         """Sequences admitted and not yet finished."""
-        return len(self._running) + len(self._paced)
+        return sum(len(bucket) for bucket in self._admitted())
 
     @property
     def waiting(self) -> int:
@@ -215,7 +221,7 @@ class Scheduler:
 
     def kv_cache_usage(self) -> float:
         """The KV budget's fraction that running sequences' prompts and outputs fill now."""
-        used = sum(len(s.prompt) + s.generated for s in (*self._running, *self._paced))
+        used = sum(len(s.prompt) + s.generated for b in self._admitted() for s in b)
         return used / self.model.kv_cache_tokens
 
     def start(self) -> None:
@@ -249,7 +255,7 @@ class Scheduler:
         if sequence.state is State.WAITING:
             self._waiting.remove(sequence)
         elif sequence.state is State.RUNNING:
-            (self._paced if sequence.pace else self._running).remove(sequence)
+            next(b for b in self._admitted() if sequence in b).remove(sequence)
             self._kv_reserved -= sequence.kv_tokens
         else:
             return
@@ -280,18 +286,18 @@ class Scheduler:
                     # Back-to-back steps follow the planned schedule, not the
                     # loop's lateness, so a busy event loop does not slow the model.
                     chained, step_end = step_end, None
-                self._emit_paced(now)
+                self._emit_due(now)
                 if step_end is None:
+                    self._running += self._joining
+                    self._joining.clear()
                     decoding = len(self._running)
                     prefilling, uncached = self._admit(now)
                     if self._running:
                         start = chained if chained is not None else now
                         step_end = start + self._step_s(decoding, prefilling, uncached)
                 self._in_step = step_end is not None
-                deadline = min(
-                    math.inf if step_end is None else step_end,
-                    min((s.next_due for s in self._paced), default=math.inf),
-                )
+                due = (s.next_due for b in (self._warming, self._paced) for s in b)
+                deadline = min(math.inf if step_end is None else step_end, *due, math.inf)
                 await self._sleep_until(loop, deadline)
         except asyncio.CancelledError:
             raise
@@ -337,30 +343,42 @@ class Scheduler:
 
     def _complete_step(self, now: float) -> None:
         generated = 0
-        finished: list[Sequence] = []
+        latency_s = self.model.time_to_first_token_ms / 1000
         for sequence in self._running:
+            if sequence.produced == 0 and latency_s > 0:
+                sequence.next_due = now + latency_s  # prefilled; its first token waits
+                self._warming.append(sequence)
+                continue
             if sequence.produced < len(sequence.tokens):
                 generated += 1
             if sequence._produce(now):
-                finished.append(sequence)
-        if finished:
-            self._running = [s for s in self._running if s.produced < s.total]
-            for sequence in finished:
                 self._finish(sequence, now)
+        self._running = [s for s in self._running if s.state is State.RUNNING and s.produced]
         if self._metrics is not None and generated:
             self._metrics.generation_tokens.inc(generated)
 
-    def _emit_paced(self, now: float) -> None:
+    def _emit_due(self, now: float) -> None:
+        """First tokens of warmed-up sequences, and the tokens of paced ones, that are due."""
+        for sequence in [s for s in self._warming if s.next_due <= now]:
+            self._warming.remove(sequence)
+            self._count_token(sequence)
+            if sequence._produce(sequence.next_due):
+                self._finish(sequence, now)
+            else:
+                self._joining.append(sequence)
         for sequence in list(self._paced):
             while sequence.next_due <= now:
-                if sequence.produced < len(sequence.tokens) and self._metrics is not None:
-                    self._metrics.generation_tokens.inc()
+                self._count_token(sequence)
                 if sequence._produce(sequence.next_due):
                     self._paced.remove(sequence)
                     self._finish(sequence, now)
                     break
                 assert sequence.pace is not None
                 sequence.next_due += sequence.pace.itl_s
+
+    def _count_token(self, sequence: Sequence) -> None:
+        if sequence.produced < len(sequence.tokens) and self._metrics is not None:
+            self._metrics.generation_tokens.inc()
 
     def _finish(self, sequence: Sequence, now: float) -> None:
         sequence.state = State.FINISHED
@@ -396,13 +414,16 @@ class Scheduler:
         remaining = min((s.total - s.produced for s in self._running), default=1)
         return remaining * self.model.decode_ms(len(self._running)) / 1000
 
+    def _admitted(self) -> tuple[list[Sequence], ...]:
+        return (self._running, self._warming, self._joining, self._paced)
+
     def _fail_all(self, error: APIError) -> None:
-        for sequence in (*self._waiting, *self._running, *self._paced):
+        for sequence in (*self._waiting, *(s for b in self._admitted() for s in b)):
             sequence.state = State.FINISHED
             sequence._fail(error)
         self._waiting.clear()
-        self._running.clear()
-        self._paced.clear()
+        for bucket in self._admitted():
+            bucket.clear()
         self._kv_reserved = 0
 
 

@@ -67,6 +67,7 @@ class SimulatorEngine:
             seed=settings.seed,
             batch=BatchModel(
                 time_to_first_token_ms=settings.time_to_first_token_ms,
+                prefill_overhead_ms=settings.prefill_overhead_ms,
                 prefill_ms_per_token=settings.prefill_ms_per_token,
                 inter_token_latency_ms=settings.inter_token_latency_ms,
                 load_factor=settings.load_factor,
