@@ -268,8 +268,8 @@ class ChatService:
                 if delta.finish_reason is not None:
                     clock.finish()
                     finish[index] = delta.finish_reason
-        except APIError:
-            admission.ended = True
+        except Exception:
+            admission.ended = True  # answered with an error status, not abandoned
             raise
         admission.ended = True
         return ChatCompletion(

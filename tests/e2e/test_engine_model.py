@@ -108,7 +108,7 @@ async def test_more_requests_than_max_num_seqs_queue_as_the_model_predicts(
     def grew(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    # A slot holds a sequence for its prefill step (>= 50 ms) and 9 decode steps
+    # A slot holds a sequence for its 50 ms to first token and 9 decode steps
     # (>= 20 ms each): the k-th fastest request waits for k // 2 of them.
     occupancy_s = 0.050 + (tokens - 1) * 0.020
     ttfts = sorted(r.ttft() for r in results)
