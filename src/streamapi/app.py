@@ -13,10 +13,11 @@ from pydantic import BaseModel
 
 from streamapi import __version__, api
 from streamapi.api.common import State
-from streamapi.engines import Engine, create_engine
-from streamapi.errors import install_error_handlers
+from streamapi.engines import Engine, start_engine
+from streamapi.errors import APIError, install_error_handlers
 from streamapi.lifecycle import Lifecycle
-from streamapi.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from streamapi.metrics import Metrics
+from streamapi.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from streamapi.schemas import anthropic, openai, responses
 from streamapi.serving.anthropic import MessageService
 from streamapi.serving.chat import ChatService
@@ -49,24 +50,28 @@ def create_app(
     """Build the streamapi ASGI app.
 
     ``settings`` defaults to ``Settings()`` (the environment). ``engine``
-    replaces the one the settings name (the caller then owns its closing);
-    ``lifecycle`` lets the process that runs the app start the shutdown drain.
+    replaces the one the settings name (the caller then owns its closing, and
+    the engine's own metrics are its business); ``lifecycle`` lets the process
+    that runs the app start the shutdown drain. Every app has its own metrics
+    registry, served at ``GET /metrics``.
     """
     settings = settings or Settings()
     lifecycle = lifecycle or Lifecycle()
+    metrics = Metrics(settings.default_model)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         lifecycle.bind(asyncio.get_running_loop())
         own_engine = engine is None
-        active = engine if engine is not None else create_engine(settings)
-        generation = Generation(settings, active, lifecycle)
+        active = engine if engine is not None else await start_engine(settings, metrics=metrics)
+        generation = Generation(settings, active, lifecycle, metrics)
         per_event = settings.tokens_per_event
         try:
             yield State(
                 settings=settings,
                 lifecycle=lifecycle,
                 generation=generation,
+                metrics=metrics,
                 chat=ChatService(generation, tokens_per_event=per_event),
                 completions=CompletionService(generation, tokens_per_event=per_event),
                 embeddings=EmbeddingService(generation),
@@ -85,13 +90,20 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(api.router)
-    install_error_handlers(app, api.ERROR_DIALECTS)
+
+    def count_error(error: APIError) -> None:
+        metrics.error(error.type, error.code, in_stream=False)
+
+    install_error_handlers(app, api.ERROR_DIALECTS, on_error=count_error)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
         dialects=api.ERROR_DIALECTS,
+        on_error=count_error,
     )
     app.add_middleware(RequestIdMiddleware)
+    # Outermost, so that a request's arrival is stamped before anything else runs.
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     _document_extra_schemas(app)
     return app
 

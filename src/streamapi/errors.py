@@ -7,6 +7,7 @@
     │   │   └── ModelNotFoundError   code model_not_found
     │   ├── MethodNotAllowedError    405
     │   └── RequestTooLargeError     413 code request_too_large
+    ├── RateLimitError               429 rate_limit_error, code rate_limit_exceeded, Retry-After
     └── ServiceUnavailableError      503 service_unavailable_error
 
 Every error leaves the server as ``{"error": {"message", "type", "param", "code"}}``.
@@ -20,7 +21,8 @@ curl contract). After the first byte it is an in-stream event followed by
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Literal
@@ -136,6 +138,29 @@ class RequestTooLargeError(InvalidRequestError):
     code = "request_too_large"
 
 
+class RateLimitError(APIError):
+    """Too much work right now; the client should retry after ``retry_after_s``.
+
+    ``Retry-After`` carries whole seconds (HTTP allows no fraction) and
+    ``retry-after-ms`` the estimate itself, which the OpenAI SDKs read first.
+    """
+
+    status_code = HTTPStatus.TOO_MANY_REQUESTS
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float, code: str | None = None) -> None:
+        self.retry_after_s = max(0.0, retry_after_s)
+        super().__init__(
+            message,
+            code=code,
+            headers={
+                "Retry-After": str(max(1, math.ceil(self.retry_after_s))),
+                "retry-after-ms": str(max(1, math.ceil(self.retry_after_s * 1000))),
+            },
+        )
+
+
 class ServiceUnavailableError(APIError):
     status_code = HTTPStatus.SERVICE_UNAVAILABLE
     type = "service_unavailable_error"
@@ -222,10 +247,20 @@ def render(error: APIError, dialect: Dialect, request_id: str | None = None) -> 
     )
 
 
-def install_error_handlers(app: FastAPI, dialects: ErrorDialects) -> None:
-    """Route every exception to the one envelope, with the right status."""
+def install_error_handlers(
+    app: FastAPI,
+    dialects: ErrorDialects,
+    *,
+    on_error: Callable[[APIError], None] | None = None,
+) -> None:
+    """Route every exception to the one envelope, with the right status.
+
+    ``on_error`` sees every error answered this way (for the error counters).
+    """
 
     def respond(request: Request, error: APIError) -> Response:
+        if on_error is not None:
+            on_error(error)
         accept = request.headers.get("accept", "")
         dialect = dialects.for_request(request.method, request.url.path, accept)
         return render(error, dialect, getattr(request.state, "request_id", None))

@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: request ids and the body size limit.
+"""Pure-ASGI middleware: arrival time and request counts, request ids, the body size limit.
 
 Pure ASGI rather than ``BaseHTTPMiddleware`` so nothing sits between a stream
 and the socket: the send wrapper only touches the response's start message.
@@ -6,17 +6,54 @@ and the socket: the send wrapper only touches the response's start message.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from streamapi.errors import ErrorDialects, RequestTooLargeError, render
+from streamapi.errors import APIError, ErrorDialects, RequestTooLargeError, render
+from streamapi.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
 # An id the client sent is echoed only if it cannot smuggle anything into a header.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+class MetricsMiddleware:
+    """Stamps each request's arrival and counts requests by route template and status.
+
+    ``scope["state"]["arrived_at"]`` is the event loop's clock when the app got
+    the request (its headers parsed, its body not yet read): the zero of the
+    server-side latencies. Only the response's start message is looked at.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["arrived_at"] = asyncio.get_running_loop().time()
+        status = 0
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = scope.get("route")
+            # Unmatched paths share one label: clients must not mint label values.
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.request(template, scope["method"], status)
 
 
 class RequestIdMiddleware:
@@ -53,10 +90,18 @@ class RequestIdMiddleware:
 class BodyLimitMiddleware:
     """Refuses bodies over ``max_bytes`` with 413, before reading them when it can."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, dialects: ErrorDialects) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        dialects: ErrorDialects,
+        on_error: Callable[[APIError], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.dialects = dialects
+        self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,7 +113,10 @@ class BodyLimitMiddleware:
             dialect = self.dialects.for_request(
                 scope["method"], scope["path"], headers.get("accept", "")
             )
-            response = render(self._error(), dialect, scope.get("state", {}).get("request_id"))
+            error = self._error()
+            if self.on_error is not None:
+                self.on_error(error)
+            response = render(error, dialect, scope.get("state", {}).get("request_id"))
             await response(scope, receive, send)
             return
         received = 0

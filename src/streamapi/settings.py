@@ -8,10 +8,36 @@ Every field is also an environment variable ``STREAMAPI_<FIELD_NAME>`` and a
 from __future__ import annotations
 
 import re
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LatencyProfile = Literal["default", "instant", "8b-1gpu", "70b-8gpu"]
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPreset:
+    """The settings a latency profile presets (see ``LATENCY_PROFILES``)."""
+
+    time_to_first_token_ms: float
+    prefill_overhead_ms: float
+    prefill_ms_per_token: float
+    inter_token_latency_ms: float
+    load_factor: float
+    kv_cache_tokens: int
+
+
+# The GPU figures are orders of magnitude taken from public benchmarks of models
+# of that class, not measurements: they give a real deployment's shape, not its
+# exact numbers.
+LATENCY_PROFILES: Final[dict[LatencyProfile, LatencyPreset]] = {
+    "default": LatencyPreset(100.0, 0.0, 0.0, 5.0, 1.0, 2_097_152),
+    "instant": LatencyPreset(0.0, 0.0, 0.0, 0.0, 0.0, 2_097_152),
+    "8b-1gpu": LatencyPreset(5.0, 15.0, 0.06, 7.0, 2.0, 450_000),
+    "70b-8gpu": LatencyPreset(10.0, 25.0, 0.1, 18.0, 2.0, 1_200_000),
+}
 
 
 class Settings(BaseSettings):
@@ -95,19 +121,96 @@ class Settings(BaseSettings):
         "/v1/responses/{id}; the oldest are dropped first. 0 stores none.",
     )
 
-    # --- pacing ---------------------------------------------------------------
+    # --- engine model: latency ------------------------------------------------
+    latency_profile: LatencyProfile = Field(
+        default="default",
+        description="Named preset for the six latency and KV settings below (default, instant, "
+        "8b-1gpu, 70b-8gpu); each of those settings given explicitly wins over the preset. "
+        "See the README's Engine model section.",
+    )
     time_to_first_token_ms: float = Field(
         default=100.0,
         ge=0,
         le=600_000,
-        description="Simulated delay from request to the first token (prefill).",
+        description="Latency from a sequence's prefill to its first token that holds its "
+        "slot but not the engine. A lone request's time to first token is this plus "
+        "prefill-overhead-ms plus prefill-ms-per-token per uncached prompt token. "
+        "Default: the latency profile's (100 in the default profile).",
+    )
+    prefill_overhead_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=600_000,
+        description="Fixed cost of an engine step that prefills, paid once per step by "
+        "every running sequence. Default: the latency profile's (0 in the default profile).",
+    )
+    prefill_ms_per_token: float = Field(
+        default=0.0,
+        ge=0,
+        le=1_000,
+        description="Prefill cost of each uncached prompt token admitted in a step, paid by "
+        "every running sequence. Default: the latency profile's (0 in the default profile).",
     )
     inter_token_latency_ms: float = Field(
         default=5.0,
         ge=0,
         le=60_000,
-        description="Simulated delay between two tokens (decode step).",
+        description="Duration of a decode step with one running sequence: a lone request's "
+        "delay between two tokens. Default: the latency profile's (5 in the default profile).",
     )
+    load_factor: float = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="How much a full batch slows a decode step: a step with r decoding "
+        "sequences lasts inter-token-latency-ms x (1 + load-factor x (r-1)/(max-num-seqs-1)). "
+        "Default: the latency profile's (1 in the default profile).",
+    )
+    latency_jitter_pct: float = Field(
+        default=0.0,
+        ge=0,
+        le=70,
+        description="Each step's duration is multiplied by a factor drawn uniformly from "
+        "1 +/- this percentage, from a generator seeded by --seed when it is set.",
+    )
+
+    # --- engine model: capacity -----------------------------------------------
+    max_num_seqs: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Most sequences (choices) the simulated engine runs at once (vLLM's "
+        "name); more wait in its queue.",
+    )
+    max_waiting_requests: int = Field(
+        default=1000,
+        ge=0,
+        le=1_000_000,
+        description="Most sequences waiting for a free slot; beyond that a request gets 429 "
+        "rate_limit_exceeded with Retry-After before its stream starts.",
+    )
+    kv_cache_tokens: int = Field(
+        default=2_097_152,
+        ge=16,
+        description="Simulated KV-cache budget in tokens: a sequence is admitted only when "
+        "its prompt plus planned output fits in what running sequences leave free. Must be "
+        "at least max-model-len. Default: the latency profile's (2097152 in the default "
+        "profile, which never binds at the default max-num-seqs and max-model-len).",
+    )
+    enable_prefix_caching: bool = Field(
+        default=True,
+        description="Remember prompt prefixes (in 16-token blocks, up to kv-cache-tokens of "
+        "them): a prompt that starts like a recent one prefills only its new tokens, and "
+        "usage.prompt_tokens_details.cached_tokens says how many were cached.",
+    )
+    enable_latency_headers: bool = Field(
+        default=False,
+        description="Honour the per-request test headers x-streamapi-ttft-ms, "
+        "x-streamapi-itl-ms and x-streamapi-output-tokens. Off by default: a public server "
+        "must not let clients choose their own latency.",
+    )
+
+    # --- output framing ---------------------------------------------------------
     tokens_per_event: int = Field(
         default=1,
         ge=1,
@@ -159,6 +262,19 @@ class Settings(BaseSettings):
         except re.error as exc:
             raise ValueError(f"not a regular expression: {exc}") from None
         return pattern
+
+    @model_validator(mode="after")
+    def _apply_latency_profile(self) -> Settings:
+        given = self.model_fields_set
+        for name, value in asdict(LATENCY_PROFILES[self.latency_profile]).items():
+            if name not in given:
+                setattr(self, name, value)
+        if self.kv_cache_tokens < self.max_model_len:
+            raise ValueError(
+                f"kv_cache_tokens ({self.kv_cache_tokens}) must be at least max_model_len "
+                f"({self.max_model_len}), or no long request could ever run"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:

@@ -14,7 +14,7 @@ so the framing is exactly what OpenAI's clients parse:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -49,10 +49,10 @@ def _ping() -> ServerSentEvent:
 class EventStreamResponse(EventSourceResponse):
     """sse-starlette's response with OpenAI framing, and hooks around the whole stream.
 
-    ``on_start`` and ``on_finish`` run around the entire response, not inside
-    the generator: a client that disconnects before the generator's first step
-    never runs the generator's ``finally`` (sse-starlette #156), but always runs
-    this one.
+    ``on_start`` and ``on_finish`` (awaited) run around the entire response,
+    not inside the generator: a client that disconnects before the generator's
+    first step never runs the generator's ``finally`` (sse-starlette #156), but
+    always runs this one.
     """
 
     def __init__(
@@ -63,7 +63,7 @@ class EventStreamResponse(EventSourceResponse):
         send_timeout_s: float,
         headers: dict[str, str] | None = None,
         on_start: Callable[[], None] | None = None,
-        on_finish: Callable[[], None] | None = None,
+        on_finish: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(
             frames,
@@ -86,4 +86,4 @@ class EventStreamResponse(EventSourceResponse):
             logger.warning("Dropped a stream whose client stopped reading")
         finally:
             if self._on_finish is not None:
-                self._on_finish()
+                await self._on_finish()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+import math
+from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, Any, Protocol, TypedDict, TypeVar
 
 import orjson
@@ -14,11 +15,12 @@ from starlette.responses import Response
 from streamapi import sse
 from streamapi.errors import InvalidRequestError, ServiceUnavailableError, from_validation_error
 from streamapi.lifecycle import Lifecycle
+from streamapi.metrics import Metrics
 from streamapi.schemas.openai import ErrorResponse
 from streamapi.serving.anthropic import MessageService
 from streamapi.serving.chat import ChatService
 from streamapi.serving.completions import CompletionService
-from streamapi.serving.core import Generation
+from streamapi.serving.core import Admission, Generation, Job, TestOverrides
 from streamapi.serving.embeddings import EmbeddingService
 from streamapi.serving.responses import ResponseService
 from streamapi.settings import Settings
@@ -26,7 +28,17 @@ from streamapi.settings import Settings
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 R_contra = TypeVar("R_contra", contravariant=True)
-J = TypeVar("J")
+J = TypeVar("J", bound="HasJob")
+
+# Per-request test overrides, honoured only with --enable-latency-headers.
+TTFT_HEADER = "x-streamapi-ttft-ms"
+ITL_HEADER = "x-streamapi-itl-ms"
+OUTPUT_TOKENS_HEADER = "x-streamapi-output-tokens"
+
+
+class HasJob(Protocol):
+    @property
+    def job(self) -> Job: ...
 
 
 class GenerationService(Protocol[R_contra, J]):
@@ -34,9 +46,9 @@ class GenerationService(Protocol[R_contra, J]):
 
     def prepare(self, request: R_contra) -> J: ...
 
-    def stream(self, job: J) -> AsyncIterator[bytes]: ...
+    def stream(self, job: J, admission: Admission) -> AsyncIterator[bytes]: ...
 
-    async def complete(self, job: J) -> dict[str, Any]: ...
+    async def complete(self, job: J, admission: Admission) -> dict[str, Any]: ...
 
 
 class State(TypedDict):
@@ -45,6 +57,7 @@ class State(TypedDict):
     settings: Settings
     lifecycle: Lifecycle
     generation: Generation
+    metrics: Metrics
     chat: ChatService
     completions: CompletionService
     embeddings: EmbeddingService
@@ -53,8 +66,9 @@ class State(TypedDict):
     started_at: int
 
 
-def _state(request: Request) -> State:
+async def _state(request: Request) -> State:
     # Starlette copies the lifespan's state dict into every request's scope.
+    # async: FastAPI would run a plain function in its thread pool, per request.
     state: State = request.scope["state"]
     return state
 
@@ -67,6 +81,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "Invalid request (malformed JSON, a bad field, context length exceeded).",
         404: "Unknown model (when unlisted models are refused).",
         413: "Request body over the size limit.",
+        429: "The engine's queue is full; retry after Retry-After seconds.",
         500: "Unexpected server error; the message is generic, details go to the log.",
         503: "The server is shutting down.",
     }.items()
@@ -116,26 +131,58 @@ async def respond(
     *,
     streamed: bool,
 ) -> Response:
-    """Prepare the job (every check before the first byte), then stream it or answer whole."""
+    """Prepare and admit the job (every refusal before the first byte), then stream or answer.
+
+    The engine's sequences are open from admission on; however the request
+    ends, they are closed exactly once (``Admission.aclose`` is idempotent).
+    """
     job = service.prepare(parsed)
-    if streamed:
-        return event_stream(state, service.stream(job))
-    return await whole(request, state, service.complete(job))
+    generation = state["generation"]
+    admission = await generation.admit(
+        job.job,
+        arrived_at=_arrived_at(request),
+        overrides=_test_overrides(request, state["settings"]),
+    )
+    if not streamed:
+        try:
+            return await whole(
+                request, state, generation.whole(admission, service.complete(job, admission))
+            )
+        finally:
+            await admission.aclose()
+    try:
+        frames = generation.guard(admission, service.stream(job, admission))
+        return event_stream(state, frames, admission)
+    except BaseException:
+        await admission.aclose()
+        raise
 
 
-def event_stream(state: State, frames: AsyncIterator[bytes]) -> Response:
+def event_stream(state: State, frames: AsyncIterator[bytes], admission: Admission) -> Response:
     """A streamed response whose whole life counts as one request in flight."""
-    settings, lifecycle = state["settings"], state["lifecycle"]
+    settings, lifecycle, metrics = state["settings"], state["lifecycle"], state["metrics"]
+
+    def on_start() -> None:
+        lifecycle.request_started()
+        metrics.streams_in_flight.inc()
+
+    async def on_finish() -> None:
+        try:
+            await admission.aclose()
+        finally:
+            lifecycle.request_finished()
+            metrics.streams_in_flight.dec()
+
     return sse.EventStreamResponse(
         frames,
         ping_interval_s=settings.ping_interval_s,
         send_timeout_s=settings.send_timeout_s,
-        on_start=lifecycle.request_started,
-        on_finish=lifecycle.request_finished,
+        on_start=on_start,
+        on_finish=on_finish,
     )
 
 
-async def whole(request: Request, state: State, work: Coroutine[Any, Any, Any]) -> Response:
+async def whole(request: Request, state: State, work: Awaitable[Any]) -> Response:
     """A non-streamed answer: counted in flight, and cancelled if the client leaves."""
     lifecycle = state["lifecycle"]
     lifecycle.request_started()
@@ -152,7 +199,7 @@ def json_response(body: Any) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     """Run ``work`` unless the client goes away first; then cancel it and return None."""
     task = asyncio.ensure_future(work)
 
@@ -170,3 +217,45 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -
     if task.cancelled():
         return None
     return task.result()
+
+
+def _arrived_at(request: Request) -> float:
+    """When the request reached the app (stamped by the outermost middleware)."""
+    arrived_at = getattr(request.state, "arrived_at", None)
+    if isinstance(arrived_at, float):
+        return arrived_at
+    return asyncio.get_running_loop().time()
+
+
+def _test_overrides(request: Request, settings: Settings) -> TestOverrides | None:
+    if not settings.enable_latency_headers:
+        return None
+    headers = request.headers
+    ttft = _header_number(headers.get(TTFT_HEADER), TTFT_HEADER, 600_000)
+    itl = _header_number(headers.get(ITL_HEADER), ITL_HEADER, 60_000)
+    tokens = _header_number(headers.get(OUTPUT_TOKENS_HEADER), OUTPUT_TOKENS_HEADER, 1_000_000)
+    if ttft is None and itl is None and tokens is None:
+        return None
+    if tokens is not None and not tokens.is_integer():
+        raise InvalidRequestError(
+            f"{OUTPUT_TOKENS_HEADER} must be a whole number.", param=OUTPUT_TOKENS_HEADER
+        )
+    return TestOverrides(
+        time_to_first_token_ms=ttft,
+        inter_token_latency_ms=itl,
+        output_tokens=None if tokens is None else int(tokens),
+    )
+
+
+def _header_number(value: str | None, name: str, most: float) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number <= most:
+        raise InvalidRequestError(
+            f"{name} must be a number from 0 to {most:g}; got {value!r}.", param=name
+        )
+    return number

@@ -1,11 +1,13 @@
-"""Operational routes: health, load and version."""
+"""Operational routes: health, load, metrics and version."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.responses import Response
 
 from streamapi import __version__
 from streamapi.api.common import ERRORS, StateDep, shutting_down
+from streamapi.metrics import CONTENT_TYPE_LATEST
 from streamapi.schemas.openai import Health, Load
 
 router = APIRouter()
@@ -36,3 +38,15 @@ async def load(state: StateDep) -> Load:
 @router.get("/version", summary="Server version")
 async def version() -> dict[str, str]:
     return {"version": __version__}
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="vLLM's engine metrics (`vllm:*`) for the simulated engine and the "
+    "server's own (`streamapi_*`), in Prometheus' text format.",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+async def metrics(state: StateDep) -> Response:
+    return Response(state["metrics"].render(), media_type=CONTENT_TYPE_LATEST)

@@ -3,7 +3,7 @@
 An engine turns one ``GenerationRequest`` into a stream of ``TokenDelta``s for
 one choice; ``serving`` fans out ``n`` choices, frames them for each protocol
 and counts usage. The simulator is the default engine; upstream engines fit
-the same two-member protocol.
+the same small protocol.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from streamapi.metrics import Metrics
 from streamapi.settings import Settings
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -70,6 +71,12 @@ class GenerationRequest:
     reasoning: bool = False
     logprobs: int | None = None
     """None: no log probabilities; k: each token's, with k alternatives."""
+    # Test overrides (the x-streamapi-* headers): this sequence's own time to
+    # first token after admission, its own inter-token latency, and the length
+    # of its answer in tokens.
+    time_to_first_token_ms: float | None = None
+    inter_token_latency_ms: float | None = None
+    output_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,9 @@ class TokenDelta:
     delta that carries ``tool_call`` (its text is empty), then its arguments
     arrive as text fragments tagged with ``tool_index``. ``finish_reason`` is
     set on the last delta only; that delta may carry no token at all.
+
+    ``cached_prompt_tokens``, on a sequence's first delta, is how much of the
+    prompt the engine found in its prefix cache.
     """
 
     text: str
@@ -100,6 +110,7 @@ class TokenDelta:
     top_logprobs: tuple[tuple[str, float], ...] = ()
     matched_stop: str | None = None
     """On the last delta: the stop sequence that ended the answer, if one did."""
+    cached_prompt_tokens: int = 0
 
     @property
     def is_token(self) -> bool:
@@ -110,10 +121,16 @@ class TokenDelta:
 class Engine(Protocol):
     """A token generator.
 
-    ``stream`` yields one ``TokenDelta`` per token, the last with a
-    ``finish_reason``. A consumer that stops early closes the iterator (or
-    cancels the task awaiting it); the engine must then release whatever it
-    holds at once.
+    ``stream`` admits the request at once, before any byte is sent: it raises
+    an ``APIError`` (``RateLimitError`` when the engine's queue is full) or
+    returns an iterator that yields one ``TokenDelta`` per token, the last with
+    a ``finish_reason``. Every returned iterator must be closed with
+    ``aclose()``, which releases what it holds at once, whether or not it was
+    ever iterated. ``aclose`` on the engine stops its background work.
+
+    An engine whose ``stream`` is an async generator admits lazily, at its
+    first step, i.e. after the response started: it still works, but its
+    refusals then arrive as in-stream errors.
     """
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]: ...
@@ -121,8 +138,13 @@ class Engine(Protocol):
     async def aclose(self) -> None: ...
 
 
-def create_engine(settings: Settings) -> Engine:
-    """The engine that ``settings.engine`` names."""
+async def start_engine(settings: Settings, *, metrics: Metrics | None = None) -> Engine:
+    """The engine that ``settings.engine`` names, started on the running event loop.
+
+    It records into ``metrics`` if given; the caller closes it with ``aclose``.
+    """
     from streamapi.engines.simulator import SimulatorEngine
 
-    return SimulatorEngine.from_settings(settings)
+    engine = SimulatorEngine.from_settings(settings, metrics=metrics)
+    await engine.start()
+    return engine

@@ -93,9 +93,11 @@ class Planner:
             finish = "tool_calls"
         else:
             text = self._answer(request, question, rng)
-            if not request.ignore_eos:
+            if not _fixed_length(request):
                 text, matched = _cut_at_stop(text, request.stop)
             deltas += [TokenDelta(t) for t in tokenize(text)]
+            if request.output_tokens is not None:
+                deltas = deltas[: request.output_tokens]
         if request.max_tokens is not None and len(deltas) > request.max_tokens:
             deltas = deltas[: request.max_tokens]
             finish, matched = "length", None
@@ -120,8 +122,9 @@ class Planner:
         if fmt.type == "json_object":
             return json.dumps(json_answer(question, rng), ensure_ascii=False)
         min_chars = self._min_answer_chars
-        if request.ignore_eos and request.max_tokens is not None:
-            min_chars = max(min_chars, request.max_tokens * _CHARS_PER_TOKEN_HEADROOM)
+        wanted = _fixed_length(request)
+        if wanted:
+            min_chars = max(min_chars, wanted * _CHARS_PER_TOKEN_HEADROOM)
         results = _tool_results(request.messages)
         if results:
             return write_tool_answer(question, results, rng, min_chars=min_chars)
@@ -138,6 +141,13 @@ class Planner:
             conversation.update(f"{message.role}\x00{message.content}\x01".encode())
         choice = 0 if request.temperature == 0 else request.choice_index
         return random.Random(f"{seed}:{choice}:{conversation.hexdigest()}")
+
+
+def _fixed_length(request: GenerationRequest) -> int | None:
+    """The answer's length when it is imposed: a test's ``output_tokens``, or ``ignore_eos``."""
+    if request.output_tokens is not None:
+        return request.output_tokens
+    return request.max_tokens if request.ignore_eos else None
 
 
 def choose_tools(request: GenerationRequest) -> list[ToolSpec]:

@@ -1,21 +1,26 @@
-"""The embedded simulator: realistic answers and pacing with no weights and no network."""
+"""The embedded simulator: realistic answers, and an engine's timing, with no weights or network."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator
+import random
 
-from streamapi.engines import GenerationRequest, TokenDelta
+from streamapi.engines import GenerationRequest
 from streamapi.engines.planner import Plan, Planner
+from streamapi.engines.scheduler import BatchModel, Pace, Scheduler, Sequence
+from streamapi.metrics import Metrics
 from streamapi.settings import Settings
+from streamapi.text.tokenizer import chat_prompt_tokens
 
 
 class SimulatorEngine:
-    """Streams the planner's answer token by token at a set pace.
+    """Plans an answer (``Planner``) and streams it through a simulated continuous-batching engine.
 
     Answers are deterministic for a given conversation, seed and choice index
-    (at temperature 0 all choices are the same); pacing is ``asyncio.sleep`` on
-    the shared event loop against an absolute schedule, so delays do not drift.
+    (at temperature 0 all choices are the same). Pacing, queueing and the
+    engine's metrics come from the ``Scheduler``: one step loop for all
+    requests, whose cost model is ``batch``. Without ``batch``, the engine has
+    256 slots and paces a lone request by ``time_to_first_token_ms`` and
+    ``inter_token_latency_ms``, whatever the load.
     """
 
     def __init__(
@@ -25,34 +30,75 @@ class SimulatorEngine:
         inter_token_latency_ms: float = 0.0,
         min_answer_chars: int = 1378,
         seed: int | None = None,
+        batch: BatchModel | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        self._ttft_s = time_to_first_token_ms / 1000
-        self._itl_s = inter_token_latency_ms / 1000
         self._planner = Planner(min_answer_chars=min_answer_chars, seed=seed)
+        model = batch or BatchModel(
+            time_to_first_token_ms=time_to_first_token_ms,
+            inter_token_latency_ms=inter_token_latency_ms,
+        )
+        # Jitter is reproducible when the server has a seed, like the answers.
+        self._scheduler = Scheduler(model, metrics=metrics, rng=random.Random(seed))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SimulatorEngine:
-        """The simulator configured by ``settings``."""
+    def from_settings(
+        cls, settings: Settings, *, metrics: Metrics | None = None
+    ) -> SimulatorEngine:
+        """The simulator configured by ``settings``, recording into ``metrics`` if given."""
         return cls(
-            time_to_first_token_ms=settings.time_to_first_token_ms,
-            inter_token_latency_ms=settings.inter_token_latency_ms,
             min_answer_chars=settings.min_answer_chars,
             seed=settings.seed,
+            batch=BatchModel(
+                time_to_first_token_ms=settings.time_to_first_token_ms,
+                prefill_overhead_ms=settings.prefill_overhead_ms,
+                prefill_ms_per_token=settings.prefill_ms_per_token,
+                inter_token_latency_ms=settings.inter_token_latency_ms,
+                load_factor=settings.load_factor,
+                max_num_seqs=settings.max_num_seqs,
+                max_waiting_requests=settings.max_waiting_requests,
+                kv_cache_tokens=settings.kv_cache_tokens,
+                latency_jitter_pct=settings.latency_jitter_pct,
+                enable_prefix_caching=settings.enable_prefix_caching,
+            ),
+            metrics=metrics,
         )
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The step loop that runs this engine's sequences."""
+        return self._scheduler
 
     def plan(self, request: GenerationRequest) -> Plan:
         """Everything ``stream`` will send, decided up front."""
         return self._planner.plan(request)
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[TokenDelta]:
-        deltas = self.plan(request).deltas
-        loop = asyncio.get_running_loop()
-        start = loop.time() + self._ttft_s
-        for i, delta in enumerate(deltas):
-            # Sleeping to an absolute deadline keeps the pace when the loop is
-            # late; sleep(0) still yields so one fast stream cannot starve others.
-            await asyncio.sleep(max(0.0, start + i * self._itl_s - loop.time()))
-            yield delta
+    def stream(self, request: GenerationRequest) -> Sequence:
+        """Admit ``request`` now (``RateLimitError`` if the queue is full); its token stream."""
+        scheduler = self._scheduler
+        scheduler.start()
+        # Refuse before writing an answer that would be thrown away.
+        scheduler.check_capacity()
+        sequence = Sequence(
+            scheduler,
+            deltas=self.plan(request).deltas,
+            prompt=chat_prompt_tokens((m.role, m.content) for m in request.messages),
+            pace=_pace(request),
+        )
+        scheduler.submit(sequence)
+        return sequence
+
+    async def start(self) -> None:
+        """Start the step loop on the running event loop (idempotent)."""
+        self._scheduler.start()
 
     async def aclose(self) -> None:
-        """Nothing to release: the simulator holds no connections."""
+        """Stop the step loop; sequences still open end with an error."""
+        await self._scheduler.aclose()
+
+
+def _pace(request: GenerationRequest) -> Pace | None:
+    ttft, itl = request.time_to_first_token_ms, request.inter_token_latency_ms
+    if ttft is None and itl is None:
+        return None
+    return Pace(ttft_s=(ttft or 0.0) / 1000, itl_s=(itl or 0.0) / 1000)

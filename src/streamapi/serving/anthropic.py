@@ -27,7 +27,7 @@ from streamapi.schemas.anthropic import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from streamapi.serving.core import Generation, Job, Usage, check_tool_choice, tool_spec
+from streamapi.serving.core import Admission, Generation, Job, Usage, check_tool_choice, tool_spec
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class MessageService:
         )
         return MessageJob(generation.job([template], id_prefix="msg_"))
 
-    async def stream(self, message: MessageJob) -> AsyncIterator[bytes]:
+    async def stream(self, message: MessageJob, admission: Admission) -> AsyncIterator[bytes]:
         """The named-event stream, from ``message_start`` to ``message_stop``."""
         job = message.job
         blocks = _Blocks(job)
@@ -97,7 +97,7 @@ class MessageService:
             start["usage"] = {"input_tokens": job.prompt_tokens, "output_tokens": 0}
             yield _event("message_start", message=start)
             yield _event("ping")
-            async for _, delta in self._generation.deltas(job):
+            async for _, delta in self._generation.deltas(admission):
                 for frame in blocks.add(delta):
                     yield frame
             for frame in blocks.close_block():
@@ -109,17 +109,19 @@ class MessageService:
             )
             yield _event("message_stop")
         except APIError as error:
+            self._generation.count_error(error)
             logger.warning("%s ended in-stream: %s", job.id, error.message)
             yield _event("error", error=error.to_anthropic()["error"])
         except Exception:
             logger.exception("%s failed mid-stream", job.id)
+            self._generation.count_error(APIError("internal"))
             failure = {"type": "api_error", "message": "The server had an error while generating."}
             yield _event("error", error=failure)
 
-    async def complete(self, message: MessageJob) -> dict[str, Any]:
+    async def complete(self, message: MessageJob, admission: Admission) -> dict[str, Any]:
         """The whole Message (``stream`` false)."""
         blocks = _Blocks(message.job)
-        async for _, delta in self._generation.deltas(message.job):
+        async for _, delta in self._generation.deltas(admission):
             blocks.add(delta)
         blocks.close_block()
         return blocks.message_body()
@@ -202,7 +204,7 @@ class _Blocks:
                 "input_tokens": self.usage.prompt_tokens,
                 "output_tokens": self.usage.completion_tokens,
                 "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
+                "cache_read_input_tokens": self.usage.cached_tokens,
             },
         }
 

@@ -26,6 +26,7 @@ from streamapi.schemas.openai import (
     TextContentPart,
 )
 from streamapi.serving.core import (
+    Admission,
     Generation,
     Job,
     Transcript,
@@ -106,30 +107,32 @@ class ChatService:
             logprobs=bool(request.logprobs),
         )
 
-    async def stream(self, chat: ChatJob) -> AsyncIterator[bytes]:
+    async def stream(self, chat: ChatJob, admission: Admission) -> AsyncIterator[bytes]:
         """SSE frames of a streamed chat completion, ending with ``[DONE]``."""
         writer = _ChunkWriter(chat, self._tokens_per_event)
         try:
-            async for index, delta in self._generation.deltas(chat.job):
+            async for index, delta in self._generation.deltas(admission):
                 for frame in writer.add(index, delta):
                     yield frame
             if chat.include_usage:
                 yield writer.usage_chunk()
         except APIError as error:
+            self._generation.count_error(error)
             # The status line is long gone: the error becomes an event, then [DONE].
             logger.warning("%s ended in-stream: %s", chat.job.id, error.message)
             yield sse.encode_data(error.to_dict())
         except Exception:
             logger.exception("%s failed mid-stream", chat.job.id)
+            self._generation.count_error(APIError("internal"))
             yield sse.encode_data(APIError("The server had an error while generating.").to_dict())
         yield sse.DONE
 
-    async def complete(self, chat: ChatJob) -> dict[str, Any]:
+    async def complete(self, chat: ChatJob, admission: Admission) -> dict[str, Any]:
         """The whole completion at once (``stream`` false), as a ``chat.completion`` body."""
         job = chat.job
         transcripts = [Transcript.empty() for _ in job.choices]
         usage = Usage(job.prompt_tokens)
-        async for index, delta in self._generation.deltas(job):
+        async for index, delta in self._generation.deltas(admission):
             transcripts[index].add(delta)
             usage.add(delta)
         return {
@@ -157,7 +160,7 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
 

@@ -17,7 +17,7 @@ from streamapi.engines import ChatMessage, GenerationRequest, TokenDelta
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.openai import CompletionRequest
 from streamapi.serving.chat import usage_dict
-from streamapi.serving.core import Generation, Job, Usage
+from streamapi.serving.core import Admission, Generation, Job, Usage
 from streamapi.text.logprobs import logprob, top_logprobs
 from streamapi.text.tokenizer import count_tokens, tokenize
 
@@ -92,7 +92,7 @@ class CompletionService:
             logprobs=request.logprobs is not None,
         )
 
-    async def stream(self, completion: CompletionJob) -> AsyncIterator[bytes]:
+    async def stream(self, completion: CompletionJob, admission: Admission) -> AsyncIterator[bytes]:
         """SSE frames of a streamed completion, ending with ``[DONE]``."""
         job = completion.job
         usage = Usage(job.prompt_tokens)
@@ -104,7 +104,7 @@ class CompletionService:
                 logprobs = _logprobs(list(echo), 0) if completion.logprobs else None
                 offsets[index] = len(text)
                 yield self._chunk(job, index, text, logprobs=logprobs)
-            async for index, delta in self._generation.deltas(job):
+            async for index, delta in self._generation.deltas(admission):
                 usage.add(delta)
                 group = pending.setdefault(index, [])
                 if delta.text:
@@ -120,20 +120,22 @@ class CompletionService:
             if completion.include_usage:
                 yield sse.encode_data(_body(job, [], usage_dict(usage)))
         except APIError as error:
+            self._generation.count_error(error)
             logger.warning("%s ended in-stream: %s", job.id, error.message)
             yield sse.encode_data(error.to_dict())
         except Exception:
             logger.exception("%s failed mid-stream", job.id)
+            self._generation.count_error(APIError("internal"))
             yield sse.encode_data(APIError("The server had an error while generating.").to_dict())
         yield sse.DONE
 
-    async def complete(self, completion: CompletionJob) -> dict[str, Any]:
+    async def complete(self, completion: CompletionJob, admission: Admission) -> dict[str, Any]:
         """The whole completion (``stream`` false)."""
         job = completion.job
         usage = Usage(job.prompt_tokens)
         texts: list[list[TokenDelta]] = [[] for _ in job.choices]
         finish: list[str | None] = [None] * len(job.choices)
-        async for index, delta in self._generation.deltas(job):
+        async for index, delta in self._generation.deltas(admission):
             usage.add(delta)
             if delta.text:
                 texts[index].append(delta)

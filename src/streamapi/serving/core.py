@@ -7,22 +7,26 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from jsonschema import SchemaError, validators
 
 from streamapi.engines import Engine, GenerationRequest, TokenDelta, ToolSpec
 from streamapi.errors import (
+    APIError,
     ContextLengthExceededError,
     InvalidRequestError,
     ModelNotFoundError,
     ServiceUnavailableError,
 )
 from streamapi.lifecycle import DRAIN_EXPIRED, Lifecycle
+from streamapi.metrics import Metrics
 from streamapi.settings import Settings
 from streamapi.text.tokenizer import count_chat_tokens, count_tokens
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +97,12 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    cached_tokens: int = 0
 
     def add(self, delta: TokenDelta) -> None:
+        if delta.cached_prompt_tokens:
+            # Every choice shares the prompt: its cached part is counted once.
+            self.cached_tokens = max(self.cached_tokens, delta.cached_prompt_tokens)
         if delta.is_token:
             self.completion_tokens += 1
             if delta.channel == "reasoning":
@@ -105,13 +113,65 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclass(frozen=True, slots=True)
+class TestOverrides:
+    """Per-request timing and length a test asked for (``--enable-latency-headers``)."""
+
+    time_to_first_token_ms: float | None = None
+    inter_token_latency_ms: float | None = None
+    output_tokens: int | None = None
+
+
+class Admission:
+    """A job whose engine sequences are open; ``aclose`` releases them.
+
+    ``aclose`` is idempotent, so every way a request can end may call it: the
+    stream's own ``finally``, the response's ``on_finish`` (which runs even when
+    the client left before the stream's first step, sse-starlette #156), and the
+    non-streamed route's ``finally``. Closed before it was marked ``ended``, it
+    counts as a client disconnect.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        streams: list[AsyncIterator[TokenDelta]],
+        *,
+        arrived_at: float,
+        metrics: Metrics | None,
+    ) -> None:
+        self.job = job
+        self.streams = streams
+        self.arrived_at = arrived_at
+        self.ended = False
+        self._metrics = metrics
+        self._closed = False
+
+    async def aclose(self) -> None:
+        """Release every engine sequence of the job (once; later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.ended and self._metrics is not None:
+            self._metrics.client_disconnects.inc()
+        for stream in self.streams:
+            await _aclose(stream)
+
+
 class Generation:
     """Turns protocol-neutral requests into engine calls, checked before the first byte."""
 
-    def __init__(self, settings: Settings, engine: Engine, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        lifecycle: Lifecycle,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self._engine = engine
         self._lifecycle = lifecycle
+        self._metrics = metrics
 
     def resolve_model(self, requested: str | None) -> str:
         """The model name a request is served under, or ``ModelNotFoundError``."""
@@ -178,18 +238,53 @@ class Generation:
             prompt_tokens=sum(counts),
         )
 
-    async def deltas(self, job: Job) -> AsyncIterator[tuple[int, TokenDelta]]:
+    async def admit(
+        self, job: Job, *, arrived_at: float, overrides: TestOverrides | None = None
+    ) -> Admission:
+        """Open the job's engine sequences now, before any byte is sent.
+
+        Raises the engine's ``APIError`` (``RateLimitError`` when it is full),
+        having closed whatever it had opened: all of a job's choices or none.
+        """
+        requests = job.choices
+        if overrides is not None:
+            requests = tuple(
+                replace(
+                    request,
+                    time_to_first_token_ms=overrides.time_to_first_token_ms,
+                    inter_token_latency_ms=overrides.inter_token_latency_ms,
+                    output_tokens=overrides.output_tokens,
+                )
+                for request in requests
+            )
+        streams: list[AsyncIterator[TokenDelta]] = []
+        try:
+            for request in requests:
+                streams.append(self._engine.stream(request))
+        except BaseException:
+            for stream in streams:
+                await _aclose(stream)
+            raise
+        return Admission(job, streams, arrived_at=arrived_at, metrics=self._metrics)
+
+    async def deltas(self, admission: Admission) -> AsyncIterator[tuple[int, TokenDelta]]:
         """Every choice's deltas as they come, tagged with the choice index.
 
-        When the shutdown grace period ends while this waits, it raises
-        ``ServiceUnavailableError`` (code ``server_shutting_down``).
+        Each token is timed for the latency histograms when it is handed on to
+        be framed. When the shutdown grace period ends while this waits, it
+        raises ``ServiceUnavailableError`` (code ``server_shutting_down``).
         """
-        streams = [self._engine.stream(request) for request in job.choices]
+        streams = admission.streams
         source = _single(streams[0]) if len(streams) == 1 else _merge(streams)
+        clock = _Stopwatch(admission.arrived_at, self._metrics)
         try:
             with self._lifecycle.interruptible():
-                async for item in source:
-                    yield item
+                async for index, delta in source:
+                    if delta.is_token:
+                        clock.token(index)
+                    if delta.finish_reason is not None:
+                        clock.finish()
+                    yield index, delta
         except asyncio.CancelledError as cancel:
             if cancel.args != (DRAIN_EXPIRED,):
                 raise
@@ -201,6 +296,58 @@ class Generation:
             ) from None
         finally:
             await source.aclose()
+
+    async def guard(
+        self, admission: Admission, frames: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
+        """``frames`` of a stream, marking its admission ended and closing it afterwards."""
+        try:
+            async for frame in frames:
+                yield frame
+            admission.ended = True
+        finally:
+            await admission.aclose()
+
+    async def whole(self, admission: Admission, work: Awaitable[T]) -> T:
+        """A non-streamed answer: an error status counts as an end, not a disconnect."""
+        try:
+            result = await work
+        except Exception:
+            admission.ended = True
+            raise
+        admission.ended = True
+        return result
+
+    def count_error(self, error: APIError) -> None:
+        """Count an error sent in-stream (after the first byte)."""
+        if self._metrics is not None:
+            self._metrics.error(error.type, error.code, in_stream=True)
+
+
+class _Stopwatch:
+    """Times one request's tokens for the latency histograms, on the event loop's clock."""
+
+    def __init__(self, arrived_at: float, metrics: Metrics | None) -> None:
+        self._arrived_at = arrived_at
+        self._metrics = metrics
+        self._last: dict[int, float] = {}
+
+    def token(self, index: int) -> None:
+        metrics = self._metrics
+        if metrics is None:
+            return
+        now = asyncio.get_running_loop().time()
+        last = self._last.get(index)
+        if last is None:
+            metrics.time_to_first_token.observe(now - self._arrived_at)
+        else:
+            metrics.inter_token_latency.observe(now - last)
+        self._last[index] = now
+
+    def finish(self) -> None:
+        if self._metrics is not None:
+            now = asyncio.get_running_loop().time()
+            self._metrics.e2e_request_latency.observe(now - self._arrived_at)
 
 
 def check_schema(schema: Mapping[str, Any], *, param: str) -> None:

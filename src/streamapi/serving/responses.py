@@ -32,6 +32,7 @@ from streamapi.schemas.responses import (
     TextFormatJSONSchema,
 )
 from streamapi.serving.core import (
+    Admission,
     Generation,
     Job,
     Usage,
@@ -144,13 +145,13 @@ class ResponseService:
             store=request.store is not False,
         )
 
-    async def stream(self, response: ResponseJob) -> AsyncIterator[bytes]:
+    async def stream(self, response: ResponseJob, admission: Admission) -> AsyncIterator[bytes]:
         """The event stream, from ``response.created`` to its terminal event."""
         builder = _Builder(response)
         try:
             yield builder.event("response.created", response=builder.body("in_progress"))
             yield builder.event("response.in_progress", response=builder.body("in_progress"))
-            async for _, delta in self._generation.deltas(response.job):
+            async for _, delta in self._generation.deltas(admission):
                 for frame in builder.add(delta):
                     yield frame
             for frame in builder.close_item():
@@ -160,6 +161,7 @@ class ResponseService:
             self._keep(response, builder, body)
             yield builder.event(f"response.{status}", response=body)
         except APIError as error:
+            self._generation.count_error(error)
             logger.warning("%s ended in-stream: %s", response.job.id, error.message)
             yield builder.event("error", code=error.code, message=error.message, param=error.param)
             failed = builder.body(
@@ -168,15 +170,16 @@ class ResponseService:
             yield builder.event("response.failed", response=failed)
         except Exception:
             logger.exception("%s failed mid-stream", response.job.id)
+            self._generation.count_error(APIError("internal"))
             message = "The server had an error while generating."
             yield builder.event("error", code="server_error", message=message, param=None)
             failed = builder.body("failed", error={"code": "server_error", "message": message})
             yield builder.event("response.failed", response=failed)
 
-    async def complete(self, response: ResponseJob) -> dict[str, Any]:
+    async def complete(self, response: ResponseJob, admission: Admission) -> dict[str, Any]:
         """The whole Response object (``stream`` false)."""
         builder = _Builder(response)
-        async for _, delta in self._generation.deltas(response.job):
+        async for _, delta in self._generation.deltas(admission):
             builder.add(delta)
         builder.close_item()
         body = builder.body(builder.status())
@@ -335,7 +338,10 @@ class _Builder:
             if status == "in_progress"
             else {
                 "input_tokens": usage.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "input_tokens_details": {
+                    "cached_tokens": usage.cached_tokens,
+                    "cache_write_tokens": 0,
+                },
                 "output_tokens": usage.completion_tokens,
                 "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
                 "total_tokens": usage.total_tokens,

@@ -45,3 +45,15 @@ def count_tokens(text: str) -> int:
 def count_chat_tokens(contents: Iterable[str]) -> int:
     """Prompt tokens of a chat: each message's content plus its framing tokens."""
     return sum(count_tokens(text) + TOKENS_PER_MESSAGE for text in contents) + TOKENS_PER_REPLY
+
+
+def chat_prompt_tokens(messages: Iterable[tuple[str, str]]) -> list[str]:
+    """The prompt of a chat as tokens, framing included: ``count_chat_tokens`` of them.
+
+    The framing tokens name the role, so a prefix cache tells a system prompt
+    from the same text sent as a user message.
+    """
+    tokens: list[str] = []
+    for role, content in messages:
+        tokens += [f"<|{role}|>", "<|content|>", *tokenize(content), "<|end|>"]
+    return [*tokens, "<|assistant|>", "<|content|>", "<|reply|>"]

@@ -1,0 +1,432 @@
+"""Continuous batching: one task and one timer advance every running sequence, step by step.
+
+The model (the README's "Engine model" gives the formulas and a worked example):
+
+- at most ``max_num_seqs`` sequences run; more wait, first come first served, in
+  a queue of at most ``max_waiting_requests`` (beyond it ``submit`` raises a 429);
+  a sequence is admitted only when its prompt and planned output fit in the KV
+  budget that running sequences leave free;
+- sequences are admitted at the start of a step; a step lasts
+  ``decode_ms(d) + prefill_ms(u)``: ``d`` running sequences decode one token each,
+  and the sequences admitted in it prefill ``u`` uncached prompt tokens;
+- a prefilled sequence gets its first token ``time_to_first_token_ms`` after its
+  prefill step, a latency that holds its slot but not the engine (so a slow
+  first token does not stall everyone else), then joins the batch at the next
+  step's start and gets one token a step;
+- a sequence's queue time is from ``submit`` to its admission, its prefill time
+  from there to its first token, its decode time the rest.
+
+Sequences hand their tokens to the consumer through a counter into their
+planned tokens, not a queue: a consumer slower than the steps falls behind by at
+most its plan's length (bounded by ``max_model_len``), and nothing is copied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, replace
+
+from streamapi.engines import FinishReason, TokenDelta
+from streamapi.engines.prefix_cache import PrefixCache
+from streamapi.errors import APIError, RateLimitError, ServiceUnavailableError
+from streamapi.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchModel:
+    """The engine's capacity and step-cost model; every time is in milliseconds."""
+
+    time_to_first_token_ms: float = 0.0
+    prefill_overhead_ms: float = 0.0
+    prefill_ms_per_token: float = 0.0
+    inter_token_latency_ms: float = 0.0
+    load_factor: float = 0.0
+    max_num_seqs: int = 256
+    max_waiting_requests: int = 1000
+    kv_cache_tokens: int = 2_097_152
+    latency_jitter_pct: float = 0.0
+    enable_prefix_caching: bool = True
+
+    def decode_ms(self, decoding: int) -> float:
+        """One decode step of ``decoding`` sequences: ITL x (1 + load x (d-1)/(max-1))."""
+        if decoding <= 0:
+            return 0.0
+        fill = (decoding - 1) / (self.max_num_seqs - 1) if self.max_num_seqs > 1 else 0.0
+        return self.inter_token_latency_ms * (1.0 + self.load_factor * fill)
+
+    def prefill_ms(self, uncached_tokens: int) -> float:
+        """The prefill part of a step that admits sequences with ``uncached_tokens`` in all."""
+        return self.prefill_overhead_ms + self.prefill_ms_per_token * uncached_tokens
+
+    def step_ms(self, decoding: int, prefilling: int, uncached_tokens: int) -> float:
+        """A whole step: decode of the running batch plus prefill of the admitted ones."""
+        prefill = self.prefill_ms(uncached_tokens) if prefilling else 0.0
+        return self.decode_ms(decoding) + prefill
+
+
+class State(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """A test's own pace for one sequence: first token ``ttft_s`` after admission,
+    then one every ``itl_s``, outside the batch's steps (it still takes a slot)."""
+
+    ttft_s: float
+    itl_s: float
+
+
+class Sequence:
+    """One choice inside the engine, and the async iterator of its ``TokenDelta``s.
+
+    ``aclose`` takes it out of the queue or the batch at once; it is idempotent
+    and works whether or not the iterator was ever started.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        *,
+        deltas: list[TokenDelta],
+        prompt: list[str],
+        pace: Pace | None = None,
+    ) -> None:
+        self._scheduler = scheduler
+        # One delta a step. A plan with no token is one empty delta carrying the
+        # finish reason, which is no token: only a plan's last delta can be so.
+        self.deltas = deltas
+        self.finish_reason: FinishReason = deltas[-1].finish_reason or "stop"
+        self.prompt = prompt
+        self.pace = pace
+        self.total = len(deltas)
+        self.token_count = sum(1 for delta in deltas if delta.is_token)
+        self.kv_tokens = len(prompt) + self.token_count
+        self.state = State.WAITING
+        self.produced = 0
+        self.consumed = 0
+        self.cached_tokens = 0
+        self.enqueued_at = self.scheduled_at = self.first_token_at = 0.0
+        self.next_due = math.inf
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: APIError | None = None
+
+    def __aiter__(self) -> Sequence:
+        return self
+
+    async def __anext__(self) -> TokenDelta:
+        while True:
+            if self.state is State.ABORTED:
+                raise StopAsyncIteration
+            if self._error is not None:
+                raise self._error
+            if self.consumed < self.produced:
+                break
+            if self.state is State.FINISHED:
+                raise StopAsyncIteration
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        index = self.consumed
+        self.consumed += 1
+        delta = self.deltas[index]
+        if index == 0 and self.cached_tokens:
+            return replace(delta, cached_prompt_tokens=self.cached_tokens)
+        return delta
+
+    async def aclose(self) -> None:
+        """Leave the engine now; the slot goes to the next waiting sequence."""
+        self._scheduler.abort(self)
+
+    @property
+    def generated(self) -> int:
+        """Tokens generated so far (the empty closing delta of an empty plan is none)."""
+        return min(self.produced, self.token_count)
+
+    def _produce(self, now: float) -> bool:
+        """One more token; True when that was the last."""
+        self.produced += 1
+        if self.produced == 1:
+            self.first_token_at = now
+        self._wake()
+        return self.produced >= self.total
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: APIError) -> None:
+        self._error = error
+        self._wake()
+
+
+class Scheduler:
+    """The step loop of one engine: admission, batching, timing and the engine's metrics.
+
+    Its task starts with ``start`` (or the first ``submit``), waits on a future
+    when nothing runs, sleeps until the next step's end otherwise, and is
+    stopped by ``aclose``.
+    """
+
+    def __init__(
+        self,
+        model: BatchModel,
+        *,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.model = model
+        self._metrics = metrics
+        self._rng = rng or random.Random()
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []  # in the batch: one token a step
+        self._warming: list[Sequence] = []  # prefilled; first token at next_due
+        self._joining: list[Sequence] = []  # first token out; into the batch next step
+        self._paced: list[Sequence] = []  # a test's own pace, outside the steps
+        self._kv_reserved = 0
+        self._prefix = PrefixCache(model.kv_cache_tokens) if model.enable_prefix_caching else None
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self._in_step = False
+        self._closed = False
+        if metrics is not None:
+            metrics.bind_engine_state(
+                running=lambda: self.running,
+                waiting=lambda: self.waiting,
+                kv_cache_usage=self.kv_cache_usage,
+            )
+
+    @property
+    def running(self) -> int:
+        """Sequences admitted and not yet finished."""
+        return sum(len(bucket) for bucket in self._admitted())
+
+    @property
+    def waiting(self) -> int:
+        """Sequences queued for a slot."""
+        return len(self._waiting)
+
+    def kv_cache_usage(self) -> float:
+        """The KV budget's fraction that running sequences' prompts and outputs fill now."""
+        used = sum(len(s.prompt) + s.generated for b in self._admitted() for s in b)
+        return used / self.model.kv_cache_tokens
+
+    def start(self) -> None:
+        """Start the step loop on the running event loop (idempotent)."""
+        if self._closed:
+            raise ServiceUnavailableError("The engine has stopped.", code="engine_stopped")
+        if self._task is None or self._task.done():
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name="streamapi-scheduler")
+
+    def check_capacity(self) -> None:
+        """Raise ``RateLimitError`` if one more sequence would overflow the queue."""
+        free = max(0, self.model.max_num_seqs - self.running)
+        if len(self._waiting) >= free + self.model.max_waiting_requests:
+            raise RateLimitError(
+                f"The engine is at capacity: {self.running} sequences running and "
+                f"{len(self._waiting)} waiting. Retry later.",
+                retry_after_s=self._retry_after_s(),
+            )
+
+    def submit(self, sequence: Sequence) -> None:
+        """Queue ``sequence`` for admission, or raise ``RateLimitError`` if the queue is full."""
+        self.start()
+        self.check_capacity()
+        sequence.enqueued_at = asyncio.get_running_loop().time()
+        self._waiting.append(sequence)
+        self._wake_loop()
+
+    def abort(self, sequence: Sequence) -> None:
+        """Take ``sequence`` out of the queue or the batch at once (idempotent)."""
+        if sequence.state is State.WAITING:
+            self._waiting.remove(sequence)
+        elif sequence.state is State.RUNNING:
+            next(b for b in self._admitted() if sequence in b).remove(sequence)
+            self._kv_reserved -= sequence.kv_tokens
+        else:
+            return
+        sequence.state = State.ABORTED
+        sequence._wake()
+        self._wake_loop()
+
+    async def aclose(self) -> None:
+        """Stop the step loop; sequences still open end with a 503 error."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._fail_all(ServiceUnavailableError("The engine has stopped.", code="engine_stopped"))
+
+    # --- the loop -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        step_end: float | None = None
+        try:
+            while True:
+                now = loop.time()
+                chained: float | None = None
+                if step_end is not None and now >= step_end:
+                    self._complete_step(now)
+                    # Back-to-back steps follow the planned schedule, not the
+                    # loop's lateness, so a busy event loop does not slow the model.
+                    chained, step_end = step_end, None
+                self._emit_due(now)
+                if step_end is None:
+                    self._running += self._joining
+                    self._joining.clear()
+                    decoding = len(self._running)
+                    prefilling, uncached = self._admit(now)
+                    if self._running:
+                        start = chained if chained is not None else now
+                        step_end = start + self._step_s(decoding, prefilling, uncached)
+                self._in_step = step_end is not None
+                due = (s.next_due for b in (self._warming, self._paced) for s in b)
+                deadline = min(math.inf if step_end is None else step_end, *due, math.inf)
+                await self._sleep_until(loop, deadline)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Logged here, once; the next submit starts a fresh loop.
+            logger.exception("The engine's step loop failed")
+            self._fail_all(APIError("The engine failed while generating."))
+
+    def _admit(self, now: float) -> tuple[int, int]:
+        """Admit waiting sequences while slots and KV allow; (admitted, uncached tokens)."""
+        prefilling = uncached = 0
+        model, metrics = self.model, self._metrics
+        while self._waiting and self.running < model.max_num_seqs:
+            sequence = self._waiting[0]
+            if self._kv_reserved + sequence.kv_tokens > model.kv_cache_tokens:
+                break  # first come, first served: the head waits for KV, the rest behind it
+            self._waiting.popleft()
+            sequence.state = State.RUNNING
+            sequence.scheduled_at = now
+            self._kv_reserved += sequence.kv_tokens
+            prompt = len(sequence.prompt)
+            cached = self._prefix.admit(sequence.prompt) if self._prefix is not None else 0
+            sequence.cached_tokens = cached
+            if metrics is not None:
+                metrics.prompt_tokens.inc(prompt)
+                metrics.prefix_cache_queries.inc(prompt)
+                metrics.prefix_cache_hits.inc(cached)
+            if sequence.pace is not None:
+                sequence.next_due = now + sequence.pace.ttft_s
+                self._paced.append(sequence)
+            else:
+                self._running.append(sequence)
+                prefilling += 1
+                uncached += prompt - cached
+        return prefilling, uncached
+
+    def _step_s(self, decoding: int, prefilling: int, uncached: int) -> float:
+        seconds = self.model.step_ms(decoding, prefilling, uncached) / 1000
+        jitter = self.model.latency_jitter_pct / 100
+        if jitter:
+            seconds *= self._rng.uniform(1 - jitter, 1 + jitter)
+        return seconds
+
+    def _complete_step(self, now: float) -> None:
+        generated = 0
+        latency_s = self.model.time_to_first_token_ms / 1000
+        for sequence in self._running:
+            if sequence.produced == 0 and latency_s > 0:
+                sequence.next_due = now + latency_s  # prefilled; its first token waits
+                self._warming.append(sequence)
+                continue
+            if sequence.produced < sequence.token_count:
+                generated += 1
+            if sequence._produce(now):
+                self._finish(sequence, now)
+        self._running = [s for s in self._running if s.state is State.RUNNING and s.produced]
+        if self._metrics is not None and generated:
+            self._metrics.generation_tokens.inc(generated)
+
+    def _emit_due(self, now: float) -> None:
+        """First tokens of warmed-up sequences, and the tokens of paced ones, that are due."""
+        for sequence in [s for s in self._warming if s.next_due <= now]:
+            self._warming.remove(sequence)
+            self._count_token(sequence)
+            if sequence._produce(sequence.next_due):
+                self._finish(sequence, now)
+            else:
+                self._joining.append(sequence)
+        for sequence in list(self._paced):
+            while sequence.next_due <= now:
+                self._count_token(sequence)
+                if sequence._produce(sequence.next_due):
+                    self._paced.remove(sequence)
+                    self._finish(sequence, now)
+                    break
+                assert sequence.pace is not None
+                sequence.next_due += sequence.pace.itl_s
+
+    def _count_token(self, sequence: Sequence) -> None:
+        if sequence.produced < sequence.token_count and self._metrics is not None:
+            self._metrics.generation_tokens.inc()
+
+    def _finish(self, sequence: Sequence, now: float) -> None:
+        sequence.state = State.FINISHED
+        self._kv_reserved -= sequence.kv_tokens
+        metrics = self._metrics
+        if metrics is None:
+            return
+        metrics.request_success(sequence.finish_reason)
+        metrics.request_queue_time.observe(sequence.scheduled_at - sequence.enqueued_at)
+        metrics.request_prefill_time.observe(sequence.first_token_at - sequence.scheduled_at)
+        metrics.request_decode_time.observe(now - sequence.first_token_at)
+        metrics.request_prompt_tokens.observe(len(sequence.prompt))
+        metrics.request_generation_tokens.observe(sequence.generated)
+
+    async def _sleep_until(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Sleep until ``deadline`` (forever if infinite) or until ``_wake_loop``."""
+        wakeup = self._wakeup = loop.create_future()
+        timer = None if math.isinf(deadline) else loop.call_at(deadline, _resolve, wakeup)
+        try:
+            await wakeup
+        finally:
+            self._wakeup = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake_loop(self) -> None:
+        # Mid-step, arrivals and departures wait for the step's end anyway.
+        if not self._in_step and self._wakeup is not None:
+            _resolve(self._wakeup)
+
+    def _retry_after_s(self) -> float:
+        """When a slot should free up: the end of the running sequence closest to done."""
+        remaining = min((s.total - s.produced for s in self._running), default=1)
+        return remaining * self.model.decode_ms(len(self._running)) / 1000
+
+    def _admitted(self) -> tuple[list[Sequence], ...]:
+        return (self._running, self._warming, self._joining, self._paced)
+
+    def _fail_all(self, error: APIError) -> None:
+        for sequence in (*self._waiting, *(s for b in self._admitted() for s in b)):
+            sequence.state = State.FINISHED
+            sequence._fail(error)
+        self._waiting.clear()
+        for bucket in self._admitted():
+            bucket.clear()
+        self._kv_reserved = 0
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,184 @@
+"""Prometheus metrics: vLLM's names for the simulated engine, ``streamapi_*`` for the server.
+
+One ``Metrics`` per app, each with its own ``CollectorRegistry``, so that several
+apps can live in one process (tests build many). The engine records what a real
+engine knows (queue, prefill and decode times, tokens, running and waiting
+sequences, KV usage); ``serving`` records what the client sees (time to first
+token, inter-token latency, end-to-end latency), timed on the event loop's
+monotonic clock from the request's arrival to the frame handed to the response.
+Every ``vllm:*`` metric counts sequences, i.e. choices: a request with ``n`` > 1
+counts ``n`` times, as in vLLM, whose engine splits such requests into ``n``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+# vLLM's buckets, with finer ones below them: the simulator's fast profiles step
+# in milliseconds, where vLLM's coarse low end would put everything in one bucket.
+_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+_ITL_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+_REQUEST_BUCKETS = (
+    0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
+    50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+_TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+
+
+class Metrics:
+    """The app's metrics and their registry; ``render`` is the ``/metrics`` body.
+
+    ``model_name`` labels every ``vllm:*`` metric with the server's first served
+    model, as vLLM labels them with its one model; request-chosen names would let
+    clients create unbounded label values.
+    """
+
+    def __init__(self, model_name: str) -> None:
+        self.registry = registry = CollectorRegistry()
+        model = ("model_name",)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, model, buckets=buckets, registry=registry).labels(
+                model_name
+            )
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, model, registry=registry).labels(model_name)
+
+        self._running = Gauge(
+            "vllm:num_requests_running", "Sequences in the running batch.", model,
+            registry=registry,
+        ).labels(model_name)  # fmt: skip
+        self._waiting = Gauge(
+            "vllm:num_requests_waiting", "Sequences waiting for a slot in the batch.", model,
+            registry=registry,
+        ).labels(model_name)  # fmt: skip
+        self._kv_usage = Gauge(
+            "vllm:kv_cache_usage_perc",
+            "Fraction of the simulated KV-cache budget held by running sequences (0 to 1).",
+            model,
+            registry=registry,
+        ).labels(model_name)
+        self.time_to_first_token = histogram(
+            "vllm:time_to_first_token_seconds",
+            "From request arrival to the first content frame handed to the response.",
+            _TTFT_BUCKETS,
+        )
+        self.inter_token_latency = histogram(
+            "vllm:inter_token_latency_seconds",
+            "Between two content frames of one sequence, as handed to the response.",
+            _ITL_BUCKETS,
+        )
+        self.e2e_request_latency = histogram(
+            "vllm:e2e_request_latency_seconds",
+            "From request arrival to the sequence's last frame handed to the response.",
+            _REQUEST_BUCKETS,
+        )
+        self.request_queue_time = histogram(
+            "vllm:request_queue_time_seconds",
+            "Time a finished sequence waited in the engine's queue.",
+            _REQUEST_BUCKETS,
+        )
+        self.request_prefill_time = histogram(
+            "vllm:request_prefill_time_seconds",
+            "From a finished sequence's admission to its first token.",
+            _REQUEST_BUCKETS,
+        )
+        self.request_decode_time = histogram(
+            "vllm:request_decode_time_seconds",
+            "From a finished sequence's first token to its last.",
+            _REQUEST_BUCKETS,
+        )
+        self.request_prompt_tokens = histogram(
+            "vllm:request_prompt_tokens", "Prompt tokens of finished sequences.", _TOKEN_BUCKETS
+        )
+        self.request_generation_tokens = histogram(
+            "vllm:request_generation_tokens",
+            "Generated tokens of finished sequences.",
+            _TOKEN_BUCKETS,
+        )
+        self.prompt_tokens = counter(
+            "vllm:prompt_tokens", "Prompt tokens of admitted sequences, cached ones included."
+        )
+        self.generation_tokens = counter("vllm:generation_tokens", "Tokens generated.")
+        self.prefix_cache_queries = counter(
+            "vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache."
+        )
+        self.prefix_cache_hits = counter(
+            "vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache."
+        )
+        self._success = Counter(
+            "vllm:request_success",
+            "Sequences that ran to their end, by finish reason.",
+            ("model_name", "finished_reason"),
+            registry=registry,
+        )
+        self._model_name = model_name
+
+        self.streams_in_flight = Gauge(
+            "streamapi_streams_in_flight", "SSE responses open right now.", registry=registry
+        )
+        self.client_disconnects = Counter(
+            "streamapi_client_disconnects",
+            "Generation requests whose client left (or stopped reading) before their end.",
+            registry=registry,
+        )
+        self._errors = Counter(
+            "streamapi_errors",
+            "Errors answered, by error type and code; where is before_stream or in_stream.",
+            ("type", "code", "where"),
+            registry=registry,
+        )
+        self._requests = Counter(
+            "streamapi_requests",
+            "HTTP requests by route template, method and status.",
+            ("route", "method", "status"),
+            registry=registry,
+        )
+
+    def bind_engine_state(
+        self,
+        *,
+        running: Callable[[], float],
+        waiting: Callable[[], float],
+        kv_cache_usage: Callable[[], float],
+    ) -> None:
+        """Read the engine's gauges from ``running``, ``waiting`` and ``kv_cache_usage`` at
+        scrape time, so they are exact whenever they are read and cost nothing otherwise."""
+        self._running.set_function(running)
+        self._waiting.set_function(waiting)
+        self._kv_usage.set_function(kv_cache_usage)
+
+    def request_success(self, finished_reason: str) -> None:
+        """Count one sequence that ran to its end."""
+        self._success.labels(self._model_name, finished_reason).inc()
+
+    def error(self, type_: str, code: str | None, *, in_stream: bool) -> None:
+        """Count one error answered to a client."""
+        where = "in_stream" if in_stream else "before_stream"
+        self._errors.labels(type_, code or "", where).inc()
+
+    def request(self, route: str, method: str, status: int) -> None:
+        """Count one HTTP request by the route template that answered it."""
+        self._requests.labels(route, method, str(status)).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
