@@ -10,6 +10,7 @@ from streamapi.api.common import (
     read_json,
     refuse_if_draining,
     respond,
+    sse_event_schema,
     validate,
 )
 from streamapi.schemas.anthropic import MessageCreateRequest
@@ -37,7 +38,10 @@ _ANTHROPIC_ERROR = {
     responses={
         200: {
             "description": "A Message, or its event stream.",
-            "content": {"application/json": {}, "text/event-stream": {}},
+            "content": {
+                "application/json": {},
+                "text/event-stream": {"schema": sse_event_schema(named=True)},
+            },
         },
         **{status: _ANTHROPIC_ERROR for status in (400, 404, 413, 500, 503)},
     },

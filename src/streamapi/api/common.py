@@ -88,6 +88,30 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def sse_event_schema(*payloads: str, named: bool = False, done: bool = False) -> dict[str, Any]:
+    """An SSE event's schema: a ``data`` field carrying JSON (OpenAPI 3.2's way).
+
+    ``payloads`` name the components its JSON may follow; ``named`` events
+    have an ``event`` field too (Responses, Anthropic); ``done`` streams end
+    with the non-JSON ``[DONE]``.
+    """
+    kinds: list[dict[str, Any]] = [
+        {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": f"#/components/schemas/{payload}"},
+        }
+        for payload in payloads
+    ] or [{"type": "string", "contentMediaType": "application/json"}]
+    if done:
+        kinds.append({"const": "[DONE]"})
+    data = kinds[0] if len(kinds) == 1 else {"anyOf": kinds}
+    properties: dict[str, Any] = {"data": data}
+    if named:
+        properties["event"] = {"type": "string"}
+    return {"type": "object", "required": ["data"], "properties": properties}
+
+
 async def read_json(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or 400."""
     body = await request.body()

@@ -15,6 +15,7 @@ from streamapi.api.common import (
     read_json,
     refuse_if_draining,
     respond,
+    sse_event_schema,
     validate,
 )
 from streamapi.errors import InvalidRequestError, ModelNotFoundError
@@ -46,9 +47,20 @@ def _body(*alternatives: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _streamed(chunk: str, description: str) -> dict[int | str, dict[str, Any]]:
-    event_stream = {"schema": {"$ref": f"#/components/schemas/{chunk}"}}
-    return {200: {"description": description, "content": {"text/event-stream": event_stream}}}
+def _streamed(chunk: str, description: str) -> dict[int | str, Any]:
+    # After the first byte an error is an event too, before [DONE].
+    stream = {"schema": sse_event_schema(chunk, "ErrorResponse", done=True)}
+    responses: dict[int | str, Any] = {
+        200: {"description": description, "content": {"text/event-stream": stream}}
+    }
+    # Before it, a client that does not accept JSON gets its error as one SSE event.
+    error_content = {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}},
+        "text/event-stream": {"schema": sse_event_schema("ErrorResponse")},
+    }
+    for status, doc in ERRORS.items():
+        responses[status] = {**doc, "content": error_content}
+    return responses
 
 
 @router.post(
@@ -64,7 +76,7 @@ def _streamed(chunk: str, description: str) -> dict[int | str, dict[str, Any]]:
         "`application/json`, else one SSE `data:` event); errors after it arrive as a "
         '`data: {"error": ...}` event followed by `[DONE]`.'
     ),
-    responses={**_streamed("ChatCompletionChunk", "A chat completion or its chunks."), **ERRORS},
+    responses=_streamed("ChatCompletionChunk", "A chat completion or its chunks."),
     openapi_extra=_body("ChatCompletionRequest", "PromptRequest"),
 )
 async def create_chat_completion(request: Request, state: StateDep) -> Response:
@@ -89,7 +101,7 @@ async def create_chat_completion(request: Request, state: StateDep) -> Response:
         "`echo`, `logprobs`, `n`, `stop`, `max_tokens` (16 when omitted). Streams "
         "`text_completion` events ended by `data: [DONE]`."
     ),
-    responses={**_streamed("Completion", "A completion or its stream events."), **ERRORS},
+    responses=_streamed("Completion", "A completion or its stream events."),
     openapi_extra=_body("CompletionRequest"),
 )
 async def create_completion(request: Request, state: StateDep) -> Response:

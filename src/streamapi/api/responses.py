@@ -12,6 +12,7 @@ from streamapi.api.common import (
     read_json,
     refuse_if_draining,
     respond,
+    sse_event_schema,
     validate,
 )
 from streamapi.errors import NotFoundError
@@ -42,7 +43,10 @@ _REQUEST_BODY = {
     responses={
         200: {
             "description": "A Response object, or its event stream.",
-            "content": {"application/json": {}, "text/event-stream": {}},
+            "content": {
+                "application/json": {},
+                "text/event-stream": {"schema": sse_event_schema(named=True)},
+            },
         },
         **ERRORS,
     },

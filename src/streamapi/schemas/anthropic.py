@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from streamapi.schemas.openai import Request
+from streamapi.schemas.openai import Request, StopList
 
 
 class TextBlock(Request):
@@ -75,7 +75,7 @@ class MessageCreateRequest(Request):
     max_tokens: int = Field(ge=1, description="Required, as Anthropic requires it.")
     messages: list[MessageParam] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
-    stop_sequences: list[str] | None = None
+    stop_sequences: StopList | None = None
     stream: bool | None = False
     temperature: float | None = Field(default=None, ge=0, le=1)
     top_p: float | None = Field(default=None, ge=0, le=1)

@@ -10,6 +10,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# OpenAI takes 4 stop sequences; vLLM any number. Enough for real use, bounded for safety.
+MAX_STOP_SEQUENCES = 16
+StopList = Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)]
 _FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 
 
@@ -147,7 +150,7 @@ class ChatCompletionRequest(Request):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
+    stop: str | StopList | None = None
     seed: int | None = Field(default=None, ge=_INT64_MIN, le=_INT64_MAX)
     user: str | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -201,7 +204,7 @@ class CompletionRequest(Request):
     stream_options: StreamOptions | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool | None = False
-    stop: str | list[str] | None = None
+    stop: str | StopList | None = None
     seed: int | None = Field(default=None, ge=_INT64_MIN, le=_INT64_MAX)
     suffix: str | None = None
     user: str | None = None

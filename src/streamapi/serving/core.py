@@ -351,7 +351,10 @@ class _Stopwatch:
 
 
 def check_schema(schema: Mapping[str, Any], *, param: str) -> None:
-    """400 naming the problem when ``schema`` is not a valid JSON Schema."""
+    """400 naming the problem when ``schema`` is not a valid JSON Schema.
+
+    Every ``$ref`` must point inside the schema: nothing is fetched from elsewhere.
+    """
     try:
         validators.validator_for(schema).check_schema(dict(schema))
     except SchemaError as exc:
@@ -360,6 +363,36 @@ def check_schema(schema: Mapping[str, Any], *, param: str) -> None:
         raise InvalidRequestError(
             f"Invalid JSON Schema{detail}: {exc.message}", param=param
         ) from None
+    for ref in _refs(schema):
+        if not _resolves(schema, ref):
+            raise InvalidRequestError(
+                f"Invalid JSON Schema: the reference '{ref}' does not point inside the schema.",
+                param=param,
+            )
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, Mapping):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
+
+
+def _resolves(root: Mapping[str, Any], ref: str) -> bool:
+    if not ref.startswith("#"):
+        return False
+    node: Any = root
+    for part in ref[1:].split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
 
 
 def tool_spec(
