@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import pytest
 from openai.types import Model
 
+from streamapi.middleware import RequestIdLogFilter
 from streamapi.settings import Settings
 
 
@@ -33,7 +36,9 @@ async def test_health_and_its_ping_alias(client: httpx.AsyncClient) -> None:
 
 
 async def test_load_counts_nothing_when_idle(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/load")).json() == {"server_load": 0}
+    body = (await client.get("/load")).json()
+    assert body["server_load"] == 0
+    assert body["tasks"] >= 1
 
 
 async def test_request_id_is_echoed_when_sane_and_made_up_otherwise(
@@ -77,3 +82,18 @@ async def test_openapi_documents_every_route_body_and_error(client: httpx.AsyncC
         assert name in schemas
     docs = await client.get("/docs")
     assert docs.status_code == 200
+
+
+async def test_log_lines_of_a_request_carry_its_id(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(RequestIdLogFilter())
+    with caplog.at_level(logging.INFO, logger="streamapi"):
+        await client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "x"}], "n": 99},
+            headers={"X-Request-Id": "req-42"},
+        )
+    ours = [r for r in caplog.records if r.name.startswith("streamapi")]
+    assert ours
+    assert {getattr(r, "request_id", None) for r in ours} == {"req-42"}

@@ -71,6 +71,7 @@ def serve(args: list[str]) -> int:
         port=settings.port,
         log_config=None,
         log_level=settings.log_level,
+        timeout_keep_alive=int(settings.keep_alive_timeout_s),
         timeout_graceful_shutdown=int(
             settings.shutdown_grace_period_s + _UVICORN_SHUTDOWN_MARGIN_S
         ),
@@ -119,8 +120,20 @@ def _describe(exc: ValidationError) -> str:
 
 def _configure_logging(level: str) -> None:
     config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    # Our own lines name the request they belong to (the x-request-id).
+    config["filters"] = {"request_id": {"()": "streamapi.middleware.RequestIdLogFilter"}}
+    config["formatters"]["streamapi"] = {
+        "()": "uvicorn.logging.DefaultFormatter",
+        "fmt": "%(levelprefix)s [%(request_id)s] %(name)s: %(message)s",
+    }
+    config["handlers"]["streamapi"] = {
+        "formatter": "streamapi",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+        "filters": ["request_id"],
+    }
     config["loggers"]["streamapi"] = {
-        "handlers": ["default"],
+        "handlers": ["streamapi"],
         "level": level.upper(),
         "propagate": False,
     }

@@ -7,6 +7,8 @@ and the socket: the send wrapper only touches the response's start message.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -18,6 +20,17 @@ from streamapi.errors import APIError, ErrorDialects, RequestTooLargeError, rend
 from streamapi.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
+# The request being served in this task (and the tasks it starts), for log lines.
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Puts the current request's id on every log record as ``request_id``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
 # An id the client sent is echoed only if it cannot smuggle anything into a header.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
@@ -73,6 +86,7 @@ class RequestIdMiddleware:
         sent = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = sent if _SAFE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        request_id_var.set(request_id)
         # OpenAI's SDKs read x-request-id, Anthropic's request-id.
         headers = [
             (REQUEST_ID_HEADER.encode(), request_id.encode()),

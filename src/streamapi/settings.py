@@ -247,6 +247,13 @@ class Settings(BaseSettings):
         description="A stream whose client takes longer than this to accept one write is "
         "dropped and its resources freed.",
     )
+    keep_alive_timeout_s: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="Idle keep-alive connections are closed after this many seconds (set it "
+        "above a load balancer's idle timeout).",
+    )
     shutdown_grace_period_s: float = Field(
         default=30.0,
         ge=0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from starlette.responses import Response
 
@@ -32,7 +34,8 @@ router.add_api_route(
 
 @router.get("/load", response_model=Load, summary="Generation requests in flight")
 async def load(state: StateDep) -> Load:
-    return Load(server_load=state["lifecycle"].in_flight)
+    # The task count lets soak runs and tests see that nothing is left behind.
+    return Load(server_load=state["lifecycle"].in_flight, tasks=len(asyncio.all_tasks()))
 
 
 @router.get("/version", summary="Server version")

@@ -418,3 +418,4 @@ class Health(Response):
 
 class Load(Response):
     server_load: int = Field(description="Generation requests in flight (streams included).")
+    tasks: int = Field(description="asyncio tasks alive in the server's event loop.")
