@@ -84,24 +84,8 @@ class Exchange:
             if not message.get("more_body", False):
                 gone.set()
 
-        headers = {"content-type": "application/json", **self.headers}
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": URL,
-            "raw_path": URL.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
-            "client": ("127.0.0.1", 1),
-            "server": ("test", 80),
-            "state": {},
-        }
         self.sent_at = loop.time()
-        await self.app(scope, receive, send)
+        await self.app(post_scope(URL, self.headers), receive, send)
         return self
 
     def content_times(self) -> list[float]:
@@ -112,6 +96,26 @@ class Exchange:
 
     def chunks(self) -> list[dict[str, Any]]:
         return [f.json() for f in self.frames if f.payload != "[DONE]"]
+
+
+def post_scope(path: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ASGI scope of a JSON POST to ``path`` from a loopback client."""
+    sent = {"content-type": "application/json", "host": "test", **(headers or {})}
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.encode(), v.encode()) for k, v in sent.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+        "state": {},
+    }
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

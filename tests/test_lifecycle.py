@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message
 from streamapi.app import create_app
 from streamapi.lifecycle import Lifecycle
 from streamapi.settings import Settings
+from tests.asgi_driver import post_scope
 from tests.sse_helpers import chunks, events
 
 URL = "/v1/chat/completions"
@@ -43,22 +44,7 @@ class _Client:
             self.first_body.set()
 
     async def run(self) -> None:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": URL,
-            "raw_path": URL.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
-            "client": ("127.0.0.1", 1),
-            "server": ("test", 80),
-            "state": {},
-        }
-        await self.app(scope, self.receive, self.send)
+        await self.app(post_scope(URL), self.receive, self.send)
 
 
 def _chat(**fields: Any) -> dict[str, Any]:
