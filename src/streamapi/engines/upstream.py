@@ -337,8 +337,9 @@ class _Translator:
     def __init__(self, request: GenerationRequest) -> None:
         self._request = request
         self._tool_indexes: dict[int, int] = {}
-        self._texts: list[str] = []
+        self._content: list[str] = []
         self._reasoning: list[str] = []
+        self._arguments: dict[int, list[str]] = {}
         self._reported: dict[str, Any] | None = None
         self._matched_stop: str | None = None
         self.finish_reason: FinishReason | None = None
@@ -364,8 +365,8 @@ class _Translator:
             deltas.append(TokenDelta(reasoning, channel="reasoning"))
         content = delta.get("content")
         if isinstance(content, str) and content:
-            self._texts.append(content)
-            deltas += self._content(content, choice.get("logprobs"))
+            self._content.append(content)
+            deltas += self._scored(content, choice.get("logprobs"))
         for call in delta.get("tool_calls") or ():
             if isinstance(call, dict):
                 deltas += self._tool_call(call)
@@ -377,7 +378,7 @@ class _Translator:
                 self._matched_stop = stop
         return deltas
 
-    def _content(self, text: str, logprobs: Any) -> list[TokenDelta]:
+    def _scored(self, text: str, logprobs: Any) -> list[TokenDelta]:
         entries = logprobs.get("content") if isinstance(logprobs, dict) else None
         if not entries or self._request.logprobs is None:
             return [TokenDelta(text)]
@@ -416,7 +417,7 @@ class _Translator:
         if isinstance(arguments, dict):
             arguments = json.dumps(arguments)  # Ollama has sent objects, not strings
         if isinstance(arguments, str) and arguments:
-            self._texts.append(arguments)
+            self._arguments.setdefault(index, []).append(arguments)
             deltas.append(TokenDelta(arguments, channel="tool_call", tool_index=index))
         return deltas
 
@@ -437,11 +438,12 @@ class _Translator:
                 reasoning_tokens=reasoning if isinstance(reasoning, int) else None,
                 cached_tokens=cached if isinstance(cached, int) else None,
             )
-        reasoning_tokens = sum(count_tokens(t) for t in self._reasoning)
-        return UsageReport(
-            completion_tokens=sum(count_tokens(t) for t in self._texts) + reasoning_tokens,
-            reasoning_tokens=reasoning_tokens,
-        )
+        # Counted on the whole texts: a chunk may hold a token, several, or a
+        # part of one (mockllm streams characters).
+        reasoning_tokens = count_tokens("".join(self._reasoning))
+        tokens = count_tokens("".join(self._content)) + reasoning_tokens
+        tokens += sum(count_tokens("".join(parts)) for parts in self._arguments.values())
+        return UsageReport(completion_tokens=tokens, reasoning_tokens=reasoning_tokens)
 
     def final(self) -> TokenDelta:
         reason = self.finish_reason
