@@ -123,7 +123,8 @@ def _read_file(path: Path) -> list[tuple[bytes, Principal]]:
         raise KeysFileError(f"keys file {path} is not valid: {exc}") from None
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'file'}: "
+            # A check of the whole file names its entry in the message itself.
+            (f"{'.'.join(str(p) for p in error['loc'])}: " if error["loc"] else "")
             + error["msg"].removeprefix("Value error, ")
             for error in exc.errors(include_url=False, include_input=False)
         )

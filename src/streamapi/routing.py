@@ -167,7 +167,8 @@ def load_routes(path: Path) -> RoutingTable:
         table = RoutingTable.model_validate(data if data is not None else {})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'file'}: "
+            # A check of the whole file names its entry in the message itself.
+            (f"{'.'.join(str(p) for p in error['loc'])}: " if error["loc"] else "")
             + error["msg"].removeprefix("Value error, ")
             for error in exc.errors(include_url=False)
         )
