@@ -8,7 +8,7 @@ import httpx
 import pytest
 from openai.types import Model
 
-from streamapi.middleware import RequestIdLogFilter
+from streamapi.logs import RequestIdFilter
 from streamapi.settings import Settings
 
 
@@ -87,7 +87,7 @@ async def test_openapi_documents_every_route_body_and_error(client: httpx.AsyncC
 async def test_log_lines_of_a_request_carry_its_id(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.handler.addFilter(RequestIdLogFilter())
+    caplog.handler.addFilter(RequestIdFilter())
     with caplog.at_level(logging.INFO, logger="streamapi"):
         await client.post(
             "/v1/chat/completions",

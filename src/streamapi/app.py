@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from pydantic import BaseModel
+from starlette.middleware.cors import CORSMiddleware
 
 from streamapi import __version__, api
 from streamapi.api.common import State
 from streamapi.engines import Engine, start_engine
 from streamapi.errors import APIError, install_error_handlers
 from streamapi.lifecycle import Lifecycle
+from streamapi.limits import ConcurrencyLimiter
 from streamapi.metrics import Metrics
-from streamapi.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
+from streamapi.middleware import (
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    RequestIdMiddleware,
+)
 from streamapi.schemas import anthropic, openai, responses
 from streamapi.serving.anthropic import MessageService
 from streamapi.serving.chat import ChatService
@@ -46,13 +54,16 @@ def create_app(
     *,
     engine: Engine | None = None,
     lifecycle: Lifecycle | None = None,
+    upstream_transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
 ) -> FastAPI:
     """Build the streamapi ASGI app.
 
     ``settings`` defaults to ``Settings()`` (the environment). ``engine``
     replaces the one the settings name (the caller then owns its closing, and
     the engine's own metrics are its business); ``lifecycle`` lets the process
-    that runs the app start the shutdown drain. Every app has its own metrics
+    that runs the app start the shutdown drain; ``upstream_transports``
+    replaces the network transport of the routes file's upstreams, by name
+    (tests put an in-process app there). Every app has its own metrics
     registry, served at ``GET /metrics``.
     """
     settings = settings or Settings()
@@ -63,7 +74,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         lifecycle.bind(asyncio.get_running_loop())
         own_engine = engine is None
-        active = engine if engine is not None else await start_engine(settings, metrics=metrics)
+        active = (
+            engine
+            if engine is not None
+            else await start_engine(settings, metrics=metrics, transports=upstream_transports)
+        )
         generation = Generation(settings, active, lifecycle, metrics)
         per_event = settings.tokens_per_event
         try:
@@ -72,6 +87,11 @@ def create_app(
                 lifecycle=lifecycle,
                 generation=generation,
                 metrics=metrics,
+                limiter=ConcurrencyLimiter(
+                    total=settings.max_concurrent_requests,
+                    per_key=settings.max_concurrent_requests_per_key,
+                    retry_after_s=settings.concurrency_retry_after_s,
+                ),
                 chat=ChatService(generation, tokens_per_event=per_event),
                 completions=CompletionService(generation, tokens_per_event=per_event),
                 embeddings=EmbeddingService(generation),
@@ -101,6 +121,19 @@ def create_app(
         dialects=api.ERROR_DIALECTS,
         on_error=count_error,
     )
+    # Inside CORS, so that a 401 carries CORS headers and preflights need no key.
+    app.add_middleware(
+        AuthMiddleware, keys=settings.keys, dialects=api.ERROR_DIALECTS, on_error=count_error
+    )
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["*"],
+            # Browser SDKs send Authorization, x-api-key and x-stainless-* headers.
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "request-id", "retry-after", "retry-after-ms"],
+        )
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so that a request's arrival is stamped before anything else runs.
     app.add_middleware(MetricsMiddleware, metrics=metrics)

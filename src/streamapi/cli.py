@@ -111,29 +111,35 @@ def _url_host(host: str) -> str:
 def _describe(exc: ValidationError) -> str:
     lines = ["streamapi serve: invalid settings:"]
     for error in exc.errors(include_url=False):
-        field = ".".join(str(part) for part in error["loc"]) or "settings"
+        loc = error["loc"]
+        if not loc:
+            # A check of several settings (or of a file they name): its input is every
+            # setting, API keys included, so only the message is shown.
+            lines.append(f"  {error['msg'].removeprefix('Value error, ')}")
+            continue
+        field = ".".join(str(part) for part in loc)
         option = "--" + field.replace("_", "-")
         env = "STREAMAPI_" + field.upper()
-        lines.append(f"  {option} / {env}: {error['msg']} (got {error.get('input')!r})")
+        shown = "<secret>" if loc[0] in _SECRET_SETTINGS else repr(error.get("input"))
+        lines.append(f"  {option} / {env}: {error['msg']} (got {shown})")
     return "\n".join(lines) + "\n"
+
+
+_SECRET_SETTINGS = frozenset({"api_keys"})
 
 
 def _configure_logging(level: str) -> None:
     config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    # Our own lines name the request they belong to (the x-request-id).
-    config["filters"] = {"request_id": {"()": "streamapi.middleware.RequestIdLogFilter"}}
-    config["formatters"]["streamapi"] = {
-        "()": "uvicorn.logging.DefaultFormatter",
-        "fmt": "%(levelprefix)s [%(request_id)s] %(name)s: %(message)s",
-    }
-    config["handlers"]["streamapi"] = {
-        "formatter": "streamapi",
-        "class": "logging.StreamHandler",
-        "stream": "ext://sys.stderr",
-        "filters": ["request_id"],
-    }
+    # Every line names the request it was logged for ("-" outside one).
+    config.setdefault("filters", {})["request_id"] = {"()": "streamapi.logs.RequestIdFilter"}
+    config["formatters"]["default"]["fmt"] = "%(levelprefix)s [%(request_id)s] %(message)s"
+    config["formatters"]["access"]["fmt"] = (
+        '%(levelprefix)s [%(request_id)s] %(client_addr)s - "%(request_line)s" %(status_code)s'
+    )
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("request_id")
     config["loggers"]["streamapi"] = {
-        "handlers": ["streamapi"],
+        "handlers": ["default"],
         "level": level.upper(),
         "propagate": False,
     }

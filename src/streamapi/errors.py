@@ -3,12 +3,17 @@
     APIError                         500 server_error
     ├── InvalidRequestError          400 invalid_request_error
     │   ├── ContextLengthExceededError   code context_length_exceeded
+    │   ├── AuthenticationError      401 code invalid_api_key
     │   ├── NotFoundError            404
     │   │   └── ModelNotFoundError   code model_not_found
     │   ├── MethodNotAllowedError    405
     │   └── RequestTooLargeError     413 code request_too_large
     ├── RateLimitError               429 rate_limit_error, code rate_limit_exceeded, Retry-After
-    └── ServiceUnavailableError      503 service_unavailable_error
+    ├── ServiceUnavailableError      503 service_unavailable_error
+    └── UpstreamError                502 code upstream_error (an upstream engine failed)
+        └── UpstreamTimeoutError     504 code upstream_timeout
+
+An upstream's own 4xx keeps its status, type and message (``UpstreamError.from_status``).
 
 Every error leaves the server as ``{"error": {"message", "type", "param", "code"}}``.
 Before the first byte it is an HTTP status with that body: JSON for clients that
@@ -113,6 +118,11 @@ class ContextLengthExceededError(InvalidRequestError):
         )
 
 
+class AuthenticationError(InvalidRequestError):
+    status_code = HTTPStatus.UNAUTHORIZED
+    code = "invalid_api_key"
+
+
 class NotFoundError(InvalidRequestError):
     status_code = HTTPStatus.NOT_FOUND
     code = "not_found"
@@ -164,6 +174,42 @@ class RateLimitError(APIError):
 class ServiceUnavailableError(APIError):
     status_code = HTTPStatus.SERVICE_UNAVAILABLE
     type = "service_unavailable_error"
+
+
+class UpstreamError(APIError):
+    """An upstream engine failed: refused, unreachable, a 5xx, or a broken stream."""
+
+    status_code = HTTPStatus.BAD_GATEWAY
+    code = "upstream_error"
+
+    @classmethod
+    def from_status(
+        cls,
+        status: int,
+        message: str,
+        *,
+        type_: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> APIError:
+        """An upstream's 4xx as the same status and message; anything else as a 502."""
+        if 400 <= status < 500:
+            error = APIError(message, param=param, code=code, headers=headers)
+            error.status_code = status
+            error.type = type_ or (
+                "rate_limit_error"
+                if status == HTTPStatus.TOO_MANY_REQUESTS
+                else "invalid_request_error"
+            )
+            return error
+        return cls(message)
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status_code = HTTPStatus.GATEWAY_TIMEOUT
+    type = "timeout_error"
+    code = "upstream_timeout"
 
 
 def from_validation_error(exc: ValidationError, payload: Any = None) -> InvalidRequestError:

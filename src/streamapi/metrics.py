@@ -152,6 +152,25 @@ class Metrics:
             ("route", "method", "status"),
             registry=registry,
         )
+        self._upstream_requests = Counter(
+            "streamapi_upstream_requests",
+            "Requests sent to an upstream engine (retries included), by the status it answered.",
+            ("upstream", "status"),
+            registry=registry,
+        )
+        self._upstream_errors = Counter(
+            "streamapi_upstream_errors",
+            "Upstream failures by upstream and reason: connect, connect_timeout, timeout, "
+            "status_4xx, status_5xx, error_event, dropped, truncated.",
+            ("upstream", "reason"),
+            registry=registry,
+        )
+        self._upstream_retries = Counter(
+            "streamapi_upstream_retries",
+            "Upstream requests retried before the first byte.",
+            ("upstream",),
+            registry=registry,
+        )
 
     def bind_engine_state(
         self,
@@ -178,6 +197,18 @@ class Metrics:
     def request(self, route: str, method: str, status: int) -> None:
         """Count one HTTP request by the route template that answered it."""
         self._requests.labels(route, method, str(status)).inc()
+
+    def upstream_request(self, upstream: str, status: int) -> None:
+        """Count one answer of an upstream engine (upstream names come from the routes file)."""
+        self._upstream_requests.labels(upstream, str(status)).inc()
+
+    def upstream_error(self, upstream: str, reason: str) -> None:
+        """Count one failure of an upstream engine."""
+        self._upstream_errors.labels(upstream, reason).inc()
+
+    def upstream_retry(self, upstream: str) -> None:
+        """Count one retry of an upstream request."""
+        self._upstream_retries.labels(upstream).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

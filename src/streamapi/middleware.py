@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: arrival time and request counts, request ids, the body size limit.
+"""Pure-ASGI middleware: arrival time and request counts, request ids, auth, the body size limit.
 
 Pure ASGI rather than ``BaseHTTPMiddleware`` so nothing sits between a stream
 and the socket: the send wrapper only touches the response's start message.
@@ -7,7 +7,6 @@ and the socket: the send wrapper only touches the response's start message.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import re
 import uuid
@@ -16,21 +15,20 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from streamapi.errors import APIError, ErrorDialects, RequestTooLargeError, render
+from streamapi import logs
+from streamapi.errors import (
+    APIError,
+    AuthenticationError,
+    ErrorDialects,
+    RequestTooLargeError,
+    render,
+)
+from streamapi.keys import KeyRing, Principal
 from streamapi.metrics import Metrics
 
+logger = logging.getLogger(__name__)
+
 REQUEST_ID_HEADER = "x-request-id"
-# The request being served in this task (and the tasks it starts), for log lines.
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-
-
-class RequestIdLogFilter(logging.Filter):
-    """Puts the current request's id on every log record as ``request_id``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
-
 # An id the client sent is echoed only if it cannot smuggle anything into a header.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
@@ -86,7 +84,9 @@ class RequestIdMiddleware:
         sent = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = sent if _SAFE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        request_id_var.set(request_id)
+        # For the log lines of this request's task and the tasks it starts; the
+        # server runs each request in a task of its own, so nothing leaks.
+        logs.request_id.set(request_id)
         # OpenAI's SDKs read x-request-id, Anthropic's request-id.
         headers = [
             (REQUEST_ID_HEADER.encode(), request_id.encode()),
@@ -150,3 +150,82 @@ class BodyLimitMiddleware:
         return RequestTooLargeError(
             f"The request body is larger than the limit of {self.max_bytes} bytes.",
         )
+
+
+# Open without a key: probes, scrapes and the docs (as vLLM leaves them).
+OPEN_PATHS = frozenset(
+    {"/health", "/ping", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
+
+
+class AuthMiddleware:
+    """Checks the API key on every route but ``OPEN_PATHS`` and CORS preflights.
+
+    The key is read from ``Authorization: Bearer <key>`` (OpenAI's SDKs) or
+    ``x-api-key`` (Anthropic's). Without keys configured every request passes
+    and whatever key a client sends is ignored (SDKs insist on sending one).
+    A request without a valid key gets 401 in its route's error dialect; one
+    with a valid key carries its ``Principal`` in ``scope["state"]["principal"]``.
+    Keys are never logged.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: KeyRing,
+        dialects: ErrorDialects,
+        on_error: Callable[[APIError], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.dialects = dialects
+        self.on_error = on_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not self.keys.enabled
+            or scope["method"] == "OPTIONS"
+            or scope["path"] in OPEN_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        principal = self._principal(headers)
+        if principal is None:
+            sent = bool(headers.get("authorization") or headers.get("x-api-key"))
+            error = AuthenticationError(
+                "Incorrect API key provided."
+                if sent
+                else "Missing API key: send it as "
+                "'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            logger.info(
+                "%s %s -> 401 (%s key)", scope["method"], scope["path"], "wrong" if sent else "no"
+            )
+            if self.on_error is not None:
+                self.on_error(error)
+            dialect = self.dialects.for_request(
+                scope["method"], scope["path"], headers.get("accept", "")
+            )
+            response = render(error, dialect, scope.get("state", {}).get("request_id"))
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    def _principal(self, headers: Headers) -> Principal | None:
+        candidates = []
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            candidates.append(token.strip())
+        api_key = headers.get("x-api-key", "").strip()
+        if api_key:
+            candidates.append(api_key)
+        for candidate in candidates:
+            principal = self.keys.authenticate(candidate)
+            if principal is not None:
+                return principal
+        return None

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamapi.keys import KeyRing, load_keys
+from streamapi.routing import RoutingTable, load_routes
 
 LatencyProfile = Literal["default", "instant", "8b-1gpu", "70b-8gpu"]
 
@@ -74,7 +78,15 @@ class Settings(BaseSettings):
         default=["sim-small"],
         min_length=1,
         description="Model names listed by /v1/models. The first one answers requests that "
-        "name no model. On the command line: a JSON list or comma-separated names.",
+        "name no model. On the command line: a JSON list or comma-separated names. The "
+        "simulator serves those the routes file does not route; the routes file's other "
+        "models are listed after them.",
+    )
+    routes_file: Path | None = Field(
+        default=None,
+        description="Routing table (YAML, or JSON if the name ends in .json): upstream "
+        "OpenAI-compatible servers and the model names each serves (see the README's "
+        "Gateway section). Checked at start-up.",
     )
     accept_unknown_models: bool = Field(
         default=True,
@@ -233,6 +245,39 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest accepted request body; larger gets 413 before it is read.",
     )
+    max_concurrent_requests: int = Field(
+        default=0,
+        ge=0,
+        description="Most generation requests (streams, and non-streamed ones) open at once; "
+        "one more gets 429 with Retry-After before its response starts. 0: no cap.",
+    )
+    max_concurrent_requests_per_key: int = Field(
+        default=0,
+        ge=0,
+        description="The same cap for each API key (a keys file entry may set its own). 0: no cap.",
+    )
+    concurrency_retry_after_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Retry-After sent with a 429 for a concurrency cap.",
+    )
+
+    # --- auth and CORS --------------------------------------------------------
+    api_keys: list[SecretStr] = Field(
+        default=[],
+        description="API keys accepted as 'Authorization: Bearer <key>' or 'x-api-key' on "
+        "every route but /health, /ping, /metrics and the docs. With no key here or in "
+        "api-keys-file, auth is off and any key clients send is ignored.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="YAML or JSON file of named keys (or their SHA-256), each with an "
+        "optional model allow-list and concurrency cap (see the README's Gateway section).",
+    )
+    cors_allow_origins: list[str] = Field(
+        default=[],
+        description="Origins allowed by CORS ('*' for any); empty turns CORS off.",
+    )
 
     # --- streaming and lifecycle ---------------------------------------------
     ping_interval_s: float = Field(
@@ -260,6 +305,9 @@ class Settings(BaseSettings):
         description="On SIGTERM, open streams may run this long; streams still open then "
         "end with an in-stream error event and [DONE].",
     )
+
+    _routes: RoutingTable = PrivateAttr(default_factory=RoutingTable)
+    _keys: KeyRing = PrivateAttr(default_factory=KeyRing)
 
     @field_validator("reasoning_model_pattern")
     @classmethod
@@ -293,7 +341,41 @@ class Settings(BaseSettings):
         self.served_model_names = names
         return self
 
+    @model_validator(mode="after")
+    def _load_files(self) -> Settings:
+        # Read once at start-up, so a bad file stops the server with a message
+        # naming the entry and field rather than failing its first request.
+        if self.routes_file is not None:
+            self._routes = load_routes(self.routes_file)
+        self._keys = load_keys(self.api_keys, self.api_keys_file)
+        return self
+
     @property
     def default_model(self) -> str:
         """The model that answers requests which name none."""
         return self.served_model_names[0]
+
+    @property
+    def routes(self) -> RoutingTable:
+        """The routing table of ``routes_file`` (empty without one)."""
+        return self._routes
+
+    @property
+    def keys(self) -> KeyRing:
+        """The API keys of ``api_keys`` and ``api_keys_file`` (empty: auth is off)."""
+        return self._keys
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every model served: ``served_model_names``, then the routes file's other models."""
+        names = list(self.served_model_names)
+        return names + [name for name in self._routes.models if name not in names]
+
+    def max_model_len_of(self, model: str) -> int | None:
+        """The context length checked for ``model``: None lets its upstream check."""
+        route = self._routes.models.get(model)
+        if route is None:
+            return self.max_model_len
+        if route.max_model_len is not None:
+            return route.max_model_len
+        return self.max_model_len if route.engine == "simulator" else None

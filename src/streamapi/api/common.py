@@ -13,8 +13,15 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from streamapi import sse
-from streamapi.errors import InvalidRequestError, ServiceUnavailableError, from_validation_error
+from streamapi.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServiceUnavailableError,
+    from_validation_error,
+)
+from streamapi.keys import Principal
 from streamapi.lifecycle import Lifecycle
+from streamapi.limits import ConcurrencyLimiter
 from streamapi.metrics import Metrics
 from streamapi.schemas.openai import ErrorResponse
 from streamapi.serving.anthropic import MessageService
@@ -58,6 +65,7 @@ class State(TypedDict):
     lifecycle: Lifecycle
     generation: Generation
     metrics: Metrics
+    limiter: ConcurrencyLimiter
     chat: ChatService
     completions: CompletionService
     embeddings: EmbeddingService
@@ -79,11 +87,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         400: "Invalid request (malformed JSON, a bad field, context length exceeded).",
-        404: "Unknown model (when unlisted models are refused).",
+        401: "Missing or wrong API key (when keys are configured).",
+        404: "Unknown model (when unlisted models are refused), or one the key may not use.",
         413: "Request body over the size limit.",
-        429: "The engine's queue is full; retry after Retry-After seconds.",
+        429: "The engine's queue is full, or a concurrency cap is reached; retry after "
+        "Retry-After seconds.",
         500: "Unexpected server error; the message is generic, details go to the log.",
+        502: "An upstream engine is unreachable, failed, or broke its stream.",
         503: "The server is shutting down.",
+        504: "An upstream engine timed out before answering.",
     }.items()
 }
 
@@ -161,11 +173,17 @@ async def respond(
     ends, they are closed exactly once (``Admission.aclose`` is idempotent).
     """
     job = service.prepare(parsed)
+    check_model_access(request, job.job.model)
+    overrides = _test_overrides(request, state["settings"])
     generation = state["generation"]
+    # Admission releases the lease if it fails, and Admission.aclose once it ends.
+    lease = state["limiter"].acquire(principal_of(request))
     admission = await generation.admit(
         job.job,
         arrived_at=_arrived_at(request),
-        overrides=_test_overrides(request, state["settings"]),
+        overrides=overrides,
+        request_id=getattr(request.state, "request_id", None),
+        lease=lease,
     )
     if not streamed:
         try:
@@ -180,6 +198,23 @@ async def respond(
     except BaseException:
         await admission.aclose()
         raise
+
+
+def principal_of(request: Request) -> Principal | None:
+    """The caller's key (``AuthMiddleware``), or None when auth is off."""
+    principal = getattr(request.state, "principal", None)
+    return principal if isinstance(principal, Principal) else None
+
+
+def check_model_access(request: Request, model: str) -> None:
+    """404 ``model_not_found`` when the caller's key may not use ``model``.
+
+    404 rather than 403, as OpenAI answers: "does not exist or you do not have
+    access to it", so a key learns nothing of the models it may not use.
+    """
+    principal = principal_of(request)
+    if principal is not None and not principal.may_use(model):
+        raise ModelNotFoundError(model)
 
 
 def event_stream(state: State, frames: AsyncIterator[bytes], admission: Admission) -> Response:

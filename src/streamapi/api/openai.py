@@ -11,7 +11,9 @@ from streamapi.api.common import (
     ERRORS,
     State,
     StateDep,
+    check_model_access,
     json_response,
+    principal_of,
     read_json,
     refuse_if_draining,
     respond,
@@ -121,13 +123,20 @@ async def create_completion(request: Request, state: StateDep) -> Response:
 async def create_embedding(request: Request, state: StateDep) -> Response:
     refuse_if_draining(state["lifecycle"])
     embedding_request = validate(EmbeddingRequest, await read_json(request))
+    model = state["generation"].resolve_model(embedding_request.model)
+    check_model_access(request, model)
     return json_response(state["embeddings"].create(embedding_request))
 
 
 @router.get("/v1/models", response_model=ModelList, summary="List the served models")
-async def list_models(state: StateDep) -> ModelList:
-    settings = state["settings"]
-    return ModelList(data=[_model_card(name, state) for name in settings.served_model_names])
+async def list_models(request: Request, state: StateDep) -> ModelList:
+    principal = principal_of(request)
+    names = [
+        name
+        for name in state["settings"].model_names
+        if principal is None or principal.may_use(name)
+    ]
+    return ModelList(data=[_model_card(name, state) for name in names])
 
 
 @router.get(
@@ -136,9 +145,10 @@ async def list_models(state: StateDep) -> ModelList:
     summary="Retrieve a served model",
     responses={404: ERRORS[404]},
 )
-async def retrieve_model(model_id: str, state: StateDep) -> Model:
-    if model_id not in state["settings"].served_model_names:
+async def retrieve_model(request: Request, model_id: str, state: StateDep) -> Model:
+    if model_id not in state["settings"].model_names:
         raise ModelNotFoundError(model_id)
+    check_model_access(request, model_id)
     return _model_card(model_id, state)
 
 
@@ -164,9 +174,12 @@ def _from_prompt_form(payload: dict[str, Any], settings: Settings) -> ChatComple
 
 
 def _model_card(name: str, state: State) -> Model:
+    settings = state["settings"]
+    route = settings.routes.upstream_of(name)
     return Model(
         id=name,
         created=state["started_at"],
-        owned_by="streamapi",
-        max_model_len=state["settings"].max_model_len,
+        # An upstream model is owned by its upstream, named as in the routes file.
+        owned_by="streamapi" if route is None else route[0],
+        max_model_len=settings.max_model_len_of(name),
     )

@@ -2,18 +2,22 @@
 
 An engine turns one ``GenerationRequest`` into a stream of ``TokenDelta``s for
 one choice; ``serving`` fans out ``n`` choices, frames them for each protocol
-and counts usage. The simulator is the default engine; upstream engines fit
-the same small protocol.
+and counts usage. The simulator is the default engine; ``upstream`` proxies an
+OpenAI-compatible server and ``router`` dispatches each request by model name,
+all behind the same small protocol.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from streamapi.metrics import Metrics
 from streamapi.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 Channel = Literal["content", "reasoning", "tool_call"]
@@ -22,16 +26,29 @@ ToolChoice = str
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the assistant made earlier in the conversation."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One message of the conversation, its content flattened to text.
 
     ``name`` is the function's name on a tool result (resolved from the call it
-    answers), else the author's name if the client gave one.
+    answers), else the author's name if the client gave one. The simulator reads
+    only the text (which names past calls too); an upstream also gets an
+    assistant message's ``tool_calls`` and a tool result's ``tool_call_id``.
     """
 
     role: str
     content: str
     name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +94,8 @@ class GenerationRequest:
     time_to_first_token_ms: float | None = None
     inter_token_latency_ms: float | None = None
     output_tokens: int | None = None
+    request_id: str | None = None
+    """The HTTP request's id, which an upstream engine passes on as X-Request-Id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +108,21 @@ class ToolCallStart:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageReport:
+    """An engine's own count of one choice's tokens, carried by its last delta.
+
+    Serving counts one token per delta; an engine whose deltas may hold several
+    tokens (an upstream's chunks) reports the true counts here, and they replace
+    serving's for that choice. ``None`` fields keep serving's count.
+    """
+
+    completion_tokens: int
+    prompt_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cached_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TokenDelta:
     """One generated token, on one channel.
 
@@ -98,7 +132,8 @@ class TokenDelta:
     set on the last delta only; that delta may carry no token at all.
 
     ``cached_prompt_tokens``, on a sequence's first delta, is how much of the
-    prompt the engine found in its prefix cache.
+    prompt the engine found in its prefix cache. ``usage``, on the last delta
+    only, replaces serving's token counts for the choice (see ``UsageReport``).
     """
 
     text: str
@@ -111,6 +146,7 @@ class TokenDelta:
     matched_stop: str | None = None
     """On the last delta: the stop sequence that ended the answer, if one did."""
     cached_prompt_tokens: int = 0
+    usage: UsageReport | None = None
 
     @property
     def is_token(self) -> bool:
@@ -128,6 +164,12 @@ class Engine(Protocol):
     ``aclose()``, which releases what it holds at once, whether or not it was
     ever iterated. ``aclose`` on the engine stops its background work.
 
+    The returned iterator may also have ``async def open()``: serving awaits
+    it at admission, before the response starts, so an engine that must do I/O
+    to know whether it can answer (an upstream's connection, status and first
+    event) raises its ``APIError`` there and the client gets a real HTTP status.
+    Errors after ``open`` arrive as in-stream errors.
+
     An engine whose ``stream`` is an async generator admits lazily, at its
     first step, i.e. after the response started: it still works, but its
     refusals then arrive as in-stream errors.
@@ -138,13 +180,39 @@ class Engine(Protocol):
     async def aclose(self) -> None: ...
 
 
-async def start_engine(settings: Settings, *, metrics: Metrics | None = None) -> Engine:
-    """The engine that ``settings.engine`` names, started on the running event loop.
+async def start_engine(
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+) -> Engine:
+    """The engine for ``settings``, started on the running event loop.
 
-    It records into ``metrics`` if given; the caller closes it with ``aclose``.
+    Without upstreams in the routes file that is the simulator; with them, a
+    ``RoutingEngine`` that sends each upstream model to its ``UpstreamEngine``
+    (one pooled HTTP client each) and every other model to the simulator.
+    ``transports`` replaces an upstream's network transport by name (tests
+    use ``httpx.ASGITransport``). It records into ``metrics`` if given; the
+    caller closes it with ``aclose``.
     """
+    from streamapi.engines.router import RoutingEngine
     from streamapi.engines.simulator import SimulatorEngine
+    from streamapi.engines.upstream import UpstreamEngine
 
-    engine = SimulatorEngine.from_settings(settings, metrics=metrics)
-    await engine.start()
-    return engine
+    simulator = SimulatorEngine.from_settings(settings, metrics=metrics)
+    await simulator.start()
+    table = settings.routes
+    if not table.upstreams:
+        return simulator
+    transports = transports or {}
+    upstreams = {
+        name: UpstreamEngine(name, config, metrics=metrics, transport=transports.get(name))
+        for name, config in table.upstreams.items()
+    }
+    routes: dict[str, tuple[Engine, str]] = {}
+    for model in table.models:
+        target = table.upstream_of(model)
+        if target is not None:
+            name, _, upstream_model = target
+            routes[model] = (upstreams[name], upstream_model)
+    return RoutingEngine(simulator, routes, owned=[simulator, *upstreams.values()])

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamapi import sse
-from streamapi.engines import ChatMessage, GenerationRequest, TokenDelta
+from streamapi.engines import ChatMessage, GenerationRequest, TokenDelta, ToolCall
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.anthropic import (
     MessageCreateRequest,
@@ -147,7 +147,7 @@ class _Blocks:
         self._job = job
         self._block: _Block | None = None
         self.content: list[dict[str, Any]] = []
-        self.usage = Usage(job.prompt_tokens)
+        self.usage = Usage.of(job)
         self.stop_reason: str | None = None
         self.stop_sequence: str | None = None
 
@@ -258,12 +258,14 @@ def _conversation(
             out.append(ChatMessage(message.role, message.content))
             continue
         texts: list[str] = []
+        calls: list[ToolCall] = []
         for block_index, block in enumerate(message.content):
             if isinstance(block, TextBlock):
                 texts.append(block.text)
             elif isinstance(block, ToolUseBlock):
                 tool_names[block.id] = block.name
                 texts.append(f"{block.name}({json.dumps(block.input)})")
+                calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
             elif isinstance(block, ToolResultBlock):
                 content = block.content
                 result = (
@@ -271,12 +273,19 @@ def _conversation(
                     if isinstance(content, str)
                     else "\n".join(b.text for b in content or ())
                 )
-                out.append(ChatMessage("tool", result, tool_names.get(block.tool_use_id)))
+                out.append(
+                    ChatMessage(
+                        "tool",
+                        result,
+                        tool_names.get(block.tool_use_id),
+                        tool_call_id=block.tool_use_id,
+                    )
+                )
             elif block.type in ("image", "document"):
                 raise InvalidRequestError(
                     f"This model only reads text: '{block.type}' blocks are not supported.",
                     param=f"messages[{index}].content[{block_index}].type",
                 )
         if texts:
-            out.append(ChatMessage(message.role, "\n".join(texts)))
+            out.append(ChatMessage(message.role, "\n".join(texts), tool_calls=tuple(calls)))
     return tuple(out)

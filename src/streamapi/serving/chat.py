@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamapi import sse
-from streamapi.engines import ChatMessage, GenerationRequest, OutputFormat, TokenDelta
+from streamapi.engines import ChatMessage, GenerationRequest, OutputFormat, TokenDelta, ToolCall
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.openai import (
     ChatCompletionRequest,
@@ -131,10 +131,10 @@ class ChatService:
         """The whole completion at once (``stream`` false), as a ``chat.completion`` body."""
         job = chat.job
         transcripts = [Transcript.empty() for _ in job.choices]
-        usage = Usage(job.prompt_tokens)
+        usage = Usage.of(job)
         async for index, delta in self._generation.deltas(admission):
             transcripts[index].add(delta)
-            usage.add(delta)
+            usage.add(delta, index)
         return {
             "id": job.id,
             "object": "chat.completion",
@@ -190,14 +190,14 @@ class _ChunkWriter:
         }
         self._started: set[int] = set()
         self._pending: dict[int, _Pending] = {}
-        self._usage = Usage(job.prompt_tokens)
+        self._usage = Usage.of(job)
 
     def add(self, index: int, delta: TokenDelta) -> list[bytes]:
         frames: list[bytes] = []
         if index not in self._started:
             self._started.add(index)
             frames.append(self._chunk(index, {"role": "assistant", "content": ""}))
-        self._usage.add(delta)
+        self._usage.add(delta, index)
         pending = self._pending.setdefault(index, _Pending())
         if pending.deltas and (
             delta.tool_call is not None
@@ -329,13 +329,25 @@ def _conversation(messages: list[WireMessage]) -> tuple[ChatMessage, ...]:
     out = []
     for index, message in enumerate(messages):
         text = _text(index, message.content)
+        calls = []
         for call in message.tool_calls or ():
             call_names[call.id] = call.function.name
             text += f"\n{call.function.name}({call.function.arguments})"
+            calls.append(ToolCall(call.id, call.function.name, call.function.arguments))
         name = message.name
         if message.role == "tool" and message.tool_call_id is not None:
             name = call_names.get(message.tool_call_id, name)
-        out.append(ChatMessage(message.role, text.strip("\n"), name))
+        out.append(
+            ChatMessage(
+                message.role,
+                # The simulator reads past calls in the text; an upstream gets them
+                # structured, and its text only.
+                text.strip("\n"),
+                name,
+                tool_calls=tuple(calls),
+                tool_call_id=message.tool_call_id if message.role == "tool" else None,
+            )
+        )
     return tuple(out)
 
 

@@ -95,7 +95,7 @@ class CompletionService:
     async def stream(self, completion: CompletionJob, admission: Admission) -> AsyncIterator[bytes]:
         """SSE frames of a streamed completion, ending with ``[DONE]``."""
         job = completion.job
-        usage = Usage(job.prompt_tokens)
+        usage = Usage.of(job)
         offsets = [0] * len(job.choices)
         pending: dict[int, list[TokenDelta]] = {}
         try:
@@ -105,7 +105,7 @@ class CompletionService:
                 offsets[index] = len(text)
                 yield self._chunk(job, index, text, logprobs=logprobs)
             async for index, delta in self._generation.deltas(admission):
-                usage.add(delta)
+                usage.add(delta, index)
                 group = pending.setdefault(index, [])
                 if delta.text:
                     group.append(delta)
@@ -132,11 +132,11 @@ class CompletionService:
     async def complete(self, completion: CompletionJob, admission: Admission) -> dict[str, Any]:
         """The whole completion (``stream`` false)."""
         job = completion.job
-        usage = Usage(job.prompt_tokens)
+        usage = Usage.of(job)
         texts: list[list[TokenDelta]] = [[] for _ in job.choices]
         finish: list[str | None] = [None] * len(job.choices)
         async for index, delta in self._generation.deltas(admission):
-            usage.add(delta)
+            usage.add(delta, index)
             if delta.text:
                 texts[index].append(delta)
             if delta.finish_reason is not None:

@@ -7,13 +7,13 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
 
 from jsonschema import SchemaError, validators
 
-from streamapi.engines import Engine, GenerationRequest, TokenDelta, ToolSpec
+from streamapi.engines import Engine, GenerationRequest, TokenDelta, ToolSpec, UsageReport
 from streamapi.errors import (
     APIError,
     ContextLengthExceededError,
@@ -38,6 +38,8 @@ class Job:
     model: str
     choices: tuple[GenerationRequest, ...]
     prompt_tokens: int
+    n: int = 1
+    """Choices per prompt: choice ``i`` answers prompt ``i // n``."""
 
 
 @dataclass(slots=True)
@@ -92,21 +94,56 @@ class Transcript:
 
 @dataclass(slots=True)
 class Usage:
-    """Tokens generated so far, counted as the deltas go by."""
+    """Tokens generated so far, counted as the deltas go by.
+
+    One delta is one token, unless a choice's last delta carries the engine's
+    own ``UsageReport`` (an upstream's chunks may hold several tokens): its
+    counts then replace what was counted for that choice, and reported prompt
+    tokens replace ours once every prompt of the job has reported (each prompt
+    counted once however many choices answer it, as OpenAI counts ``n``).
+    """
 
     prompt_tokens: int
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     cached_tokens: int = 0
+    n: int = 1
+    prompts: int = 1
+    _counted: dict[int, tuple[int, int]] = field(default_factory=dict)
+    _reported_prompts: dict[int, int] = field(default_factory=dict)
 
-    def add(self, delta: TokenDelta) -> None:
+    @classmethod
+    def of(cls, job: Job) -> Usage:
+        """Empty usage for ``job``, with its prompt tokens counted."""
+        return cls(job.prompt_tokens, n=job.n, prompts=max(1, len(job.choices) // job.n))
+
+    def add(self, delta: TokenDelta, index: int = 0) -> None:
+        """Count ``delta`` of choice ``index``."""
         if delta.cached_prompt_tokens:
             # Every choice shares the prompt: its cached part is counted once.
             self.cached_tokens = max(self.cached_tokens, delta.cached_prompt_tokens)
         if delta.is_token:
+            tokens, reasoning = self._counted.get(index, (0, 0))
+            is_reasoning = delta.channel == "reasoning"
+            self._counted[index] = (tokens + 1, reasoning + is_reasoning)
             self.completion_tokens += 1
-            if delta.channel == "reasoning":
-                self.reasoning_tokens += 1
+            self.reasoning_tokens += is_reasoning
+        if delta.usage is not None:
+            self._report(index, delta.usage)
+
+    def _report(self, index: int, report: UsageReport) -> None:
+        tokens, reasoning = self._counted.get(index, (0, 0))
+        self.completion_tokens += report.completion_tokens - tokens
+        if report.reasoning_tokens is not None:
+            self.reasoning_tokens += report.reasoning_tokens - reasoning
+            reasoning = report.reasoning_tokens
+        self._counted[index] = (report.completion_tokens, reasoning)
+        if report.cached_tokens is not None:
+            self.cached_tokens = max(self.cached_tokens, report.cached_tokens)
+        if report.prompt_tokens is not None:
+            self._reported_prompts[index // self.n] = report.prompt_tokens
+            if len(self._reported_prompts) == self.prompts:
+                self.prompt_tokens = sum(self._reported_prompts.values())
 
     @property
     def total_tokens(self) -> int:
@@ -139,23 +176,36 @@ class Admission:
         *,
         arrived_at: float,
         metrics: Metrics | None,
+        lease: Lease | None = None,
     ) -> None:
         self.job = job
         self.streams = streams
         self.arrived_at = arrived_at
         self.ended = False
         self._metrics = metrics
+        self._lease = lease
         self._closed = False
 
     async def aclose(self) -> None:
-        """Release every engine sequence of the job (once; later calls do nothing)."""
+        """Release every engine sequence of the job, and its lease (once; later calls do
+        nothing)."""
         if self._closed:
             return
         self._closed = True
-        if not self.ended and self._metrics is not None:
-            self._metrics.client_disconnects.inc()
-        for stream in self.streams:
-            await _aclose(stream)
+        try:
+            if not self.ended and self._metrics is not None:
+                self._metrics.client_disconnects.inc()
+            for stream in self.streams:
+                await _aclose(stream)
+        finally:
+            if self._lease is not None:
+                self._lease.release()
+
+
+class Lease(Protocol):
+    """A held share of a limit (``limits.ConcurrencyLimiter``); ``release`` is idempotent."""
+
+    def release(self) -> None: ...
 
 
 class Generation:
@@ -172,13 +222,14 @@ class Generation:
         self._engine = engine
         self._lifecycle = lifecycle
         self._metrics = metrics
+        self._model_names = frozenset(settings.model_names)
 
     def resolve_model(self, requested: str | None) -> str:
         """The model name a request is served under, or ``ModelNotFoundError``."""
         settings = self.settings
         if not requested:
             return settings.default_model
-        if requested in settings.served_model_names or settings.accept_unknown_models:
+        if requested in self._model_names or settings.accept_unknown_models:
             return requested
         raise ModelNotFoundError(requested)
 
@@ -219,16 +270,17 @@ class Generation:
         choices: list[GenerationRequest] = []
         for template, count in zip(templates, counts, strict=True):
             max_tokens = template.max_tokens
-            if count + (max_tokens or 0) > settings.max_model_len or (
-                count >= settings.max_model_len
-            ):
-                raise ContextLengthExceededError(
-                    max_model_len=settings.max_model_len,
-                    prompt_tokens=count,
-                    max_tokens=max_tokens or 0,
-                )
-            room = settings.max_model_len - count
-            capped = room if max_tokens is None else min(max_tokens, room)
+            # None for an upstream model whose context length the routes file does
+            # not give: the upstream checks it with its own tokenizer.
+            limit = settings.max_model_len_of(template.model)
+            capped = max_tokens
+            if limit is not None:
+                if count + (max_tokens or 0) > limit or count >= limit:
+                    raise ContextLengthExceededError(
+                        max_model_len=limit, prompt_tokens=count, max_tokens=max_tokens or 0
+                    )
+                room = limit - count
+                capped = room if max_tokens is None else min(max_tokens, room)
             choices += [replace(template, choice_index=i, max_tokens=capped) for i in range(n)]
         return Job(
             id=f"{id_prefix}{uuid.uuid4().hex}",
@@ -236,17 +288,27 @@ class Generation:
             model=templates[0].model,
             choices=tuple(choices),
             prompt_tokens=sum(counts),
+            n=n,
         )
 
     async def admit(
-        self, job: Job, *, arrived_at: float, overrides: TestOverrides | None = None
+        self,
+        job: Job,
+        *,
+        arrived_at: float,
+        overrides: TestOverrides | None = None,
+        request_id: str | None = None,
+        lease: Lease | None = None,
     ) -> Admission:
         """Open the job's engine sequences now, before any byte is sent.
 
-        Raises the engine's ``APIError`` (``RateLimitError`` when it is full),
-        having closed whatever it had opened: all of a job's choices or none.
+        Each stream's ``open()``, if it has one, is awaited here (all of a job's
+        choices at once), so an engine's refusal is an HTTP status. Raises the
+        engine's ``APIError`` (``RateLimitError`` when it is full), having
+        closed whatever it had opened and released ``lease``: all of a job's
+        choices or none.
         """
-        requests = job.choices
+        requests = tuple(replace(request, request_id=request_id) for request in job.choices)
         if overrides is not None:
             requests = tuple(
                 replace(
@@ -261,11 +323,16 @@ class Generation:
         try:
             for request in requests:
                 streams.append(self._engine.stream(request))
+            await _open_all(streams)
         except BaseException:
-            for stream in streams:
-                await _aclose(stream)
+            try:
+                for stream in streams:
+                    await _aclose(stream)
+            finally:
+                if lease is not None:
+                    lease.release()
             raise
-        return Admission(job, streams, arrived_at=arrived_at, metrics=self._metrics)
+        return Admission(job, streams, arrived_at=arrived_at, metrics=self._metrics, lease=lease)
 
     async def deltas(self, admission: Admission) -> AsyncIterator[tuple[int, TokenDelta]]:
         """Every choice's deltas as they come, tagged with the choice index.
@@ -455,6 +522,27 @@ async def _merge(
         await asyncio.gather(*pending, return_exceptions=True)
         for stream in streams:
             await _aclose(stream)
+
+
+async def _open_all(streams: Sequence[AsyncIterator[TokenDelta]]) -> None:
+    """Await every stream's ``open()`` at once; the first failure cancels the others."""
+    opens: list[Callable[[], Awaitable[None]]] = [
+        opener for stream in streams if (opener := getattr(stream, "open", None)) is not None
+    ]
+    if len(opens) <= 1:
+        for opener in opens:
+            await opener()
+        return
+    tasks = [asyncio.ensure_future(opener()) for opener in opens]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task in done and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _aclose(stream: AsyncIterator[TokenDelta]) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamapi import sse
-from streamapi.engines import ChatMessage, GenerationRequest, OutputFormat, TokenDelta
+from streamapi.engines import ChatMessage, GenerationRequest, OutputFormat, TokenDelta, ToolCall
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.responses import (
     FunctionCallItem,
@@ -196,7 +196,12 @@ class ResponseService:
                 said.append(ChatMessage("assistant", item["content"][0]["text"]))
             elif item["type"] == "function_call":
                 names[item["call_id"]] = item["name"]
-                said.append(ChatMessage("assistant", f"{item['name']}({item['arguments']})"))
+                call = ToolCall(item["call_id"], item["name"], item["arguments"])
+                said.append(
+                    ChatMessage(
+                        "assistant", f"{item['name']}({item['arguments']})", tool_calls=(call,)
+                    )
+                )
         conversation = tuple(m for m in response.messages if m.role != "system")
         self._store.put(body["id"], StoredResponse(body, (*conversation, *said), names))
 
@@ -226,7 +231,7 @@ class _Builder:
         self._sequence = 0
         self._item: _Item | None = None
         self.output: list[dict[str, Any]] = []
-        self._usage = Usage(response.job.prompt_tokens)
+        self._usage = Usage.of(response.job)
         self._finish: str | None = None
 
     def event(self, kind: str, **fields: Any) -> bytes:
@@ -416,10 +421,15 @@ def _input_messages(value: str | list[Any], call_names: dict[str, str]) -> list[
             )
         elif isinstance(item, FunctionCallItem):
             call_names[item.call_id] = item.name
-            messages.append(ChatMessage("assistant", f"{item.name}({item.arguments})"))
+            call = ToolCall(item.call_id, item.name, item.arguments)
+            messages.append(
+                ChatMessage("assistant", f"{item.name}({item.arguments})", tool_calls=(call,))
+            )
         elif isinstance(item, FunctionCallOutputItem):
             output = _text(item.output, param=f"input[{index}].output")
-            messages.append(ChatMessage("tool", output, call_names.get(item.call_id)))
+            messages.append(
+                ChatMessage("tool", output, call_names.get(item.call_id), tool_call_id=item.call_id)
+            )
     return messages
 
 

@@ -1,0 +1,155 @@
+"""Overload: far more streams than the engine takes; refusals must be fast and /health must answer.
+
+Starts `streamapi serve` on 127.0.0.1 with a small engine (`--max-num-seqs`,
+`--max-waiting-requests`), opens many streams at once, and reports how many got
+200 and how many 429, how long a 429 took to arrive (with its Retry-After), and
+the latency of GET /health probed four times a second while the server is
+saturated.
+
+    python bench/overload.py                       # 1,000 streams against 64 + 64 places
+    python bench/overload.py --streams 2000 --max-num-seqs 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+
+HOST = "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 2) if ordered else 0.0
+
+
+async def _stream(client: httpx.AsyncClient, outcomes: list[tuple[int, float, str]]) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "Explain queues"}],
+        "stream": True,
+        "max_tokens": 64,
+        "ignore_eos": True,
+    }
+    start = time.perf_counter()
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        answered_ms = (time.perf_counter() - start) * 1000
+        async for _ in response.aiter_bytes():
+            pass
+    outcomes.append((response.status_code, answered_ms, response.headers.get("retry-after", "")))
+
+
+async def _probe(base: str, stop: asyncio.Event, latencies: list[float], errors: list[str]) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                await client.get("/health")
+            except httpx.HTTPError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+            else:
+                latencies.append((time.perf_counter() - start) * 1000)
+            await asyncio.sleep(0.25)
+
+
+async def _run(base: str, streams: int) -> dict[str, object]:
+    outcomes: list[tuple[int, float, str]] = []
+    health: list[float] = []
+    health_errors: list[str] = []
+    stop = asyncio.Event()
+    limits = httpx.Limits(max_connections=streams)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+        probe = asyncio.create_task(_probe(base, stop, health, health_errors))
+        started = time.perf_counter()
+        await asyncio.gather(*(_stream(client, outcomes) for _ in range(streams)))
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await probe
+    refused = [ms for status, ms, _ in outcomes if status == 429]
+    accepted = [ms for status, ms, _ in outcomes if status == 200]
+    return {
+        "streams": streams,
+        "ok_200": len(accepted),
+        "refused_429": len(refused),
+        "other": len(outcomes) - len(accepted) - len(refused),
+        "retry_after_s": sorted({r for s, _, r in outcomes if s == 429}),
+        "429_answer_ms": {"p50": _pct(refused, 0.5), "p99": _pct(refused, 0.99)},
+        "200_headers_ms": {"p50": _pct(accepted, 0.5), "p99": _pct(accepted, 0.99)},
+        "health_ms": {
+            "probes": len(health),
+            "p50": round(statistics.median(health), 2) if health else 0.0,
+            "p99": _pct(health, 0.99),
+            "max": round(max(health), 2) if health else 0.0,
+            "errors": health_errors[:3],
+        },
+        "wall_s": round(elapsed, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--max-waiting-requests", type=int, default=64)
+    args = parser.parse_args(argv)
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamapi",
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--max-num-seqs",
+            str(args.max_num_seqs),
+            "--max-waiting-requests",
+            str(args.max_waiting_requests),
+            "--time-to-first-token-ms",
+            "50",
+            "--inter-token-latency-ms",
+            "20",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open("/tmp/overload-server.log", "wb"),  # noqa: SIM115
+    )
+    base = f"http://{HOST}:{port}"
+    try:
+        for _ in range(150):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        result = asyncio.run(_run(base, args.streams))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    print(json.dumps(result, indent=2))
+    return 0 if result["other"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""Caps on concurrent generation requests: one for the server, one for each API key.
+
+A request takes a ``Lease`` before its engine sequences open and gives it back
+when its ``Admission`` closes, which happens exactly once however the request
+ends (finished, failed, client gone, or refused at admission). A request over
+a cap gets 429 with ``Retry-After`` before its response starts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from streamapi.errors import RateLimitError
+from streamapi.keys import Principal
+
+
+class ConcurrencyLimiter:
+    """Counts open generation requests, in all and per key; 0 means no cap."""
+
+    def __init__(self, *, total: int, per_key: int, retry_after_s: float) -> None:
+        self._total = total
+        self._per_key = per_key
+        self._retry_after_s = retry_after_s
+        self.open = 0
+        self._by_key: Counter[str] = Counter()
+
+    def open_for(self, key: str) -> int:
+        return self._by_key[key]
+
+    def acquire(self, principal: Principal | None) -> Lease:
+        """A lease, or ``RateLimitError`` when a cap is reached."""
+        if self._total and self.open >= self._total:
+            raise RateLimitError(
+                f"Too many concurrent requests (at most {self._total}); retry shortly.",
+                retry_after_s=self._retry_after_s,
+                code="too_many_concurrent_requests",
+            )
+        key = principal.name if principal is not None else None
+        if principal is not None:
+            cap = principal.max_concurrent_requests
+            cap = self._per_key if cap is None else cap
+            if cap and self._by_key[principal.name] >= cap:
+                raise RateLimitError(
+                    f"Too many concurrent requests for this API key (at most {cap}); "
+                    "retry shortly.",
+                    retry_after_s=self._retry_after_s,
+                    code="too_many_concurrent_requests",
+                )
+            self._by_key[principal.name] += 1
+        self.open += 1
+        return Lease(self, key)
+
+    def _release(self, key: str | None) -> None:
+        self.open -= 1
+        if key is not None:
+            self._by_key[key] -= 1
+            if not self._by_key[key]:
+                del self._by_key[key]
+
+
+class Lease:
+    """One request's place under the caps; ``release`` gives it back once."""
+
+    def __init__(self, limiter: ConcurrencyLimiter, key: str | None) -> None:
+        self._limiter = limiter
+        self._key = key
+        self._released = False
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._limiter._release(self._key)
