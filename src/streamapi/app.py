@@ -12,7 +12,11 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from streamapi import __version__, api
+from streamapi.api import admin
 from streamapi.api.common import State
+from streamapi.control.hooks import Control
+from streamapi.control.middleware import ControlMiddleware
+from streamapi.control.rules import RulesFile
 from streamapi.engines import Engine, start_engine
 from streamapi.errors import APIError, install_error_handlers
 from streamapi.lifecycle import Lifecycle
@@ -38,6 +42,7 @@ _EXTRA_SCHEMAS: tuple[type[BaseModel], ...] = (
     openai.EmbeddingRequest,
     responses.ResponseRequest,
     anthropic.MessageCreateRequest,
+    RulesFile,
 )
 
 
@@ -58,6 +63,7 @@ def create_app(
     settings = settings or Settings()
     lifecycle = lifecycle or Lifecycle()
     metrics = Metrics(settings.default_model)
+    control = Control(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
@@ -65,6 +71,7 @@ def create_app(
         own_engine = engine is None
         active = engine if engine is not None else await start_engine(settings, metrics=metrics)
         generation = Generation(settings, active, lifecycle, metrics)
+        control.bind_engine(active)
         per_event = settings.tokens_per_event
         try:
             yield State(
@@ -77,6 +84,7 @@ def create_app(
                 embeddings=EmbeddingService(generation),
                 responses=ResponseService(generation, ResponseStore(settings.responses_store_size)),
                 messages=MessageService(generation),
+                control=control,
                 started_at=int(time.time()),
             )
         finally:
@@ -90,6 +98,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(api.router)
+    if settings.admin_key is not None:
+        app.include_router(admin.router)
 
     def count_error(error: APIError) -> None:
         metrics.error(error.type, error.code, in_stream=False)
@@ -101,6 +111,7 @@ def create_app(
         dialects=api.ERROR_DIALECTS,
         on_error=count_error,
     )
+    app.add_middleware(ControlMiddleware, control=control)
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so that a request's arrival is stamped before anything else runs.
     app.add_middleware(MetricsMiddleware, metrics=metrics)

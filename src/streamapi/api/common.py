@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from streamapi import sse
+from streamapi.control.hooks import Control
 from streamapi.errors import InvalidRequestError, ServiceUnavailableError, from_validation_error
 from streamapi.lifecycle import Lifecycle
 from streamapi.metrics import Metrics
@@ -63,6 +64,7 @@ class State(TypedDict):
     embeddings: EmbeddingService
     responses: ResponseService
     messages: MessageService
+    control: Control
     started_at: int
 
 
@@ -138,20 +140,23 @@ async def respond(
     """
     job = service.prepare(parsed)
     generation = state["generation"]
+    # Test control: rate limits, rules and faults (its refusals are APIErrors too).
+    plan = state["control"].plan(request, job.job, streamed=streamed)
     admission = await generation.admit(
-        job.job,
+        plan.job,
         arrived_at=_arrived_at(request),
-        overrides=_test_overrides(request, state["settings"]),
+        overrides=plan.overrides(_test_overrides(request, state["settings"])),
     )
+    plan.arm(admission)
     if not streamed:
         try:
-            return await whole(
-                request, state, generation.whole(admission, service.complete(job, admission))
+            return await plan.answer(
+                whole(request, state, generation.whole(admission, service.complete(job, admission)))
             )
         finally:
             await admission.aclose()
     try:
-        frames = generation.guard(admission, service.stream(job, admission))
+        frames = plan.frames(generation.guard(admission, service.stream(job, admission)))
         return event_stream(state, frames, admission)
     except BaseException:
         await admission.aclose()
