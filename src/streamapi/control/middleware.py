@@ -30,12 +30,17 @@ class ControlMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = ENDPOINT_PATHS.get(scope.get("path", ""))
-        if scope["type"] != "http" or endpoint is None:
+        journal = self.control.journal
+        # Without a journal or limits there is nothing to add: stay out of every send.
+        if (
+            scope["type"] != "http"
+            or endpoint is None
+            or (journal is None and not self.control.limiter.enabled)
+        ):
             await self.app(scope, receive, send)
             return
         state: dict[str, Any] = scope.setdefault("state", {})
         loop = asyncio.get_running_loop()
-        journal = self.control.journal
         entry = None
         if journal is not None:
             arrived_at = state.get("arrived_at")
