@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from streamapi.control.faults import parse_faults
+from streamapi.control.rules import parse_rules, parse_text
 from streamapi.settings import Settings
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -17,3 +19,16 @@ def test_readme_lists_every_setting_as_option_and_environment_variable() -> None
 def test_readme_has_the_two_commands() -> None:
     assert "pip install . && streamapi serve" in README
     assert 'pip install ".[test]" && pytest' in README
+
+
+def test_readme_rules_example_is_valid() -> None:
+    section = README.split("## Testing your client", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    rules = parse_rules(parse_text(example, source="README"), source="README")
+    assert len(rules) == 7
+
+
+def test_readme_fault_examples_parse() -> None:
+    for spec in ("status=429,retry_after=0.5", "mid_stream_error,after=5", "slow,ms=50; no_done"):
+        assert spec in README
+        parse_faults(spec)

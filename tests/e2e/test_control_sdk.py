@@ -400,6 +400,7 @@ def test_mid_stream_error_is_an_api_error_in_every_sdk(
         ) as stream,
     ):
         stream.get_final_message()
+    assert claude_raised.value.status_code == 200  # the stream's own status
     assert claude_raised.value.body["error"]["type"] == "api_error"  # type: ignore[index]
     events = []
     with client.responses.stream(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -129,29 +128,17 @@ def test_stopping_ends_open_streams_at_once(
     assert time.monotonic() - started < 5
 
 
-def test_a_users_suite_gets_the_plugin_from_the_installed_package(tmp_path: Path) -> None:
+README = Path(__file__).parents[2] / "README.md"
+
+
+def test_the_readmes_example_passes_in_a_users_suite(tmp_path: Path) -> None:
+    """The plugin comes from the installed package's entry point, as in any user's suite."""
+    section = README.read_text().split("### The pytest plugin", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nasyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
     )
-    (tmp_path / "test_user.py").write_text(
-        textwrap.dedent(
-            """
-            import openai
-            import pytest
-
-            @pytest.mark.streamapi(rules=[{"respond": {"text": "scripted"}}])
-            def test_scripted(streamapi_server):
-                client = openai.OpenAI(
-                    base_url=streamapi_server.openai_base_url, api_key="k", max_retries=0
-                )
-                reply = client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "hi"}]
-                )
-                assert reply.choices[0].message.content == "scripted"
-                assert streamapi_server.journal()[0]["rule"] == "#1"
-            """
-        )
-    )
+    (tmp_path / "test_user.py").write_text(example)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--strict-markers"],
         cwd=tmp_path,
