@@ -390,6 +390,16 @@ def test_mid_stream_error_is_an_api_error_in_every_sdk(
         "param": None,
         "code": "server_is_overloaded",
     }
+    with pytest.raises(openai.APIError) as legacy_raised:
+        for _ in client.completions.create(
+            model="sim-small",
+            prompt="Explain DNS",
+            max_tokens=20,
+            stream=True,
+            extra_headers={FAULT: "mid_stream_error,after=5"},
+        ):
+            pass
+    assert not isinstance(legacy_raised.value, openai.APIStatusError)
     with (
         pytest.raises(anthropic.APIStatusError) as claude_raised,
         claude.messages.stream(
@@ -410,7 +420,7 @@ def test_mid_stream_error_is_an_api_error_in_every_sdk(
         with pytest.raises(RuntimeError, match=r"response\.completed"):
             responses.get_final_response()
     assert events[-2:] == ["error", "response.failed"]
-    assert [(e["outcome"], e["completion_tokens"]) for e in journal(server)] == [("error", 5)] * 3
+    assert [(e["outcome"], e["completion_tokens"]) for e in journal(server)] == [("error", 5)] * 4
 
 
 def raw_stream(server: ServerProcess, fault: str) -> bytes:
@@ -471,6 +481,30 @@ def test_a_dropped_whole_answer_is_a_connection_error_the_sdk_retries(
     ):
         ask(retrying, "Explain DNS", extra_headers={FAULT: "drop,after=2"})
     assert [e["outcome"] for e in journal(server)] == ["dropped", "dropped"]
+
+
+def test_a_dropped_whole_anthropic_answer_is_a_connection_error_retried(
+    server: ServerProcess,
+) -> None:
+    with (
+        anthropic.Anthropic(base_url=server.base_url, api_key="k", max_retries=1) as retrying,
+        pytest.raises(anthropic.APIConnectionError),
+    ):
+        claude_says(retrying, "Explain DNS", extra_headers={FAULT: "drop,after=2"})
+    assert [(e["endpoint"], e["outcome"]) for e in journal(server)] == [("messages", "dropped")] * 2
+
+
+def test_stall_and_slow_in_an_anthropic_stream(claude: anthropic.Anthropic) -> None:
+    started = time.monotonic()
+    with claude.messages.stream(
+        model="sim-small",
+        max_tokens=6,
+        messages=[{"role": "user", "content": "Explain DNS"}],
+        extra_headers={FAULT: "stall,after=2,ms=300; slow,ms=20"},
+    ) as stream:
+        message = stream.get_final_message()
+    assert message.usage.output_tokens == 6
+    assert time.monotonic() - started >= 0.3 + 6 * 0.02
 
 
 def test_stall_then_resume_leaves_a_gap_and_completes(client: openai.OpenAI) -> None:
