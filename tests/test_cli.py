@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 from pydantic_settings import CliApp
@@ -73,3 +75,32 @@ def test_usage_version_and_unknown_commands(capsys: pytest.CaptureFixture[str]) 
     captured = capsys.readouterr()
     assert f"streamapi {__version__}" in captured.out
     assert "unknown command 'launch'" in captured.err
+
+
+def test_rules_check_validates_a_file_without_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "rules.yaml"
+    good.write_text("rules:\n  - name: hello\n    match: {user: hi}\n    respond: {text: Hi!}\n")
+    assert main(["rules", "check", str(good)]) == 0
+    assert capsys.readouterr().out == f"{good}: 1 valid rule(s): hello\n"
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"name": "w", "respond": {"template": "{{nope}}"}}]')
+    assert main(["rules", "check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{bad}: rule 1 ('w'): respond.template: {{{{nope}}}} is not a variable")
+
+
+def test_rules_needs_check_and_one_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules"]) == 2
+    assert main(["rules", "lint", "x"]) == 2
+    assert "usage: streamapi rules check FILE" in capsys.readouterr().err
+
+
+def test_serve_refuses_an_invalid_rules_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("- {match: {usr: x}}\n")
+    assert main(["serve", "--rules-file", str(bad)]) == 2
+    assert "invalid rules: " in capsys.readouterr().err

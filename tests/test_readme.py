@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from streamapi.control.faults import parse_faults
+from streamapi.control.rules import parse_rules, parse_text
 from streamapi.settings import Settings
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -39,3 +41,16 @@ def test_the_gateway_examples_and_the_compose_routes_file_are_valid(
     assert settings.keys.authenticate("sk-ci-example") is not None
     compose = Path(__file__).parent.parent / "deploy" / "gateway-routes.yaml"
     assert Settings(routes_file=compose).routes.upstream_of("upstream-model") is not None
+
+
+def test_readme_rules_example_is_valid() -> None:
+    section = README.split("## Testing your client", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    rules = parse_rules(parse_text(example, source="README"), source="README")
+    assert len(rules) == 7
+
+
+def test_readme_fault_examples_parse() -> None:
+    for spec in ("status=429,retry_after=0.5", "mid_stream_error,after=5", "slow,ms=50; no_done"):
+        assert spec in README
+        parse_faults(spec)

@@ -14,7 +14,11 @@ from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
 
 from streamapi import __version__, api
+from streamapi.api import admin
 from streamapi.api.common import State
+from streamapi.control.hooks import Control
+from streamapi.control.middleware import ControlMiddleware
+from streamapi.control.rules import RulesFile
 from streamapi.engines import Engine, start_engine
 from streamapi.errors import APIError, install_error_handlers
 from streamapi.lifecycle import Lifecycle
@@ -46,6 +50,7 @@ _EXTRA_SCHEMAS: tuple[type[BaseModel], ...] = (
     openai.EmbeddingRequest,
     responses.ResponseRequest,
     anthropic.MessageCreateRequest,
+    RulesFile,
 )
 
 
@@ -69,6 +74,7 @@ def create_app(
     settings = settings or Settings()
     lifecycle = lifecycle or Lifecycle()
     metrics = Metrics(settings.default_model)
+    control = Control(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
@@ -80,6 +86,7 @@ def create_app(
             else await start_engine(settings, metrics=metrics, transports=upstream_transports)
         )
         generation = Generation(settings, active, lifecycle, metrics)
+        control.bind_engine(active)
         per_event = settings.tokens_per_event
         try:
             yield State(
@@ -97,6 +104,7 @@ def create_app(
                 embeddings=EmbeddingService(generation),
                 responses=ResponseService(generation, ResponseStore(settings.responses_store_size)),
                 messages=MessageService(generation),
+                control=control,
                 started_at=int(time.time()),
             )
         finally:
@@ -110,6 +118,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(api.router)
+    if settings.admin_key is not None:
+        app.include_router(admin.router)
 
     def count_error(error: APIError) -> None:
         metrics.error(error.type, error.code, in_stream=False)
@@ -134,6 +144,7 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["x-request-id", "request-id", "retry-after", "retry-after-ms"],
         )
+    app.add_middleware(ControlMiddleware, control=control)
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so that a request's arrival is stamped before anything else runs.
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -1,4 +1,4 @@
-"""The ``streamapi`` command: ``streamapi serve [options]``."""
+"""The ``streamapi`` command: ``streamapi serve [options]`` and ``streamapi rules check FILE``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import logging.config
 import socket
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -17,6 +18,7 @@ from sse_starlette.sse import AppStatus
 
 from streamapi import __version__
 from streamapi.app import create_app
+from streamapi.control.rules import RulesError, load_rules
 from streamapi.lifecycle import Lifecycle
 from streamapi.settings import Settings
 
@@ -26,7 +28,8 @@ USAGE = """\
 usage: streamapi <command> [options]
 
 commands:
-  serve      start the server (streamapi serve --help lists every setting)
+  serve              start the server (streamapi serve --help lists every setting)
+  rules check FILE   validate a rules file (YAML or JSON) without serving
 
 options:
   -h, --help     show this message
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args[0] == "serve":
         return serve(args[1:])
+    if args[0] == "rules":
+        return rules(args[1:])
     sys.stderr.write(f"streamapi: unknown command {args[0]!r}\n\n{USAGE}")
     return 2
 
@@ -60,6 +65,12 @@ def serve(args: list[str]) -> int:
     except ValidationError as exc:
         sys.stderr.write(_describe(exc))
         return 2
+    if settings.rules_file is not None:
+        try:
+            load_rules(settings.rules_file)
+        except RulesError as exc:
+            sys.stderr.write(f"streamapi serve: invalid rules: {exc}\n")
+            return 2
     _configure_logging(settings.log_level)
     lifecycle = Lifecycle()
     # We drain streams ourselves: sse-starlette would otherwise cancel every open
@@ -79,6 +90,22 @@ def serve(args: list[str]) -> int:
     server = _Server(config, lifecycle=lifecycle, grace_period_s=settings.shutdown_grace_period_s)
     server.run()
     return 0 if server.started else 1
+
+
+def rules(args: list[str]) -> int:
+    """``streamapi rules check FILE``: 0 if the file's rules are valid, else 1 and why."""
+    if len(args) != 2 or args[0] != "check":
+        sys.stderr.write(f"usage: streamapi rules check FILE\n\n{USAGE}")
+        return 2
+    path = Path(args[1])
+    try:
+        loaded = load_rules(path)
+    except RulesError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    names = ", ".join(rule.name or f"#{i + 1}" for i, rule in enumerate(loaded))
+    sys.stdout.write(f"{path}: {len(loaded)} valid rule(s){': ' + names if names else ''}\n")
+    return 0
 
 
 class _Server(uvicorn.Server):

@@ -8,8 +8,13 @@
     │   │   └── ModelNotFoundError   code model_not_found
     │   ├── MethodNotAllowedError    405
     │   └── RequestTooLargeError     413 code request_too_large
+    ├── PermissionDeniedError        403 permission_error
+    ├── RequestTimeoutError          408 timeout_error
     ├── RateLimitError               429 rate_limit_error, code rate_limit_exceeded, Retry-After
+    ├── BadGatewayError              502 server_error, code bad_gateway (an injected fault)
     ├── ServiceUnavailableError      503 service_unavailable_error
+    ├── GatewayTimeoutError          504 timeout_error (an injected fault)
+    ├── OverloadedError              529 overloaded_error (Anthropic's "overloaded"), Retry-After
     └── UpstreamError                502 code upstream_error (an upstream engine failed)
         └── UpstreamTimeoutError     504 code upstream_timeout
 
@@ -92,9 +97,11 @@ _ANTHROPIC_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
 
@@ -119,6 +126,8 @@ class ContextLengthExceededError(InvalidRequestError):
 
 
 class AuthenticationError(InvalidRequestError):
+    """401: OpenAI answers a bad key with ``invalid_request_error`` / ``invalid_api_key``."""
+
     status_code = HTTPStatus.UNAUTHORIZED
     code = "invalid_api_key"
 
@@ -210,6 +219,37 @@ class UpstreamTimeoutError(UpstreamError):
     status_code = HTTPStatus.GATEWAY_TIMEOUT
     type = "timeout_error"
     code = "upstream_timeout"
+
+
+class PermissionDeniedError(APIError):
+    status_code = HTTPStatus.FORBIDDEN
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class RequestTimeoutError(APIError):
+    status_code = HTTPStatus.REQUEST_TIMEOUT
+    type = "timeout_error"
+    code = "request_timeout"
+
+
+class BadGatewayError(APIError):
+    status_code = HTTPStatus.BAD_GATEWAY
+    code = "bad_gateway"
+
+
+class GatewayTimeoutError(APIError):
+    status_code = HTTPStatus.GATEWAY_TIMEOUT
+    type = "timeout_error"
+    code = "gateway_timeout"
+
+
+class OverloadedError(APIError):
+    """529, Anthropic's "overloaded": the SDKs retry it like any status of 500 or more."""
+
+    status_code = 529
+    type = "overloaded_error"
+    code = "overloaded"
 
 
 def from_validation_error(exc: ValidationError, payload: Any = None) -> InvalidRequestError:

@@ -306,6 +306,80 @@ class Settings(BaseSettings):
         "end with an in-stream error event and [DONE].",
     )
 
+    # --- test control (README: "Testing your client") --------------------------
+    rules_file: Path | None = Field(
+        default=None,
+        description="A YAML or JSON file of rules: scripted answers, errors, faults and "
+        "timing for the requests they match (first match wins; no match is answered by the "
+        "simulator). Checked at every request and reloaded when it changes; `streamapi "
+        "rules check FILE` validates one.",
+    )
+    enable_fault_headers: bool = Field(
+        default=False,
+        description="Honour the per-request X-Streamapi-Fault header (an error status "
+        "before the stream, or a fault during it). Off by default: a public server must not "
+        "let clients hold slots with stalls on purpose.",
+    )
+    fault_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Fraction (0 to 1) of generation requests that get a fault drawn at "
+        "random from --fault-kinds (seeded by --seed when it is set).",
+    )
+    fault_kinds: str = Field(
+        default="status=429|status=500|mid_stream_error,after=10|drop,after=10",
+        description="The faults --fault-rate draws from, one at random per faulted request, "
+        "separated by '|'; each in the X-Streamapi-Fault grammar.",
+    )
+    rate_limit_requests_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Requests per minute allowed to each API key (each client address for "
+        "requests without one) and model, as a token bucket; beyond it 429 with Retry-After. "
+        "0: no limit.",
+    )
+    rate_limit_tokens_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens per minute (prompt plus max_tokens, or what the context leaves) "
+        "allowed to each API key (or client address) and model, as a token bucket; beyond "
+        "it 429 with Retry-After. 0: no limit.",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="Turns on the admin API under /admin (latency, faults, rules and rate "
+        "limits at runtime, the request journal, reset) for requests with 'Authorization: "
+        "Bearer <key>'. Unset: no admin API. Prefer the environment variable: command lines "
+        "are visible to other users.",
+    )
+    journal_size: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Requests kept in the admin API's journal (with --admin-key); the "
+        "oldest are dropped first.",
+    )
+
+    @field_validator("fault_kinds")
+    @classmethod
+    def _check_fault_kinds(cls, kinds: str) -> str:
+        # Imported here: the control package imports the engines, which import settings.
+        from streamapi.control.faults import FaultSyntaxError, parse_fault_choices
+
+        try:
+            parse_fault_choices(kinds)
+        except FaultSyntaxError as exc:
+            raise ValueError(str(exc)) from None
+        return kinds
+
+    @field_validator("admin_key")
+    @classmethod
+    def _check_admin_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and not key.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return key
+
     _routes: RoutingTable = PrivateAttr(default_factory=RoutingTable)
     _keys: KeyRing = PrivateAttr(default_factory=KeyRing)
 

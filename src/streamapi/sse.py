@@ -42,6 +42,15 @@ def encode_event(event: str, payload: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
+class AbortConnection(BaseException):
+    """Raised by a stream's frames to cut the connection without ending the body.
+
+    A ``BaseException``, so that the services' ``except Exception`` (which turns
+    failures into in-stream error events) lets it through: the point is that
+    the client sees a chunked body that never ends, as when a network drops.
+    """
+
+
 def _ping() -> ServerSentEvent:
     return ServerSentEvent(comment="ping", sep=SEP)
 
@@ -84,6 +93,10 @@ class EventStreamResponse(EventSourceResponse):
         except SendTimeoutError:
             # A client that stopped reading; sse-starlette has closed the generator.
             logger.warning("Dropped a stream whose client stopped reading")
+        except AbortConnection:
+            # Returning with the body unfinished makes the server close the
+            # socket: the client gets an incomplete chunked body, not an event.
+            logger.info("Cut a stream's connection on purpose (an injected fault)")
         finally:
             if self._on_finish is not None:
                 await self._on_finish()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from streamapi import sse
+from streamapi.control.hooks import Control
 from streamapi.errors import (
     InvalidRequestError,
     ModelNotFoundError,
@@ -71,6 +72,7 @@ class State(TypedDict):
     embeddings: EmbeddingService
     responses: ResponseService
     messages: MessageService
+    control: Control
     started_at: int
 
 
@@ -174,26 +176,28 @@ async def respond(
     """
     job = service.prepare(parsed)
     check_model_access(request, job.job.model)
-    overrides = _test_overrides(request, state["settings"])
+    # Test control: rate limits, rules and faults (its refusals are APIErrors too).
+    plan = state["control"].plan(request, job.job, streamed=streamed)
     generation = state["generation"]
     # Admission releases the lease if it fails, and Admission.aclose once it ends.
     lease = state["limiter"].acquire(principal_of(request))
     admission = await generation.admit(
-        job.job,
+        plan.job,
         arrived_at=_arrived_at(request),
-        overrides=overrides,
+        overrides=plan.overrides(_test_overrides(request, state["settings"])),
         request_id=getattr(request.state, "request_id", None),
         lease=lease,
     )
+    plan.arm(admission)
     if not streamed:
         try:
-            return await whole(
-                request, state, generation.whole(admission, service.complete(job, admission))
+            return await plan.answer(
+                whole(request, state, generation.whole(admission, service.complete(job, admission)))
             )
         finally:
             await admission.aclose()
     try:
-        frames = generation.guard(admission, service.stream(job, admission))
+        frames = plan.frames(generation.guard(admission, service.stream(job, admission)))
         return event_stream(state, frames, admission)
     except BaseException:
         await admission.aclose()

@@ -69,6 +69,29 @@ class OutputFormat:
 
 
 @dataclass(frozen=True, slots=True)
+class ScriptedToolCall:
+    """A tool call a script makes: ``arguments`` is its JSON text, sent as it is."""
+
+    name: str
+    arguments: str = "{}"
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """An answer decided by a test (a rule), said instead of the engine's own.
+
+    ``text`` is the content, then ``tool_calls`` are made; ``reasoning``, when
+    given, is the thought streamed first (otherwise a reasoning request gets the
+    engine's own). Limits still apply: ``max_tokens`` and ``stop`` cut it.
+    """
+
+    text: str = ""
+    tool_calls: tuple[ScriptedToolCall, ...] = ()
+    reasoning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """What an engine needs to generate one choice."""
 
@@ -96,6 +119,8 @@ class GenerationRequest:
     output_tokens: int | None = None
     request_id: str | None = None
     """The HTTP request's id, which an upstream engine passes on as X-Request-Id."""
+    script: Script | None = None
+    """A scripted answer (test control's rules); None lets the engine write its own."""
 
 
 @dataclass(frozen=True, slots=True)

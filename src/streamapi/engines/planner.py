@@ -23,6 +23,7 @@ from streamapi.engines import (
     ChatMessage,
     FinishReason,
     GenerationRequest,
+    ScriptedToolCall,
     TokenDelta,
     ToolCallStart,
     ToolSpec,
@@ -81,10 +82,14 @@ class Planner:
     def plan(self, request: GenerationRequest) -> Plan:
         rng = self._rng(request)
         question = _question(request.messages)
-        calls = choose_tools(request)
+        script = request.script
+        calls = choose_tools(request) if script is None else []
         deltas: list[TokenDelta] = []
-        if request.reasoning:
-            thought = write_reasoning(question, rng, tool_names=[t.name for t in calls])
+        if script is not None and script.reasoning is not None:
+            deltas += [TokenDelta(t, channel="reasoning") for t in tokenize(script.reasoning)]
+        elif request.reasoning:
+            names = [c.name for c in script.tool_calls] if script else [t.name for t in calls]
+            thought = write_reasoning(question, rng, tool_names=names)
             deltas += [TokenDelta(t, channel="reasoning") for t in tokenize(thought)]
         finish: FinishReason = "stop"
         matched: str | None = None
@@ -92,12 +97,15 @@ class Planner:
             deltas += _tool_call_deltas(calls, request, rng)
             finish = "tool_calls"
         else:
-            text = self._answer(request, question, rng)
+            text = self._answer(request, question, rng) if script is None else script.text
             if not _fixed_length(request):
                 text, matched = _cut_at_stop(text, request.stop)
             deltas += [TokenDelta(t) for t in tokenize(text)]
             if request.output_tokens is not None:
                 deltas = deltas[: request.output_tokens]
+            if script is not None and script.tool_calls and matched is None:
+                deltas += _scripted_call_deltas(script.tool_calls, rng)
+                finish = "tool_calls"
         if request.max_tokens is not None and len(deltas) > request.max_tokens:
             deltas = deltas[: request.max_tokens]
             finish, matched = "length", None
@@ -193,6 +201,20 @@ def _tool_call_deltas(
         deltas += [
             TokenDelta(t, channel="tool_call", tool_index=index)
             for t in tokenize(json.dumps(arguments, ensure_ascii=False))
+        ]
+    return deltas
+
+
+def _scripted_call_deltas(
+    calls: tuple[ScriptedToolCall, ...], rng: random.Random
+) -> list[TokenDelta]:
+    deltas: list[TokenDelta] = []
+    for index, call in enumerate(calls):
+        call_id = call.id or f"call_{rng.getrandbits(96):024x}"
+        start = ToolCallStart(index, call_id, call.name)
+        deltas.append(TokenDelta("", channel="tool_call", tool_call=start, tool_index=index))
+        deltas += [
+            TokenDelta(t, channel="tool_call", tool_index=index) for t in tokenize(call.arguments)
         ]
     return deltas
 

@@ -1,0 +1,304 @@
+"""Where test control meets the serving path: ``Control.plan`` and the ``Plan`` it returns.
+
+For every generation request, ``api.common.respond`` calls ``Control.plan``
+after the protocol's ``prepare`` and before admission. In that order it
+
+1. counts the request against its rate limits (429 if over, headers either way),
+2. reads the ``X-Streamapi-Fault`` header (with ``--enable-fault-headers``),
+3. finds the first matching rule,
+4. settles the faults: the header's, else the rule's, else one drawn at ``--fault-rate``,
+5. refuses with the rule's error or a ``status=`` fault (an ``APIError``, so each
+   route answers in its own shape),
+6. puts the rule's scripted answer into every choice's ``GenerationRequest``,
+   so the engine streams it and every protocol renders and counts it.
+
+The ``Plan`` then merges the rule's timing into the per-request overrides,
+``arm``s the admission's engine streams with the mid-stream faults (and the
+journal's token count), wraps the frames for the frame-level faults, and turns a
+dropped non-streamed answer into a cut connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, replace
+from typing import Any, Final, cast
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from streamapi.control.faults import (
+    FAULT_HEADER,
+    NO_FAULTS,
+    DroppedResponse,
+    ErrorContext,
+    FaultedStream,
+    FaultSet,
+    FaultSyntaxError,
+    Watch,
+    parse_fault_choices,
+    parse_faults,
+    status_error,
+    watch_frames,
+)
+from streamapi.control.journal import Journal, JournalEntry
+from streamapi.control.ratelimit import RateLimiter
+from streamapi.control.rules import ENDPOINT_PATHS, Facts, Matched, RuleBook
+from streamapi.engines import Engine
+from streamapi.engines.scheduler import BatchModel, Scheduler
+from streamapi.errors import InvalidRequestError
+from streamapi.serving.core import Admission, Job, TestOverrides
+from streamapi.settings import Settings
+from streamapi.sse import AbortConnection
+
+# Per-request state that ControlMiddleware and Control.plan share (in scope["state"]).
+ENTRY_KEY: Final = "streamapi.journal_entry"
+HEADERS_KEY: Final = "streamapi.ratelimit_headers"
+LATENCY_FIELDS: Final = (
+    "time_to_first_token_ms",
+    "prefill_overhead_ms",
+    "prefill_ms_per_token",
+    "inter_token_latency_ms",
+    "load_factor",
+    "latency_jitter_pct",
+)
+
+
+class Control:
+    """Test control for one app: rules, faults, counted rate limits and the journal.
+
+    Built from ``settings`` (``RulesError`` if the rules file is invalid); the
+    admin API changes it at runtime and ``reset`` puts the settings back.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rules = RuleBook(settings.rules_file)
+        self.limiter = RateLimiter(
+            settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+        )
+        self.journal = Journal(settings.journal_size) if settings.admin_key is not None else None
+        self.fault_rate = settings.fault_rate
+        self.fault_kinds = settings.fault_kinds
+        self._fault_choices = parse_fault_choices(settings.fault_kinds)
+        # Faults drawn at random are reproducible when the server has a seed.
+        self._rng = random.Random(settings.seed)
+        self._engine: Engine | None = None
+        self._initial_latency: BatchModel | None = None
+
+    # --- the serving path ------------------------------------------------------------
+
+    def bind_engine(self, engine: Engine) -> None:
+        """The engine whose latency the admin API reads and changes (the app's lifespan)."""
+        self._engine = engine
+        scheduler = self._scheduler()
+        self._initial_latency = None if scheduler is None else scheduler.model
+
+    def plan(self, request: Request, job: Job, *, streamed: bool) -> Plan:
+        """Decide everything about ``job`` before admission; refusals raise ``APIError``."""
+        state: dict[str, Any] = request.scope.setdefault("state", {})
+        entry: JournalEntry | None = state.get(ENTRY_KEY)
+        endpoint = ENDPOINT_PATHS.get(request.url.path)
+        template = job.choices[0]
+        facts = Facts.of(endpoint, template, request.headers)
+        if entry is not None:
+            entry.model, entry.stream, entry.prompt_tokens = job.model, streamed, job.prompt_tokens
+            entry.describe_user(facts.user)
+        if self.limiter.enabled:
+            identity = identify(request)
+            if entry is not None:
+                entry.identity = identity
+            cost = job.prompt_tokens + sum(choice.max_tokens or 0 for choice in job.choices)
+            state[HEADERS_KEY] = self.limiter.admit(identity, job.model, cost)
+        faults = self._header_faults(request)
+        matched = self.rules.match(facts)
+        if entry is not None and matched is not None:
+            entry.rule = matched.label
+        context = ErrorContext(
+            model=job.model,
+            prompt_tokens=job.prompt_tokens,
+            max_tokens=template.max_tokens or 0,
+            max_model_len=self.settings.max_model_len,
+        )
+        if faults is None and matched is not None:
+            answer = matched.rule.respond
+            if answer.error is not None:
+                raise status_error(
+                    answer.error.status,
+                    context,
+                    retry_after_s=answer.error.retry_after_s,
+                    message=answer.error.message,
+                    type_=answer.error.type,
+                    code=answer.error.code,
+                )
+            if answer.fault is not None:
+                faults = parse_faults(answer.fault)
+        if faults is None and self.fault_rate and self._rng.random() < self.fault_rate:
+            faults = self._rng.choice(self._fault_choices)
+        faults = faults or NO_FAULTS
+        if entry is not None and faults.faults:
+            entry.fault = faults.spec
+        before = faults.before_stream
+        if before is not None:
+            assert before.status is not None
+            raise status_error(before.status, context, retry_after_s=before.retry_after_s)
+        return Plan(
+            job=_scripted(job, matched),
+            watch=Watch(faults, context, _arrived_at(state), entry)
+            if entry is not None or faults.faults
+            else None,
+            timing=self._timing(matched),
+        )
+
+    def _header_faults(self, request: Request) -> FaultSet | None:
+        spec = request.headers.get(FAULT_HEADER)
+        if spec is None or not self.settings.enable_fault_headers:
+            return None
+        try:
+            return parse_faults(spec)
+        except FaultSyntaxError as exc:
+            raise InvalidRequestError(
+                f"Invalid {FAULT_HEADER} header: {exc}.", param=FAULT_HEADER
+            ) from None
+
+    def _timing(self, matched: Matched | None) -> tuple[float, float] | None:
+        timing = None if matched is None else matched.rule.timing
+        if timing is None:
+            return None
+        # What the rule leaves out keeps the engine's current value.
+        latency = self.latency() or {}
+        settings = self.settings
+        ttft = timing.ttft_ms
+        itl = timing.inter_token_ms
+        return (
+            ttft
+            if ttft is not None
+            else latency.get("time_to_first_token_ms", settings.time_to_first_token_ms),
+            itl
+            if itl is not None
+            else latency.get("inter_token_latency_ms", settings.inter_token_latency_ms),
+        )
+
+    # --- runtime configuration (the admin API) ---------------------------------------
+
+    def latency(self) -> dict[str, float] | None:
+        """The engine's latency settings now, or None if the engine has none to change."""
+        scheduler = self._scheduler()
+        if scheduler is None:
+            return None
+        return {name: float(getattr(scheduler.model, name)) for name in LATENCY_FIELDS}
+
+    def set_latency(self, changes: dict[str, float]) -> None:
+        """Change the engine's latency model; running sequences feel it from their next step."""
+        scheduler = self._scheduler()
+        if scheduler is None:
+            raise InvalidRequestError("This engine has no latency settings to change.")
+        scheduler.model = replace(scheduler.model, **cast(dict[str, Any], changes))
+
+    def set_faults(self, *, rate: float | None = None, kinds: str | None = None) -> None:
+        """Change ``--fault-rate`` and ``--fault-kinds`` (``FaultSyntaxError`` if invalid)."""
+        if kinds is not None:
+            self._fault_choices = parse_fault_choices(kinds)
+            self.fault_kinds = kinds
+        if rate is not None:
+            self.fault_rate = rate
+
+    def reset(self) -> None:
+        """Back to the settings: rules from the file, faults, limits, latency; journal emptied."""
+        settings = self.settings
+        self.rules.revert()
+        self.set_faults(rate=settings.fault_rate, kinds=settings.fault_kinds)
+        self.limiter.configure(
+            requests_per_minute=settings.rate_limit_requests_per_minute,
+            tokens_per_minute=settings.rate_limit_tokens_per_minute,
+        )
+        scheduler = self._scheduler()
+        if scheduler is not None and self._initial_latency is not None:
+            scheduler.model = self._initial_latency
+        if self.journal is not None:
+            self.journal.clear()
+
+    def _scheduler(self) -> Scheduler | None:
+        scheduler = getattr(self._engine, "scheduler", None)
+        return scheduler if isinstance(scheduler, Scheduler) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What ``Control.plan`` decided for one request, and how to apply it."""
+
+    job: Job
+    """The job to admit: the checked one, with the rule's script in every choice."""
+    watch: Watch | None
+    """Shared by the armed streams and frames; None when there is nothing to watch."""
+    timing: tuple[float, float] | None
+    """The rule's (time to first token, inter-token latency) in ms, if it sets them."""
+
+    def overrides(self, asked: TestOverrides | None) -> TestOverrides | None:
+        """The test headers' overrides, with the rule's timing where they set none."""
+        if self.timing is None:
+            return asked
+        ttft, itl = self.timing
+        if asked is None:
+            return TestOverrides(time_to_first_token_ms=ttft, inter_token_latency_ms=itl)
+        return TestOverrides(
+            time_to_first_token_ms=asked.time_to_first_token_ms
+            if asked.time_to_first_token_ms is not None
+            else ttft,
+            inter_token_latency_ms=asked.inter_token_latency_ms
+            if asked.inter_token_latency_ms is not None
+            else itl,
+            output_tokens=asked.output_tokens,
+        )
+
+    def arm(self, admission: Admission) -> None:
+        """Wrap the admission's engine streams with the mid-stream faults and counting."""
+        watch = self.watch
+        if watch is None:
+            return
+
+        def ended() -> None:
+            # A cut made on purpose is not a client disconnect.
+            admission.ended = True
+
+        watch.on_drop = ended
+        admission.streams[:] = [FaultedStream(stream, watch) for stream in admission.streams]
+
+    def frames(self, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The stream's frames, with the frame-level faults applied."""
+        return frames if self.watch is None else watch_frames(frames, self.watch)
+
+    async def answer(self, work: Awaitable[Response]) -> Response:
+        """A whole answer; one dropped mid-way becomes a connection cut mid-body."""
+        try:
+            return await work
+        except AbortConnection:
+            return DroppedResponse()
+
+
+def identify(request: Request) -> str:
+    """Who a request counts against: a hash of its API key (never the key), else its address."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    key = token.strip() if scheme.lower() == "bearer" else ""
+    key = key or request.headers.get("x-api-key", "").strip()
+    if key:
+        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    client = request.client
+    return f"addr:{client.host if client is not None else 'unknown'}"
+
+
+def _scripted(job: Job, matched: Matched | None) -> Job:
+    script = None if matched is None else matched.script()
+    if script is None:
+        return job
+    return replace(job, choices=tuple(replace(c, script=script) for c in job.choices))
+
+
+def _arrived_at(state: dict[str, Any]) -> float:
+    arrived_at = state.get("arrived_at")
+    if isinstance(arrived_at, float):
+        return arrived_at
+    return asyncio.get_running_loop().time()

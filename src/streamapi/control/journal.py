@@ -1,0 +1,114 @@
+"""The journal: the last requests on the generation routes, for tests to assert on.
+
+Each entry is opened when a request arrives (so requests in flight are
+listed) and filled in as it goes: the model and tokens when it is checked, the
+matched rule and injected fault when they are chosen, the first token when it
+is generated, and the status and outcome when its response ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+Outcome = Literal["in_progress", "completed", "error", "dropped", "client_disconnected"]
+# The last user message is kept this long: enough to recognise a request by.
+_USER_CHARS = 500
+
+
+@dataclass(slots=True)
+class JournalEntry:
+    """One request. Times are in milliseconds from its arrival; ``time`` is Unix time."""
+
+    id: int
+    time: float
+    method: str
+    path: str
+    endpoint: str | None
+    request_id: str | None = None
+    model: str | None = None
+    stream: bool | None = None
+    identity: str | None = None
+    """``key:<hash>`` of the request's API key (never the key), else ``addr:<client>``."""
+    user: str | None = None
+    status: int | None = None
+    outcome: Outcome = "in_progress"
+    prompt_tokens: int | None = None
+    completion_tokens: int = 0
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    rule: str | None = None
+    fault: str | None = None
+    error: dict[str, Any] | None = None
+    arrived_at: float = field(default=0.0, repr=False)
+    """The event loop's clock at arrival (not reported)."""
+
+    def describe_user(self, text: str | None) -> None:
+        self.user = None if text is None else text[:_USER_CHARS]
+
+    def close(self, status: int, error_body: bytes, now: float) -> None:
+        """Record how the response ended: its status, duration and, if it failed, why."""
+        self.status = status or None
+        self.duration_ms = (now - self.arrived_at) * 1000
+        if self.outcome != "in_progress":
+            return
+        if status >= 400 or not status:
+            self.outcome = "error"
+            self.error = _error_of(error_body)
+        elif self.stream:
+            # A stream whose frames never ran to their end: its client left early.
+            self.outcome = "client_disconnected"
+        else:
+            self.outcome = "completed"
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        del body["arrived_at"]
+        return body
+
+
+class Journal:
+    """The last ``size`` entries, oldest dropped first."""
+
+    def __init__(self, size: int) -> None:
+        self._entries: deque[JournalEntry] = deque(maxlen=size)
+        self._ids = itertools.count(1)
+
+    def open(
+        self, *, method: str, path: str, endpoint: str | None, arrived_at: float
+    ) -> JournalEntry:
+        """A new entry for a request that has just arrived, already listed."""
+        entry = JournalEntry(
+            id=next(self._ids),
+            time=time.time(),
+            method=method,
+            path=path,
+            endpoint=endpoint,
+            arrived_at=arrived_at,
+        )
+        self._entries.append(entry)
+        return entry
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry kept, oldest first."""
+        return [entry.to_dict() for entry in self._entries]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _error_of(body: bytes) -> dict[str, Any] | None:
+    """``type``, ``code`` and ``message`` of an error body (OpenAI's, Anthropic's, an SSE event)."""
+    payload: Any = None
+    with suppress(orjson.JSONDecodeError):
+        payload = orjson.loads(body.removeprefix(b"data: ").strip() or b"null")
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return None
+    return {key: error.get(key) for key in ("type", "code", "message")}
