@@ -1,4 +1,4 @@
-"""The ``streamapi`` command: ``streamapi serve [options]``."""
+"""The ``streamapi`` command: ``streamapi serve [options]``, ``streamapi bench [options]``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ usage: streamapi <command> [options]
 
 commands:
   serve      start the server (streamapi serve --help lists every setting)
+  bench      load-test any OpenAI-compatible streaming server (streamapi bench --help)
 
 options:
   -h, --help     show this message
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args[0] == "serve":
         return serve(args[1:])
+    if args[0] == "bench":
+        # Imported here so that a bench run pays for none of the server's imports
+        # beyond this module's own.
+        from streamapi.bench import main as bench_main
+
+        return bench_main(args[1:])
     sys.stderr.write(f"streamapi: unknown command {args[0]!r}\n\n{USAGE}")
     return 2
 
