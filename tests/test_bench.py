@@ -257,17 +257,39 @@ async def test_connection_calls_a_stream_without_done_incomplete() -> None:
     assert request.error == "incomplete"
 
 
-def test_run_against_a_closed_port_reports_connection_errors() -> None:
+def _closed_port_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(("concurrency", "rate"), [(2, None), (None, 500.0)])
+def test_run_against_a_closed_port_reports_connection_errors(
+    concurrency: int | None, rate: float | None
+) -> None:
     config = bench.BenchConfig(
-        url=f"http://127.0.0.1:{port}", model="m", requests=3, progress=False
+        url=_closed_port_url(),
+        model="m",
+        concurrency=concurrency,
+        rate=rate,
+        requests=3,
+        progress=False,
     )
     report = bench.run(config, loop="asyncio")
     assert report["requests"]["issued"] == 3
     assert report["requests"]["failed"] == 3
     assert report["requests"]["errors"] == {"connect": 3}
+
+
+def test_open_loop_stops_at_its_duration_even_between_arrivals() -> None:
+    config = bench.BenchConfig(
+        url=_closed_port_url(), model="m", rate=0.001, duration_s=0.2, progress=False
+    )
+    report = bench.run(config, loop="asyncio")
+    assert report["requests"]["issued"] == 0
+    # Not a speed check: unbounded, it would sleep until the first arrival, ~1000 s away.
+    assert report["duration_s"] < 5
 
 
 def test_bench_help_names_the_command(capsys: pytest.CaptureFixture[str]) -> None:

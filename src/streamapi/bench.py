@@ -709,7 +709,8 @@ class _Runner:
                     arrival += rng.expovariate(config.rate)
                 else:
                     arrival += 1 / config.rate
-                delay = arrival - time.perf_counter()
+                # A long gap between arrivals must not outlast --duration.
+                delay = min(arrival, self._stop_at) - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if limit is not None:
