@@ -239,6 +239,7 @@ class Measured:
     report: dict[str, Any]
     server_cpu_s: float
     peak_rss_kib: int
+    foreign_cpu_s: float = 0.0
 
     @property
     def events(self) -> int:
@@ -253,6 +254,12 @@ class Measured:
     def server_cpu_percent(self) -> float:
         duration_s: float = self.report["duration_s"]
         return self.server_cpu_s / max(duration_s, 1e-9) * 100
+
+    @property
+    def foreign_cpu_percent(self) -> float:
+        """How much of the server's core other processes took during the run."""
+        duration_s: float = self.report["duration_s"]
+        return self.foreign_cpu_s / max(duration_s, 1e-9) * 100
 
     def p99(self, key: str) -> float | None:
         value: float | None = self.report[key]["p99"]
@@ -270,8 +277,28 @@ class Measured:
         )
 
 
+def _core_busy_s(core: int | None) -> float:
+    """Seconds core ``core`` spent busy (steal included) since boot, from /proc/stat."""
+    if core is None:
+        return 0.0
+    with open("/proc/stat", encoding="ascii") as stat:
+        for line in stat:
+            if line.startswith(f"cpu{core} "):
+                user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+                    int, line.split()[1:9]
+                )
+                return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def bench(
-    server: Server, options: list[str], *, core: int | None, timeout_s: float, log_dir: Path
+    server: Server,
+    options: list[str],
+    *,
+    core: int | None,
+    server_core: int | None,
+    timeout_s: float,
+    log_dir: Path,
 ) -> Measured:
     """Run the load generator against ``server``, sampling the server's RSS meanwhile."""
     command = [sys.executable, "-m", "streamapi.bench", "--url", server.url]
@@ -281,6 +308,7 @@ def bench(
     out_path = log_dir / "bench.json"
     err_path = log_dir / "bench.err"
     cpu_before = server.cpu_s()
+    core_before = _core_busy_s(server_core)
     peak_rss = server.rss_kib()
     with out_path.open("wb") as out, err_path.open("wb") as err:
         process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
@@ -294,12 +322,15 @@ def bench(
         finally:
             _stop(process)
     cpu_s = server.cpu_s() - cpu_before
+    # Whatever else ran on the server's core meanwhile: other processes, or the
+    # hypervisor's steal.
+    foreign_s = max(0.0, _core_busy_s(server_core) - core_before - cpu_s)
     if process.returncode not in (0, 1):
         raise RuntimeError(
             f"the load generator failed ({process.returncode}):\n"
             + err_path.read_text(errors="replace")[-2000:]
         )
-    return Measured(json.loads(out_path.read_bytes()), cpu_s, peak_rss)
+    return Measured(json.loads(out_path.read_bytes()), cpu_s, peak_rss, foreign_s)
 
 
 # --- scenarios -------------------------------------------------------------------
@@ -334,6 +365,7 @@ class Context:
     server_core: int | None
     load_core: int | None
     log_dir: Path
+    foreign: list[float] = field(default_factory=list)
 
     def start(
         self, spec: ServerSpec, ttft_ms: float, itl_ms: float
@@ -342,14 +374,25 @@ class Context:
             spec, ttft_ms=ttft_ms, itl_ms=itl_ms, core=self.server_core, log_dir=self.log_dir
         )
 
-    def bench(self, server: Server, options: list[str], timeout_s: float) -> Measured:
-        return bench(
-            server, options, core=self.load_core, timeout_s=timeout_s, log_dir=self.log_dir
+    def bench(
+        self, server: Server, options: list[str], timeout_s: float, *, record: bool = True
+    ) -> Measured:
+        measured = bench(
+            server,
+            options,
+            core=self.load_core,
+            server_core=self.server_core,
+            timeout_s=timeout_s,
+            log_dir=self.log_dir,
         )
+        if record:
+            self.foreign.append(measured.foreign_cpu_percent)
+        return measured
 
     def warm(self, server: Server) -> None:
         # First requests pay for lazy imports and caches; keep them out of the numbers.
-        self.bench(server, ["--concurrency", "4", "--requests", "8", "--max-tokens", "4"], 60)
+        options = ["--concurrency", "4", "--requests", "8", "--max-tokens", "4"]
+        self.bench(server, options, 60, record=False)
 
 
 def _say(text: str) -> None:
@@ -374,7 +417,8 @@ def sweep(context: Context, spec: ServerSpec, results: Results) -> None:
                 f"{measured.report['requests']['failed']}, "
                 f"{_num(measured.server_us_per_event, 1)} µs/event, server "
                 f"{measured.server_cpu_percent:.0f}% / client "
-                f"{measured.report['client']['cpu_percent']:.0f}% CPU"
+                f"{measured.report['client']['cpu_percent']:.0f}% / others "
+                f"{measured.foreign_cpu_percent:.0f}% CPU"
                 + ("" if measured.clean else "  -> not clean, sweep stops")
             )
             if not measured.clean:
@@ -397,7 +441,8 @@ def unpaced(context: Context, spec: ServerSpec, results: Results) -> None:
             f"  {spec.name:<9} unpaced: {measured.report['events_per_s']:,.0f} events/s, "
             f"{_num(measured.server_us_per_event, 1)} µs/event, server "
             f"{measured.server_cpu_percent:.0f}% / client "
-            f"{measured.report['client']['cpu_percent']:.0f}% CPU"
+            f"{measured.report['client']['cpu_percent']:.0f}% / others "
+            f"{measured.foreign_cpu_percent:.0f}% CPU"
         )
 
 
@@ -591,6 +636,20 @@ def machine(server_core: int | None, load_core: int | None) -> str:
     )
 
 
+def _spread(percents: list[float]) -> str:
+    if not percents:
+        return "n/a"
+    ordered = sorted(percents)
+    return f"{ordered[len(ordered) // 2]:.0f}% (median), {ordered[-1]:.0f}% (max)"
+
+
+def _load_average() -> str:
+    # Other work on the machine skews every number; say how busy it was.
+    with contextlib.suppress(OSError), open("/proc/loadavg", encoding="ascii") as loadavg:
+        return loadavg.read().split()[0]
+    return "n/a"
+
+
 def _available(spec: ServerSpec) -> str | None:
     if spec.requires is None:
         return None
@@ -625,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         # This process only samples /proc, but keep it off the server's core too.
         os.sched_setaffinity(0, {load_core})
     started = time.monotonic()
+    load_before = _load_average()
     results: dict[str, Results] = {}
     with tempfile.TemporaryDirectory(prefix="streamapi-bench-") as tmp:
         context = Context(plan, server_core, load_core, Path(tmp))
@@ -646,7 +706,9 @@ def main(argv: list[str] | None = None) -> int:
         f"\nstreamapi benchmark ({'quick' if args.quick else 'full'} run, {elapsed:.0f} s): "
         f"{TOKENS} tokens per stream, one per event, {PACING_MS:g} ms apart; clean = gap p99 "
         f"<= {GAP_P99_BOUND_MS:g} ms, TTFT p99 <= {TTFT_P99_BOUND_MS:g} ms, no errors\n"
-        f"machine: {machine(server_core, load_core)}\n\n"
+        f"machine: {machine(server_core, load_core)}\n"
+        f"other load: 1-minute load average {load_before} before the run; other processes "
+        f"took {_spread(context.foreign)} of the server's core during the measured runs\n\n"
     )
     sys.stdout.write(table(results, plan))
     if args.json_out is not None:
