@@ -1,4 +1,4 @@
-"""The ``streamapi`` command: ``streamapi serve [options]`` and ``streamapi rules check FILE``."""
+"""The ``streamapi`` command: ``serve``, ``rules check FILE`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ usage: streamapi <command> [options]
 commands:
   serve              start the server (streamapi serve --help lists every setting)
   rules check FILE   validate a rules file (YAML or JSON) without serving
+  bench              load-test any OpenAI-compatible streaming server (streamapi bench --help)
 
 options:
   -h, --help     show this message
@@ -54,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args[1:])
     if args[0] == "rules":
         return rules(args[1:])
+    if args[0] == "bench":
+        # Imported here so that a bench run pays for none of the server's imports
+        # beyond this module's own.
+        from streamapi.bench import main as bench_main
+
+        return bench_main(args[1:])
     sys.stderr.write(f"streamapi: unknown command {args[0]!r}\n\n{USAGE}")
     return 2
 
