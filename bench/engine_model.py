@@ -22,14 +22,14 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
+from launch import start_streamapi
 from prometheus_client.parser import text_string_to_metric_families
 
 QUESTION = "Explain how an inference server batches requests"
@@ -165,46 +165,23 @@ def scrape(base_url: str) -> dict[str, float]:
     return values
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def start_server(args: argparse.Namespace, log: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    options = [
-        "--port", str(port),
-        "--log-level", "warning",
-        "--max-num-seqs", str(args.max_num_seqs),
-        "--max-waiting-requests", str(args.max_waiting_requests),
-        "--time-to-first-token-ms", str(args.ttft_ms),
-        "--prefill-overhead-ms", str(args.prefill_overhead_ms),
-        "--prefill-ms-per-token", str(args.prefill_ms_per_token),
-        "--inter-token-latency-ms", str(args.itl_ms),
-        "--load-factor", str(args.load_factor),
-        "--kv-cache-tokens", str(args.kv_cache_tokens),
-        "--no-enable-prefix-caching",  # identical prompts: every request prefills in full
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMAPI_")}
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamapi", "serve", "--host", "127.0.0.1", *options],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base_url + "/health").status_code == 200:
-                return server, base_url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    server.kill()
-    raise SystemExit(f"the server did not start; see {log}")
+    return start_streamapi(
+        [
+            "--log-level", "warning",
+            "--max-num-seqs", str(args.max_num_seqs),
+            "--max-waiting-requests", str(args.max_waiting_requests),
+            "--time-to-first-token-ms", str(args.ttft_ms),
+            "--prefill-overhead-ms", str(args.prefill_overhead_ms),
+            "--prefill-ms-per-token", str(args.prefill_ms_per_token),
+            "--inter-token-latency-ms", str(args.itl_ms),
+            "--load-factor", str(args.load_factor),
+            "--kv-cache-tokens", str(args.kv_cache_tokens),
+            "--no-enable-prefix-caching",  # identical prompts: every request prefills in full
+        ],
+        log=Path(log),
+        timeout_s=15,
+    )  # fmt: skip
 
 
 async def load(

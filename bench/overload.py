@@ -15,23 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
 
 import httpx
-
-HOST = "127.0.0.1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
+from launch import HOST, start_streamapi, stop
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -121,46 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-waiting-requests", type=int, default=64)
     args = parser.parse_args(argv)
-    port = _free_port()
-    server = subprocess.Popen(
+    server, base = start_streamapi(
         [
-            sys.executable,
-            "-m",
-            "streamapi",
-            "serve",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--max-num-seqs",
-            str(args.max_num_seqs),
-            "--max-waiting-requests",
-            str(args.max_waiting_requests),
-            "--time-to-first-token-ms",
-            "50",
-            "--inter-token-latency-ms",
-            "20",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://{HOST}:{port}"
+            "--max-num-seqs", str(args.max_num_seqs),
+            "--max-waiting-requests", str(args.max_waiting_requests),
+            "--time-to-first-token-ms", "50", "--inter-token-latency-ms", "20",
+            "--log-level", "warning",
+        ]
+    )  # fmt: skip
+    port = int(base.rsplit(":", 1)[1])
     try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         result = asyncio.run(_run(base, port, args.streams))
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     print(json.dumps(result, indent=2))
     return 0 if result["other"] == 0 else 1
 

@@ -23,18 +23,14 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
-HOST = "127.0.0.1"
+from launch import start_streamapi, stop
 
 
 @dataclass
@@ -47,13 +43,6 @@ class Tally:
 
     def count(self, kind: str) -> None:
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _proc(pid: int) -> tuple[int, int]:
@@ -213,17 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
 
-    port = _free_port()
-    server = subprocess.Popen(
+    log = Path(tempfile.mkdtemp()) / "soak-server.log"
+    server, base = start_streamapi(
         [
-            sys.executable,
-            "-m",
-            "streamapi",
-            "serve",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
             "--time-to-first-token-ms",
             "20",
             "--inter-token-latency-ms",
@@ -231,17 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             "--log-level",
             "warning",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        log=log,
     )
-    base = f"http://{HOST}:{port}"
     try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         warm_rss, warm_fds = _proc(server.pid)
         tally, rows = asyncio.run(
             _soak(base, server.pid, args.duration, args.clients, args.sample_every)
@@ -250,13 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         load = httpx.get(f"{base}/load", timeout=5).json()
         end_rss, end_fds = _proc(server.pid)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            _, errors = server.communicate(timeout=40)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            _, errors = server.communicate()
-    tracebacks = errors.decode(errors="replace").count("Traceback")
+        stop(server)
+    errors = log.read_text(errors="replace")
+    tracebacks = errors.count("Traceback")
     peak_rss = max(row["rss_mib"] for row in rows)
     health = sorted(tally.health_ms)
     result = {

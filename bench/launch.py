@@ -1,0 +1,68 @@
+"""Start and stop `streamapi serve` for the bench scripts: loopback only, bounded waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port that was free on the loopback interface a moment ago."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def start_streamapi(
+    options: Sequence[str], *, log: Path | None = None, timeout_s: float = 20.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A `streamapi serve` on a free loopback port with ``options``, once it is healthy.
+
+    Settings come only from ``options``: STREAMAPI_* variables of the caller's
+    environment are dropped. Output goes to ``log`` (or nowhere).
+    """
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMAPI_")}
+    command = [sys.executable, "-m", "streamapi", "serve", "--host", HOST, "--port", str(port)]
+    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    try:
+        process = subprocess.Popen(
+            [*command, *options], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    finally:
+        if log is not None and not isinstance(out, int):
+            out.close()
+    base = f"http://{HOST}:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=10)
+    raise SystemExit(
+        f"streamapi did not start within {timeout_s:g} s" + (f"; see {log}" if log else "")
+    )
+
+
+def stop(process: subprocess.Popen[bytes], *, timeout_s: float = 40.0) -> int:
+    """SIGTERM (the server drains), then SIGKILL if it outlasts ``timeout_s``; the exit code."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(timeout=10)
