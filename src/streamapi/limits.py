@@ -24,9 +24,6 @@ class ConcurrencyLimiter:
         self.open = 0
         self._by_key: Counter[str] = Counter()
 
-    def open_for(self, key: str) -> int:
-        return self._by_key[key]
-
     def acquire(self, principal: Principal | None) -> Lease:
         """A lease, or ``RateLimitError`` when a cap is reached."""
         if self._total and self.open >= self._total:
