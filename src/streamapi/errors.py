@@ -12,11 +12,11 @@
     ├── RequestTimeoutError          408 timeout_error
     ├── RateLimitError               429 rate_limit_error, code rate_limit_exceeded, Retry-After
     ├── BadGatewayError              502 server_error, code bad_gateway (an injected fault)
+    │   └── UpstreamError            code upstream_error (an upstream engine failed)
     ├── ServiceUnavailableError      503 service_unavailable_error
     ├── GatewayTimeoutError          504 timeout_error (an injected fault)
-    ├── OverloadedError              529 overloaded_error (Anthropic's "overloaded"), Retry-After
-    └── UpstreamError                502 code upstream_error (an upstream engine failed)
-        └── UpstreamTimeoutError     504 code upstream_timeout
+    │   └── UpstreamTimeoutError     code upstream_timeout
+    └── OverloadedError              529 overloaded_error (Anthropic's "overloaded"), Retry-After
 
 An upstream's own 4xx keeps its status, type and message (``UpstreamError.from_status``).
 
@@ -185,10 +185,32 @@ class ServiceUnavailableError(APIError):
     type = "service_unavailable_error"
 
 
-class UpstreamError(APIError):
+class PermissionDeniedError(APIError):
+    status_code = HTTPStatus.FORBIDDEN
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class RequestTimeoutError(APIError):
+    status_code = HTTPStatus.REQUEST_TIMEOUT
+    type = "timeout_error"
+    code = "request_timeout"
+
+
+class BadGatewayError(APIError):
+    status_code = HTTPStatus.BAD_GATEWAY
+    code = "bad_gateway"
+
+
+class GatewayTimeoutError(APIError):
+    status_code = HTTPStatus.GATEWAY_TIMEOUT
+    type = "timeout_error"
+    code = "gateway_timeout"
+
+
+class UpstreamError(BadGatewayError):
     """An upstream engine failed: refused, unreachable, a 5xx, or a broken stream."""
 
-    status_code = HTTPStatus.BAD_GATEWAY
     code = "upstream_error"
 
     @classmethod
@@ -215,33 +237,8 @@ class UpstreamError(APIError):
         return cls(message)
 
 
-class UpstreamTimeoutError(UpstreamError):
-    status_code = HTTPStatus.GATEWAY_TIMEOUT
-    type = "timeout_error"
+class UpstreamTimeoutError(GatewayTimeoutError):
     code = "upstream_timeout"
-
-
-class PermissionDeniedError(APIError):
-    status_code = HTTPStatus.FORBIDDEN
-    type = "permission_error"
-    code = "permission_denied"
-
-
-class RequestTimeoutError(APIError):
-    status_code = HTTPStatus.REQUEST_TIMEOUT
-    type = "timeout_error"
-    code = "request_timeout"
-
-
-class BadGatewayError(APIError):
-    status_code = HTTPStatus.BAD_GATEWAY
-    code = "bad_gateway"
-
-
-class GatewayTimeoutError(APIError):
-    status_code = HTTPStatus.GATEWAY_TIMEOUT
-    type = "timeout_error"
-    code = "gateway_timeout"
 
 
 class OverloadedError(APIError):
