@@ -397,13 +397,15 @@ class _Stopwatch:
     def __init__(self, arrived_at: float, metrics: Metrics | None) -> None:
         self._arrived_at = arrived_at
         self._metrics = metrics
+        # Read once: the clock is read per token, on the hot path.
+        self._clock = asyncio.get_running_loop().time
         self._last: dict[int, float] = {}
 
     def token(self, index: int) -> None:
         metrics = self._metrics
         if metrics is None:
             return
-        now = asyncio.get_running_loop().time()
+        now = self._clock()
         last = self._last.get(index)
         if last is None:
             metrics.time_to_first_token.observe(now - self._arrived_at)
@@ -413,8 +415,7 @@ class _Stopwatch:
 
     def finish(self) -> None:
         if self._metrics is not None:
-            now = asyncio.get_running_loop().time()
-            self._metrics.e2e_request_latency.observe(now - self._arrived_at)
+            self._metrics.e2e_request_latency.observe(self._clock() - self._arrived_at)
 
 
 def check_schema(schema: Mapping[str, Any], *, param: str) -> None:
