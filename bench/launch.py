@@ -25,12 +25,17 @@ def free_port() -> int:
 
 
 def start_streamapi(
-    options: Sequence[str], *, log: Path | None = None, timeout_s: float = 20.0
+    options: Sequence[str],
+    *,
+    log: Path | None = None,
+    timeout_s: float = 20.0,
+    cpu: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A `streamapi serve` on a free loopback port with ``options``, once it is healthy.
 
     Settings come only from ``options``: STREAMAPI_* variables of the caller's
-    environment are dropped. Output goes to ``log`` (or nowhere).
+    environment are dropped. Output goes to ``log`` (or nowhere). ``cpu`` pins
+    the server to that core.
     """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMAPI_")}
@@ -38,7 +43,11 @@ def start_streamapi(
     out = log.open("wb") if log is not None else subprocess.DEVNULL
     try:
         process = subprocess.Popen(
-            [*command, *options], stdout=out, stderr=subprocess.STDOUT, env=env
+            [*command, *options],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu})),
         )
     finally:
         if log is not None and not isinstance(out, int):

@@ -246,6 +246,23 @@ async def test_the_global_cap_holds_for_every_route_and_every_lease_is_released(
     assert metrics[("streamapi_errors_total", refusals)] == 4
 
 
+async def test_a_full_cap_refuses_before_the_body_is_read(capped: httpx.AsyncClient) -> None:
+    # Under overload a refusal must cost no parsing or validation: a body that
+    # would get 400 gets the cap's 429, and embeddings (no lease) still answer.
+    plain = {"Authorization": "Bearer sk-plain", "Accept": "application/json"}
+    held = [await start(capped, plain), await start(capped, plain)]
+    garbled = await capped.post("/v1/chat/completions", content=b'{"messages": [', headers=plain)
+    assert garbled.status_code == 429
+    assert garbled.json()["error"]["code"] == "too_many_concurrent_requests"
+    embedded = await capped.post(
+        "/v1/embeddings", json={"model": "sim-small", "input": "hi"}, headers=plain
+    )
+    assert embedded.status_code == 200
+    assert [(await t).status_code for t in held] == [200, 200]
+    again = await capped.post("/v1/chat/completions", content=b'{"messages": [', headers=plain)
+    assert again.status_code == 400
+
+
 # --- CORS ---------------------------------------------------------------------
 
 

@@ -24,15 +24,19 @@ class ConcurrencyLimiter:
         self.open = 0
         self._by_key: Counter[str] = Counter()
 
-    def acquire(self, principal: Principal | None) -> Lease:
-        """A lease, or ``RateLimitError`` when a cap is reached."""
+    def check(self, principal: Principal | None) -> None:
+        """``RateLimitError`` if a cap is reached now; takes nothing.
+
+        Routes call it before reading the body, so that a refusal under
+        overload costs no parsing, validation or planning (``acquire`` checks
+        again: the caps may fill while the body arrives).
+        """
         if self._total and self.open >= self._total:
             raise RateLimitError(
                 f"Too many concurrent requests (at most {self._total}); retry shortly.",
                 retry_after_s=self._retry_after_s,
                 code="too_many_concurrent_requests",
             )
-        key = principal.name if principal is not None else None
         if principal is not None:
             cap = principal.max_concurrent_requests
             cap = self._per_key if cap is None else cap
@@ -43,7 +47,13 @@ class ConcurrencyLimiter:
                     retry_after_s=self._retry_after_s,
                     code="too_many_concurrent_requests",
                 )
-            self._by_key[principal.name] += 1
+
+    def acquire(self, principal: Principal | None) -> Lease:
+        """A lease, or ``RateLimitError`` when a cap is reached."""
+        self.check(principal)
+        key = principal.name if principal is not None else None
+        if key is not None:
+            self._by_key[key] += 1
         self.open += 1
         return Lease(self, key)
 

@@ -8,7 +8,7 @@ from starlette.responses import Response
 from streamapi.api.common import (
     StateDep,
     read_json,
-    refuse_if_draining,
+    refuse_early,
     respond,
     sse_event_schema,
     validate,
@@ -57,6 +57,6 @@ _ANTHROPIC_ERROR = {
     },
 )
 async def create_message(request: Request, state: StateDep) -> Response:
-    refuse_if_draining(state["lifecycle"])
+    refuse_early(request, state)
     parsed = validate(MessageCreateRequest, await read_json(request))
     return await respond(request, state, state["messages"], parsed, streamed=bool(parsed.stream))

@@ -148,6 +148,17 @@ def validate(model: type[M], payload: dict[str, Any]) -> M:
         raise from_validation_error(exc, payload) from None
 
 
+def refuse_early(request: Request, state: State) -> None:
+    """503 while draining, 429 when a concurrency cap is full: before the body is read.
+
+    Under overload most requests end here, so a refusal must cost no parsing,
+    validation or planning, and the event loop stays free for the streams it
+    serves and for ``/health``.
+    """
+    refuse_if_draining(state["lifecycle"])
+    state["limiter"].check(principal_of(request))
+
+
 def refuse_if_draining(lifecycle: Lifecycle) -> None:
     if lifecycle.draining:
         raise shutting_down()

@@ -15,6 +15,7 @@ from streamapi.api.common import (
     json_response,
     principal_of,
     read_json,
+    refuse_early,
     refuse_if_draining,
     respond,
     sse_event_schema,
@@ -82,7 +83,7 @@ def _streamed(chunk: str, description: str) -> dict[int | str, Any]:
     openapi_extra=_body("ChatCompletionRequest", "PromptRequest"),
 )
 async def create_chat_completion(request: Request, state: StateDep) -> Response:
-    refuse_if_draining(state["lifecycle"])
+    refuse_early(request, state)
     payload = await read_json(request)
     chat_request = (
         _from_prompt_form(payload, state["settings"])
@@ -107,7 +108,7 @@ async def create_chat_completion(request: Request, state: StateDep) -> Response:
     openapi_extra=_body("CompletionRequest"),
 )
 async def create_completion(request: Request, state: StateDep) -> Response:
-    refuse_if_draining(state["lifecycle"])
+    refuse_early(request, state)
     parsed = validate(CompletionRequest, await read_json(request))
     return await respond(request, state, state["completions"], parsed, streamed=bool(parsed.stream))
 
@@ -121,7 +122,7 @@ async def create_completion(request: Request, state: StateDep) -> Response:
     openapi_extra=_body("EmbeddingRequest"),
 )
 async def create_embedding(request: Request, state: StateDep) -> Response:
-    refuse_if_draining(state["lifecycle"])
+    refuse_if_draining(state["lifecycle"])  # embeddings take no concurrency lease
     embedding_request = validate(EmbeddingRequest, await read_json(request))
     model = state["generation"].resolve_model(embedding_request.model)
     check_model_access(request, model)

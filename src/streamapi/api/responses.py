@@ -10,7 +10,7 @@ from streamapi.api.common import (
     StateDep,
     json_response,
     read_json,
-    refuse_if_draining,
+    refuse_early,
     respond,
     sse_event_schema,
     validate,
@@ -53,7 +53,7 @@ _REQUEST_BODY = {
     openapi_extra=_REQUEST_BODY,
 )
 async def create_response(request: Request, state: StateDep) -> Response:
-    refuse_if_draining(state["lifecycle"])
+    refuse_early(request, state)
     parsed = validate(ResponseRequest, await read_json(request))
     return await respond(request, state, state["responses"], parsed, streamed=bool(parsed.stream))
 
