@@ -230,3 +230,23 @@ async def test_sigterm_with_two_workers_ends_streams_open_at_the_grace_deadline(
     assert _wait_gone(workers, timeout_s=5) == set()
     assert "Grace period over" in server.log()
     assert "timeout graceful shutdown exceeded" not in server.log()
+
+
+async def test_a_worker_that_dies_is_replaced_and_logged(
+    server_factory: ServerFactory, reaper: set[int]
+) -> None:
+    server = server_factory("--workers", "2", *FAST_PACING)
+    before = await _worker_pids(server, 2, timeout_s=10)
+    assert len(before) == 2
+    reaper.update(_children(server.process.pid))
+    killed = min(before)
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    after: set[int] = set()
+    while len(after - before) < 1 and time.monotonic() < deadline:
+        after = await _worker_pids(server, 2, timeout_s=2)
+        reaper.update(_children(server.process.pid))
+    assert len(after) == 2
+    assert killed not in after
+    assert f"pid {killed}] died (exit code -9); starting a new one" in server.log()
+    assert server.stop() == 0
