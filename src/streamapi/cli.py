@@ -159,7 +159,13 @@ def _worker(settings: Settings, index: int, port: int, sockets: list[socket.sock
     # A fresh interpreter: sse-starlette's process-wide switch is back on.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     lifecycle = Lifecycle()
-    config = _uvicorn_config(settings, create_app(settings, lifecycle=lifecycle))
+    try:
+        app = create_app(settings, lifecycle=lifecycle)
+    except Exception:
+        # Every restart would fail the same way: the parent stops on this exit code.
+        logger.exception("Worker %d could not build the app", index + 1)
+        sys.exit(STARTUP_FAILURE)
+    config = _uvicorn_config(settings, app)
     config.port = port
     server = _Server(
         config,
