@@ -50,6 +50,8 @@ def test_options_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
         (["--port", "70000"], "--port / STREAMAPI_PORT"),
         (["--inter-token-latency-ms", "-1"], "--inter-token-latency-ms"),
         (["--tokens-per-event", "0"], "--tokens-per-event"),
+        (["--workers", "0"], "--workers / STREAMAPI_WORKERS"),
+        (["--workers", "65"], "--workers / STREAMAPI_WORKERS"),
     ],
 )
 def test_invalid_settings_stop_start_up_with_a_clear_message(

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import logging.config
+import os
+import signal
 import socket
 import sys
+from functools import partial
+from multiprocessing import connection
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -15,6 +21,8 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 from sse_starlette.sse import AppStatus
+from uvicorn._subprocess import get_subprocess
+from uvicorn.config import STARTUP_FAILURE
 
 from streamapi import __version__
 from streamapi.app import create_app
@@ -79,12 +87,21 @@ def serve(args: list[str]) -> int:
             sys.stderr.write(f"streamapi serve: invalid rules: {exc}\n")
             return 2
     _configure_logging(settings.log_level)
+    if settings.workers > 1:
+        return _serve_workers(settings)
     lifecycle = Lifecycle()
     # We drain streams ourselves: sse-starlette would otherwise cancel every open
     # stream the moment SIGTERM arrives (sysid/sse-starlette#73).
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
-    config = uvicorn.Config(
-        create_app(settings, lifecycle=lifecycle),
+    config = _uvicorn_config(settings, create_app(settings, lifecycle=lifecycle))
+    server = _Server(config, lifecycle=lifecycle, grace_period_s=settings.shutdown_grace_period_s)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -94,9 +111,6 @@ def serve(args: list[str]) -> int:
             settings.shutdown_grace_period_s + _UVICORN_SHUTDOWN_MARGIN_S
         ),
     )
-    server = _Server(config, lifecycle=lifecycle, grace_period_s=settings.shutdown_grace_period_s)
-    server.run()
-    return 0 if server.started else 1
 
 
 def rules(args: list[str]) -> int:
@@ -115,13 +129,155 @@ def rules(args: list[str]) -> int:
     return 0
 
 
+def _serve_workers(settings: Settings) -> int:
+    """Serve from ``settings.workers`` processes sharing one listening socket."""
+    # Each worker builds its own app; this config only binds the socket and is
+    # pickled to the workers, so it names an app rather than holding one.
+    config = _uvicorn_config(settings, "streamapi.app:create_app")
+    sock = config.bind_socket()
+    port: int = sock.getsockname()[1]
+    logger.info(
+        "streamapi %s starting %d workers on http://%s:%d (parent pid %d)",
+        __version__,
+        settings.workers,
+        _url_host(settings.host),
+        port,
+        os.getpid(),
+    )
+    try:
+        return _Supervisor(settings, config, sock, port).run()
+    finally:
+        sock.close()
+
+
+def _worker(settings: Settings, index: int, port: int, sockets: list[socket.socket]) -> None:
+    """One process of ``serve --workers N``: its own app, drained on SIGTERM as a single server is.
+
+    Runs in a spawned child, after uvicorn's ``config.configure_logging()``.
+    """
+    _configure_logging(settings.log_level)
+    # A fresh interpreter: sse-starlette's process-wide switch is back on.
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
+    lifecycle = Lifecycle()
+    try:
+        app = create_app(settings, lifecycle=lifecycle)
+    except Exception:
+        # Every restart would fail the same way: the parent stops on this exit code.
+        logger.exception("Worker %d could not build the app", index + 1)
+        sys.exit(STARTUP_FAILURE)
+    config = _uvicorn_config(settings, app)
+    config.port = port
+    server = _Server(
+        config,
+        lifecycle=lifecycle,
+        grace_period_s=settings.shutdown_grace_period_s,
+        worker=(index, settings.workers),
+    )
+    server.run(sockets)
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+class _Supervisor:
+    """Keeps the workers serving until SIGTERM or SIGINT, then lets each drain.
+
+    Not uvicorn's ``Multiprocess``: its workers run a plain ``uvicorn.Server``
+    (ours, which drains, cannot be plugged in), and once stopping it joins them
+    without reading signals any more, so a second signal could not force the exit.
+    """
+
+    def __init__(
+        self, settings: Settings, config: uvicorn.Config, sock: socket.socket, port: int
+    ) -> None:
+        self._settings = settings
+        self._config = config
+        self._sockets = [sock]
+        self._port = port
+        self._signals: list[int] = []
+        self._workers: list[SpawnProcess] = []
+
+    def run(self) -> int:
+        """Start the workers, restart any that dies, and return the exit code once all ended."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        self._workers = [self._spawn(index) for index in range(self._settings.workers)]
+        failed = False
+        while not self._signals and not failed:
+            connection.wait([worker.sentinel for worker in self._workers], timeout=0.5)
+            if self._signals:
+                # A worker that ended now most likely got the same signal (Ctrl-C
+                # reaches the whole process group): stopping, not dying.
+                break
+            for index, worker in enumerate(self._workers):
+                if worker.exitcode is None:
+                    continue
+                if worker.exitcode == STARTUP_FAILURE:
+                    # It would fail the same way at every restart.
+                    logger.error(
+                        "Worker %d [pid %s] failed to start; stopping", index + 1, worker.pid
+                    )
+                    failed = True
+                    break
+                logger.warning(
+                    "Worker %d [pid %s] died (exit code %s); starting a new one",
+                    index + 1,
+                    worker.pid,
+                    worker.exitcode,
+                )
+                self._workers[index] = self._spawn(index)
+        return self._stop(by_signal=not failed)
+
+    def _spawn(self, index: int) -> SpawnProcess:
+        target = partial(_worker, self._settings, index, self._port)
+        process = get_subprocess(self._config, target, self._sockets)
+        process.start()
+        return process
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        self._signals.append(sig)
+
+    def _stop(self, *, by_signal: bool) -> int:
+        # SIGTERM whichever signal we got: a worker that already has the terminal's
+        # SIGINT would take a second SIGINT as "force the exit".
+        logger.info("Stopping %d worker(s); each drains its open streams", len(self._workers))
+        self._send(signal.SIGTERM)
+        forced = False
+        force_after = 2 if by_signal else 1
+        while alive := [worker for worker in self._workers if worker.exitcode is None]:
+            connection.wait([worker.sentinel for worker in alive], timeout=0.5)
+            if not forced and len(self._signals) >= force_after:
+                logger.warning("Second signal: workers stop without waiting for open streams")
+                # uvicorn takes SIGINT after SIGTERM as "force the exit".
+                self._send(signal.SIGINT)
+                forced = True
+        # A worker stopped before it could handle SIGTERM had no stream to drain.
+        clean = (0, -signal.SIGTERM)
+        codes = [worker.exitcode for worker in self._workers]
+        logger.info("Workers stopped (exit codes %s)", codes)
+        return 0 if by_signal and all(code in clean for code in codes) else 1
+
+    def _send(self, sig: int) -> None:
+        for worker in self._workers:
+            if worker.exitcode is None and worker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, sig)
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, telling the app when SIGTERM starts the drain."""
 
-    def __init__(self, config: uvicorn.Config, *, lifecycle: Lifecycle, grace_period_s: float):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        lifecycle: Lifecycle,
+        grace_period_s: float,
+        worker: tuple[int, int] | None = None,
+    ):
         super().__init__(config)
         self._lifecycle = lifecycle
         self._grace_period_s = grace_period_s
+        self._worker = worker
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._lifecycle.begin_drain(self._grace_period_s)
@@ -134,8 +290,20 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             base = f"http://{_url_host(self.config.host)}:{self.config.port}"
-            logger.info("streamapi %s listening on %s", __version__, base)
-            logger.info("API docs at %s/docs, chat at %s/v1/chat/completions", base, base)
+            if self._worker is None:
+                logger.info("streamapi %s listening on %s", __version__, base)
+            else:
+                index, count = self._worker
+                logger.info(
+                    "streamapi %s listening on %s (worker %d of %d, pid %d)",
+                    __version__,
+                    base,
+                    index + 1,
+                    count,
+                    os.getpid(),
+                )
+            if self._worker is None or self._worker[0] == 0:
+                logger.info("API docs at %s/docs, chat at %s/v1/chat/completions", base, base)
 
 
 def _url_host(host: str) -> str:

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Log level of the server and of uvicorn."
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the listening socket, each with its own event "
+        "loop, engine, metrics, Responses store, control state and concurrency caps (the "
+        "caps and limits are per process). 1 serves from this process alone.",
+    )
 
     # --- models ---------------------------------------------------------------
     engine: Literal["simulator"] = Field(

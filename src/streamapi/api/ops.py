@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from fastapi import APIRouter
 from starlette.responses import Response
@@ -38,9 +39,10 @@ async def load(state: StateDep) -> Load:
     return Load(server_load=state["lifecycle"].in_flight, tasks=len(asyncio.all_tasks()))
 
 
-@router.get("/version", summary="Server version")
-async def version() -> dict[str, str]:
-    return {"version": __version__}
+@router.get("/version", summary="Server version and process id")
+async def version() -> dict[str, str | int]:
+    # The pid tells which worker answered when the server runs several (--workers).
+    return {"version": __version__, "pid": os.getpid()}
 
 
 @router.get(

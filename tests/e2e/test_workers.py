@@ -1,0 +1,252 @@
+"""``streamapi serve --workers 2``: two processes on one socket, and their SIGTERM drain.
+
+Which worker answered is read from ``GET /version``'s ``pid``; which workers held
+streams at SIGTERM, from each worker's "Draining: n request(s)" log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncGenerator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.e2e.conftest import FAST_PACING
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import ServerFactory, ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+CHAT = "/v1/chat/completions"
+DONE = "[DONE]"
+MAX_EVENTS = 5_000
+DRAINING = re.compile(r"Draining: (\d+) request\(s\) in flight")
+
+
+def _children(pid: int) -> set[int]:
+    """The live (not zombie) processes whose parent is ``pid``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name, in parentheses, may hold spaces: fields count from its end.
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids: set[int], timeout_s: float) -> set[int]:
+    """Poll until none of ``pids`` runs or ``timeout_s`` passes; those still running."""
+    deadline = time.monotonic() + timeout_s
+    while (left := {pid for pid in pids if _alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+@pytest.fixture
+def reaper() -> Iterator[set[int]]:
+    """Worker pids a test saw; any still running at teardown is killed (a failed test's)."""
+    pids: set[int] = set()
+    yield pids
+    for pid in pids:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def _worker_pids(server: ServerProcess, count: int, timeout_s: float) -> set[int]:
+    """Pids answering ``/version`` on new connections, until ``count`` are seen."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < count and time.monotonic() < deadline:
+        # A new connection each time: the kernel hands it to whichever worker accepts first.
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
+            seen.add((await client.get("/version")).json()["pid"])
+    return seen
+
+
+async def _payloads(response: httpx.Response) -> AsyncGenerator[str]:
+    pending = b""
+    count = 0
+    raw = cast(AsyncGenerator[bytes], response.aiter_raw())
+    async with contextlib.aclosing(raw) as pieces:
+        async for piece in pieces:
+            *frames, pending = (pending + piece).split(b"\n\n")
+            for frame in frames:
+                count += 1
+                assert count < MAX_EVENTS, "runaway stream"
+                assert frame.startswith(b"data: "), frame
+                yield frame[len(b"data: ") :].decode()
+
+
+async def _streams_through_sigterm(
+    server: ServerProcess, count: int, body: dict[str, Any], timeout_s: float
+) -> tuple[list[list[str]], float]:
+    """Open ``count`` streams on as many connections, SIGTERM once each has an event.
+
+    Returns every stream's payloads and when SIGTERM was sent.
+    """
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    firsts = [asyncio.Event() for _ in range(count)]
+
+    async def one(client: httpx.AsyncClient, first: asyncio.Event) -> list[str]:
+        payloads = []
+        async with client.stream("POST", CHAT, json=body) as response:
+            assert response.status_code == 200
+            async with contextlib.aclosing(_payloads(response)) as events:
+                async for payload in events:
+                    payloads.append(payload)
+                    first.set()
+        return payloads
+
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60, limits=limits) as client:
+        tasks = [asyncio.ensure_future(one(client, first)) for first in firsts]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(f.wait() for f in firsts)), timeout=30)
+            sigterm_at = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=timeout_s)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return results, sigterm_at
+
+
+async def test_two_workers_answer_from_two_processes_and_stream_through_the_sdk(
+    server_factory: ServerFactory, reaper: set[int]
+) -> None:
+    server = server_factory("--workers", "2", *FAST_PACING)
+    children = _children(server.process.pid)
+    reaper.update(children)
+    pids = await _worker_pids(server, 2, timeout_s=10)
+    assert len(pids) == 2
+    assert pids <= children
+    assert server.process.pid not in pids
+    with OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as client:
+        stream = client.chat.completions.create(
+            model="sim-small",
+            messages=[{"role": "user", "content": "Explain vector databases"}],
+            stream=True,
+            max_tokens=20,
+        )
+        deltas = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert "".join(deltas)
+    log = server.log()
+    assert "starting 2 workers" in log
+    assert "(worker 1 of 2, pid " in log
+    assert "(worker 2 of 2, pid " in log
+
+
+async def test_sigterm_with_two_workers_and_400_open_streams_finishes_them_all(
+    server_factory: ServerFactory, reaper: set[int]
+) -> None:
+    server = server_factory(
+        "--workers", "2",
+        "--time-to-first-token-ms", "20",
+        "--inter-token-latency-ms", "20",
+        "--max-num-seqs", "400",
+        "--shutdown-grace-period-s", "20",
+    )  # fmt: skip
+    assert len(await _worker_pids(server, 2, timeout_s=10)) == 2
+    workers = _children(server.process.pid)
+    reaper.update(workers)
+    body = {
+        "model": "sim-small",
+        "messages": [{"role": "user", "content": "Explain streaming"}],
+        "stream": True,
+        "max_tokens": 100,
+        "ignore_eos": True,
+    }
+    results, sigterm_at = await _streams_through_sigterm(server, 400, body, timeout_s=40)
+    exit_code = await asyncio.to_thread(server.wait, 25)
+    exited_after_s = time.monotonic() - sigterm_at
+    assert [r[-1] for r in results] == [DONE] * 400
+    finish_reasons = [
+        choice["finish_reason"]
+        for payloads in results
+        for chunk in map(json.loads, payloads[:-1])
+        for choice in chunk["choices"]
+        if choice["finish_reason"] is not None
+    ]
+    assert finish_reasons == ["length"] * 400
+    assert not any('"error"' in p for payloads in results for p in payloads)
+    assert exit_code == 0
+    assert exited_after_s < 20 + 5
+    assert _wait_gone(workers, timeout_s=5) == set()
+    # Both workers held streams when SIGTERM came: each logged its own drain.
+    in_flight = [int(n) for n in DRAINING.findall(server.log())]
+    assert len(in_flight) == 2
+    assert min(in_flight) > 0
+    assert "Traceback" not in server.log()
+
+
+async def test_sigterm_with_two_workers_ends_streams_open_at_the_grace_deadline(
+    server_factory: ServerFactory, reaper: set[int]
+) -> None:
+    server = server_factory(
+        "--workers", "2",
+        "--time-to-first-token-ms", "20",
+        "--inter-token-latency-ms", "500",
+        "--shutdown-grace-period-s", "1",
+    )  # fmt: skip
+    assert len(await _worker_pids(server, 2, timeout_s=10)) == 2
+    workers = _children(server.process.pid)
+    reaper.update(workers)
+    # ~350 tokens at 500 ms: each stream would last minutes, far past the 1 s grace period.
+    body = {"prompt": "Explain streaming APIs", "stream": True}
+    results, sigterm_at = await _streams_through_sigterm(server, 20, body, timeout_s=10)
+    ended_after_s = time.monotonic() - sigterm_at
+    exit_code = await asyncio.to_thread(server.wait, 10)
+    assert [r[-1] for r in results] == [DONE] * 20
+    assert [json.loads(r[-2])["error"]["code"] for r in results] == ["server_shutting_down"] * 20
+    assert [sum('"error"' in p for p in r) for r in results] == [1] * 20
+    assert 0.8 < ended_after_s < 4
+    assert exit_code == 0
+    assert _wait_gone(workers, timeout_s=5) == set()
+    assert "Grace period over" in server.log()
+    assert "timeout graceful shutdown exceeded" not in server.log()
+
+
+async def test_a_worker_that_dies_is_replaced_and_logged(
+    server_factory: ServerFactory, reaper: set[int]
+) -> None:
+    server = server_factory("--workers", "2", *FAST_PACING)
+    before = await _worker_pids(server, 2, timeout_s=10)
+    assert len(before) == 2
+    reaper.update(_children(server.process.pid))
+    killed = min(before)
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    after: set[int] = set()
+    while len(after - before) < 1 and time.monotonic() < deadline:
+        after = await _worker_pids(server, 2, timeout_s=2)
+        reaper.update(_children(server.process.pid))
+    assert len(after) == 2
+    assert killed not in after
+    assert f"pid {killed}] died (exit code -9); starting a new one" in server.log()
+    assert server.stop() == 0
