@@ -147,7 +147,10 @@ class UsageReport:
     cached_tokens: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a plan builds one delta per token, and a frozen dataclass's
+# __init__ (object.__setattr__ per field) costs seven times as much. Treat
+# deltas as immutable all the same; ``dataclasses.replace`` makes changed copies.
+@dataclass(slots=True)
 class TokenDelta:
     """One generated token, on one channel.
 

@@ -100,12 +100,12 @@ class Planner:
             text = self._answer(request, question, rng) if script is None else script.text
             if not _fixed_length(request):
                 text, matched = _cut_at_stop(text, request.stop)
-            tokens = tokenize(text)
-            if request.max_tokens is not None:
-                # Only what max_tokens lets through, and one more to tell "length"
-                # from "stop": a delta costs more to build than its token does.
-                tokens = tokens[: max(0, request.max_tokens - len(deltas)) + 1]
-            deltas += [TokenDelta(t) for t in tokens]
+            # Only what max_tokens lets through, and one more to tell "length"
+            # from "stop": a long answer capped short is the load-test case.
+            limit = (
+                None if request.max_tokens is None else max(0, request.max_tokens - len(deltas)) + 1
+            )
+            deltas += map(TokenDelta, tokenize(text, limit))
             if request.output_tokens is not None:
                 deltas = deltas[: request.output_tokens]
             if script is not None and script.tool_calls and matched is None:

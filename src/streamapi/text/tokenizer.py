@@ -23,10 +23,21 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY = 3
 
 
-def tokenize(text: str) -> list[str]:
-    """Split ``text`` into tokens; ``"".join(tokenize(t)) == t`` always holds."""
+def tokenize(text: str, limit: int | None = None) -> list[str]:
+    """Split ``text`` into tokens; ``"".join(tokenize(t)) == t`` always holds.
+
+    With ``limit``, only the first ``limit`` tokens (the same as
+    ``tokenize(text)[:limit]``): a plan capped by ``max_tokens`` need not pay
+    for the rest of a long answer.
+    """
+    if limit is None:
+        pieces: Iterable[str] = _PIECES.findall(text)
+    else:
+        pieces = (match.group() for match in _PIECES.finditer(text))
     tokens: list[str] = []
-    for piece in _PIECES.findall(text):
+    for piece in pieces:
+        if limit is not None and len(tokens) >= limit:
+            return tokens[:limit]
         if len(piece) <= _LONGEST_WHOLE_WORD:
             tokens.append(piece)
             continue
@@ -34,7 +45,7 @@ def tokenize(text: str) -> list[str]:
         if len(piece) - cuts[-1] < 2:
             cuts.pop()  # no one-letter tail
         tokens.extend(piece[i:j] for i, j in zip([0, *cuts], [*cuts, len(piece)], strict=True))
-    return tokens
+    return tokens if limit is None else tokens[:limit]
 
 
 def count_tokens(text: str) -> int:
