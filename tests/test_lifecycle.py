@@ -189,3 +189,21 @@ async def test_streams_still_open_after_the_grace_period_end_with_an_error_event
     assert payloads[-1] == "[DONE]"
     assert json.loads(payloads[-2])["error"]["code"] == "server_shutting_down"
     assert lifecycle.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [Settings(time_to_first_token_ms=250, inter_token_latency_ms=0, ping_interval_s=0.05)],
+)
+async def test_keep_alive_comments_fill_a_silent_wait_and_stop_with_the_stream(
+    client: httpx.AsyncClient,
+) -> None:
+    # Pings come from their own task, beside the frames: comments while the first
+    # token is awaited, never after [DONE], and the stream still parses.
+    response = await client.post(URL, json=_chat(stream=True, max_tokens=3))
+    text = response.text
+    assert response.status_code == 200
+    assert text.count(": ping\n\n") >= 2
+    assert text.index(": ping") < text.index("data: ")
+    assert text.endswith("data: [DONE]\n\n")
+    assert len(chunks(text.replace(": ping\n\n", ""))) >= 4
