@@ -89,14 +89,22 @@ class EventStreamResponse(EventSourceResponse):
         self._on_finish = on_finish
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
-        # sse-starlette wraps every send in an anyio cancel scope, which costs more
-        # than the rest of a frame's work; one timer per send, cancelled at once
-        # when the send returns (the usual case), gives the same SendTimeoutError.
+        # sse-starlette's own paths (HEAD) come here; the stream's loop calls _send.
+        task = asyncio.current_task()
+        assert task is not None
+        await self._send(send, message, task)
+
+    async def _send(self, send: Send, message: Message, task: asyncio.Task[Any]) -> None:
+        """``send``, or ``SendTimeoutError`` if the client takes over ``send_timeout`` to take it.
+
+        sse-starlette wraps every send in an anyio cancel scope, which costs more
+        than the rest of a frame's work; one timer per send, cancelled at once
+        when the send returns (the usual case), cancels ``task`` (the sender) if
+        it fires.
+        """
         if self.send_timeout is None:
             await send(message)
             return
-        task = asyncio.current_task()
-        assert task is not None
         timer = asyncio.get_running_loop().call_later(
             self.send_timeout, task.cancel, _SEND_TIMED_OUT
         )
@@ -154,17 +162,11 @@ class EventStreamResponse(EventSourceResponse):
         pinger = loop.create_task(self._pings(send)) if self._ping_interval > 0 else None
         frames = self.body_iterator
         try:
-            await self._send_with_timeout(
-                send,
-                {
-                    "type": "http.response.start",
-                    "status": self.status_code,
-                    "headers": self.raw_headers,
-                },
-            )
+            start = {"type": "http.response.start", "status": self.status_code}
+            await self._send(send, {**start, "headers": self.raw_headers}, task)
             async for frame in frames:
-                await self._send_with_timeout(
-                    send, {"type": "http.response.body", "body": frame, "more_body": True}
+                await self._send(
+                    send, {"type": "http.response.body", "body": frame, "more_body": True}, task
                 )
             self.active = streaming = False
             await send({"type": "http.response.body", "body": b"", "more_body": False})
