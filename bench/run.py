@@ -60,6 +60,7 @@ class Plan:
     ramp_s: float
     unpaced_streams: int
     unpaced_s: float
+    scale_streams: int
     idle_streams: int
     idle_itl_ms: float
     idle_tokens: int
@@ -72,6 +73,8 @@ FULL = Plan(
     ramp_s=(PACING_MS + TOKENS * PACING_MS) / 1000,
     unpaced_streams=50,
     unpaced_s=6.0,
+    # Enough streams to keep two worker processes busy.
+    scale_streams=100,
     idle_streams=1000,
     idle_itl_ms=1000.0,
     idle_tokens=6,
@@ -82,6 +85,7 @@ QUICK = Plan(
     ramp_s=0.5,
     unpaced_streams=20,
     unpaced_s=1.5,
+    scale_streams=40,
     idle_streams=200,
     idle_itl_ms=500.0,
     idle_tokens=3,
@@ -114,8 +118,16 @@ SERVERS = (
         "streamapi",
         lambda port, ttft, itl: [
             *(sys.executable, "-m", "streamapi", "serve", "--host", HOST, "--port", str(port)),
-            *("--time-to-first-token-ms", str(ttft), "--inter-token-latency-ms", str(itl)),
-            *("--log-level", "warning"),
+            # The engine's steps pace every stream: a request's first token comes at
+            # the end of the first step it joins (the ITL, plus 0 to 1 ITL of wait
+            # for that step to start), so the closest to "first token after ttft" is
+            # no extra first-token latency (ttft is ITL in every paced scenario).
+            *("--time-to-first-token-ms", "0", "--inter-token-latency-ms", str(itl)),
+            # Fixed pacing, as the other servers have: the engine model's batch
+            # slowdown (ITL doubles at a full batch by default) and its capacity
+            # limits would measure a simulated GPU, not the server.
+            *("--load-factor", "0", "--max-num-seqs", "100000"),
+            *("--max-waiting-requests", "100000", "--log-level", "warning"),
         ],
     ),
     ServerSpec(
@@ -143,10 +155,8 @@ class Server:
     log_path: Path
 
     def cpu_s(self) -> float:
-        with open(f"/proc/{self.process.pid}/stat", encoding="ascii") as stat:
-            # The fields after the command name, which may itself hold spaces.
-            fields = stat.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU of the server and its live descendants (``--workers``)."""
+        return sum(_stat_cpu_s(pid) for pid in [self.process.pid, *_descendants(self.process.pid)])
 
     def rss_kib(self) -> int:
         with open(f"/proc/{self.process.pid}/status", encoding="ascii") as status:
@@ -158,6 +168,36 @@ class Server:
     def log_tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        # The fields after the command name, which may itself hold spaces.
+        return stat.read().rpartition(")")[2].split()
+
+
+def _stat_cpu_s(pid: int) -> float:
+    try:
+        fields = _stat_fields(pid)
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(int(_stat_fields(int(entry))[1]), []).append(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
 
 
 def _free_port() -> int:
@@ -344,6 +384,7 @@ class Results:
     unpaced: Measured | None = None
     idle_rss_kib: int | None = None
     idle: Measured | None = None
+    scale: list[tuple[int, Measured]] = field(default_factory=list)
     skipped: str | None = None
 
     @property
@@ -368,11 +409,10 @@ class Context:
     foreign: list[float] = field(default_factory=list)
 
     def start(
-        self, spec: ServerSpec, ttft_ms: float, itl_ms: float
+        self, spec: ServerSpec, ttft_ms: float, itl_ms: float, *, pinned: bool = True
     ) -> contextlib.AbstractContextManager[Server]:
-        return running(
-            spec, ttft_ms=ttft_ms, itl_ms=itl_ms, core=self.server_core, log_dir=self.log_dir
-        )
+        core = self.server_core if pinned else None
+        return running(spec, ttft_ms=ttft_ms, itl_ms=itl_ms, core=core, log_dir=self.log_dir)
 
     def bench(
         self, server: Server, options: list[str], timeout_s: float, *, record: bool = True
@@ -425,17 +465,22 @@ def sweep(context: Context, spec: ServerSpec, results: Results) -> None:
                 break
 
 
+def _unpaced_options(plan: Plan, streams: int) -> list[str]:
+    options = ["--concurrency", str(streams), "--duration", f"{plan.unpaced_s:g}"]
+    options += ["--max-tokens", str(TOKENS), "--timeout", f"{REQUEST_TIMEOUT_S:g}"]
+    # Streams that start together finish together and leave the server idle
+    # while the client sends the next requests; spread their starts.
+    return [*options, "--ramp-up", f"{plan.unpaced_s / 8:g}"]
+
+
 def unpaced(context: Context, spec: ServerSpec, results: Results) -> None:
     plan = context.plan
     with context.start(spec, 0.0, 0.0) as server:
         context.warm(server)
-        options = ["--concurrency", str(plan.unpaced_streams), "--duration", f"{plan.unpaced_s:g}"]
-        options += ["--max-tokens", str(TOKENS), "--timeout", f"{REQUEST_TIMEOUT_S:g}"]
-        # Streams that start together finish together and leave the server idle
-        # while the client sends the next requests; spread their starts.
-        options += ["--ramp-up", f"{plan.unpaced_s / 8:g}"]
         results.unpaced = measured = context.bench(
-            server, options, plan.unpaced_s + REQUEST_TIMEOUT_S + 60
+            server,
+            _unpaced_options(plan, plan.unpaced_streams),
+            plan.unpaced_s + REQUEST_TIMEOUT_S + 60,
         )
         _say(
             f"  {spec.name:<9} unpaced: {measured.report['events_per_s']:,.0f} events/s, "
@@ -443,6 +488,40 @@ def unpaced(context: Context, spec: ServerSpec, results: Results) -> None:
             f"{measured.server_cpu_percent:.0f}% / client "
             f"{measured.report['client']['cpu_percent']:.0f}% / others "
             f"{measured.foreign_cpu_percent:.0f}% CPU"
+        )
+
+
+WORKERS = (1, 2)
+
+
+def _with_workers(spec: ServerSpec, workers: int, port: int, ttft: float, itl: float) -> list[str]:
+    return [*spec.command(port, ttft, itl), "--workers", str(workers)]
+
+
+def scale_out(context: Context, spec: ServerSpec, results: Results) -> None:
+    """Unpaced events/s with ``--workers 1`` and ``--workers 2``, the server on every core.
+
+    Nothing is pinned but the load generator, so on a 2-core machine two workers
+    share the load generator's core: the ratio is what this machine gives, a
+    lower bound of what separate cores would.
+    """
+    plan = context.plan
+    for workers in WORKERS:
+        scaled = ServerSpec(spec.name, spec.label, functools.partial(_with_workers, spec, workers))
+        with context.start(scaled, 0.0, 0.0, pinned=False) as server:
+            context.warm(server)
+            measured = context.bench(
+                server,
+                _unpaced_options(plan, plan.scale_streams),
+                plan.unpaced_s + REQUEST_TIMEOUT_S + 60,
+                record=False,
+            )
+        results.scale.append((workers, measured))
+        _say(
+            f"  {spec.name:<9} --workers {workers}, unpinned: "
+            f"{measured.report['events_per_s']:,.0f} events/s, server "
+            f"{measured.server_cpu_percent:.0f}% / client "
+            f"{measured.report['client']['cpu_percent']:.0f}% CPU"
         )
 
 
@@ -563,6 +642,30 @@ def table(results: dict[str, Results], plan: Plan) -> str:
         lambda r: r.unpaced.report["client"]["cpu_percent"] if r.unpaced else None,
         ratios=False,
     )
+    if ours is not None and ours.scale:
+        scale = dict(ours.scale)
+        one, two = scale.get(1), scale.get(2)
+        for workers, measured in ours.scale:
+            cells = [
+                f"streamapi --workers {workers}, unpaced events/s, "
+                f"{plan.scale_streams} streams, server unpinned"
+            ]
+            cells += [
+                _num(measured.report["events_per_s"]) if spec.name == "streamapi" else ""
+                for spec in specs
+            ]
+            cells += [""] * (len(header) - len(cells))
+            rows.append(cells)
+        if one is not None and two is not None:
+            cells = ["scale-out: --workers 2 ÷ --workers 1 (↑)"]
+            cells += [
+                _ratio(two.report["events_per_s"], one.report["events_per_s"])
+                if spec.name == "streamapi"
+                else ""
+                for spec in specs
+            ]
+            cells += [""] * (len(header) - len(cells))
+            rows.append(cells)
     notes = (
         "\n✗ not clean (the sweep stops there). † the load generator used "
         f"≥ {CLIENT_BOUND_PERCENT:g}% of its core: a bound of the pair, not of the server alone.\n"
@@ -701,6 +804,8 @@ def main(argv: list[str] | None = None) -> int:
             sweep(context, spec, result)
             unpaced(context, spec, result)
             idle(context, spec, result)
+            if spec.name == "streamapi":
+                scale_out(context, spec, result)
     elapsed = time.monotonic() - started
     sys.stdout.write(
         f"\nstreamapi benchmark ({'quick' if args.quick else 'full'} run, {elapsed:.0f} s): "
@@ -741,6 +846,7 @@ def _dump(results: dict[str, Results]) -> dict[str, Any]:
             "idle_rss_kib": result.idle_rss_kib,
             "rss_per_stream_kib": result.rss_per_stream_kib,
             "idle": measured(result.idle),
+            "scale_out": {str(workers): measured(m) for workers, m in result.scale},
         }
         for name, result in results.items()
     }
