@@ -35,6 +35,20 @@ def test_any_text_survives_the_encoder_and_the_sdk_decoder(
 
 
 @DETERMINISTIC
+@given(model=st.text(), texts=st.lists(st.text(), min_size=1, max_size=5))
+def test_a_template_frame_is_byte_for_byte_the_encoded_chunk(model: str, texts: list[str]) -> None:
+    # The hot path splices each token into a frame encoded once; whatever the
+    # model name (even one that holds the hole marker) or the text, the bytes
+    # are those of encoding the whole chunk.
+    def chunk(content: str) -> dict[str, object]:
+        return {"id": "x", "model": model + sse.HOLE, "choices": [{"delta": {"content": content}}]}
+
+    template = sse.DataTemplate(chunk(sse.HOLE))
+    for text in texts:
+        assert template.fill(text) == sse.encode_data(chunk(text))
+
+
+@DETERMINISTIC
 @given(name=st.text(min_size=1, max_size=20), text=st.text(), cuts=st.lists(st.integers(0, 500)))
 def test_named_events_survive_too(name: str, text: str, cuts: list[int]) -> None:
     event_name = "".join(ch for ch in name if ch.isalnum() or ch in "._") or "x"

@@ -40,6 +40,36 @@ def encode_data(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+# Marks the one string of a DataTemplate's payload that each frame fills in
+# (private-use characters: no text a client sends is expected to hold them).
+HOLE = "\ue000streamapi-hole\ue000"
+_ENCODED_HOLE = orjson.dumps(HOLE)
+
+
+class DataTemplate:
+    """``encode_data`` for payloads that differ only in one string, pre-encoded once.
+
+    A streamed answer's chunks repeat the same id, model and framing around one
+    token of text: encoding that frame once and splicing each token's JSON
+    string into it costs a fraction of building and encoding a dict per token.
+    The result is byte for byte what ``encode_data`` gives for the same payload.
+    """
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, payload: Any) -> None:
+        """``payload`` holds ``HOLE`` as its last string that might repeat it."""
+        head, hole, tail = encode_data(payload).rpartition(_ENCODED_HOLE)
+        if not hole:
+            raise ValueError("a DataTemplate's payload must hold HOLE")
+        self._head = head
+        self._tail = tail
+
+    def fill(self, text: str) -> bytes:
+        """The frame with ``text`` where ``HOLE`` was."""
+        return self._head + orjson.dumps(text) + self._tail
+
+
 def encode_event(event: str, payload: Any) -> bytes:
     """A named event (``event: <name>``), as the Anthropic and Responses streams use."""
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"

@@ -191,6 +191,10 @@ class _ChunkWriter:
         self._started: set[int] = set()
         self._pending: dict[int, _Pending] = {}
         self._usage = Usage.of(job)
+        # Plain content chunks (the load-test case) are spliced into a frame
+        # encoded once per choice; with logprobs or running usage they vary more.
+        self._templated = not chat.logprobs and not chat.continuous_usage
+        self._content: dict[int, sse.DataTemplate] = {}
 
     def add(self, index: int, delta: TokenDelta) -> list[bytes]:
         frames: list[bytes] = []
@@ -234,12 +238,21 @@ class _ChunkWriter:
             delta: dict[str, Any] = {"reasoning_content": text}
         elif pending.channel == "tool_call":
             delta = {"tool_calls": [{"index": pending.tool_index, "function": {"arguments": text}}]}
+        elif self._templated:
+            pending.deltas = []
+            template = self._content.get(index)
+            if template is None:
+                template = self._content[index] = self._template(index)
+            return template.fill(text)
         else:
             delta = {"content": text}
             if self._chat.logprobs:
                 logprobs = _logprobs(pending.deltas)
         pending.deltas = []
         return self._chunk(index, delta, logprobs=logprobs)
+
+    def _template(self, index: int) -> sse.DataTemplate:
+        return sse.DataTemplate(self._payload(index, {"content": sse.HOLE}, None, None))
 
     def _chunk(
         self,
@@ -249,6 +262,15 @@ class _ChunkWriter:
         finish_reason: str | None = None,
         logprobs: dict[str, Any] | None = None,
     ) -> bytes:
+        return sse.encode_data(self._payload(index, delta, finish_reason, logprobs))
+
+    def _payload(
+        self,
+        index: int,
+        delta: dict[str, Any],
+        finish_reason: str | None,
+        logprobs: dict[str, Any] | None,
+    ) -> dict[str, Any]:
         chunk = {
             **self._head,
             "choices": [
@@ -264,7 +286,7 @@ class _ChunkWriter:
             # OpenAI sends usage: null on every chunk but the last when usage was asked
             # for; vLLM's continuous_usage_stats puts running counts there instead.
             chunk["usage"] = usage_dict(self._usage) if self._chat.continuous_usage else None
-        return sse.encode_data(chunk)
+        return chunk
 
 
 def _message(transcript: Transcript) -> dict[str, Any]:
