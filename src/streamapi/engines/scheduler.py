@@ -329,7 +329,9 @@ class Scheduler:
                 sequence.next_due = now + sequence.pace.ttft_s
                 self._paced.append(sequence)
             else:
-                self._running.append(sequence)
+                # Ahead of the batch (in arrival order): at the step's end their first
+                # tokens go out first, so a large batch's wake-ups do not add to TTFT.
+                self._running.insert(prefilling, sequence)
                 prefilling += 1
                 uncached += prompt - cached
         return prefilling, uncached
