@@ -94,7 +94,8 @@ class EventStreamResponse(EventSourceResponse):
     ``on_start`` and ``on_finish`` (awaited) run around the entire response,
     not inside the generator: a client that disconnects before the generator's
     first step never runs the generator's ``finally`` (sse-starlette #156), but
-    always runs this one.
+    always runs this one. ``on_complete`` runs once every frame has been sent,
+    before the body's end: only a stream that ran to its end calls it.
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class EventStreamResponse(EventSourceResponse):
         send_timeout_s: float,
         headers: dict[str, str] | None = None,
         on_start: Callable[[], None] | None = None,
+        on_complete: Callable[[], None] | None = None,
         on_finish: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(
@@ -116,6 +118,7 @@ class EventStreamResponse(EventSourceResponse):
             send_timeout=send_timeout_s,
         )
         self._on_start = on_start
+        self._on_complete = on_complete
         self._on_finish = on_finish
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
@@ -202,6 +205,8 @@ class EventStreamResponse(EventSourceResponse):
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
                 watchdog.sending = False
                 watchdog.sent += 1
+            if self._on_complete is not None:
+                self._on_complete()
             self.active = streaming = False
             watchdog.sending = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})

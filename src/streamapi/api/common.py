@@ -208,7 +208,7 @@ async def respond(
         finally:
             await admission.aclose()
     try:
-        frames = plan.frames(generation.guard(admission, service.stream(job, admission)))
+        frames = plan.frames(service.stream(job, admission))
         return event_stream(state, frames, admission)
     except BaseException:
         await admission.aclose()
@@ -233,12 +233,20 @@ def check_model_access(request: Request, model: str) -> None:
 
 
 def event_stream(state: State, frames: AsyncIterator[bytes], admission: Admission) -> Response:
-    """A streamed response whose whole life counts as one request in flight."""
+    """A streamed response whose whole life counts as one request in flight.
+
+    The admission is marked ended once every frame is out, and closed when the
+    response is over however it ended (``Admission.aclose`` is idempotent).
+    """
     settings, lifecycle, metrics = state["settings"], state["lifecycle"], state["metrics"]
 
     def on_start() -> None:
         lifecycle.request_started()
         metrics.streams_in_flight.inc()
+
+    def on_complete() -> None:
+        # Every frame went out: the request ended, it was not abandoned.
+        admission.ended = True
 
     async def on_finish() -> None:
         try:
@@ -252,6 +260,7 @@ def event_stream(state: State, frames: AsyncIterator[bytes], admission: Admissio
         ping_interval_s=settings.ping_interval_s,
         send_timeout_s=settings.send_timeout_s,
         on_start=on_start,
+        on_complete=on_complete,
         on_finish=on_finish,
     )
 

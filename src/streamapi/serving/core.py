@@ -342,16 +342,27 @@ class Generation:
         raises ``ServiceUnavailableError`` (code ``server_shutting_down``).
         """
         streams = admission.streams
-        source = _single(streams[0]) if len(streams) == 1 else _merge(streams)
         clock = _Stopwatch(admission.arrived_at, self._metrics)
+        # One choice (the usual case) is read directly: each layer of async
+        # generators costs every token a resumption.
+        source = streams[0] if len(streams) == 1 else None
+        merged = _merge(streams) if source is None else None
         try:
             with self._lifecycle.interruptible():
-                async for index, delta in source:
-                    if delta.is_token:
-                        clock.token(index)
-                    if delta.finish_reason is not None:
-                        clock.finish()
-                    yield index, delta
+                if source is not None:
+                    async for delta in source:
+                        if delta.is_token:
+                            clock.token(0)
+                        if delta.finish_reason is not None:
+                            clock.finish()
+                        yield 0, delta
+                elif merged is not None:
+                    async for index, delta in merged:
+                        if delta.is_token:
+                            clock.token(index)
+                        if delta.finish_reason is not None:
+                            clock.finish()
+                        yield index, delta
         except asyncio.CancelledError as cancel:
             if cancel.args != (DRAIN_EXPIRED,):
                 raise
@@ -362,18 +373,10 @@ class Generation:
                 "Generation aborted: server shutting down.", code="server_shutting_down"
             ) from None
         finally:
-            await source.aclose()
-
-    async def guard(
-        self, admission: Admission, frames: AsyncIterator[bytes]
-    ) -> AsyncIterator[bytes]:
-        """``frames`` of a stream, marking its admission ended and closing it afterwards."""
-        try:
-            async for frame in frames:
-                yield frame
-            admission.ended = True
-        finally:
-            await admission.aclose()
+            if merged is not None:
+                await merged.aclose()
+            else:
+                await _aclose(streams[0])
 
     async def whole(self, admission: Admission, work: Awaitable[T]) -> T:
         """A non-streamed answer: an error status counts as an end, not a disconnect."""
@@ -489,14 +492,6 @@ def check_tool_choice(tools: Sequence[ToolSpec], choice: str, *, param: str) -> 
 
 def _tool_schema(tool: ToolSpec) -> dict[str, Any]:
     return {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
-
-
-async def _single(stream: AsyncIterator[TokenDelta]) -> AsyncGenerator[tuple[int, TokenDelta]]:
-    try:
-        async for delta in stream:
-            yield 0, delta
-    finally:
-        await _aclose(stream)
 
 
 async def _merge(
