@@ -107,11 +107,14 @@ class Sequence:
         # finish reason, which is no token: only a plan's last delta can be so.
         self.deltas = deltas
         self.finish_reason: FinishReason = deltas[-1].finish_reason or "stop"
-        self.prompt = prompt
+        # The prompt's tokens are read once, by the prefix cache at admission;
+        # an open stream keeps only their count.
+        self.prompt: list[str] | None = prompt
+        self.prompt_tokens = len(prompt)
         self.pace = pace
         self.total = len(deltas)
         self.token_count = sum(1 for delta in deltas if delta.is_token)
-        self.kv_tokens = len(prompt) + self.token_count
+        self.kv_tokens = self.prompt_tokens + self.token_count
         self.state = State.WAITING
         self.produced = 0
         self.consumed = 0
@@ -221,7 +224,7 @@ class Scheduler:
 
     def kv_cache_usage(self) -> float:
         """The KV budget's fraction that running sequences' prompts and outputs fill now."""
-        used = sum(len(s.prompt) + s.generated for b in self._admitted() for s in b)
+        used = sum(s.prompt_tokens + s.generated for b in self._admitted() for s in b)
         return used / self.model.kv_cache_tokens
 
     def start(self) -> None:
@@ -318,8 +321,9 @@ class Scheduler:
             sequence.state = State.RUNNING
             sequence.scheduled_at = now
             self._kv_reserved += sequence.kv_tokens
-            prompt = len(sequence.prompt)
-            cached = self._prefix.admit(sequence.prompt) if self._prefix is not None else 0
+            prompt = sequence.prompt_tokens
+            tokens, sequence.prompt = sequence.prompt, None
+            cached = self._prefix.admit(tokens) if self._prefix is not None and tokens else 0
             sequence.cached_tokens = cached
             if metrics is not None:
                 metrics.prompt_tokens.inc(prompt)
@@ -392,7 +396,7 @@ class Scheduler:
         metrics.request_queue_time.observe(sequence.scheduled_at - sequence.enqueued_at)
         metrics.request_prefill_time.observe(sequence.first_token_at - sequence.scheduled_at)
         metrics.request_decode_time.observe(now - sequence.first_token_at)
-        metrics.request_prompt_tokens.observe(len(sequence.prompt))
+        metrics.request_prompt_tokens.observe(sequence.prompt_tokens)
         metrics.request_generation_tokens.observe(sequence.generated)
 
     async def _sleep_until(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
