@@ -207,10 +207,14 @@ def _free_port() -> int:
     return port
 
 
-def _pin(core: int | None) -> Callable[[], None] | None:
-    if core is None:
-        return None
-    return lambda: os.sched_setaffinity(0, {core})
+# Read before main() pins this process to the load generator's core: a server
+# started "unpinned" would otherwise inherit that pin.
+ALL_CORES = frozenset(os.sched_getaffinity(0))
+
+
+def _pin(core: int | None) -> Callable[[], None]:
+    cores = ALL_CORES if core is None else {core}
+    return lambda: os.sched_setaffinity(0, cores)
 
 
 def _clean_env() -> dict[str, str]:

@@ -162,14 +162,14 @@ async def test_two_workers_answer_from_two_processes_and_stream_through_the_sdk(
     assert "(worker 2 of 2, pid " in log
 
 
-async def test_sigterm_with_two_workers_and_400_open_streams_finishes_them_all(
+async def test_sigterm_with_two_workers_and_1000_open_streams_finishes_them_all(
     server_factory: ServerFactory, reaper: set[int]
 ) -> None:
     server = server_factory(
         "--workers", "2",
         "--time-to-first-token-ms", "20",
         "--inter-token-latency-ms", "20",
-        "--max-num-seqs", "400",
+        "--max-num-seqs", "1000",
         "--shutdown-grace-period-s", "20",
     )  # fmt: skip
     assert len(await _worker_pids(server, 2, timeout_s=10)) == 2
@@ -182,10 +182,10 @@ async def test_sigterm_with_two_workers_and_400_open_streams_finishes_them_all(
         "max_tokens": 100,
         "ignore_eos": True,
     }
-    results, sigterm_at = await _streams_through_sigterm(server, 400, body, timeout_s=40)
+    results, sigterm_at = await _streams_through_sigterm(server, 1000, body, timeout_s=40)
     exit_code = await asyncio.to_thread(server.wait, 25)
     exited_after_s = time.monotonic() - sigterm_at
-    assert [r[-1] for r in results] == [DONE] * 400
+    assert [r[-1] for r in results] == [DONE] * 1000
     finish_reasons = [
         choice["finish_reason"]
         for payloads in results
@@ -193,7 +193,7 @@ async def test_sigterm_with_two_workers_and_400_open_streams_finishes_them_all(
         for choice in chunk["choices"]
         if choice["finish_reason"] is not None
     ]
-    assert finish_reasons == ["length"] * 400
+    assert finish_reasons == ["length"] * 1000
     assert not any('"error"' in p for payloads in results for p in payloads)
     assert exit_code == 0
     assert exited_after_s < 20 + 5
