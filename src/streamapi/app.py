@@ -27,8 +27,7 @@ from streamapi.metrics import Metrics
 from streamapi.middleware import (
     AuthMiddleware,
     BodyLimitMiddleware,
-    MetricsMiddleware,
-    RequestIdMiddleware,
+    RequestMiddleware,
 )
 from streamapi.schemas import anthropic, openai, responses
 from streamapi.serving.anthropic import MessageService
@@ -145,9 +144,8 @@ def create_app(
             expose_headers=["x-request-id", "request-id", "retry-after", "retry-after-ms"],
         )
     app.add_middleware(ControlMiddleware, control=control)
-    app.add_middleware(RequestIdMiddleware)
     # Outermost, so that a request's arrival is stamped before anything else runs.
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestMiddleware, metrics=metrics)
     _document_extra_schemas(app)
     return app
 

@@ -33,12 +33,16 @@ REQUEST_ID_HEADER = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
-class MetricsMiddleware:
-    """Stamps each request's arrival and counts requests by route template and status.
+class RequestMiddleware:
+    """Every request's bookkeeping, in one layer: arrival, id, and count by route and status.
 
     ``scope["state"]["arrived_at"]`` is the event loop's clock when the app got
     the request (its headers parsed, its body not yet read): the zero of the
-    server-side latencies. Only the response's start message is looked at.
+    server-side latencies. ``scope["state"]["request_id"]`` is the client's
+    ``X-Request-Id`` when it sent a sane one, else a new id; it goes back in the
+    ``x-request-id`` header (where the OpenAI SDK reads it) and ``request-id``
+    (Anthropic's). One layer rather than two because every event of a stream
+    passes through each layer's ``send``.
     """
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
@@ -49,56 +53,34 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope.setdefault("state", {})["arrived_at"] = asyncio.get_running_loop().time()
+        state = scope.setdefault("state", {})
+        state["arrived_at"] = asyncio.get_running_loop().time()
+        sent = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
+        request_id = sent if _SAFE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+        state["request_id"] = request_id
+        # For the log lines of this request's task and the tasks it starts; the
+        # server runs each request in a task of its own, so nothing leaks.
+        logs.request_id.set(request_id)
+        ids = [
+            (REQUEST_ID_HEADER.encode(), request_id.encode()),
+            (b"request-id", request_id.encode()),
+        ]
         status = 0
 
-        async def send_with_status(message: Message) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), *ids]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             # Unmatched paths share one label: clients must not mint label values.
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.request(template, scope["method"], status)
-
-
-class RequestIdMiddleware:
-    """Gives every request an id (the client's ``X-Request-Id`` when it sent a sane one).
-
-    The id is in ``request.state.request_id`` and in the response's
-    ``x-request-id`` header, where the OpenAI SDK reads it.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        sent = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
-        request_id = sent if _SAFE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        # For the log lines of this request's task and the tasks it starts; the
-        # server runs each request in a task of its own, so nothing leaks.
-        logs.request_id.set(request_id)
-        # OpenAI's SDKs read x-request-id, Anthropic's request-id.
-        headers = [
-            (REQUEST_ID_HEADER.encode(), request_id.encode()),
-            (b"request-id", request_id.encode()),
-        ]
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
 
 
 class BodyLimitMiddleware:

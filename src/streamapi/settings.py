@@ -257,7 +257,8 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="Most generation requests (streams, and non-streamed ones) open at once; "
-        "one more gets 429 with Retry-After before its response starts. 0: no cap.",
+        "one more gets 429 with Retry-After before its body is read (a cheap refusal under "
+        "overload); set it below what one worker keeps clean. 0: no cap.",
     )
     max_concurrent_requests_per_key: int = Field(
         default=0,
