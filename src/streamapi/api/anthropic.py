@@ -6,11 +6,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from streamapi.api.common import (
-    StateDep,
     read_json,
     refuse_early,
     respond,
     sse_event_schema,
+    state_of,
     validate,
 )
 from streamapi.schemas.anthropic import MessageCreateRequest
@@ -56,7 +56,8 @@ _ANTHROPIC_ERROR = {
         }
     },
 )
-async def create_message(request: Request, state: StateDep) -> Response:
+async def create_message(request: Request) -> Response:
+    state = state_of(request)
     refuse_early(request, state)
     parsed = validate(MessageCreateRequest, await read_json(request))
     return await respond(request, state, state["messages"], parsed, streamed=bool(parsed.stream))

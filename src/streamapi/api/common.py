@@ -76,11 +76,19 @@ class State(TypedDict):
     started_at: int
 
 
-async def _state(request: Request) -> State:
-    # Starlette copies the lifespan's state dict into every request's scope.
-    # async: FastAPI would run a plain function in its thread pool, per request.
+def state_of(request: Request) -> State:
+    """The lifespan's state, which Starlette copies into every request's scope.
+
+    The generation routes call this rather than depend on ``StateDep``: a
+    dependency costs FastAPI's resolver a pass per request, on the hot path.
+    """
     state: State = request.scope["state"]
     return state
+
+
+async def _state(request: Request) -> State:
+    # async: FastAPI would run a plain function in its thread pool, per request.
+    return state_of(request)
 
 
 StateDep = Annotated[State, Depends(_state)]

@@ -19,6 +19,7 @@ from streamapi.api.common import (
     refuse_if_draining,
     respond,
     sse_event_schema,
+    state_of,
     validate,
 )
 from streamapi.errors import InvalidRequestError, ModelNotFoundError
@@ -82,7 +83,8 @@ def _streamed(chunk: str, description: str) -> dict[int | str, Any]:
     responses=_streamed("ChatCompletionChunk", "A chat completion or its chunks."),
     openapi_extra=_body("ChatCompletionRequest", "PromptRequest"),
 )
-async def create_chat_completion(request: Request, state: StateDep) -> Response:
+async def create_chat_completion(request: Request) -> Response:
+    state = state_of(request)
     refuse_early(request, state)
     payload = await read_json(request)
     chat_request = (
@@ -107,7 +109,8 @@ async def create_chat_completion(request: Request, state: StateDep) -> Response:
     responses=_streamed("Completion", "A completion or its stream events."),
     openapi_extra=_body("CompletionRequest"),
 )
-async def create_completion(request: Request, state: StateDep) -> Response:
+async def create_completion(request: Request) -> Response:
+    state = state_of(request)
     refuse_early(request, state)
     parsed = validate(CompletionRequest, await read_json(request))
     return await respond(request, state, state["completions"], parsed, streamed=bool(parsed.stream))

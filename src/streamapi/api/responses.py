@@ -13,6 +13,7 @@ from streamapi.api.common import (
     refuse_early,
     respond,
     sse_event_schema,
+    state_of,
     validate,
 )
 from streamapi.errors import NotFoundError
@@ -52,7 +53,8 @@ _REQUEST_BODY = {
     },
     openapi_extra=_REQUEST_BODY,
 )
-async def create_response(request: Request, state: StateDep) -> Response:
+async def create_response(request: Request) -> Response:
+    state = state_of(request)
     refuse_early(request, state)
     parsed = validate(ResponseRequest, await read_json(request))
     return await respond(request, state, state["responses"], parsed, streamed=bool(parsed.stream))
