@@ -6,9 +6,10 @@ the server) runs pinned to the second. Every server streams 64 tokens per reques
 one per SSE event, 20 ms apart after a 20 ms first token. Scenarios:
 
 1. a concurrency sweep: N streams held open (closed loop, starts spread over one
-   stream's length), N in 100, 250, 500, 1000, 2000, 4000; a server's sweep stops
-   at the first N that is not clean (inter-event gap p99 <= 40 ms, TTFT p99 <=
-   100 ms for streams started after the ramp, no errors);
+   stream's length), N in 100, 250, 400, 500, 750, 1000, 1500, 2000, 3000, 4000;
+   a server's sweep stops at the first N that is not clean (inter-event gap p99
+   <= 40 ms and p50 <= 22 ms, TTFT p99 <= 100 ms for streams started after the
+   ramp, no errors);
 2. unpaced: no sleeps at all, the most events per second one core delivers;
 3. memory: 1,000 slow streams open at once (one event a second), the growth of
    the server's RSS over its warm idle RSS, per stream;
@@ -45,6 +46,10 @@ PACING_MS = 20.0
 TOKENS = 64
 GAP_P99_BOUND_MS = 40.0
 TTFT_P99_BOUND_MS = 100.0
+# A saturated server can keep its gaps under the p99 bound while every stream runs
+# slow (median gaps of 26 ms for 20 ms pacing were seen): clean also means the pace
+# is kept, the median gap within 10 % of it.
+GAP_P50_BOUND_MS = PACING_MS * 1.1
 STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 30.0
@@ -67,7 +72,7 @@ class Plan:
 
 
 FULL = Plan(
-    levels=(100, 250, 500, 1000, 2000, 4000),
+    levels=(100, 250, 400, 500, 750, 1000, 1500, 2000, 3000, 4000),
     sweep_s=8.0,
     # One stream's length, so that arrivals are spread out before measuring starts.
     ramp_s=(PACING_MS + TOKENS * PACING_MS) / 1000,
@@ -309,15 +314,21 @@ class Measured:
         value: float | None = self.report[key]["p99"]
         return value
 
+    def p50(self, key: str) -> float | None:
+        value: float | None = self.report[key]["p50"]
+        return value
+
     @property
     def clean(self) -> bool:
-        gap, ttft = self.p99("itl_ms"), self.p99("ttft_ms")
+        gap, ttft, median = self.p99("itl_ms"), self.p99("ttft_ms"), self.p50("itl_ms")
         return (
             self.report["requests"]["failed"] == 0
             and gap is not None
             and ttft is not None
+            and median is not None
             and gap <= GAP_P99_BOUND_MS
             and ttft <= TTFT_P99_BOUND_MS
+            and median <= GAP_P50_BOUND_MS
         )
 
 
@@ -456,7 +467,8 @@ def sweep(context: Context, spec: ServerSpec, results: Results) -> None:
             measured = context.bench(server, options, plan.sweep_s + REQUEST_TIMEOUT_S + 60)
             results.sweep.append((level, measured))
             _say(
-                f"  {spec.name:<9} {level:>5} streams: gap p99 {_ms(measured.p99('itl_ms'))}, "
+                f"  {spec.name:<9} {level:>5} streams: gap p50 {_ms(measured.p50('itl_ms'))}, "
+                f"p99 {_ms(measured.p99('itl_ms'))}, "
                 f"TTFT p99 {_ms(measured.p99('ttft_ms'))}, failed "
                 f"{measured.report['requests']['failed']}, "
                 f"{_num(measured.server_us_per_event, 1)} µs/event, server "
@@ -629,7 +641,7 @@ def table(results: dict[str, Results], plan: Plan) -> str:
     )
     row("RSS idle (warm), MiB (↓)", lambda r: r.idle_rss_kib / 1024 if r.idle_rss_kib else None, 1)
     for level in plan.levels:
-        cells = [f"{level:,} streams: gap p99 / TTFT p99 ms, µs per event"]
+        cells = [f"{level:,} streams: gap p50 / p99, TTFT p99 ms; µs per event"]
         for spec in specs:
             measured = _measured_at(results[spec.name], level)
             cells.append("" if measured is None else _sweep_cell(measured))
@@ -686,8 +698,8 @@ def _client_mark(measured: Measured | None) -> str:
 def _sweep_cell(measured: Measured) -> str:
     failed = measured.report["requests"]["failed"]
     return (
-        f"{_num(measured.p99('itl_ms'), 1)} / {_num(measured.p99('ttft_ms'), 1)}, "
-        f"{_num(measured.server_us_per_event)}"
+        f"{_num(measured.p50('itl_ms'), 1)} / {_num(measured.p99('itl_ms'), 1)}, "
+        f"{_num(measured.p99('ttft_ms'), 1)}; {_num(measured.server_us_per_event)}"
         + (f", {failed} failed" if failed else "")
         + ("" if measured.clean else " ✗")
         + _client_mark(measured)
@@ -814,7 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(
         f"\nstreamapi benchmark ({'quick' if args.quick else 'full'} run, {elapsed:.0f} s): "
         f"{TOKENS} tokens per stream, one per event, {PACING_MS:g} ms apart; clean = gap p99 "
-        f"<= {GAP_P99_BOUND_MS:g} ms, TTFT p99 <= {TTFT_P99_BOUND_MS:g} ms, no errors\n"
+        f"<= {GAP_P99_BOUND_MS:g} ms and p50 <= {GAP_P50_BOUND_MS:g} ms, TTFT p99 <= "
+        f"{TTFT_P99_BOUND_MS:g} ms, no errors\n"
         f"machine: {machine(server_core, load_core)}\n"
         f"other load: 1-minute load average {load_before} before the run; other processes "
         f"took {_spread(context.foreign)} of the server's core during the measured runs\n\n"
