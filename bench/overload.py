@@ -14,7 +14,7 @@ Starts `streamapi serve` on 127.0.0.1 with a per-worker stream cap
 The server is pinned to core 0 and this client to core 1 when the machine has two.
 
     python bench/overload.py        # cap 128, 500 extra requests/s for 10 s, burst 1,000
-    python bench/overload.py --cap 256 --rate 1000 --duration 30 --json
+    python bench/overload.py --cap 350 --rate 1000 --duration 30 --json
 """
 
 from __future__ import annotations
@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     options = [
         "--max-concurrent-requests", str(args.cap),
         "--time-to-first-token-ms", "20", "--inter-token-latency-ms", str(ITL_MS),
+        # Every held stream paced at ITL_MS, as in bench/run.py: the engine model's
+        # batch slowdown and slot limit would leave the server half idle.
+        "--load-factor", "0", "--max-num-seqs", "100000",
         "--log-level", "warning",
     ]  # fmt: skip
     pinned = _pin_self_to_second_core()
