@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, cast
+
+import httpx
 
 DONE = "[DONE]"
+# A stream that sends more events than this is a server bug, not a long answer.
+MAX_EVENTS = 5_000
+
+
+async def live_payloads(response: httpx.Response) -> AsyncGenerator[str]:
+    """The ``data:`` payloads of a streamed response, as they arrive."""
+    pending = b""
+    count = 0
+    # aiter_raw is an async generator, typed as a plain iterator.
+    raw = cast(AsyncGenerator[bytes], response.aiter_raw())
+    async with contextlib.aclosing(raw) as pieces:
+        async for piece in pieces:
+            *frames, pending = (pending + piece).split(b"\n\n")
+            for frame in frames:
+                count += 1
+                assert count < MAX_EVENTS, "runaway stream"
+                assert frame.startswith(b"data: "), frame
+                yield frame[len(b"data: ") :].decode()
 
 
 def events(body: str) -> list[str]:

@@ -299,7 +299,8 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="A stream whose client takes longer than this to accept one write is "
-        "dropped and its resources freed.",
+        "dropped and its resources freed (checked four times per timeout: within 1.5 times "
+        "this).",
     )
     keep_alive_timeout_s: int = Field(
         default=5,

@@ -11,12 +11,13 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+
+from tests.sse_helpers import live_payloads
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import ServerFactory, ServerProcess
@@ -25,7 +26,6 @@ pytestmark = pytest.mark.e2e
 
 CHAT = "/v1/chat/completions"
 DONE = "[DONE]"
-MAX_EVENTS = 5_000
 STREAM_TIMEOUT_S = 30.0
 
 
@@ -69,29 +69,13 @@ def _body(**extra: Any) -> dict[str, Any]:
     return {"prompt": "Explain streaming APIs", "stream": True, **extra}
 
 
-async def _payloads(response: httpx.Response) -> AsyncGenerator[str]:
-    """The ``data:`` payloads of a stream, as they arrive."""
-    pending = b""
-    count = 0
-    # aiter_raw is an async generator, typed as a plain iterator.
-    raw = cast(AsyncGenerator[bytes], response.aiter_raw())
-    async with contextlib.aclosing(raw) as pieces:
-        async for piece in pieces:
-            *frames, pending = (pending + piece).split(b"\n\n")
-            for frame in frames:
-                count += 1
-                assert count < MAX_EVENTS, "runaway stream"
-                assert frame.startswith(b"data: "), frame
-                yield frame[len(b"data: ") :].decode()
-
-
 async def _stream(
     client: httpx.AsyncClient, body: dict[str, Any], first: asyncio.Event | None = None
 ) -> Streamed:
     """Read one stream to its end; set ``first`` when its first event arrives."""
     payloads: list[str] = []
     async with client.stream("POST", CHAT, json=body) as response:
-        async with contextlib.aclosing(_payloads(response)) as events:
+        async with contextlib.aclosing(live_payloads(response)) as events:
             async for payload in events:
                 payloads.append(payload)
                 if first is not None:
@@ -104,7 +88,7 @@ async def _open_and_read_first(
 ) -> tuple[int, str]:
     """Open a stream that stays open until ``stack`` closes; its status and first payload."""
     response = await stack.enter_async_context(client.stream("POST", CHAT, json=_body()))
-    events = await stack.enter_async_context(contextlib.aclosing(_payloads(response)))
+    events = await stack.enter_async_context(contextlib.aclosing(live_payloads(response)))
     return response.status_code, await anext(events)
 
 
@@ -296,7 +280,7 @@ async def test_sigterm_grace_period_over_ends_stream_still_waiting_for_first_tok
     async with (
         _client(server) as client,
         client.stream("POST", CHAT, json=_body()) as response,
-        contextlib.aclosing(_payloads(response)) as events,
+        contextlib.aclosing(live_payloads(response)) as events,
     ):
         load_at_sigterm = await _wait_for_load(client, 1, timeout_s=2.0)
         sigterm_at = time.monotonic()

@@ -13,15 +13,16 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from openai import OpenAI
 
 from tests.e2e.conftest import FAST_PACING
+from tests.sse_helpers import live_payloads
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import ServerFactory, ServerProcess
@@ -30,7 +31,6 @@ pytestmark = pytest.mark.e2e
 
 CHAT = "/v1/chat/completions"
 DONE = "[DONE]"
-MAX_EVENTS = 5_000
 DRAINING = re.compile(r"Draining: (\d+) request\(s\) in flight")
 
 
@@ -89,18 +89,15 @@ async def _worker_pids(server: ServerProcess, count: int, timeout_s: float) -> s
     return seen
 
 
-async def _payloads(response: httpx.Response) -> AsyncGenerator[str]:
-    pending = b""
-    count = 0
-    raw = cast(AsyncGenerator[bytes], response.aiter_raw())
-    async with contextlib.aclosing(raw) as pieces:
-        async for piece in pieces:
-            *frames, pending = (pending + piece).split(b"\n\n")
-            for frame in frames:
-                count += 1
-                assert count < MAX_EVENTS, "runaway stream"
-                assert frame.startswith(b"data: "), frame
-                yield frame[len(b"data: ") :].decode()
+async def _two_workers(
+    factory: ServerFactory, reaper: set[int], *options: str
+) -> tuple[ServerProcess, set[int]]:
+    """``serve --workers 2`` with ``options``, once both workers answer; their pids."""
+    server = factory("--workers", "2", "--time-to-first-token-ms", "20", *options)
+    assert len(await _worker_pids(server, 2, timeout_s=10)) == 2
+    workers = _children(server.process.pid)
+    reaper.update(workers)
+    return server, workers
 
 
 async def _streams_through_sigterm(
@@ -117,7 +114,7 @@ async def _streams_through_sigterm(
         payloads = []
         async with client.stream("POST", CHAT, json=body) as response:
             assert response.status_code == 200
-            async with contextlib.aclosing(_payloads(response)) as events:
+            async with contextlib.aclosing(live_payloads(response)) as events:
                 async for payload in events:
                     payloads.append(payload)
                     first.set()
@@ -165,16 +162,13 @@ async def test_two_workers_answer_from_two_processes_and_stream_through_the_sdk(
 async def test_sigterm_with_two_workers_and_1000_open_streams_finishes_them_all(
     server_factory: ServerFactory, reaper: set[int]
 ) -> None:
-    server = server_factory(
-        "--workers", "2",
-        "--time-to-first-token-ms", "20",
+    server, workers = await _two_workers(
+        server_factory,
+        reaper,
         "--inter-token-latency-ms", "20",
         "--max-num-seqs", "1000",
         "--shutdown-grace-period-s", "20",
     )  # fmt: skip
-    assert len(await _worker_pids(server, 2, timeout_s=10)) == 2
-    workers = _children(server.process.pid)
-    reaper.update(workers)
     body = {
         "model": "sim-small",
         "messages": [{"role": "user", "content": "Explain streaming"}],
@@ -208,15 +202,12 @@ async def test_sigterm_with_two_workers_and_1000_open_streams_finishes_them_all(
 async def test_sigterm_with_two_workers_ends_streams_open_at_the_grace_deadline(
     server_factory: ServerFactory, reaper: set[int]
 ) -> None:
-    server = server_factory(
-        "--workers", "2",
-        "--time-to-first-token-ms", "20",
+    server, workers = await _two_workers(
+        server_factory,
+        reaper,
         "--inter-token-latency-ms", "500",
         "--shutdown-grace-period-s", "1",
     )  # fmt: skip
-    assert len(await _worker_pids(server, 2, timeout_s=10)) == 2
-    workers = _children(server.process.pid)
-    reaper.update(workers)
     # ~350 tokens at 500 ms: each stream would last minutes, far past the 1 s grace period.
     body = {"prompt": "Explain streaming APIs", "stream": True}
     results, sigterm_at = await _streams_through_sigterm(server, 20, body, timeout_s=10)
