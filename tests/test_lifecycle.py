@@ -207,3 +207,17 @@ async def test_keep_alive_comments_fill_a_silent_wait_and_stop_with_the_stream(
     assert text.index(": ping") < text.index("data: ")
     assert text.endswith("data: [DONE]\n\n")
     assert len(chunks(text.replace(": ping\n\n", ""))) >= 4
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [Settings(time_to_first_token_ms=600, inter_token_latency_ms=0, send_timeout_s=0.2)],
+)
+async def test_a_first_token_slower_than_the_send_timeout_is_not_a_stalled_client(
+    client: httpx.AsyncClient,
+) -> None:
+    # The send timeout measures time inside one write; waiting for the engine
+    # between writes, however long, must not drop the stream.
+    response = await client.post(URL, json=_chat(stream=True, max_tokens=3))
+    assert response.status_code == 200
+    assert len(chunks(response.text)) >= 4

@@ -199,6 +199,9 @@ class EventStreamResponse(EventSourceResponse):
             watchdog.sending = True
             start = {"type": "http.response.start", "status": self.status_code}
             await send({**start, "headers": self.raw_headers})
+            # Waiting for a frame (a long first token, a slow upstream) is not a
+            # stalled send: only time inside send counts.
+            watchdog.sending = False
             watchdog.sent += 1
             async for frame in frames:
                 watchdog.sending = True
@@ -255,8 +258,8 @@ class _SendWatchdog:
     The stream's loop flags each send (``sending``, ``sent``); this checks the
     flags a few times per timeout from one timer, instead of arming and
     cancelling a timer around every send, which cost about 13 % of a paced
-    stream's CPU (docs/performance.md). A send is cut between 1 and 1.5 times ``timeout_s`` after it
-    began. With no timeout it never fires.
+    stream's CPU (docs/performance.md). A send is cut between 1 and 1.5 times
+    ``timeout_s`` after it began. With no timeout it never fires.
     """
 
     __slots__ = ("_interval", "_loop", "_seen", "_stalled", "_task", "_timer", "sending", "sent")
