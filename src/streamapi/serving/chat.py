@@ -202,7 +202,9 @@ class _ChunkWriter:
             self._started.add(index)
             frames.append(self._chunk(index, {"role": "assistant", "content": ""}))
         self._usage.add(delta, index)
-        pending = self._pending.setdefault(index, _Pending())
+        pending = self._pending.get(index)
+        if pending is None:
+            pending = self._pending[index] = _Pending()
         if pending.deltas and (
             delta.tool_call is not None
             or (delta.channel, delta.tool_index) != (pending.channel, pending.tool_index)
