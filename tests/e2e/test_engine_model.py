@@ -29,6 +29,7 @@ CHAT = "/v1/chat/completions"
 TIMEOUT_S = 30.0
 # Late wake-ups make every figure larger, never smaller; this covers clock rounding.
 EARLY_S = 0.002
+ARRIVAL_SPREAD_S = 0.010
 
 
 @dataclass
@@ -123,8 +124,10 @@ async def test_more_requests_than_max_num_seqs_queue_as_the_model_predicts(
     assert grew("vllm:request_success_total") == requests
     assert grew("vllm:generation_tokens_total") == requests * tokens
     assert grew("vllm:time_to_first_token_seconds_count") == requests
+    # The requests reach the engine a few ms apart (each is parsed and planned in
+    # turn, slower on a busy CI machine), which shortens the later ones' waits.
     assert grew("vllm:request_queue_time_seconds_sum") >= sum(
-        (k // 2) * occupancy_s - EARLY_S for k in range(requests)
+        (k // 2) * occupancy_s - ARRIVAL_SPREAD_S for k in range(requests)
     )
     server_ttft = grew("vllm:time_to_first_token_seconds_sum")
     client_ttft = sum(ttfts)
