@@ -204,7 +204,7 @@ async def respond(
         plan.job,
         arrived_at=_arrived_at(request),
         overrides=plan.overrides(_test_overrides(request, state["settings"])),
-        request_id=getattr(request.state, "request_id", None),
+        request_id=_scoped(request, "request_id"),
         lease=lease,
     )
     plan.arm(admission)
@@ -225,7 +225,7 @@ async def respond(
 
 def principal_of(request: Request) -> Principal | None:
     """The caller's key (``AuthMiddleware``), or None when auth is off."""
-    principal = getattr(request.state, "principal", None)
+    principal = _scoped(request, "principal")
     return principal if isinstance(principal, Principal) else None
 
 
@@ -310,9 +310,18 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
     return task.result()
 
 
+def _scoped(request: Request, key: str) -> Any:
+    """A value the middleware put in this request's state, or None.
+
+    Read from the scope's dict: ``request.state`` builds a wrapper object on
+    first use, on every request's hot path.
+    """
+    return request.scope.get("state", {}).get(key)
+
+
 def _arrived_at(request: Request) -> float:
     """When the request reached the app (stamped by the outermost middleware)."""
-    arrived_at = getattr(request.state, "arrived_at", None)
+    arrived_at = _scoped(request, "arrived_at")
     if isinstance(arrived_at, float):
         return arrived_at
     return asyncio.get_running_loop().time()

@@ -101,7 +101,8 @@ class Control:
         """Decide everything about ``job`` before admission; refusals raise ``APIError``."""
         state: dict[str, Any] = request.scope.setdefault("state", {})
         entry: JournalEntry | None = state.get(ENTRY_KEY)
-        endpoint = ENDPOINT_PATHS.get(request.url.path)
+        # The matched route's path: building request.url parses the whole URL.
+        endpoint = ENDPOINT_PATHS.get(getattr(request.scope.get("route"), "path", ""))
         template = job.choices[0]
         facts = Facts.of(endpoint, template, request.headers)
         if entry is not None:
