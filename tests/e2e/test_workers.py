@@ -241,3 +241,14 @@ async def test_a_worker_that_dies_is_replaced_and_logged(
     assert killed not in after
     assert f"pid {killed}] died (exit code -9); starting a new one" in server.log()
     assert server.stop() == 0
+
+
+async def test_workers_stop_when_their_parent_is_killed(
+    server_factory: ServerFactory, reaper: set[int]
+) -> None:
+    # SIGKILL leaves the parent no chance to pass SIGTERM on: the kernel does it
+    # (PR_SET_PDEATHSIG), and the workers drain instead of serving on, orphaned.
+    server, workers = await _two_workers(server_factory, reaper, "--shutdown-grace-period-s", "2")
+    server.process.kill()
+    server.process.wait(timeout=10)
+    assert _wait_gone(workers, timeout_s=2 + 10) == set()
