@@ -71,9 +71,10 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         le=64,
-        description="Server processes sharing the listening socket, each with its own event "
-        "loop, engine, metrics, Responses store, control state and concurrency caps (the "
-        "caps and limits are per process). 1 serves from this process alone.",
+        description="Server processes on the same address (a listening socket each, with "
+        "SO_REUSEPORT where the OS has it), each with its own event loop, engine, metrics, "
+        "Responses store, control state and concurrency caps (the caps and limits are per "
+        "process). 1 serves from this process alone.",
     )
 
     # --- models ---------------------------------------------------------------

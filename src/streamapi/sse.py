@@ -122,22 +122,18 @@ class EventStreamResponse(EventSourceResponse):
         self._on_finish = on_finish
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
-        # sse-starlette's own paths (HEAD) come here; the stream's loop calls _send.
-        task = asyncio.current_task()
-        assert task is not None
-        await self._send(send, message, task)
-
-    async def _send(self, send: Send, message: Message, task: asyncio.Task[Any]) -> None:
         """``send``, or ``SendTimeoutError`` if the client takes over ``send_timeout`` to take it.
 
-        sse-starlette wraps every send in an anyio cancel scope, which costs more
-        than the rest of a frame's work; one timer per send, cancelled at once
-        when the send returns (the usual case), cancels ``task`` (the sender) if
-        it fires.
+        Only the rare sends come here (pings, sse-starlette's HEAD path); the
+        stream's frames go through ``_SendWatchdog``. sse-starlette wraps each
+        send in an anyio cancel scope; one timer, cancelled as soon as the send
+        returns, gives the same ``SendTimeoutError`` for less.
         """
         if self.send_timeout is None:
             await send(message)
             return
+        task = asyncio.current_task()
+        assert task is not None
         timer = asyncio.get_running_loop().call_later(
             self.send_timeout, task.cancel, _SEND_TIMED_OUT
         )
