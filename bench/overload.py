@@ -103,15 +103,17 @@ async def _request(port: int, payload: bytes, outcomes: Outcomes) -> None:
         outcomes.retry_after.add(headers.get("retry-after", ""))
 
 
-async def _hold(port: int, payload: bytes, opened: asyncio.Queue[int], done: list[bool]) -> None:
-    """One of the streams that fill the cap: report its status once the head arrives."""
+async def _hold(port: int, payload: bytes, opened: asyncio.Queue[int]) -> None:
+    """One of the streams that fill the cap: report its status once the head arrives,
+    then read until the run cancels it (it is planned to outlast the run)."""
     reader, writer = await asyncio.open_connection(HOST, port)
     writer.write(payload)
     head = await reader.readuntil(b"\r\n\r\n")
     opened.put_nowait(int(head.split(b" ", 2)[1]))
-    body = await reader.read()
-    done.append(b"data: [DONE]" in body)
-    writer.close()
+    try:
+        await reader.read()
+    finally:
+        writer.close()
 
 
 async def _probe_health(port: int, stop: asyncio.Event, latencies: list[float]) -> None:
@@ -185,8 +187,7 @@ async def _run(
     hold_s = duration_s + 15
     hold_payload = _chat_request(int(hold_s * 1000 / ITL_MS))
     opened: asyncio.Queue[int] = asyncio.Queue()
-    finished: list[bool] = []
-    holders = [asyncio.create_task(_hold(port, hold_payload, opened, finished)) for _ in range(cap)]
+    holders = [asyncio.create_task(_hold(port, hold_payload, opened)) for _ in range(cap)]
     held = [await asyncio.wait_for(opened.get(), timeout=30) for _ in range(cap)]
     steady = Outcomes()
     steady_phase = await _phase(
@@ -194,12 +195,15 @@ async def _run(
     )
     burst_outcomes = Outcomes()
     burst_phase = await _phase(pid, port, asyncio.create_task(_burst(port, burst, burst_outcomes)))
+    # Planned to outlast both phases: one that ended already was cut short.
+    cut_short = sum(holder.done() for holder in holders)
     for holder in holders:
         holder.cancel()
     await asyncio.gather(*holders, return_exceptions=True)
     return {
         "cap": cap,
         "cap_streams_accepted": held.count(200),
+        "cap_streams_cut_short": cut_short,
         "steady": {
             "rate_per_s": rate,
             "duration_s": duration_s,
@@ -252,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     steady, burst = result["steady"], result["burst"]
     assert isinstance(steady, dict) and isinstance(burst, dict)
     failed = steady["errors"] or burst["errors"] or set(steady["statuses"]) - {429}
-    return 1 if failed or code != 0 or result["cap_streams_accepted"] != args.cap else 0
+    held_ok = result["cap_streams_accepted"] == args.cap and result["cap_streams_cut_short"] == 0
+    return 1 if failed or code != 0 or not held_ok else 0
 
 
 if __name__ == "__main__":
