@@ -1,7 +1,7 @@
 """HTTP routes, one module per API: parse, validate, dispatch to ``serving``, wrap.
 
-``router`` holds every route; ``ERROR_DIALECTS`` says which routes answer
-errors in SSE (for curl) or in Anthropic's envelope.
+``ROUTERS`` hold every route but the admin API's; ``ERROR_DIALECTS`` says
+which routes answer errors in SSE (for curl) or in Anthropic's envelope.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from fastapi import APIRouter
 from streamapi.api import anthropic, openai, ops, responses
 from streamapi.errors import ErrorDialects
 
-router = APIRouter()
-for _module in (openai, responses, anthropic, ops):
-    router.include_router(_module.router)
+ROUTERS: tuple[APIRouter, ...] = (openai.router, responses.router, anthropic.router, ops.router)
 
 ERROR_DIALECTS = ErrorDialects(sse_paths=openai.SSE_PATHS, anthropic_paths=anthropic.PATHS)
