@@ -15,7 +15,7 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from streamapi import logs
+from streamapi import logs, sse
 from streamapi.errors import (
     APIError,
     AuthenticationError,
@@ -58,6 +58,11 @@ class RequestMiddleware:
         sent = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = sent if _SAFE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
         state["request_id"] = request_id
+        # A stream's body frames come back to this layer's caller directly: what
+        # lies between (this layer, the control journal, auth, the body limit,
+        # Starlette's exception handling) acts on a response's start only, or on
+        # an error status's body, which a stream's 200 never has.
+        scope[sse.BODY_SEND_KEY] = send
         # For the log lines of this request's task and the tasks it starts; the
         # server runs each request in a task of its own, so nothing leaks.
         logs.request_id.set(request_id)
@@ -77,6 +82,9 @@ class RequestMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            # The server's send holds the scope: a reference cycle, left to the
+            # garbage collector (which serve runs rarely) unless broken here.
+            del scope[sse.BODY_SEND_KEY]
             route = scope.get("route")
             # Unmatched paths share one label: clients must not mint label values.
             template = getattr(route, "path", None) or "unmatched"

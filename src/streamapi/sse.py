@@ -33,6 +33,10 @@ SEP = "\n"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 # [DONE] is not JSON: OpenAI's clients stop on it before parsing.
 DONE = b"data: [DONE]\n\n"
+# Where the outermost middleware leaves the ``send`` it was given, for a stream's
+# body frames: the layers inside it touch only a response's start (and an error
+# status's body), so each frame skips their wrappers (docs/performance.md).
+BODY_SEND_KEY = "streamapi.body_send"
 
 
 def encode_data(payload: Any) -> bytes:
@@ -154,7 +158,7 @@ class EventStreamResponse(EventSourceResponse):
             if scope["method"] == "HEAD":
                 await super().__call__(scope, receive, send)
             else:
-                await self._serve(receive, send)
+                await self._serve(receive, send, scope.get(BODY_SEND_KEY, send))
         except SendTimeoutError:
             # A client that stopped reading; its generator has been closed.
             logger.warning("Dropped a stream whose client stopped reading")
@@ -166,7 +170,7 @@ class EventStreamResponse(EventSourceResponse):
             if self._on_finish is not None:
                 await self._on_finish()
 
-    async def _serve(self, receive: Receive, send: Send) -> None:
+    async def _serve(self, receive: Receive, send: Send, body_send: Send) -> None:
         """The stream in the request's own task, and one task that watches for disconnects.
 
         sse-starlette runs four anyio tasks per response (stream, disconnect,
@@ -175,6 +179,10 @@ class EventStreamResponse(EventSourceResponse):
         a watcher cancels it when the client disconnects, pings (when on) get a
         task of their own, and shutdown is ``Lifecycle``'s drain, not a signal
         listener. What the client sees is the same.
+
+        The response's start goes through ``send``, every layer of middleware;
+        the frames through ``body_send`` (``BODY_SEND_KEY``), past the layers
+        that only look at a response's start.
         """
         task = asyncio.current_task()
         assert task is not None
@@ -201,14 +209,14 @@ class EventStreamResponse(EventSourceResponse):
             watchdog.sent += 1
             async for frame in frames:
                 watchdog.sending = True
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
+                await body_send({"type": "http.response.body", "body": frame, "more_body": True})
                 watchdog.sending = False
                 watchdog.sent += 1
             if self._on_complete is not None:
                 self._on_complete()
             self.active = streaming = False
             watchdog.sending = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await body_send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError as cancel:
             streaming = False
             if cancel.args == (_SEND_TIMED_OUT,):
