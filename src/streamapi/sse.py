@@ -171,6 +171,17 @@ class EventStreamResponse(EventSourceResponse):
                 await self._on_finish()
 
     async def _serve(self, receive: Receive, send: Send, body_send: Send) -> None:
+        """``_stream`` in a task of its own, which the request's task awaits.
+
+        Every wake-up of a task resumes each coroutine it awaits through, and
+        the request's task awaits through two dozen layers of server, framework
+        and middleware: a token resumed there costs each of them, twice. A task
+        whose stack starts at ``_stream`` pays that once per response instead.
+        Cancelling the request's task cancels this one (it is what it awaits).
+        """
+        await asyncio.get_running_loop().create_task(self._stream(receive, send, body_send))
+
+    async def _stream(self, receive: Receive, send: Send, body_send: Send) -> None:
         """The stream in the request's own task, and one task that watches for disconnects.
 
         sse-starlette runs four anyio tasks per response (stream, disconnect,
