@@ -18,10 +18,12 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from pydantic import ValidationError
 
 from streamapi.app import create_app
 from streamapi.engines.prefix_cache import BLOCK_TOKENS
+from streamapi.metrics import _ITL_BUCKETS, LoopHistogram
 from streamapi.settings import Settings
 from streamapi.text.tokenizer import count_chat_tokens
 from tests.asgi_driver import URL, Exchange, samples, value
@@ -353,3 +355,30 @@ def test_a_profile_presets_the_latency_settings_and_explicit_ones_win() -> None:
 def test_a_kv_budget_below_the_context_length_is_refused() -> None:
     with pytest.raises(ValidationError, match="kv_cache_tokens"):
         Settings(kv_cache_tokens=1000, max_model_len=2048)
+
+
+@pytest.mark.parametrize(
+    "observations",
+    [[], [0.02], [0.0, 0.001, 0.0010001, 0.02, 0.02, 79.9, 80.0, 80.1, 1e9]],
+)
+def test_the_per_token_histogram_renders_as_prometheus_clients_would(
+    observations: list[float],
+) -> None:
+    # LoopHistogram replaces prometheus_client's Histogram on the per-token path:
+    # a scraper must see the same series, buckets and values (bar _created).
+    ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
+    ours = LoopHistogram(
+        "vllm:x_seconds", "Doc.", _ITL_BUCKETS, label=("model_name", "m"), registry=ours_registry
+    )
+    theirs = Histogram(
+        "vllm:x_seconds", "Doc.", ("model_name",), buckets=_ITL_BUCKETS, registry=theirs_registry
+    ).labels("m")
+    for amount in observations:
+        ours.observe(amount)
+        theirs.observe(amount)
+
+    def lines(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return [line for line in text.splitlines() if "_created" not in line]
+
+    assert lines(ours_registry) == lines(theirs_registry)

@@ -12,7 +12,9 @@ counts ``n`` times, as in vLLM, whose engine splits such requests into ``n``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import math
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +24,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -40,6 +45,48 @@ _REQUEST_BUCKETS = (
     50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 _TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+
+
+class LoopHistogram(Collector):
+    """A histogram with one label value, observed from the event loop's thread only.
+
+    The client-side latencies are observed once per token: prometheus_client's
+    ``Histogram.observe`` takes two locks and scans the buckets (about 1 µs),
+    this a bisect and two additions (about 0.2 µs). ``/metrics`` renders it as
+    the same ``_bucket``, ``_count`` and ``_sum`` series (no ``_created``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: tuple[float, ...],
+        *,
+        label: tuple[str, str],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        self._bounds = [*buckets, math.inf]
+        self._les = [floatToGoString(bound) for bound in self._bounds]  # type: ignore[no-untyped-call]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        """Count one observation (in the first bucket whose bound is at least ``amount``)."""
+        self._counts[bisect.bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=[self._label[0]])
+        cumulative, buckets = 0, []
+        for le, count in zip(self._les, self._counts, strict=True):
+            cumulative += count
+            buckets.append((le, cumulative))
+        family.add_metric([self._label[1]], buckets, sum_value=self._sum)
+        yield family
 
 
 class Metrics:
@@ -76,20 +123,26 @@ class Metrics:
             model,
             registry=registry,
         ).labels(model_name)
-        self.time_to_first_token = histogram(
+        self.time_to_first_token = LoopHistogram(
             "vllm:time_to_first_token_seconds",
             "From request arrival to the first content frame handed to the response.",
             _TTFT_BUCKETS,
+            label=("model_name", model_name),
+            registry=registry,
         )
-        self.inter_token_latency = histogram(
+        self.inter_token_latency = LoopHistogram(
             "vllm:inter_token_latency_seconds",
             "Between two content frames of one sequence, as handed to the response.",
             _ITL_BUCKETS,
+            label=("model_name", model_name),
+            registry=registry,
         )
-        self.e2e_request_latency = histogram(
+        self.e2e_request_latency = LoopHistogram(
             "vllm:e2e_request_latency_seconds",
             "From request arrival to the sequence's last frame handed to the response.",
             _REQUEST_BUCKETS,
+            label=("model_name", model_name),
+            registry=registry,
         )
         self.request_queue_time = histogram(
             "vllm:request_queue_time_seconds",
