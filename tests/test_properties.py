@@ -9,8 +9,10 @@ from hypothesis import given, settings, strategies as st
 from openai._streaming import SSEDecoder
 
 from streamapi import sse
-from streamapi.engines import ChatMessage, GenerationRequest
+from streamapi.engines import ChatMessage, GenerationRequest, TokenDelta, ToolCallStart
 from streamapi.engines.planner import Planner
+from streamapi.serving.chat import ChatJob, _ChunkWriter
+from streamapi.serving.core import Job
 from streamapi.text.tokenizer import tokenize
 
 DETERMINISTIC = settings(max_examples=300, derandomize=True, deadline=None)
@@ -82,3 +84,56 @@ def test_stop_sequences_never_leak_into_the_answer(
     plan = _PLANNER.plan(request)
     assert not any(stop in plan.text for stop in stops)
     assert plan.finish_reason in ("stop", "length")
+
+
+class _NoShortcut(dict[int, sse.DataTemplate]):
+    """A ``_ChunkWriter._plain`` that never holds a template: every delta takes the long way."""
+
+    def __setitem__(self, key: int, value: sse.DataTemplate) -> None:
+        pass
+
+
+_TEXT = st.text(min_size=0, max_size=6)
+_DELTA = st.one_of(
+    st.builds(TokenDelta, _TEXT),
+    st.builds(TokenDelta, _TEXT, channel=st.just("reasoning")),
+    st.builds(
+        lambda i: TokenDelta("", tool_call=ToolCallStart(i, f"call_{i}", "f")), st.integers(0, 2)
+    ),
+    st.builds(TokenDelta, _TEXT, channel=st.just("tool_call"), tool_index=st.just(0)),
+    st.builds(TokenDelta, _TEXT, cached_prompt_tokens=st.integers(0, 3)),
+)
+
+
+@DETERMINISTIC
+@given(
+    choices=st.lists(st.lists(_DELTA, max_size=12), min_size=1, max_size=2),
+    finish=st.sampled_from(["stop", "length", "tool_calls"]),
+    include_usage=st.booleans(),
+)
+def test_the_one_token_shortcut_writes_the_same_frames(
+    choices: list[list[TokenDelta]], finish: str, include_usage: bool
+) -> None:
+    # _ChunkWriter fills a plain content token straight into its template; the
+    # frames must be those that its general path writes for the same deltas.
+    request = GenerationRequest(model="m", messages=(ChatMessage("user", "hi"),))
+    job = Job(
+        id="chatcmpl-1", created=1, model="m", choices=(request,) * len(choices), prompt_tokens=3
+    )
+    chat = ChatJob(job=job, include_usage=include_usage, continuous_usage=False, logprobs=False)
+    fast, slow = _ChunkWriter(chat, 1), _ChunkWriter(chat, 1)
+    slow._plain = _NoShortcut()
+    per_choice: list[list[tuple[int, TokenDelta]]] = []
+    for index, deltas in enumerate(choices):
+        opened = False
+        kept = []
+        for delta in deltas:
+            opened = opened or delta.tool_call is not None
+            if delta.channel != "tool_call" or opened:  # arguments follow an opened call
+                kept.append((index, delta))
+        per_choice.append([*kept, (index, TokenDelta("", finish_reason=finish))])  # type: ignore[arg-type]
+    # The choices' deltas interleave, as two choices' tokens do.
+    ordered = [pair for step in itertools.zip_longest(*per_choice) for pair in step if pair]
+    for index, delta in ordered:
+        assert fast.add(index, delta) == slow.add(index, delta)
+    assert fast.usage_chunk() == slow.usage_chunk()

@@ -195,8 +195,22 @@ class _ChunkWriter:
         # encoded once per choice; with logprobs or running usage they vary more.
         self._templated = not chat.logprobs and not chat.continuous_usage
         self._content: dict[int, sse.DataTemplate] = {}
+        # With one token per event, a started choice's plain content tokens need
+        # none of the grouping below: each is its template filled.
+        self._plain: dict[int, sse.DataTemplate] = {}
 
     def add(self, index: int, delta: TokenDelta) -> list[bytes]:
+        template = self._plain.get(index)
+        if (
+            template is not None
+            and delta.text
+            and delta.finish_reason is None
+            and delta.channel == "content"
+            and delta.tool_call is None
+            and delta.usage is None
+        ):
+            self._usage.add(delta, index)
+            return [template.fill(delta.text)]
         frames: list[bytes] = []
         if index not in self._started:
             self._started.add(index)
@@ -245,6 +259,8 @@ class _ChunkWriter:
             template = self._content.get(index)
             if template is None:
                 template = self._content[index] = self._template(index)
+                if self._per_event == 1:
+                    self._plain[index] = template
             return template.fill(text)
         else:
             delta = {"content": text}
