@@ -198,6 +198,11 @@ class Engine(Protocol):
     event) raises its ``APIError`` there and the client gets a real HTTP status.
     Errors after ``open`` arrive as in-stream errors.
 
+    It may also have ``take_ready() -> list[TokenDelta]``: the deltas it holds
+    ready now, taken without waiting. Serving calls it after each delta it
+    awaits, so that tokens generated faster than a client reads them share one
+    write (``Generation.batches``).
+
     An engine whose ``stream`` is an async generator admits lazily, at its
     first step, i.e. after the response started: it still works, but its
     refusals then arrive as in-stream errors.

@@ -111,9 +111,11 @@ class ChatService:
         """SSE frames of a streamed chat completion, ending with ``[DONE]``."""
         writer = _ChunkWriter(chat, self._tokens_per_event)
         try:
-            async for index, delta in self._generation.deltas(admission):
-                for frame in writer.add(index, delta):
-                    yield frame
+            async for batch in self._generation.batches(admission):
+                # Deltas that were ready together go out in one write.
+                frames = [frame for index, delta in batch for frame in writer.add(index, delta)]
+                if frames:
+                    yield frames[0] if len(frames) == 1 else b"".join(frames)
             if chat.include_usage:
                 yield writer.usage_chunk()
         except APIError as error:

@@ -104,19 +104,24 @@ class CompletionService:
                 logprobs = _logprobs(list(echo), 0) if completion.logprobs else None
                 offsets[index] = len(text)
                 yield self._chunk(job, index, text, logprobs=logprobs)
-            async for index, delta in self._generation.deltas(admission):
-                usage.add(delta, index)
-                group = pending.setdefault(index, [])
-                if delta.text:
-                    group.append(delta)
-                if group and (len(group) >= self._tokens_per_event or delta.finish_reason):
-                    text = "".join(d.text for d in group)
-                    logprobs = _logprobs(group, offsets[index]) if completion.logprobs else None
-                    offsets[index] += len(text)
-                    yield self._chunk(job, index, text, logprobs=logprobs)
-                    group.clear()
-                if delta.finish_reason is not None:
-                    yield self._chunk(job, index, "", finish_reason=delta.finish_reason)
+            async for batch in self._generation.batches(admission):
+                # Deltas that were ready together go out in one write.
+                frames: list[bytes] = []
+                for index, delta in batch:
+                    usage.add(delta, index)
+                    group = pending.setdefault(index, [])
+                    if delta.text:
+                        group.append(delta)
+                    if group and (len(group) >= self._tokens_per_event or delta.finish_reason):
+                        text = "".join(d.text for d in group)
+                        logprobs = _logprobs(group, offsets[index]) if completion.logprobs else None
+                        offsets[index] += len(text)
+                        frames.append(self._chunk(job, index, text, logprobs=logprobs))
+                        group.clear()
+                    if (finish := delta.finish_reason) is not None:
+                        frames.append(self._chunk(job, index, "", finish_reason=finish))
+                if frames:
+                    yield b"".join(frames)
             if completion.include_usage:
                 yield sse.encode_data(_body(job, [], usage_dict(usage)))
         except APIError as error:

@@ -335,11 +335,20 @@ class Generation:
         return Admission(job, streams, arrived_at=arrived_at, metrics=self._metrics, lease=lease)
 
     async def deltas(self, admission: Admission) -> AsyncIterator[tuple[int, TokenDelta]]:
-        """Every choice's deltas as they come, tagged with the choice index.
+        """Every choice's deltas as they come, tagged with the choice index (``batches``,
+        one by one)."""
+        async for batch in self.batches(admission):
+            for pair in batch:
+                yield pair
 
-        Each token is timed for the latency histograms when it is handed on to
-        be framed. When the shutdown grace period ends while this waits, it
-        raises ``ServiceUnavailableError`` (code ``server_shutting_down``).
+    async def batches(self, admission: Admission) -> AsyncIterator[list[tuple[int, TokenDelta]]]:
+        """Every choice's deltas as they come, tagged with the choice index, in batches.
+
+        A batch is a delta waited for and whatever else the engine holds ready
+        with it (``take_ready``): a stream can frame a batch as one write. Each
+        token is timed for the latency histograms when it is handed on to be
+        framed. When the shutdown grace period ends while this waits, it raises
+        ``ServiceUnavailableError`` (code ``server_shutting_down``).
         """
         streams = admission.streams
         clock = _Stopwatch(admission.arrived_at, self._metrics)
@@ -350,19 +359,24 @@ class Generation:
         try:
             with self._lifecycle.interruptible():
                 if source is not None:
+                    take_ready: Callable[[], list[TokenDelta]] | None = getattr(
+                        source, "take_ready", None
+                    )
                     async for delta in source:
-                        if delta.is_token:
-                            clock.token(0)
-                        if delta.finish_reason is not None:
-                            clock.finish()
-                        yield 0, delta
+                        batch = [delta, *take_ready()] if take_ready is not None else [delta]
+                        for each in batch:
+                            if each.is_token:
+                                clock.token(0)
+                            if each.finish_reason is not None:
+                                clock.finish()
+                        yield [(0, each) for each in batch]
                 elif merged is not None:
                     async for index, delta in merged:
                         if delta.is_token:
                             clock.token(index)
                         if delta.finish_reason is not None:
                             clock.finish()
-                        yield index, delta
+                        yield [(index, delta)]
         except asyncio.CancelledError as cancel:
             if cancel.args != (DRAIN_EXPIRED,):
                 raise
