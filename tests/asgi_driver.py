@@ -42,10 +42,13 @@ class Exchange:
     headers: dict[str, str] = field(default_factory=dict)
     leave_after_content: int | None = None
     leave_at_once: bool = False
+    path: str = URL
     status: int = 0
     response_headers: dict[str, str] = field(default_factory=dict)
     frames: list[Frame] = field(default_factory=list)
     raw: bytes = b""
+    writes: int = 0
+    """Body messages that carried bytes: what the server wrote, one by one."""
     sent_at: float = 0.0
 
     async def run(self) -> Exchange:
@@ -74,6 +77,7 @@ class Exchange:
                 return
             chunk = message.get("body", b"")
             self.raw += chunk
+            self.writes += bool(chunk)
             for frame in chunk.decode().split("\n\n"):
                 if frame.startswith("data: "):
                     self.frames.append(Frame(loop.time() - self.sent_at, frame[6:]))
@@ -85,7 +89,7 @@ class Exchange:
                 gone.set()
 
         self.sent_at = loop.time()
-        await self.app(post_scope(URL, self.headers), receive, send)
+        await self.app(post_scope(self.path, self.headers), receive, send)
         return self
 
     def content_times(self) -> list[float]:

@@ -382,3 +382,37 @@ def test_the_per_token_histogram_renders_as_prometheus_clients_would(
         return [line for line in text.splitlines() if "_created" not in line]
 
     assert lines(ours_registry) == lines(theirs_registry)
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
+async def test_tokens_ready_together_share_a_write_and_paced_ones_do_not(
+    serve: Serve, route: str
+) -> None:
+    # An engine with steps of no length has every token ready at once: they go
+    # out in a few writes, each holding many events. A paced engine's tokens
+    # come one a step, one write each. Either way the events are the same.
+    body = {"max_tokens": 300, "ignore_eos": True, "stream": True, "seed": 1}
+    if route == "/v1/completions":
+        body["prompt"] = QUESTION
+    else:
+        body["messages"] = [{"role": "user", "content": QUESTION}]
+    texts = []
+    for itl in (0, 1):
+        server = await serve(Settings(time_to_first_token_ms=0, inter_token_latency_ms=itl))
+        exchange = server.exchange(body)
+        exchange.path = route
+        (done,) = await server.all(exchange)
+        contents = [f for f in done.frames if f.payload != "[DONE]" and _text(f.json())]
+        assert len(contents) == 300
+        texts.append("".join(_text(f.json()) for f in contents))
+        if itl == 0:
+            assert done.writes <= 10
+        else:
+            assert done.writes >= 300
+    assert texts[0] == texts[1]
+
+
+def _text(chunk: dict[str, Any]) -> str:
+    return "".join(
+        (c.get("delta") or {}).get("content") or c.get("text") or "" for c in chunk["choices"]
+    )

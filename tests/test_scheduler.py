@@ -461,3 +461,63 @@ async def test_the_readme_worked_example(clock: asyncio.AbstractEventLoop) -> No
     assert ms[4:] == [[2479.0, 2490.67, 3634.0]] * 2
     assert queued == [0.0] * 4 + [2339.0] * 2
     await scheduler.aclose()
+
+
+async def test_ready_tokens_are_taken_together_and_the_loop_still_yields() -> None:
+    # Steps of no length run back to back, so a consumer finds many tokens ready
+    # at once (take_ready hands them over, in order) while the step loop still
+    # lets the rest of the event loop run every _TOKENS_PER_WAKE tokens or so.
+    scheduler = Scheduler(BatchModel(max_num_seqs=16))
+    sequences = [sequence(scheduler, f"s{i}", tokens=1000) for i in range(8)]
+    for seq in sequences:
+        scheduler.submit(seq)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def consume(seq: Sequence) -> list[int]:
+        texts: list[str] = []
+        batches: list[int] = []
+        async for delta in seq:
+            more = seq.take_ready()
+            texts += [delta.text, *(d.text for d in more)]
+            batches.append(1 + len(more))
+        assert texts == [f" t{i}" for i in range(1000)]
+        return batches
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        batches = await asyncio.wait_for(asyncio.gather(*map(consume, sequences)), 10)
+    finally:
+        ticking.cancel()
+    # 8,000 tokens in a few hundred writes at most, not 8,000.
+    assert sum(len(b) for b in batches) <= 8 * 20
+    # The loop yielded to other work while it ran: at least once per 2,048 tokens.
+    assert ticks >= 8000 // 2048
+    await scheduler.aclose()
+
+
+async def test_take_ready_carries_the_cached_prompt_count_and_nothing_after_abort(
+    clock: asyncio.AbstractEventLoop,
+) -> None:
+    scheduler = Scheduler(BatchModel(inter_token_latency_ms=0))
+    prompt = [f"p{i}" for i in range(2 * BLOCK_TOKENS)]
+    first = Sequence(scheduler, deltas=plan([" a", " b"], "length"), prompt=list(prompt))
+    scheduler.submit(first)
+    assert [d.text async for d in first] == [" a", " b"]
+    second = Sequence(scheduler, deltas=plan([" a", " b", " c"], "length"), prompt=list(prompt))
+    scheduler.submit(second)
+    await asyncio.sleep(0.001)  # its steps have run: every token is ready
+    ready = second.take_ready()
+    assert [d.text for d in ready] == [" a", " b", " c"]
+    assert ready[0].cached_prompt_tokens == second.cached_tokens > 0
+    assert second.take_ready() == []
+    third = sequence(scheduler, "c", tokens=5)
+    scheduler.submit(third)
+    await third.aclose()
+    assert third.take_ready() == []
+    await scheduler.aclose()
