@@ -155,9 +155,9 @@ class Sequence:
         Tokens produced faster than their consumer reads them (steps of no
         length, or a consumer that fell behind) are handed on together.
         """
-        if self.state is State.ABORTED or self._error is not None:
-            return []
         start, end = self.consumed, self.produced
+        if start >= end or self.state is State.ABORTED or self._error is not None:
+            return []
         self.consumed = end
         ready = self.deltas[start:end]
         if start == 0 and ready and self.cached_tokens:
@@ -306,6 +306,7 @@ class Scheduler:
                     # loop's lateness, so a busy event loop does not slow the model.
                     chained, step_end = step_end, None
                 self._emit_due(now)
+                instant = False
                 if step_end is None:
                     self._running += self._joining
                     self._joining.clear()
@@ -314,14 +315,17 @@ class Scheduler:
                     if self._running:
                         start = chained if chained is not None else now
                         step_end = start + self._step_s(decoding, prefilling, uncached)
+                        instant = step_end == start
                 self._in_step = step_end is not None
                 due = (s.next_due for b in (self._warming, self._paced) for s in b)
                 deadline = min(math.inf if step_end is None else step_end, *due, math.inf)
-                if deadline <= now and budget > 0:
-                    # Due already (a step of no length, or a loop running late): go
-                    # on without yielding, so the consumers find these tokens
-                    # together and send them in one write. The budget bounds how
-                    # long the event loop waits for its other work.
+                if instant and deadline <= now and budget > 0:
+                    # A step of no length is over as it starts: run the next one
+                    # without yielding, so the consumers find these tokens together
+                    # and send them in one write. The budget bounds how long the
+                    # event loop waits for its other work. (A loop running late on
+                    # steps that have a length yields between them, so that
+                    # requests that arrived meanwhile join the next step.)
                     budget -= len(self._running) + 1
                     continue
                 budget = _TOKENS_PER_WAKE

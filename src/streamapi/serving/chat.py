@@ -113,7 +113,10 @@ class ChatService:
         try:
             async for batch in self._generation.batches(admission):
                 # Deltas that were ready together go out in one write.
-                frames = [frame for index, delta in batch for frame in writer.add(index, delta)]
+                if len(batch) == 1:
+                    frames = writer.add(*batch[0])
+                else:
+                    frames = [frame for index, delta in batch for frame in writer.add(index, delta)]
                 if frames:
                     yield frames[0] if len(frames) == 1 else b"".join(frames)
             if chat.include_usage:

@@ -363,13 +363,16 @@ class Generation:
                         source, "take_ready", None
                     )
                     async for delta in source:
-                        batch = [delta, *take_ready()] if take_ready is not None else [delta]
-                        for each in batch:
+                        batch = [(0, delta)]
+                        ready = take_ready() if take_ready is not None else None
+                        if ready:
+                            batch += [(0, each) for each in ready]
+                        for _, each in batch:
                             if each.is_token:
                                 clock.token(0)
                             if each.finish_reason is not None:
                                 clock.finish()
-                        yield [(0, each) for each in batch]
+                        yield batch
                 elif merged is not None:
                     async for index, delta in merged:
                         if delta.is_token:
