@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import re
-from collections import Counter
 from collections.abc import Sequence
 
 _WORD = re.compile(r"[^\W\d_][\w+#'-]*")
@@ -76,13 +75,21 @@ def find_subject(question: str) -> str:
 
 def key_terms(question: str, subject: str, *, limit: int = 5) -> list[str]:
     """The request's most telling words: frequent, long, and not stop words."""
-    words = [w.strip("'-")[:_LONGEST_TERM] for w in _WORD.findall(question)]
-    # Contractions ("what's", "don't") are grammar, not subject matter.
-    candidates = [w for w in words if len(w) > 2 and w.lower() not in _STOPWORDS and "'" not in w]
-    counts = Counter(w.lower() for w in candidates)
-    order = {w.lower(): i for i, w in reversed(list(enumerate(candidates)))}
-    spelled = {w.lower(): w for w in reversed(candidates)}
-    ranked = sorted(counts, key=lambda w: (-counts[w], -min(len(w), 9), order[w]))
+    counts: dict[str, int] = {}
+    spelled: dict[str, str] = {}  # each word as first written, in order of first use
+    for found in _WORD.findall(question):
+        word = found.strip("'-")[:_LONGEST_TERM]
+        # Contractions ("what's", "don't") are grammar, not subject matter.
+        if len(word) <= 2 or "'" in word:
+            continue
+        lowered = word.lower()
+        if lowered in counts:
+            counts[lowered] += 1
+        elif lowered not in _STOPWORDS:
+            counts[lowered] = 1
+            spelled[lowered] = word
+    # Most used, then longest (up to 9 letters); a stable sort keeps first use last.
+    ranked = sorted(spelled, key=lambda w: (-counts[w], -min(len(w), 9)))
     terms = [spelled[w] for w in ranked[:limit]]
     for fallback in _FALLBACK_TERMS:
         if len(terms) >= 3:
