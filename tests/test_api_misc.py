@@ -6,8 +6,11 @@ import logging
 
 import httpx
 import pytest
+from fastapi import APIRouter, FastAPI, Request
 from openai.types import Model
+from starlette.responses import PlainTextResponse, Response
 
+from streamapi.api.common import RequestOnlyRoute
 from streamapi.logs import RequestIdFilter
 from streamapi.settings import Settings
 
@@ -97,3 +100,32 @@ async def test_log_lines_of_a_request_carry_its_id(
     ours = [r for r in caplog.records if r.name.startswith("streamapi")]
     assert ours
     assert {getattr(r, "request_id", None) for r in ours} == {"req-42"}
+
+
+async def test_request_only_routes_call_their_endpoint_directly_and_others_keep_fastapi() -> None:
+    # RequestOnlyRoute skips FastAPI's parameter handling only for an endpoint
+    # that takes the request alone; one with parameters still gets them parsed
+    # and checked, and an endpoint that breaks the contract fails loudly.
+    router = APIRouter(route_class=RequestOnlyRoute)
+
+    @router.post("/echo")
+    async def echo(request: Request) -> Response:
+        return PlainTextResponse(await request.body())
+
+    @router.get("/add")
+    async def add(request: Request, a: int, b: int) -> Response:
+        return PlainTextResponse(str(a + b))
+
+    @router.get("/bad")
+    async def bad(request: Request) -> Response:
+        return {"not": "a response"}  # type: ignore[return-value]
+
+    app = FastAPI()
+    app.include_router(router)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.post("/echo", content=b"raw body")).text == "raw body"
+        assert (await client.get("/add", params={"a": 2, "b": 3})).text == "5"
+        assert (await client.get("/add", params={"a": "x", "b": 3})).status_code == 422
+        assert (await client.get("/bad")).status_code == 500
+    assert "/echo" in app.openapi()["paths"]

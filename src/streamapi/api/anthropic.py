@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from streamapi.api.common import (
+    RequestOnlyRoute,
     read_json,
     refuse_early,
     respond,
@@ -18,7 +19,7 @@ from streamapi.schemas.anthropic import MessageCreateRequest
 MESSAGES_PATH = "/v1/messages"
 PATHS = frozenset({MESSAGES_PATH})
 
-router = APIRouter()
+router = APIRouter(route_class=RequestOnlyRoute)
 
 _ANTHROPIC_ERROR = {
     "description": 'Anthropic\'s envelope: {"type": "error", "error": {"type", "message"}}.',

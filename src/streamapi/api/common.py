@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Protocol, TypedDict, TypeVar
 
 import orjson
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
@@ -146,6 +147,46 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise InvalidRequestError("The body must be a JSON object.")
     return payload
+
+
+class RequestOnlyRoute(APIRoute):
+    """An ``APIRoute`` whose endpoint, if it takes the request alone, is called with it directly.
+
+    The generation endpoints read, parse and validate their own bodies (to give
+    each protocol its own error messages) and return a ``Response``; for them
+    FastAPI's request handler would only solve an empty set of parameters and
+    look at the body's content type, about a tenth of a streamed request's CPU
+    (docs/performance.md). Any other endpoint gets FastAPI's handler. The route
+    is documented in OpenAPI like any other.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        dependant = self.dependant
+        name = dependant.request_param_name
+        takes_more = (
+            dependant.path_params,
+            dependant.query_params,
+            dependant.header_params,
+            dependant.cookie_params,
+            dependant.body_params,
+            dependant.dependencies,
+            dependant.websocket_param_name,
+            dependant.http_connection_param_name,
+            dependant.response_param_name,
+            dependant.background_tasks_param_name,
+            dependant.security_scopes_param_name,
+        )
+        if name is None or any(takes_more) or not asyncio.iscoroutinefunction(self.endpoint):
+            return super().get_route_handler()
+        endpoint = self.endpoint
+
+        async def handle(request: Request) -> Response:
+            response = await endpoint(**{name: request})
+            if not isinstance(response, Response):
+                raise TypeError(f"{self.path} must return a Response, not {type(response)}")
+            return response
+
+        return handle
 
 
 def validate(model: type[M], payload: dict[str, Any]) -> M:

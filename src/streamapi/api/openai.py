@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from streamapi.api.common import (
     ERRORS,
+    RequestOnlyRoute,
     State,
     StateDep,
     check_model_access,
@@ -42,7 +43,7 @@ COMPLETIONS_PATH = "/v1/completions"
 # JSON gets its errors there as one SSE event (the original spec's contract).
 SSE_PATHS = frozenset({CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH})
 
-router = APIRouter()
+router = APIRouter(route_class=RequestOnlyRoute)
 
 
 def _body(*alternatives: str) -> dict[str, Any]:

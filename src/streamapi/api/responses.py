@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from streamapi.api.common import (
     ERRORS,
+    RequestOnlyRoute,
     StateDep,
     json_response,
     read_json,
@@ -19,7 +20,7 @@ from streamapi.api.common import (
 from streamapi.errors import NotFoundError
 from streamapi.schemas.responses import ResponseRequest
 
-router = APIRouter()
+router = APIRouter(route_class=RequestOnlyRoute)
 
 _REQUEST_BODY = {
     "requestBody": {
