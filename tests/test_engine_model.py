@@ -391,7 +391,7 @@ async def test_tokens_ready_together_share_a_write_and_paced_ones_do_not(
     # An engine with steps of no length has every token ready at once: they go
     # out in a few writes, each holding many events. A paced engine's tokens
     # come one a step, one write each. Either way the events are the same.
-    body = {"max_tokens": 300, "ignore_eos": True, "stream": True, "seed": 1}
+    body: dict[str, Any] = {"max_tokens": 300, "ignore_eos": True, "stream": True, "seed": 1}
     if route == "/v1/completions":
         body["prompt"] = QUESTION
     else:
