@@ -316,3 +316,14 @@ async def test_malformed_cuts_the_json_of_one_event_after_k_tokens() -> None:
     with pytest.raises(orjson.JSONDecodeError):
         orjson.loads(cut.removeprefix(b"data: "))
     assert (whole, done) == (CHUNK, sse.DONE)
+
+
+@pytest.mark.parametrize("events", [2, 3, 7])
+async def test_malformed_cuts_the_first_event_of_a_write_that_holds_several(events: int) -> None:
+    # Tokens ready together share one write; the cut must still leave JSON that
+    # cannot be parsed, not fall on a boundary between two whole events.
+    shared = CHUNK * events
+    (cut,) = await collect("malformed", [shared])
+    assert cut.startswith(b"data: {") and cut.endswith(b"\n\n") and cut.count(b"data: ") == 1
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(cut.removeprefix(b"data: "))

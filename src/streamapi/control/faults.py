@@ -505,9 +505,14 @@ async def watch_frames(frames: AsyncIterator[bytes], watch: Watch) -> AsyncItera
 
 
 def _cut_json(frame: bytes) -> bytes:
-    """The frame with its JSON cut in half: what a proxy that truncates a write sends."""
-    head, marker, payload = frame.partition(b"data: ")
-    payload = payload.rstrip(b"\n")
+    """The frame's first event with its JSON cut in half: what a proxy that truncates a write sends.
+
+    A write may hold several events (tokens ready together); cutting the first
+    one's JSON, and sending nothing after it, makes sure the client gets JSON it
+    cannot parse, wherever the events' boundaries fall.
+    """
+    head, marker, rest = frame.partition(b"data: ")
+    payload = rest.split(b"\n\n", 1)[0].rstrip(b"\n")
     return head + marker + payload[: max(1, len(payload) // 2)] + b"\n\n"
 
 
