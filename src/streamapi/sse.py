@@ -182,14 +182,14 @@ class EventStreamResponse(EventSourceResponse):
         await asyncio.get_running_loop().create_task(self._stream(receive, send, body_send))
 
     async def _stream(self, receive: Receive, send: Send, body_send: Send) -> None:
-        """The stream in the request's own task, and one task that watches for disconnects.
+        """The stream, sent from the task that runs this, and one task that watches for disconnects.
 
         sse-starlette runs four anyio tasks per response (stream, disconnect,
         pings, shutdown signal); their start and teardown cost about a fifth of
-        a short stream's CPU. Here the frames are sent from the request's task;
-        a watcher cancels it when the client disconnects, pings (when on) get a
-        task of their own, and shutdown is ``Lifecycle``'s drain, not a signal
-        listener. What the client sees is the same.
+        a short stream's CPU. Here the frames are sent from this task (see
+        ``_serve``); a watcher cancels it when the client disconnects, pings
+        (when on) get a task of their own, and shutdown is ``Lifecycle``'s
+        drain, not a signal listener. What the client sees is the same.
 
         The response's start goes through ``send``, every layer of middleware;
         the frames through ``body_send`` (``BODY_SEND_KEY``), past the layers
