@@ -366,3 +366,45 @@ def test_error_exposes_request_id(client: OpenAI) -> None:
             model="gpt-9", messages=MESSAGES, extra_headers={"X-Request-Id": "e2e-err-1"}
         )
     assert caught.value.request_id == "e2e-err-1"
+
+
+# --- many events in one write ---------------------------------------------------------
+
+
+def test_events_sharing_writes_reach_the_sdk_whole(server_factory: ServerFactory) -> None:
+    # With no latency at all, each stream's tokens are ready together and share a
+    # few writes: the SDK must still see every chunk, in order, as it would paced.
+    answers: dict[str, list[str]] = {}
+    for name, pacing in (("instant", ("--latency-profile", "instant")), ("paced", FAST_PACING)):
+        server = server_factory(*pacing)
+        with OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as c:
+            chat = list(
+                c.chat.completions.create(
+                    model=MODEL,
+                    messages=MESSAGES,
+                    max_tokens=300,
+                    seed=7,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body={"ignore_eos": True},
+                )
+            )
+            legacy = list(
+                c.completions.create(
+                    model=MODEL,
+                    prompt="Explain server-sent events",
+                    max_tokens=300,
+                    seed=7,
+                    stream=True,
+                    extra_body={"ignore_eos": True},
+                )
+            )
+        tokens = [chunk for chunk in chat if chunk.choices and chunk.choices[0].delta.content]
+        assert len(tokens) == 300
+        assert chat[-1].usage is not None and chat[-1].usage.completion_tokens == 300
+        assert _finish_reasons(chat) == [(0, "length")]
+        assert len({chunk.id for chunk in chat}) == 1
+        texts = [c.choices[0].text for c in legacy if c.choices and c.choices[0].text]
+        assert len(texts) == 300
+        answers[name] = [_content(chat), "".join(texts)]
+    assert answers["instant"] == answers["paced"]
