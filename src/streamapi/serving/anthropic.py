@@ -97,9 +97,10 @@ class MessageService:
             start["usage"] = {"input_tokens": job.prompt_tokens, "output_tokens": 0}
             yield _event("message_start", message=start)
             yield _event("ping")
-            async for _, delta in self._generation.deltas(admission):
-                for frame in blocks.add(delta):
-                    yield frame
+            async for batch in self._generation.batches(admission):
+                for _, delta in batch:
+                    for frame in blocks.add(delta):
+                        yield frame
             for frame in blocks.close_block():
                 yield frame
             yield _event(
@@ -121,8 +122,9 @@ class MessageService:
     async def complete(self, message: MessageJob, admission: Admission) -> dict[str, Any]:
         """The whole Message (``stream`` false)."""
         blocks = _Blocks(message.job)
-        async for _, delta in self._generation.deltas(admission):
-            blocks.add(delta)
+        async for batch in self._generation.batches(admission):
+            for _, delta in batch:
+                blocks.add(delta)
         blocks.close_block()
         return blocks.message_body()
 

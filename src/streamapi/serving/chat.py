@@ -137,9 +137,10 @@ class ChatService:
         job = chat.job
         transcripts = [Transcript.empty() for _ in job.choices]
         usage = Usage.of(job)
-        async for index, delta in self._generation.deltas(admission):
-            transcripts[index].add(delta)
-            usage.add(delta, index)
+        async for batch in self._generation.batches(admission):
+            for index, delta in batch:
+                transcripts[index].add(delta)
+                usage.add(delta, index)
         return {
             "id": job.id,
             "object": "chat.completion",

@@ -140,12 +140,13 @@ class CompletionService:
         usage = Usage.of(job)
         texts: list[list[TokenDelta]] = [[] for _ in job.choices]
         finish: list[str | None] = [None] * len(job.choices)
-        async for index, delta in self._generation.deltas(admission):
-            usage.add(delta, index)
-            if delta.text:
-                texts[index].append(delta)
-            if delta.finish_reason is not None:
-                finish[index] = delta.finish_reason
+        async for batch in self._generation.batches(admission):
+            for index, delta in batch:
+                usage.add(delta, index)
+                if delta.text:
+                    texts[index].append(delta)
+                if delta.finish_reason is not None:
+                    finish[index] = delta.finish_reason
         echoes = completion.echoes or ((),) * len(job.choices)
         whole = [[*echo, *deltas] for echo, deltas in zip(echoes, texts, strict=True)]
         choices = [

@@ -334,13 +334,6 @@ class Generation:
             raise
         return Admission(job, streams, arrived_at=arrived_at, metrics=self._metrics, lease=lease)
 
-    async def deltas(self, admission: Admission) -> AsyncIterator[tuple[int, TokenDelta]]:
-        """Every choice's deltas as they come, tagged with the choice index (``batches``,
-        one by one)."""
-        async for batch in self.batches(admission):
-            for pair in batch:
-                yield pair
-
     async def batches(self, admission: Admission) -> AsyncIterator[list[tuple[int, TokenDelta]]]:
         """Every choice's deltas as they come, tagged with the choice index, in batches.
 

@@ -151,9 +151,10 @@ class ResponseService:
         try:
             yield builder.event("response.created", response=builder.body("in_progress"))
             yield builder.event("response.in_progress", response=builder.body("in_progress"))
-            async for _, delta in self._generation.deltas(admission):
-                for frame in builder.add(delta):
-                    yield frame
+            async for batch in self._generation.batches(admission):
+                for _, delta in batch:
+                    for frame in builder.add(delta):
+                        yield frame
             for frame in builder.close_item():
                 yield frame
             status = builder.status()
@@ -179,8 +180,9 @@ class ResponseService:
     async def complete(self, response: ResponseJob, admission: Admission) -> dict[str, Any]:
         """The whole Response object (``stream`` false)."""
         builder = _Builder(response)
-        async for _, delta in self._generation.deltas(admission):
-            builder.add(delta)
+        async for batch in self._generation.batches(admission):
+            for _, delta in batch:
+                builder.add(delta)
         builder.close_item()
         body = builder.body(builder.status())
         self._keep(response, builder, body)
