@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from streamapi.control.rules import Facts, RuleBook, RulesError, load_rules, parse_rules
-from streamapi.engines import ChatMessage, GenerationRequest, ToolSpec
+from streamapi.engines import GenerationRequest, PromptMessage, ToolSpec
 
 
 def facts(
@@ -20,13 +20,13 @@ def facts(
     model: str = "sim-small",
     system: str | None = None,
     tools: tuple[str, ...] = (),
-    history: tuple[ChatMessage, ...] = (),
-    after: tuple[ChatMessage, ...] = (),
+    history: tuple[PromptMessage, ...] = (),
+    after: tuple[PromptMessage, ...] = (),
     headers: dict[str, str] | None = None,
 ) -> Facts:
-    messages = [*(() if system is None else (ChatMessage("system", system),)), *history]
+    messages = [*(() if system is None else (PromptMessage("system", system),)), *history]
     if user is not None:
-        messages.append(ChatMessage("user", user))
+        messages.append(PromptMessage("user", user))
     request = GenerationRequest(
         model=model,
         messages=(*messages, *after),
@@ -47,8 +47,8 @@ def matched_name(rule_book: RuleBook, request_facts: Facts) -> str | None:
 
 
 TOOL_TURN = (
-    ChatMessage("user", "weather?"),
-    ChatMessage("assistant", 'get_weather({"location": "Paris"})'),
+    PromptMessage("user", "weather?"),
+    PromptMessage("assistant", 'get_weather({"location": "Paris"})'),
 )
 
 
@@ -73,8 +73,8 @@ TOOL_TURN = (
         ({"tool_name": "get_weather"}, facts(tools=("get_weather",)), facts(tools=("get_time",))),
         (
             {"tool_result": "22"},
-            facts(None, history=TOOL_TURN, after=(ChatMessage("tool", "22 C"),)),
-            facts("new question", history=(*TOOL_TURN, ChatMessage("tool", "22 C"))),
+            facts(None, history=TOOL_TURN, after=(PromptMessage("tool", "22 C"),)),
+            facts("new question", history=(*TOOL_TURN, PromptMessage("tool", "22 C"))),
         ),
         (
             {"headers": {"X-Test-Case": "checkout"}},

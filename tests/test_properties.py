@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from openai._streaming import SSEDecoder
 
 from streamapi import sse
-from streamapi.engines import ChatMessage, GenerationRequest, TokenDelta, ToolCallStart
+from streamapi.engines import GenerationRequest, PromptMessage, TokenDelta, ToolCallStart
 from streamapi.engines.planner import Planner
 from streamapi.serving.chat import ChatJob, _ChunkWriter
 from streamapi.serving.core import Job
@@ -79,7 +79,7 @@ def test_stop_sequences_never_leak_into_the_answer(
     question: str, stops: list[str], seed: int
 ) -> None:
     request = GenerationRequest(
-        model="m", messages=(ChatMessage("user", question),), stop=tuple(stops), seed=seed
+        model="m", messages=(PromptMessage("user", question),), stop=tuple(stops), seed=seed
     )
     plan = _PLANNER.plan(request)
     assert not any(stop in plan.text for stop in stops)
@@ -116,7 +116,7 @@ def test_the_one_token_shortcut_writes_the_same_frames(
 ) -> None:
     # _ChunkWriter fills a plain content token straight into its template; the
     # frames must be those that its general path writes for the same deltas.
-    request = GenerationRequest(model="m", messages=(ChatMessage("user", "hi"),))
+    request = GenerationRequest(model="m", messages=(PromptMessage("user", "hi"),))
     job = Job(
         id="chatcmpl-1", created=1, model="m", choices=(request,) * len(choices), prompt_tokens=3
     )

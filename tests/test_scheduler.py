@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from streamapi.engines import ChatMessage, FinishReason, GenerationRequest, TokenDelta
+from streamapi.engines import FinishReason, GenerationRequest, PromptMessage, TokenDelta
 from streamapi.engines.prefix_cache import BLOCK_TOKENS, PrefixCache
-from streamapi.engines.scheduler import BatchModel, Pace, Scheduler, Sequence
+from streamapi.engines.scheduler import BatchModel, Pace, ScheduledSequence, Scheduler
 from streamapi.engines.simulator import SimulatorEngine
 from streamapi.errors import RateLimitError, ServiceUnavailableError
 from streamapi.text.tokenizer import chat_prompt_tokens
@@ -32,9 +32,11 @@ async def clock() -> AsyncIterator[asyncio.AbstractEventLoop]:
         yield asyncio.get_running_loop()
 
 
-def sequence(scheduler: Scheduler, name: str, *, tokens: int, prompt: int = 10) -> Sequence:
+def sequence(
+    scheduler: Scheduler, name: str, *, tokens: int, prompt: int = 10
+) -> ScheduledSequence:
     # Prompts differ by name, so the prefix cache never matches across sequences.
-    return Sequence(
+    return ScheduledSequence(
         scheduler,
         deltas=plan([f" t{i}" for i in range(tokens)], "length"),
         prompt=[f"{name}{i}" for i in range(prompt)],
@@ -48,7 +50,7 @@ def plan(tokens: list[str], finish_reason: FinishReason) -> list[TokenDelta]:
     ]
 
 
-async def arrivals(stream: Sequence, start: float) -> list[float]:
+async def arrivals(stream: ScheduledSequence, start: float) -> list[float]:
     """When each token reached the consumer, in seconds after ``start``."""
     loop = asyncio.get_running_loop()
     return [loop.time() - start async for _ in stream]
@@ -367,7 +369,7 @@ async def test_a_paced_sequence_keeps_its_own_pace_and_takes_a_slot(
     model = BatchModel(time_to_first_token_ms=1, inter_token_latency_ms=1, max_num_seqs=1)
     scheduler = Scheduler(model)
     start = clock.time()
-    paced = Sequence(
+    paced = ScheduledSequence(
         scheduler, deltas=plan(["a", "b", "c"], "stop"), prompt=["p"],
         pace=Pace(ttft_s=0.5, itl_s=0.25),
     )  # fmt: skip
@@ -405,7 +407,7 @@ async def test_the_simulator_reports_cached_prompt_tokens_on_the_first_delta(
     engine = SimulatorEngine(batch=BatchModel(prefill_ms_per_token=1))
     question = "Explain prefix caching " * 20
     request = GenerationRequest(
-        model="m", messages=(ChatMessage("user", question),), max_tokens=3, seed=1
+        model="m", messages=(PromptMessage("user", question),), max_tokens=3, seed=1
     )
     start = clock.time()
     first = [(d.cached_prompt_tokens, clock.time() - start) async for d in engine.stream(request)]
@@ -425,13 +427,13 @@ async def test_output_tokens_override_sets_the_answer_length(
 ) -> None:
     engine = SimulatorEngine()
     request = GenerationRequest(
-        model="m", messages=(ChatMessage("user", "hi"),), output_tokens=700, seed=1
+        model="m", messages=(PromptMessage("user", "hi"),), output_tokens=700, seed=1
     )
     deltas = [d async for d in engine.stream(request)]
     assert len(deltas) == 700
     assert deltas[-1].finish_reason == "stop"
     capped = GenerationRequest(
-        model="m", messages=(ChatMessage("user", "hi"),), output_tokens=50, max_tokens=20
+        model="m", messages=(PromptMessage("user", "hi"),), output_tokens=50, max_tokens=20
     )
     assert SimulatorEngine().plan(capped).finish_reason == "length"
     await engine.aclose()
@@ -479,7 +481,7 @@ async def test_ready_tokens_are_taken_together_and_the_loop_still_yields() -> No
             ticks += 1
             await asyncio.sleep(0)
 
-    async def consume(seq: Sequence) -> list[int]:
+    async def consume(seq: ScheduledSequence) -> list[int]:
         texts: list[str] = []
         batches: list[int] = []
         async for delta in seq:
@@ -506,10 +508,12 @@ async def test_take_ready_carries_the_cached_prompt_count_and_nothing_after_abor
 ) -> None:
     scheduler = Scheduler(BatchModel(inter_token_latency_ms=0))
     prompt = [f"p{i}" for i in range(2 * BLOCK_TOKENS)]
-    first = Sequence(scheduler, deltas=plan([" a", " b"], "length"), prompt=list(prompt))
+    first = ScheduledSequence(scheduler, deltas=plan([" a", " b"], "length"), prompt=list(prompt))
     scheduler.submit(first)
     assert [d.text async for d in first] == [" a", " b"]
-    second = Sequence(scheduler, deltas=plan([" a", " b", " c"], "length"), prompt=list(prompt))
+    second = ScheduledSequence(
+        scheduler, deltas=plan([" a", " b", " c"], "length"), prompt=list(prompt)
+    )
     scheduler.submit(second)
     await asyncio.sleep(0.001)  # its steps have run: every token is ready
     ready = second.take_ready()

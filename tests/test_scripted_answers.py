@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from streamapi.engines import ChatMessage, GenerationRequest, Script, ScriptedToolCall, ToolSpec
+from streamapi.engines import GenerationRequest, PromptMessage, Script, ScriptedToolCall, ToolSpec
 from streamapi.engines.planner import Planner
 
 
 def request(**fields: object) -> GenerationRequest:
     return GenerationRequest(
         model="m",
-        messages=(ChatMessage("user", "What is the weather in Paris?"),),
+        messages=(PromptMessage("user", "What is the weather in Paris?"),),
         **fields,  # type: ignore[arg-type]
     )
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from streamapi.engines import ChatMessage, GenerationRequest
+from streamapi.engines import GenerationRequest, PromptMessage
 from streamapi.engines.simulator import SimulatorEngine
 from streamapi.text.tokenizer import count_chat_tokens, count_tokens, tokenize
 from streamapi.text.writer import find_subject, key_terms, write_answer
@@ -16,7 +16,7 @@ from streamapi.text.writer import find_subject, key_terms, write_answer
 def request(text: str = "Explain vector databases", **fields: object) -> GenerationRequest:
     return GenerationRequest(
         model="m",
-        messages=(ChatMessage("user", text),),
+        messages=(PromptMessage("user", text),),
         **fields,  # type: ignore[arg-type]
     )
 

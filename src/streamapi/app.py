@@ -15,14 +15,14 @@ from starlette.middleware.cors import CORSMiddleware
 
 from streamapi import __version__, api
 from streamapi.api import admin
-from streamapi.api.common import State
+from streamapi.api.common import AppState
+from streamapi.concurrency import ConcurrencyLimiter
+from streamapi.control.control_middleware import ControlMiddleware
 from streamapi.control.hooks import Control
-from streamapi.control.middleware import ControlMiddleware
 from streamapi.control.rules import RulesFile
 from streamapi.engines import Engine, start_engine
 from streamapi.errors import APIError, install_error_handlers
 from streamapi.lifecycle import Lifecycle
-from streamapi.limits import ConcurrencyLimiter
 from streamapi.metrics import Metrics
 from streamapi.middleware import (
     AuthMiddleware,
@@ -76,7 +76,7 @@ def create_app(
     control = Control(settings)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         lifecycle.bind(asyncio.get_running_loop())
         own_engine = engine is None
         active = (
@@ -88,7 +88,7 @@ def create_app(
         control.bind_engine(active)
         per_event = settings.tokens_per_event
         try:
-            yield State(
+            yield AppState(
                 settings=settings,
                 lifecycle=lifecycle,
                 generation=generation,

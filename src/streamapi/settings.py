@@ -16,7 +16,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamapi.keys import KeyRing, load_keys
-from streamapi.routing import RoutingTable, load_routes
+from streamapi.routes_file import RoutesTable, load_routes
 
 LatencyProfile = Literal["default", "instant", "8b-1gpu", "70b-8gpu"]
 
@@ -391,7 +391,7 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return key
 
-    _routes: RoutingTable = PrivateAttr(default_factory=RoutingTable)
+    _routes: RoutesTable = PrivateAttr(default_factory=RoutesTable)
     _keys: KeyRing = PrivateAttr(default_factory=KeyRing)
 
     @field_validator("reasoning_model_pattern")
@@ -441,7 +441,7 @@ class Settings(BaseSettings):
         return self.served_model_names[0]
 
     @property
-    def routes(self) -> RoutingTable:
+    def routes(self) -> RoutesTable:
         """The routing table of ``routes_file`` (empty without one)."""
         return self._routes
 

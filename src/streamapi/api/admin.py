@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from streamapi.api.common import ERRORS, State, StateDep
+from streamapi.api.common import ERRORS, AppState, AppStateDep
 from streamapi.control.faults import FaultSyntaxError, parse_fault_choices
 from streamapi.control.hooks import Control
 from streamapi.control.rules import RulesError, parse_rules, parse_text
@@ -25,7 +25,7 @@ _bearer = HTTPBearer(auto_error=False, description="The server's --admin-key.")
 
 
 async def _authorize(
-    state: StateDep,
+    state: AppStateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     key = state["settings"].admin_key
@@ -142,7 +142,7 @@ class JournalView(BaseModel):
     entries: list[JournalRecord]
 
 
-def _config(state: State) -> ConfigView:
+def _config(state: AppState) -> ConfigView:
     control = state["control"]
     limiter = control.limiter
     return ConfigView(
@@ -167,7 +167,7 @@ def _rules_state(control: Control) -> RulesState:
 
 
 @router.get("/config", response_model=ConfigView, summary="Read the test-control settings")
-async def read_config(state: StateDep) -> ConfigView:
+async def read_config(state: AppStateDep) -> ConfigView:
     return _config(state)
 
 
@@ -179,7 +179,7 @@ async def read_config(state: StateDep) -> ConfigView:
     "to running sequences from their next step; new rate limits start with full buckets.",
     responses={400: ERRORS[400]},
 )
-async def change_config(patch: ConfigPatch, state: StateDep) -> ConfigView:
+async def change_config(patch: ConfigPatch, state: AppStateDep) -> ConfigView:
     control = state["control"]
     # Check everything before changing anything.
     if patch.faults is not None and patch.faults.kinds is not None:
@@ -216,7 +216,7 @@ def _rules_view(control: Control) -> RulesView:
 
 
 @router.get("/rules", response_model=RulesView, summary="Read the rules in force")
-async def read_rules(state: StateDep) -> RulesView:
+async def read_rules(state: AppStateDep) -> RulesView:
     return _rules_view(state["control"])
 
 
@@ -239,7 +239,7 @@ async def read_rules(state: StateDep) -> RulesView:
         }
     },
 )
-async def replace_rules(request: Request, state: StateDep) -> RulesView:
+async def replace_rules(request: Request, state: AppStateDep) -> RulesView:
     body = (await request.body()).decode("utf-8", errors="replace")
     is_yaml = "yaml" in request.headers.get("content-type", "")
     try:
@@ -263,7 +263,7 @@ async def replace_rules(request: Request, state: StateDep) -> RulesView:
     summary="Go back to the rules file",
     description="Drops rules set with PUT; the file's rules (if any) are read again.",
 )
-async def revert_rules(state: StateDep) -> RulesView:
+async def revert_rules(state: AppStateDep) -> RulesView:
     state["control"].rules.revert()
     return _rules_view(state["control"])
 
@@ -275,7 +275,7 @@ async def revert_rules(state: StateDep) -> RulesView:
     description="Oldest first; requests still running are listed with outcome in_progress.",
 )
 async def read_journal(
-    state: StateDep,
+    state: AppStateDep,
     limit: Annotated[int | None, Query(ge=1, description="Only the last this many.")] = None,
 ) -> JournalView:
     journal = state["control"].journal
@@ -286,7 +286,7 @@ async def read_journal(
 
 
 @router.delete("/journal", status_code=204, summary="Empty the journal")
-async def clear_journal(state: StateDep) -> Response:
+async def clear_journal(state: AppStateDep) -> Response:
     journal = state["control"].journal
     if journal is not None:
         journal.clear()
@@ -300,6 +300,6 @@ async def clear_journal(state: StateDep) -> Response:
     description="Rules from the file (sequence counters restarted), random faults, rate "
     "limits (buckets full) and latency as the settings give them; the journal emptied.",
 )
-async def reset(state: StateDep) -> ConfigView:
+async def reset(state: AppStateDep) -> ConfigView:
     state["control"].reset()
     return _config(state)

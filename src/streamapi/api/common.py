@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from streamapi import sse
+from streamapi.concurrency import ConcurrencyLimiter
 from streamapi.control.hooks import Control
 from streamapi.errors import (
     InvalidRequestError,
@@ -23,7 +24,6 @@ from streamapi.errors import (
 )
 from streamapi.keys import Principal
 from streamapi.lifecycle import Lifecycle
-from streamapi.limits import ConcurrencyLimiter
 from streamapi.metrics import Metrics
 from streamapi.schemas.openai import ErrorResponse
 from streamapi.serving.anthropic import MessageService
@@ -60,7 +60,7 @@ class GenerationService(Protocol[R_contra, J]):
     async def complete(self, job: J, admission: Admission) -> dict[str, Any]: ...
 
 
-class State(TypedDict):
+class AppState(TypedDict):
     """What the app's lifespan hands to every request."""
 
     settings: Settings
@@ -77,22 +77,22 @@ class State(TypedDict):
     started_at: int
 
 
-def state_of(request: Request) -> State:
+def state_of(request: Request) -> AppState:
     """The lifespan's state, which Starlette copies into every request's scope.
 
-    The generation routes call this rather than depend on ``StateDep``: a
+    The generation routes call this rather than depend on ``AppStateDep``: a
     dependency costs FastAPI's resolver a pass per request, on the hot path.
     """
-    state: State = request.scope["state"]
+    state: AppState = request.scope["state"]
     return state
 
 
-async def _state(request: Request) -> State:
+async def _state(request: Request) -> AppState:
     # async: FastAPI would run a plain function in its thread pool, per request.
     return state_of(request)
 
 
-StateDep = Annotated[State, Depends(_state)]
+AppStateDep = Annotated[AppState, Depends(_state)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -197,7 +197,7 @@ def validate(model: type[M], payload: dict[str, Any]) -> M:
         raise from_validation_error(exc, payload) from None
 
 
-def refuse_early(request: Request, state: State) -> None:
+def refuse_early(request: Request, state: AppState) -> None:
     """503 while draining, 429 when a concurrency cap is full: before the body is read.
 
     Under overload most requests end here, so a refusal must cost no parsing,
@@ -223,7 +223,7 @@ def shutting_down() -> ServiceUnavailableError:
 
 async def respond(
     request: Request,
-    state: State,
+    state: AppState,
     service: GenerationService[M, J],
     parsed: M,
     *,
@@ -281,7 +281,7 @@ def check_model_access(request: Request, model: str) -> None:
         raise ModelNotFoundError(model)
 
 
-def event_stream(state: State, frames: AsyncIterator[bytes], admission: Admission) -> Response:
+def event_stream(state: AppState, frames: AsyncIterator[bytes], admission: Admission) -> Response:
     """A streamed response whose whole life counts as one request in flight.
 
     The admission is marked ended once every frame is out, and closed when the
@@ -314,7 +314,7 @@ def event_stream(state: State, frames: AsyncIterator[bytes], admission: Admissio
     )
 
 
-async def whole(request: Request, state: State, work: Awaitable[Any]) -> Response:
+async def whole(request: Request, state: AppState, work: Awaitable[Any]) -> Response:
     """A non-streamed answer: counted in flight, and cancelled if the client leaves."""
     lifecycle = state["lifecycle"]
     lifecycle.request_started()

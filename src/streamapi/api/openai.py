@@ -9,9 +9,9 @@ from starlette.responses import Response
 
 from streamapi.api.common import (
     ERRORS,
+    AppState,
+    AppStateDep,
     RequestOnlyRoute,
-    State,
-    StateDep,
     check_model_access,
     json_response,
     principal_of,
@@ -125,7 +125,7 @@ async def create_completion(request: Request) -> Response:
     responses=ERRORS,
     openapi_extra=_body("EmbeddingRequest"),
 )
-async def create_embedding(request: Request, state: StateDep) -> Response:
+async def create_embedding(request: Request, state: AppStateDep) -> Response:
     refuse_if_draining(state["lifecycle"])  # embeddings take no concurrency lease
     embedding_request = validate(EmbeddingRequest, await read_json(request))
     model = state["generation"].resolve_model(embedding_request.model)
@@ -134,7 +134,7 @@ async def create_embedding(request: Request, state: StateDep) -> Response:
 
 
 @router.get("/v1/models", response_model=ModelList, summary="List the served models")
-async def list_models(request: Request, state: StateDep) -> ModelList:
+async def list_models(request: Request, state: AppStateDep) -> ModelList:
     principal = principal_of(request)
     names = [
         name
@@ -150,7 +150,7 @@ async def list_models(request: Request, state: StateDep) -> ModelList:
     summary="Retrieve a served model",
     responses={404: ERRORS[404]},
 )
-async def retrieve_model(request: Request, model_id: str, state: StateDep) -> Model:
+async def retrieve_model(request: Request, model_id: str, state: AppStateDep) -> Model:
     if model_id not in state["settings"].model_names:
         raise ModelNotFoundError(model_id)
     check_model_access(request, model_id)
@@ -178,7 +178,7 @@ def _from_prompt_form(payload: dict[str, Any], settings: Settings) -> ChatComple
     )
 
 
-def _model_card(name: str, state: State) -> Model:
+def _model_card(name: str, state: AppState) -> Model:
     settings = state["settings"]
     route = settings.routes.upstream_of(name)
     return Model(

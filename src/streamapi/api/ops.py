@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from streamapi import __version__
-from streamapi.api.common import ERRORS, StateDep, shutting_down
+from streamapi.api.common import ERRORS, AppStateDep, shutting_down
 from streamapi.metrics import CONTENT_TYPE_LATEST
 from streamapi.schemas.openai import Health, Load
 
@@ -22,7 +22,7 @@ router = APIRouter()
     summary="Liveness and readiness",
     responses={503: ERRORS[503]},
 )
-async def health(state: StateDep) -> Health:
+async def health(state: AppStateDep) -> Health:
     if state["lifecycle"].draining:
         raise shutting_down()
     return Health(status="healthy")
@@ -34,7 +34,7 @@ router.add_api_route(
 
 
 @router.get("/load", response_model=Load, summary="Generation requests in flight")
-async def load(state: StateDep) -> Load:
+async def load(state: AppStateDep) -> Load:
     # The task count lets soak runs and tests see that nothing is left behind.
     return Load(server_load=state["lifecycle"].in_flight, tasks=len(asyncio.all_tasks()))
 
@@ -53,5 +53,5 @@ async def version() -> dict[str, str | int]:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
 )
-async def metrics(state: StateDep) -> Response:
+async def metrics(state: AppStateDep) -> Response:
     return Response(state["metrics"].render(), media_type=CONTENT_TYPE_LATEST)

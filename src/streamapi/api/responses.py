@@ -7,8 +7,8 @@ from starlette.responses import Response
 
 from streamapi.api.common import (
     ERRORS,
+    AppStateDep,
     RequestOnlyRoute,
-    StateDep,
     json_response,
     read_json,
     refuse_early,
@@ -66,7 +66,7 @@ async def create_response(request: Request) -> Response:
     summary="Retrieve a stored response",
     responses={404: ERRORS[404]},
 )
-async def retrieve_response(response_id: str, state: StateDep) -> Response:
+async def retrieve_response(response_id: str, state: AppStateDep) -> Response:
     body = state["responses"].retrieve(response_id)
     if body is None:
         raise NotFoundError(f"No response with id '{response_id}' is stored.", param="response_id")

@@ -1,4 +1,4 @@
-"""Where test control meets the serving path: ``Control.plan`` and the ``Plan`` it returns.
+"""Where test control meets the serving path: ``Control.plan`` and the ``ControlPlan`` it returns.
 
 For every generation request, ``api.common.respond`` calls ``Control.plan``
 after the protocol's ``prepare`` and before admission. In that order it
@@ -12,7 +12,7 @@ after the protocol's ``prepare`` and before admission. In that order it
 6. puts the rule's scripted answer into every choice's ``GenerationRequest``,
    so the engine streams it and every protocol renders and counts it.
 
-The ``Plan`` then merges the rule's timing into the per-request overrides,
+The ``ControlPlan`` then merges the rule's timing into the per-request overrides,
 ``arm``s the admission's engine streams with the mid-stream faults (and the
 journal's token count), wraps the frames for the frame-level faults, and turns a
 dropped non-streamed answer into a cut connection.
@@ -97,7 +97,7 @@ class Control:
         scheduler = self._scheduler()
         self._initial_latency = None if scheduler is None else scheduler.model
 
-    def plan(self, request: Request, job: Job, *, streamed: bool) -> Plan:
+    def plan(self, request: Request, job: Job, *, streamed: bool) -> ControlPlan:
         """Decide everything about ``job`` before admission; refusals raise ``APIError``."""
         state: dict[str, Any] = request.scope.setdefault("state", {})
         entry: JournalEntry | None = state.get(ENTRY_KEY)
@@ -146,7 +146,7 @@ class Control:
         if before is not None:
             assert before.status is not None
             raise status_error(before.status, context, retry_after_s=before.retry_after_s)
-        return Plan(
+        return ControlPlan(
             job=_scripted(job, matched),
             watch=Watch(faults, context, _arrived_at(state), entry)
             if entry is not None or faults.faults
@@ -228,7 +228,7 @@ class Control:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class ControlPlan:
     """What ``Control.plan`` decided for one request, and how to apply it."""
 
     job: Job

@@ -26,7 +26,7 @@ ToolChoice = str
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCall:
+class PromptToolCall:
     """A call the assistant made earlier in the conversation."""
 
     id: str
@@ -35,7 +35,7 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
-class ChatMessage:
+class PromptMessage:
     """One message of the conversation, its content flattened to text.
 
     ``name`` is the function's name on a tool result (resolved from the call it
@@ -47,7 +47,7 @@ class ChatMessage:
     role: str
     content: str
     name: str | None = None
-    tool_calls: tuple[ToolCall, ...] = ()
+    tool_calls: tuple[PromptToolCall, ...] = ()
     tool_call_id: str | None = None
 
 
@@ -96,7 +96,7 @@ class GenerationRequest:
     """What an engine needs to generate one choice."""
 
     model: str
-    messages: tuple[ChatMessage, ...]
+    messages: tuple[PromptMessage, ...]
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
@@ -222,13 +222,13 @@ async def start_engine(
     """The engine for ``settings``, started on the running event loop.
 
     Without upstreams in the routes file that is the simulator; with them, a
-    ``RoutingEngine`` that sends each upstream model to its ``UpstreamEngine``
+    ``ModelDispatchEngine`` that sends each upstream model to its ``UpstreamEngine``
     (one pooled HTTP client each) and every other model to the simulator.
     ``transports`` replaces an upstream's network transport by name (tests
     use ``httpx.ASGITransport``). It records into ``metrics`` if given; the
     caller closes it with ``aclose``.
     """
-    from streamapi.engines.router import RoutingEngine
+    from streamapi.engines.dispatch import ModelDispatchEngine
     from streamapi.engines.simulator import SimulatorEngine
     from streamapi.engines.upstream import UpstreamEngine
 
@@ -248,4 +248,4 @@ async def start_engine(
         if target is not None:
             name, _, upstream_model = target
             routes[model] = (upstreams[name], upstream_model)
-    return RoutingEngine(simulator, routes, owned=[simulator, *upstreams.values()])
+    return ModelDispatchEngine(simulator, routes, owned=[simulator, *upstreams.values()])

@@ -20,9 +20,9 @@ import secrets
 from dataclasses import dataclass, replace
 
 from streamapi.engines import (
-    ChatMessage,
     FinishReason,
     GenerationRequest,
+    PromptMessage,
     ScriptedToolCall,
     TokenDelta,
     ToolCallStart,
@@ -52,7 +52,7 @@ _WORDS = re.compile(r"[A-Za-z][a-z]*|[A-Z]+(?![a-z])|\d+")
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class AnswerPlan:
     """Every delta a request will stream; the last one carries the finish reason."""
 
     deltas: list[TokenDelta]
@@ -79,7 +79,7 @@ class Planner:
         self._min_answer_chars = min_answer_chars
         self._seed = seed
 
-    def plan(self, request: GenerationRequest) -> Plan:
+    def plan(self, request: GenerationRequest) -> AnswerPlan:
         rng = self._rng(request)
         question = _question(request.messages)
         script = request.script
@@ -121,9 +121,9 @@ class Planner:
         if request.logprobs is not None:
             deltas = _with_logprobs(deltas, request.logprobs)
         if not deltas:
-            return Plan([TokenDelta("", finish, matched_stop=matched)])
+            return AnswerPlan([TokenDelta("", finish, matched_stop=matched)])
         deltas[-1] = replace(deltas[-1], finish_reason=finish, matched_stop=matched)
-        return Plan(deltas)
+        return AnswerPlan(deltas)
 
     def _answer(self, request: GenerationRequest, question: str, rng: random.Random) -> str:
         fmt = request.output_format
@@ -232,14 +232,14 @@ def _hints(question: str) -> list[str]:
     return list(dict.fromkeys([*proper, *terms]))
 
 
-def _question(messages: tuple[ChatMessage, ...]) -> str:
+def _question(messages: tuple[PromptMessage, ...]) -> str:
     for message in reversed(messages):
         if message.role == "user":
             return message.content
     return messages[-1].content if messages else ""
 
 
-def _tool_results(messages: tuple[ChatMessage, ...]) -> list[tuple[str, str]]:
+def _tool_results(messages: tuple[PromptMessage, ...]) -> list[tuple[str, str]]:
     """The tool outputs after the last user turn: the answers to the latest calls."""
     results: list[tuple[str, str]] = []
     for message in reversed(messages):

@@ -71,7 +71,7 @@ class BatchModel:
         return self.decode_ms(decoding) + prefill
 
 
-class State(enum.Enum):
+class SequenceState(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
@@ -87,7 +87,7 @@ class Pace:
     itl_s: float
 
 
-class Sequence:
+class ScheduledSequence:
     """One choice inside the engine, and the async iterator of its ``TokenDelta``s.
 
     ``aclose`` takes it out of the queue or the batch at once; it is idempotent
@@ -115,7 +115,7 @@ class Sequence:
         self.total = len(deltas)
         self.token_count = sum(1 for delta in deltas if delta.is_token)
         self.kv_tokens = self.prompt_tokens + self.token_count
-        self.state = State.WAITING
+        self.state = SequenceState.WAITING
         self.produced = 0
         self.consumed = 0
         self.cached_tokens = 0
@@ -124,18 +124,18 @@ class Sequence:
         self._waiter: asyncio.Future[None] | None = None
         self._error: APIError | None = None
 
-    def __aiter__(self) -> Sequence:
+    def __aiter__(self) -> ScheduledSequence:
         return self
 
     async def __anext__(self) -> TokenDelta:
         while True:
-            if self.state is State.ABORTED:
+            if self.state is SequenceState.ABORTED:
                 raise StopAsyncIteration
             if self._error is not None:
                 raise self._error
             if self.consumed < self.produced:
                 break
-            if self.state is State.FINISHED:
+            if self.state is SequenceState.FINISHED:
                 raise StopAsyncIteration
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -156,7 +156,7 @@ class Sequence:
         length, or a consumer that fell behind) are handed on together.
         """
         start, end = self.consumed, self.produced
-        if start >= end or self.state is State.ABORTED or self._error is not None:
+        if start >= end or self.state is SequenceState.ABORTED or self._error is not None:
             return []
         self.consumed = end
         ready = self.deltas[start:end]
@@ -209,11 +209,11 @@ class Scheduler:
         self.model = model
         self._metrics = metrics
         self._rng = rng or random.Random()
-        self._waiting: deque[Sequence] = deque()
-        self._running: list[Sequence] = []  # in the batch: one token a step
-        self._warming: list[Sequence] = []  # prefilled; first token at next_due
-        self._joining: list[Sequence] = []  # first token out; into the batch next step
-        self._paced: list[Sequence] = []  # a test's own pace, outside the steps
+        self._waiting: deque[ScheduledSequence] = deque()
+        self._running: list[ScheduledSequence] = []  # in the batch: one token a step
+        self._warming: list[ScheduledSequence] = []  # prefilled; first token at next_due
+        self._joining: list[ScheduledSequence] = []  # first token out; into the batch next step
+        self._paced: list[ScheduledSequence] = []  # a test's own pace, outside the steps
         self._kv_reserved = 0
         self._prefix = PrefixCache(model.kv_cache_tokens) if model.enable_prefix_caching else None
         self._task: asyncio.Task[None] | None = None
@@ -260,7 +260,7 @@ class Scheduler:
                 retry_after_s=self._retry_after_s(),
             )
 
-    def submit(self, sequence: Sequence) -> None:
+    def submit(self, sequence: ScheduledSequence) -> None:
         """Queue ``sequence`` for admission, or raise ``RateLimitError`` if the queue is full."""
         self.start()
         self.check_capacity()
@@ -268,16 +268,16 @@ class Scheduler:
         self._waiting.append(sequence)
         self._wake_loop()
 
-    def abort(self, sequence: Sequence) -> None:
+    def abort(self, sequence: ScheduledSequence) -> None:
         """Take ``sequence`` out of the queue or the batch at once (idempotent)."""
-        if sequence.state is State.WAITING:
+        if sequence.state is SequenceState.WAITING:
             self._waiting.remove(sequence)
-        elif sequence.state is State.RUNNING:
+        elif sequence.state is SequenceState.RUNNING:
             next(b for b in self._admitted() if sequence in b).remove(sequence)
             self._kv_reserved -= sequence.kv_tokens
         else:
             return
-        sequence.state = State.ABORTED
+        sequence.state = SequenceState.ABORTED
         sequence._wake()
         self._wake_loop()
 
@@ -346,7 +346,7 @@ class Scheduler:
             if self._kv_reserved + sequence.kv_tokens > model.kv_cache_tokens:
                 break  # first come, first served: the head waits for KV, the rest behind it
             self._waiting.popleft()
-            sequence.state = State.RUNNING
+            sequence.state = SequenceState.RUNNING
             sequence.scheduled_at = now
             self._kv_reserved += sequence.kv_tokens
             prompt = sequence.prompt_tokens
@@ -387,7 +387,9 @@ class Scheduler:
                 generated += 1
             if sequence._produce(now):
                 self._finish(sequence, now)
-        self._running = [s for s in self._running if s.state is State.RUNNING and s.produced]
+        self._running = [
+            s for s in self._running if s.state is SequenceState.RUNNING and s.produced
+        ]
         if self._metrics is not None and generated:
             self._metrics.generation_tokens.inc(generated)
 
@@ -410,12 +412,12 @@ class Scheduler:
                 assert sequence.pace is not None
                 sequence.next_due += sequence.pace.itl_s
 
-    def _count_token(self, sequence: Sequence) -> None:
+    def _count_token(self, sequence: ScheduledSequence) -> None:
         if sequence.produced < sequence.token_count and self._metrics is not None:
             self._metrics.generation_tokens.inc()
 
-    def _finish(self, sequence: Sequence, now: float) -> None:
-        sequence.state = State.FINISHED
+    def _finish(self, sequence: ScheduledSequence, now: float) -> None:
+        sequence.state = SequenceState.FINISHED
         self._kv_reserved -= sequence.kv_tokens
         metrics = self._metrics
         if metrics is None:
@@ -448,12 +450,12 @@ class Scheduler:
         remaining = min((s.total - s.produced for s in self._running), default=1)
         return remaining * self.model.decode_ms(len(self._running)) / 1000
 
-    def _admitted(self) -> tuple[list[Sequence], ...]:
+    def _admitted(self) -> tuple[list[ScheduledSequence], ...]:
         return (self._running, self._warming, self._joining, self._paced)
 
     def _fail_all(self, error: APIError) -> None:
         for sequence in (*self._waiting, *(s for b in self._admitted() for s in b)):
-            sequence.state = State.FINISHED
+            sequence.state = SequenceState.FINISHED
             sequence._fail(error)
         self._waiting.clear()
         for bucket in self._admitted():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 from streamapi.engines import GenerationRequest
-from streamapi.engines.planner import Plan, Planner
-from streamapi.engines.scheduler import BatchModel, Pace, Scheduler, Sequence
+from streamapi.engines.planner import AnswerPlan, Planner
+from streamapi.engines.scheduler import BatchModel, Pace, ScheduledSequence, Scheduler
 from streamapi.metrics import Metrics
 from streamapi.settings import Settings
 from streamapi.text.tokenizer import chat_prompt_tokens
@@ -69,17 +69,17 @@ class SimulatorEngine:
         """The step loop that runs this engine's sequences."""
         return self._scheduler
 
-    def plan(self, request: GenerationRequest) -> Plan:
+    def plan(self, request: GenerationRequest) -> AnswerPlan:
         """Everything ``stream`` will send, decided up front."""
         return self._planner.plan(request)
 
-    def stream(self, request: GenerationRequest) -> Sequence:
+    def stream(self, request: GenerationRequest) -> ScheduledSequence:
         """Admit ``request`` now (``RateLimitError`` if the queue is full); its token stream."""
         scheduler = self._scheduler
         scheduler.start()
         # Refuse before writing an answer that would be thrown away.
         scheduler.check_capacity()
-        sequence = Sequence(
+        sequence = ScheduledSequence(
             scheduler,
             deltas=self.plan(request).deltas,
             prompt=chat_prompt_tokens((m.role, m.content) for m in request.messages),

@@ -31,9 +31,9 @@ from typing import Any
 import httpx
 
 from streamapi.engines import (
-    ChatMessage,
     FinishReason,
     GenerationRequest,
+    PromptMessage,
     TokenDelta,
     ToolCallStart,
     UsageReport,
@@ -41,7 +41,7 @@ from streamapi.engines import (
 from streamapi.engines.sse_decoder import SSEDecoder, SSEEvent
 from streamapi.errors import APIError, UpstreamError, UpstreamTimeoutError
 from streamapi.metrics import Metrics
-from streamapi.routing import UpstreamConfig
+from streamapi.routes_file import UpstreamConfig
 from streamapi.text.tokenizer import count_tokens
 
 logger = logging.getLogger(__name__)
@@ -519,7 +519,7 @@ def chat_payload(request: GenerationRequest) -> dict[str, Any]:
     return payload
 
 
-def _message(message: ChatMessage) -> dict[str, Any]:
+def _message(message: PromptMessage) -> dict[str, Any]:
     out: dict[str, Any] = {"role": _ROLES.get(message.role, message.role)}
     if message.tool_calls:
         # The simulator reads past calls as text ("name(arguments)" lines, which

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamapi import sse
-from streamapi.engines import ChatMessage, GenerationRequest, TokenDelta, ToolCall
+from streamapi.engines import GenerationRequest, PromptMessage, PromptToolCall, TokenDelta
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.anthropic import (
     MessageCreateRequest,
@@ -249,25 +249,25 @@ def _event(kind: str, **fields: Any) -> bytes:
 
 def _conversation(
     system: str | list[TextBlock] | None, messages: list[MessageParam]
-) -> tuple[ChatMessage, ...]:
-    out: list[ChatMessage] = []
+) -> tuple[PromptMessage, ...]:
+    out: list[PromptMessage] = []
     if system:
         text = system if isinstance(system, str) else "\n".join(b.text for b in system)
-        out.append(ChatMessage("system", text))
+        out.append(PromptMessage("system", text))
     tool_names: dict[str, str] = {}
     for index, message in enumerate(messages):
         if isinstance(message.content, str):
-            out.append(ChatMessage(message.role, message.content))
+            out.append(PromptMessage(message.role, message.content))
             continue
         texts: list[str] = []
-        calls: list[ToolCall] = []
+        calls: list[PromptToolCall] = []
         for block_index, block in enumerate(message.content):
             if isinstance(block, TextBlock):
                 texts.append(block.text)
             elif isinstance(block, ToolUseBlock):
                 tool_names[block.id] = block.name
                 texts.append(f"{block.name}({json.dumps(block.input)})")
-                calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
+                calls.append(PromptToolCall(block.id, block.name, json.dumps(block.input)))
             elif isinstance(block, ToolResultBlock):
                 content = block.content
                 result = (
@@ -276,7 +276,7 @@ def _conversation(
                     else "\n".join(b.text for b in content or ())
                 )
                 out.append(
-                    ChatMessage(
+                    PromptMessage(
                         "tool",
                         result,
                         tool_names.get(block.tool_use_id),
@@ -289,5 +289,5 @@ def _conversation(
                     param=f"messages[{index}].content[{block_index}].type",
                 )
         if texts:
-            out.append(ChatMessage(message.role, "\n".join(texts), tool_calls=tuple(calls)))
+            out.append(PromptMessage(message.role, "\n".join(texts), tool_calls=tuple(calls)))
     return tuple(out)

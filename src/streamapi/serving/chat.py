@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamapi import sse
-from streamapi.engines import ChatMessage, GenerationRequest, OutputFormat, TokenDelta, ToolCall
+from streamapi.engines import (
+    GenerationRequest,
+    OutputFormat,
+    PromptMessage,
+    PromptToolCall,
+    TokenDelta,
+)
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.openai import (
     ChatCompletionRequest,
@@ -369,7 +375,7 @@ def _output_format(request: ChatCompletionRequest) -> OutputFormat:
     return OutputFormat()
 
 
-def _conversation(messages: list[WireMessage]) -> tuple[ChatMessage, ...]:
+def _conversation(messages: list[WireMessage]) -> tuple[PromptMessage, ...]:
     """The messages as engine text, tool results named after the call they answer."""
     call_names: dict[str, str] = {}
     out = []
@@ -379,12 +385,12 @@ def _conversation(messages: list[WireMessage]) -> tuple[ChatMessage, ...]:
         for call in message.tool_calls or ():
             call_names[call.id] = call.function.name
             text += f"\n{call.function.name}({call.function.arguments})"
-            calls.append(ToolCall(call.id, call.function.name, call.function.arguments))
+            calls.append(PromptToolCall(call.id, call.function.name, call.function.arguments))
         name = message.name
         if message.role == "tool" and message.tool_call_id is not None:
             name = call_names.get(message.tool_call_id, name)
         out.append(
-            ChatMessage(
+            PromptMessage(
                 message.role,
                 # The simulator reads past calls in the text; an upstream gets them
                 # structured, and its text only.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamapi import sse
-from streamapi.engines import ChatMessage, GenerationRequest, TokenDelta
+from streamapi.engines import GenerationRequest, PromptMessage, TokenDelta
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.openai import CompletionRequest
 from streamapi.serving.chat import usage_dict
@@ -62,7 +62,7 @@ class CompletionService:
         templates = [
             GenerationRequest(
                 model=model,
-                messages=(ChatMessage("user", text),),
+                messages=(PromptMessage("user", text),),
                 max_tokens=request.max_tokens,
                 stop=(request.stop,)
                 if isinstance(request.stop, str)

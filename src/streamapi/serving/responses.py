@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamapi import sse
-from streamapi.engines import ChatMessage, GenerationRequest, OutputFormat, TokenDelta, ToolCall
+from streamapi.engines import (
+    GenerationRequest,
+    OutputFormat,
+    PromptMessage,
+    PromptToolCall,
+    TokenDelta,
+)
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.responses import (
     FunctionCallItem,
@@ -49,7 +55,7 @@ class StoredResponse:
     """A finished response: its body, and the conversation a follow-up continues."""
 
     body: dict[str, Any]
-    messages: tuple[ChatMessage, ...]
+    messages: tuple[PromptMessage, ...]
     call_names: dict[str, str]
 
 
@@ -78,7 +84,7 @@ class ResponseJob:
 
     job: Job
     echo: dict[str, Any]
-    messages: tuple[ChatMessage, ...]
+    messages: tuple[PromptMessage, ...]
     call_names: dict[str, str]
     store: bool
 
@@ -98,7 +104,7 @@ class ResponseService:
         """Check everything that can fail before the first byte."""
         generation = self._generation
         model = generation.resolve_model(request.model)
-        history: tuple[ChatMessage, ...] = ()
+        history: tuple[PromptMessage, ...] = ()
         call_names: dict[str, str] = {}
         if request.previous_response_id is not None:
             previous = self._store.get(request.previous_response_id)
@@ -110,7 +116,7 @@ class ResponseService:
             history, call_names = previous.messages, dict(previous.call_names)
         messages = [*history, *_input_messages(request.input, call_names)]
         if request.instructions:
-            messages.insert(0, ChatMessage("system", request.instructions))
+            messages.insert(0, PromptMessage("system", request.instructions))
         tools = tuple(
             tool_spec(t.name, t.description, t.parameters, param=f"tools[{i}].parameters")
             for i, t in enumerate(request.tools or ())
@@ -191,16 +197,16 @@ class ResponseService:
     def _keep(self, response: ResponseJob, builder: _Builder, body: dict[str, Any]) -> None:
         if not response.store:
             return
-        said: list[ChatMessage] = []
+        said: list[PromptMessage] = []
         names = dict(response.call_names)
         for item in builder.output:
             if item["type"] == "message":
-                said.append(ChatMessage("assistant", item["content"][0]["text"]))
+                said.append(PromptMessage("assistant", item["content"][0]["text"]))
             elif item["type"] == "function_call":
                 names[item["call_id"]] = item["name"]
-                call = ToolCall(item["call_id"], item["name"], item["arguments"])
+                call = PromptToolCall(item["call_id"], item["name"], item["arguments"])
                 said.append(
-                    ChatMessage(
+                    PromptMessage(
                         "assistant", f"{item['name']}({item['arguments']})", tool_calls=(call,)
                     )
                 )
@@ -412,25 +418,27 @@ def _output_text(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _input_messages(value: str | list[Any], call_names: dict[str, str]) -> list[ChatMessage]:
+def _input_messages(value: str | list[Any], call_names: dict[str, str]) -> list[PromptMessage]:
     if isinstance(value, str):
-        return [ChatMessage("user", value)]
+        return [PromptMessage("user", value)]
     messages = []
     for index, item in enumerate(value):
         if isinstance(item, MessageItem):
             messages.append(
-                ChatMessage(item.role, _text(item.content, param=f"input[{index}].content"))
+                PromptMessage(item.role, _text(item.content, param=f"input[{index}].content"))
             )
         elif isinstance(item, FunctionCallItem):
             call_names[item.call_id] = item.name
-            call = ToolCall(item.call_id, item.name, item.arguments)
+            call = PromptToolCall(item.call_id, item.name, item.arguments)
             messages.append(
-                ChatMessage("assistant", f"{item.name}({item.arguments})", tool_calls=(call,))
+                PromptMessage("assistant", f"{item.name}({item.arguments})", tool_calls=(call,))
             )
         elif isinstance(item, FunctionCallOutputItem):
             output = _text(item.output, param=f"input[{index}].output")
             messages.append(
-                ChatMessage("tool", output, call_names.get(item.call_id), tool_call_id=item.call_id)
+                PromptMessage(
+                    "tool", output, call_names.get(item.call_id), tool_call_id=item.call_id
+                )
             )
     return messages
 

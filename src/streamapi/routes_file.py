@@ -120,7 +120,7 @@ class ModelRoute(BaseModel):
         return self
 
 
-class RoutingTable(BaseModel):
+class RoutesTable(BaseModel):
     """The whole routes file."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -129,7 +129,7 @@ class RoutingTable(BaseModel):
     models: dict[str, ModelRoute] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _upstreams_exist(self) -> RoutingTable:
+    def _upstreams_exist(self) -> RoutesTable:
         for name, route in self.models.items():
             if not name.strip():
                 raise ValueError("models: a model name must not be empty")
@@ -153,7 +153,7 @@ class RoutesFileError(ValueError):
     """The routes file cannot be read or is invalid; the message says where."""
 
 
-def load_routes(path: Path) -> RoutingTable:
+def load_routes(path: Path) -> RoutesTable:
     """Read and check a routes file (``.json`` is JSON, anything else YAML)."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -164,7 +164,7 @@ def load_routes(path: Path) -> RoutingTable:
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise RoutesFileError(f"routes file {path} is not valid: {exc}") from None
     try:
-        table = RoutingTable.model_validate(data if data is not None else {})
+        table = RoutesTable.model_validate(data if data is not None else {})
     except ValidationError as exc:
         problems = "; ".join(
             # A check of the whole file names its entry in the message itself.

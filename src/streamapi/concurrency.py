@@ -1,6 +1,6 @@
 """Caps on concurrent generation requests: one for the server, one for each API key.
 
-A request takes a ``Lease`` before its engine sequences open and gives it back
+A request takes a ``ConcurrencyLease`` before its engine sequences open and gives it back
 when its ``Admission`` closes, which happens exactly once however the request
 ends (finished, failed, client gone, or refused at admission). A request over
 a cap gets 429 with ``Retry-After`` before its response starts.
@@ -48,14 +48,14 @@ class ConcurrencyLimiter:
                     code="too_many_concurrent_requests",
                 )
 
-    def acquire(self, principal: Principal | None) -> Lease:
+    def acquire(self, principal: Principal | None) -> ConcurrencyLease:
         """A lease, or ``RateLimitError`` when a cap is reached."""
         self.check(principal)
         key = principal.name if principal is not None else None
         if key is not None:
             self._by_key[key] += 1
         self.open += 1
-        return Lease(self, key)
+        return ConcurrencyLease(self, key)
 
     def _release(self, key: str | None) -> None:
         self.open -= 1
@@ -65,7 +65,7 @@ class ConcurrencyLimiter:
                 del self._by_key[key]
 
 
-class Lease:
+class ConcurrencyLease:
     """One request's place under the caps; ``release`` gives it back once."""
 
     def __init__(self, limiter: ConcurrencyLimiter, key: str | None) -> None:

@@ -1,6 +1,6 @@
 """Model routing as an engine: each request goes to the engine that serves its model.
 
-``serving`` sees one ``Engine`` whatever the routes: the ``RoutingEngine``
+``serving`` sees one ``Engine`` whatever the routes: the ``ModelDispatchEngine``
 sends a request for a routed model to its upstream under the upstream's own
 model name, and every other request to the default engine (the simulator).
 The response still names the model the client asked for: serving takes it
@@ -15,7 +15,7 @@ from dataclasses import replace
 from streamapi.engines import Engine, GenerationRequest, TokenDelta
 
 
-class RoutingEngine:
+class ModelDispatchEngine:
     """Dispatches by ``request.model``: routed models to their engine, the rest to ``default``."""
 
     def __init__(
