@@ -9,21 +9,13 @@ import orjson
 import pytest
 
 from streamapi import sse
-from streamapi.control.faults import (
-    ErrorContext,
-    Fault,
-    FaultedStream,
-    FaultSyntaxError,
-    Watch,
-    format_duration,
-    parse_fault_choices,
-    parse_faults,
-    status_error,
-    watch_frames,
-)
+from streamapi.control.fault_errors import ErrorContext, status_error
+from streamapi.control.fault_frames import watch_frames
+from streamapi.control.fault_streams import FaultedStream, Watch
 from streamapi.control.journal import Journal
-from streamapi.engines import TokenDelta
-from streamapi.errors import APIError
+from streamapi.engines.protocol import TokenDelta
+from streamapi.errors import APIError, format_duration
+from streamapi.fault_grammar import Fault, FaultSyntaxError, parse_fault_choices, parse_faults
 from tests.virtual_time import virtual_time
 
 CONTEXT = ErrorContext(model="sim-small", prompt_tokens=20, max_tokens=100, max_model_len=8192)
@@ -57,7 +49,6 @@ def test_several_faults_combine_with_semicolons() -> None:
     faults = parse_faults("slow,ms=10; no_done;no_usage")
     assert [f.kind for f in faults.faults] == ["slow", "no_done", "no_usage"]
     assert faults.spec == "slow,ms=10; no_done; no_usage"
-    assert faults.frame_level
     assert [f.kind for f in faults.mid_stream] == ["slow"]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from streamapi.control.rules import Facts, RuleBook, RulesError, load_rules, parse_rules
-from streamapi.engines import GenerationRequest, PromptMessage, ToolSpec
+from streamapi.engines.protocol import GenerationRequest, PromptMessage, ToolSpec
 
 
 def facts(

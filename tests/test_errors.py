@@ -11,7 +11,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from streamapi.app import create_app
-from streamapi.engines import GenerationRequest, TokenDelta
+from streamapi.engines.protocol import GenerationRequest, TokenDelta
 from streamapi.engines.simulator import SimulatorEngine
 from streamapi.errors import InvalidRequestError
 from streamapi.settings import Settings

@@ -9,8 +9,8 @@ from hypothesis import given, settings, strategies as st
 from openai._streaming import SSEDecoder
 
 from streamapi import sse
-from streamapi.engines import GenerationRequest, PromptMessage, TokenDelta, ToolCallStart
 from streamapi.engines.planner import Planner
+from streamapi.engines.protocol import GenerationRequest, PromptMessage, TokenDelta, ToolCallStart
 from streamapi.serving.chat import ChatJob, _ChunkWriter
 from streamapi.serving.core import Job
 from streamapi.text.tokenizer import tokenize

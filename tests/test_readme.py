@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streamapi.control.faults import parse_faults
 from streamapi.control.rules import parse_rules, parse_text
+from streamapi.fault_grammar import parse_faults
 from streamapi.settings import Settings
 
 README = (Path(__file__).parent.parent / "README.md").read_text()

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from streamapi.engines import FinishReason, GenerationRequest, PromptMessage, TokenDelta
 from streamapi.engines.prefix_cache import BLOCK_TOKENS, PrefixCache
+from streamapi.engines.protocol import FinishReason, GenerationRequest, PromptMessage, TokenDelta
 from streamapi.engines.scheduler import BatchModel, Pace, ScheduledSequence, Scheduler
 from streamapi.engines.simulator import SimulatorEngine
 from streamapi.errors import RateLimitError, ServiceUnavailableError

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import json
 
-from streamapi.engines import GenerationRequest, PromptMessage, Script, ScriptedToolCall, ToolSpec
 from streamapi.engines.planner import Planner
+from streamapi.engines.protocol import (
+    GenerationRequest,
+    PromptMessage,
+    Script,
+    ScriptedToolCall,
+    ToolSpec,
+)
 
 
 def request(**fields: object) -> GenerationRequest:

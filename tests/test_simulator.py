@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from streamapi.engines import GenerationRequest, PromptMessage
+from streamapi.engines.protocol import GenerationRequest, PromptMessage
 from streamapi.engines.simulator import SimulatorEngine
 from streamapi.text.tokenizer import count_chat_tokens, count_tokens, tokenize
 from streamapi.text.writer import find_subject, key_terms, write_answer

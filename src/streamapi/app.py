@@ -20,7 +20,8 @@ from streamapi.concurrency import ConcurrencyLimiter
 from streamapi.control.control_middleware import ControlMiddleware
 from streamapi.control.hooks import Control
 from streamapi.control.rules import RulesFile
-from streamapi.engines import Engine, start_engine
+from streamapi.engines.factory import start_engine
+from streamapi.engines.protocol import Engine
 from streamapi.errors import APIError, install_error_handlers
 from streamapi.lifecycle import Lifecycle
 from streamapi.metrics import Metrics

@@ -157,6 +157,26 @@ class RequestTooLargeError(InvalidRequestError):
     code = "request_too_large"
 
 
+def retry_after_headers(seconds: float) -> dict[str, str]:
+    """``Retry-After`` in whole seconds (HTTP allows no fraction, so rounded up) and
+    ``retry-after-ms``, the estimate itself, which the OpenAI SDKs read first."""
+    return {
+        "Retry-After": str(max(1, math.ceil(seconds))),
+        "retry-after-ms": str(max(1, math.ceil(seconds * 1000))),
+    }
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as OpenAI's ``x-ratelimit-reset-*`` headers write it: 20ms, 1.5s, 6m0s."""
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{round(seconds, 3):g}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{round(rest, 3):g}s"
+
+
 class RateLimitError(APIError):
     """Too much work right now; the client should retry after ``retry_after_s``.
 
@@ -173,10 +193,7 @@ class RateLimitError(APIError):
         super().__init__(
             message,
             code=code,
-            headers={
-                "Retry-After": str(max(1, math.ceil(self.retry_after_s))),
-                "retry-after-ms": str(max(1, math.ceil(self.retry_after_s * 1000))),
-            },
+            headers=retry_after_headers(self.retry_after_s),
         )
 
 

@@ -15,6 +15,7 @@ from typing import Final, Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamapi.fault_grammar import FaultSyntaxError, parse_fault_choices
 from streamapi.keys import KeyRing, load_keys
 from streamapi.routes_file import RoutesTable, load_routes
 
@@ -375,9 +376,6 @@ class Settings(BaseSettings):
     @field_validator("fault_kinds")
     @classmethod
     def _check_fault_kinds(cls, kinds: str) -> str:
-        # Imported here: the control package imports the engines, which import settings.
-        from streamapi.control.faults import FaultSyntaxError, parse_fault_choices
-
         try:
             parse_fault_choices(kinds)
         except FaultSyntaxError as exc:

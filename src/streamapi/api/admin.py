@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from streamapi.api.common import ERRORS, AppState, AppStateDep
-from streamapi.control.faults import FaultSyntaxError, parse_fault_choices
 from streamapi.control.hooks import Control
 from streamapi.control.rules import RulesError, parse_rules, parse_text
 from streamapi.errors import AuthenticationError, InvalidRequestError
+from streamapi.fault_grammar import FaultSyntaxError, parse_fault_choices
 
 _bearer = HTTPBearer(auto_error=False, description="The server's --admin-key.")
 

@@ -30,26 +30,24 @@ from typing import Any, Final, cast
 from starlette.requests import Request
 from starlette.responses import Response
 
-from streamapi.control.faults import (
-    FAULT_HEADER,
-    NO_FAULTS,
-    DroppedResponse,
-    ErrorContext,
-    FaultedStream,
-    FaultSet,
-    FaultSyntaxError,
-    Watch,
-    parse_fault_choices,
-    parse_faults,
-    status_error,
-    watch_frames,
-)
+from streamapi.control.dropped_response import DroppedResponse
+from streamapi.control.fault_errors import ErrorContext, status_error
+from streamapi.control.fault_frames import watch_frames
+from streamapi.control.fault_streams import FaultedStream, Watch
 from streamapi.control.journal import Journal, JournalEntry
 from streamapi.control.ratelimit import RateLimiter
 from streamapi.control.rules import ENDPOINT_PATHS, Facts, Matched, RuleBook
-from streamapi.engines import Engine
+from streamapi.engines.protocol import Engine
 from streamapi.engines.scheduler import BatchModel, Scheduler
 from streamapi.errors import InvalidRequestError
+from streamapi.fault_grammar import (
+    FAULT_HEADER,
+    NO_FAULTS,
+    FaultSet,
+    FaultSyntaxError,
+    parse_fault_choices,
+    parse_faults,
+)
 from streamapi.serving.core import Admission, Job, TestOverrides
 from streamapi.settings import Settings
 from streamapi.sse import AbortConnection

@@ -15,8 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streamapi.control.faults import format_duration
-from streamapi.errors import RateLimitError
+from streamapi.errors import RateLimitError, format_duration
 
 # Past this many buckets, full ones are forgotten (a full bucket is a fresh one).
 _MAX_BUCKETS = 10_000

@@ -31,8 +31,8 @@ from pydantic import (
     model_validator,
 )
 
-from streamapi.control.faults import FaultSyntaxError, parse_faults
-from streamapi.engines import GenerationRequest, Script, ScriptedToolCall
+from streamapi.engines.protocol import GenerationRequest, Script, ScriptedToolCall
+from streamapi.fault_grammar import FaultSyntaxError, parse_faults
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 
-from streamapi.engines import Engine, GenerationRequest, TokenDelta
+from streamapi.engines.protocol import Engine, GenerationRequest, TokenDelta
 
 
 class ModelDispatchEngine:

@@ -19,7 +19,7 @@ import re
 import secrets
 from dataclasses import dataclass, replace
 
-from streamapi.engines import (
+from streamapi.engines.protocol import (
     FinishReason,
     GenerationRequest,
     PromptMessage,

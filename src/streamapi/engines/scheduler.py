@@ -31,8 +31,8 @@ import random
 from collections import deque
 from dataclasses import dataclass, replace
 
-from streamapi.engines import FinishReason, TokenDelta
 from streamapi.engines.prefix_cache import PrefixCache
+from streamapi.engines.protocol import FinishReason, TokenDelta
 from streamapi.errors import APIError, RateLimitError, ServiceUnavailableError
 from streamapi.metrics import Metrics
 

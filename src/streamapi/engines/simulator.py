@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from streamapi.engines import GenerationRequest
 from streamapi.engines.planner import AnswerPlan, Planner
+from streamapi.engines.protocol import GenerationRequest
 from streamapi.engines.scheduler import BatchModel, Pace, ScheduledSequence, Scheduler
 from streamapi.metrics import Metrics
 from streamapi.settings import Settings

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from streamapi.engines import (
+from streamapi.engines.protocol import (
     FinishReason,
     GenerationRequest,
     PromptMessage,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamapi import sse
-from streamapi.engines import GenerationRequest, PromptMessage, PromptToolCall, TokenDelta
+from streamapi.engines.protocol import GenerationRequest, PromptMessage, PromptToolCall, TokenDelta
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.anthropic import (
     MessageCreateRequest,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamapi import sse
-from streamapi.engines import (
+from streamapi.engines.protocol import (
     GenerationRequest,
     OutputFormat,
     PromptMessage,

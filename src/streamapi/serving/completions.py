@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamapi import sse
-from streamapi.engines import GenerationRequest, PromptMessage, TokenDelta
+from streamapi.engines.protocol import GenerationRequest, PromptMessage, TokenDelta
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.openai import CompletionRequest
 from streamapi.serving.chat import usage_dict

@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 from jsonschema import SchemaError, validators
 
-from streamapi.engines import Engine, GenerationRequest, TokenDelta, ToolSpec, UsageReport
+from streamapi.engines.protocol import Engine, GenerationRequest, TokenDelta, ToolSpec, UsageReport
 from streamapi.errors import (
     APIError,
     ContextLengthExceededError,
