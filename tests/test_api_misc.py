@@ -80,7 +80,7 @@ async def test_openapi_documents_every_route_body_and_error(client: httpx.AsyncC
         "PromptRequest",
         "ChatCompletionChunk",
         "ErrorResponse",
-        "PromptMessage",
+        "ChatMessage",
     ):
         assert name in schemas
     docs = await client.get("/docs")

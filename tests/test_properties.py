@@ -12,7 +12,7 @@ from streamapi import sse
 from streamapi.engines.planner import Planner
 from streamapi.engines.protocol import GenerationRequest, PromptMessage, TokenDelta, ToolCallStart
 from streamapi.serving.chat import ChatJob, _ChunkWriter
-from streamapi.serving.core import Job
+from streamapi.serving.generation import Job
 from streamapi.text.tokenizer import tokenize
 
 DETERMINISTIC = settings(max_examples=300, derandomize=True, deadline=None)

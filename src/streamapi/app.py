@@ -34,8 +34,8 @@ from streamapi.schemas import anthropic, openai, responses
 from streamapi.serving.anthropic import MessageService
 from streamapi.serving.chat import ChatService
 from streamapi.serving.completions import CompletionService
-from streamapi.serving.core import Generation
 from streamapi.serving.embeddings import EmbeddingService
+from streamapi.serving.generation import Generation
 from streamapi.serving.responses import ResponseService, ResponseStore
 from streamapi.settings import Settings
 

@@ -45,7 +45,7 @@ from pydantic_core import ErrorDetails
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from streamapi import sse
+from streamapi import scope_keys, sse
 
 logger = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ def install_error_handlers(
             on_error(error)
         accept = request.headers.get("accept", "")
         dialect = dialects.for_request(request.method, request.url.path, accept)
-        return render(error, dialect, getattr(request.state, "request_id", None))
+        return render(error, dialect, scope_keys.state_of(request.scope).get(scope_keys.REQUEST_ID))
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from streamapi import logs, sse
+from streamapi import logs, scope_keys
 from streamapi.errors import (
     APIError,
     AuthenticationError,
@@ -36,9 +36,9 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 class RequestMiddleware:
     """Every request's bookkeeping, in one layer: arrival, id, and count by route and status.
 
-    ``scope["state"]["arrived_at"]`` is the event loop's clock when the app got
+    ``scope_keys.ARRIVED_AT`` is the event loop's clock when the app got
     the request (its headers parsed, its body not yet read): the zero of the
-    server-side latencies. ``scope["state"]["request_id"]`` is the client's
+    server-side latencies. ``scope_keys.REQUEST_ID`` is the client's
     ``X-Request-Id`` when it sent a sane one, else a new id; it goes back in the
     ``x-request-id`` header (where the OpenAI SDK reads it) and ``request-id``
     (Anthropic's). One layer rather than two because every event of a stream
@@ -54,15 +54,15 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        state["arrived_at"] = asyncio.get_running_loop().time()
+        state[scope_keys.ARRIVED_AT] = asyncio.get_running_loop().time()
         sent = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = sent if _SAFE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
-        state["request_id"] = request_id
+        state[scope_keys.REQUEST_ID] = request_id
         # A stream's body frames come back to this layer's caller directly: what
         # lies between (this layer, the control journal, auth, the body limit,
         # Starlette's exception handling) acts on a response's start only, or on
         # an error status's body, which a stream's 200 never has.
-        scope[sse.BODY_SEND_KEY] = send
+        scope[scope_keys.BODY_SEND] = send
         # For the log lines of this request's task and the tasks it starts; the
         # server runs each request in a task of its own, so nothing leaks.
         logs.request_id.set(request_id)
@@ -84,7 +84,7 @@ class RequestMiddleware:
         finally:
             # The server's send holds the scope: a reference cycle, left to the
             # garbage collector (which serve runs rarely) unless broken here.
-            del scope[sse.BODY_SEND_KEY]
+            del scope[scope_keys.BODY_SEND]
             route = scope.get("route")
             # Unmatched paths share one label: clients must not mint label values.
             template = getattr(route, "path", None) or "unmatched"
@@ -120,7 +120,7 @@ class BodyLimitMiddleware:
             error = self._error()
             if self.on_error is not None:
                 self.on_error(error)
-            response = render(error, dialect, scope.get("state", {}).get("request_id"))
+            response = render(error, dialect, scope_keys.state_of(scope).get(scope_keys.REQUEST_ID))
             await response(scope, receive, send)
             return
         received = 0
@@ -155,7 +155,7 @@ class AuthMiddleware:
     ``x-api-key`` (Anthropic's). Without keys configured every request passes
     and whatever key a client sends is ignored (SDKs insist on sending one).
     A request without a valid key gets 401 in its route's error dialect; one
-    with a valid key carries its ``Principal`` in ``scope["state"]["principal"]``.
+    with a valid key carries its ``Principal`` in ``scope_keys.PRINCIPAL``.
     Keys are never logged.
     """
 
@@ -200,10 +200,10 @@ class AuthMiddleware:
             dialect = self.dialects.for_request(
                 scope["method"], scope["path"], headers.get("accept", "")
             )
-            response = render(error, dialect, scope.get("state", {}).get("request_id"))
+            response = render(error, dialect, scope_keys.state_of(scope).get(scope_keys.REQUEST_ID))
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})["principal"] = principal
+        scope.setdefault("state", {})[scope_keys.PRINCIPAL] = principal
         await self.app(scope, receive, send)
 
     def _principal(self, headers: Headers) -> Principal | None:

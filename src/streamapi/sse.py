@@ -24,6 +24,7 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Receive, Scope, Send
 
 from streamapi.lifecycle import DRAIN_EXPIRED
+from streamapi.scope_keys import BODY_SEND as BODY_SEND_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,6 @@ SEP = "\n"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 # [DONE] is not JSON: OpenAI's clients stop on it before parsing.
 DONE = b"data: [DONE]\n\n"
-# Where the outermost middleware leaves the ``send`` it was given, for a stream's
-# body frames: the layers inside it touch only a response's start (and an error
-# status's body), so each frame skips their wrappers (docs/performance.md).
-BODY_SEND_KEY = "streamapi.body_send"
 
 
 def encode_data(payload: Any) -> bytes:

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from streamapi import sse
+from streamapi import scope_keys, sse
 from streamapi.concurrency import ConcurrencyLimiter
 from streamapi.control.hooks import Control
 from streamapi.errors import (
@@ -29,8 +29,8 @@ from streamapi.schemas.openai import ErrorResponse
 from streamapi.serving.anthropic import MessageService
 from streamapi.serving.chat import ChatService
 from streamapi.serving.completions import CompletionService
-from streamapi.serving.core import Admission, Generation, Job, TestOverrides
 from streamapi.serving.embeddings import EmbeddingService
+from streamapi.serving.generation import Admission, Generation, Job, TestOverrides
 from streamapi.serving.responses import ResponseService
 from streamapi.settings import Settings
 
@@ -243,9 +243,9 @@ async def respond(
     lease = state["limiter"].acquire(principal_of(request))
     admission = await generation.admit(
         plan.job,
-        arrived_at=_arrived_at(request),
+        arrived_at=scope_keys.arrival_time(request.scope),
         overrides=plan.overrides(_test_overrides(request, state["settings"])),
-        request_id=_scoped(request, "request_id"),
+        request_id=scope_keys.state_of(request.scope).get(scope_keys.REQUEST_ID),
         lease=lease,
     )
     plan.arm(admission)
@@ -266,7 +266,7 @@ async def respond(
 
 def principal_of(request: Request) -> Principal | None:
     """The caller's key (``AuthMiddleware``), or None when auth is off."""
-    principal = _scoped(request, "principal")
+    principal = scope_keys.state_of(request.scope).get(scope_keys.PRINCIPAL)
     return principal if isinstance(principal, Principal) else None
 
 
@@ -349,23 +349,6 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
     if task.cancelled():
         return None
     return task.result()
-
-
-def _scoped(request: Request, key: str) -> Any:
-    """A value the middleware put in this request's state, or None.
-
-    Read from the scope's dict: ``request.state`` builds a wrapper object on
-    first use, on every request's hot path.
-    """
-    return request.scope.get("state", {}).get(key)
-
-
-def _arrived_at(request: Request) -> float:
-    """When the request reached the app (stamped by the outermost middleware)."""
-    arrived_at = _scoped(request, "arrived_at")
-    if isinstance(arrived_at, float):
-        return arrived_at
-    return asyncio.get_running_loop().time()
 
 
 def _test_overrides(request: Request, settings: Settings) -> TestOverrides | None:

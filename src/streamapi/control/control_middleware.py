@@ -14,7 +14,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from streamapi.control.hooks import ENTRY_KEY, HEADERS_KEY, Control
+from streamapi import scope_keys
+from streamapi.control.hooks import Control
 from streamapi.control.rules import ENDPOINT_PATHS
 
 # Enough of an error body to read its type, code and message.
@@ -43,15 +44,14 @@ class ControlMiddleware:
         loop = asyncio.get_running_loop()
         entry = None
         if journal is not None:
-            arrived_at = state.get("arrived_at")
             entry = journal.open(
                 method=scope["method"],
                 path=scope["path"],
                 endpoint=endpoint,
-                arrived_at=arrived_at if isinstance(arrived_at, float) else loop.time(),
+                arrived_at=scope_keys.arrival_time(scope),
             )
-            entry.request_id = state.get("request_id")
-            state[ENTRY_KEY] = entry
+            entry.request_id = state.get(scope_keys.REQUEST_ID)
+            state[scope_keys.JOURNAL_ENTRY] = entry
         status = 0
         error_body = bytearray()
 
@@ -59,7 +59,7 @@ class ControlMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                extra: dict[str, str] | None = state.get(HEADERS_KEY)
+                extra: dict[str, str] | None = state.get(scope_keys.RATELIMIT_HEADERS)
                 if extra:
                     headers = list(message.get("headers", []))
                     present = {bytes(name).lower() for name, _ in headers}

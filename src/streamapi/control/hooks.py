@@ -20,7 +20,6 @@ dropped non-streamed answer into a cut connection.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 from collections.abc import AsyncIterator, Awaitable
@@ -30,6 +29,7 @@ from typing import Any, Final, cast
 from starlette.requests import Request
 from starlette.responses import Response
 
+from streamapi import scope_keys
 from streamapi.control.dropped_response import DroppedResponse
 from streamapi.control.fault_errors import ErrorContext, status_error
 from streamapi.control.fault_frames import watch_frames
@@ -48,13 +48,10 @@ from streamapi.fault_grammar import (
     parse_fault_choices,
     parse_faults,
 )
-from streamapi.serving.core import Admission, Job, TestOverrides
+from streamapi.serving.generation import Admission, Job, TestOverrides
 from streamapi.settings import Settings
 from streamapi.sse import AbortConnection
 
-# Per-request state that ControlMiddleware and Control.plan share (in scope["state"]).
-ENTRY_KEY: Final = "streamapi.journal_entry"
-HEADERS_KEY: Final = "streamapi.ratelimit_headers"
 LATENCY_FIELDS: Final = (
     "time_to_first_token_ms",
     "prefill_overhead_ms",
@@ -98,7 +95,7 @@ class Control:
     def plan(self, request: Request, job: Job, *, streamed: bool) -> ControlPlan:
         """Decide everything about ``job`` before admission; refusals raise ``APIError``."""
         state: dict[str, Any] = request.scope.setdefault("state", {})
-        entry: JournalEntry | None = state.get(ENTRY_KEY)
+        entry: JournalEntry | None = state.get(scope_keys.JOURNAL_ENTRY)
         # The matched route's path: building request.url parses the whole URL.
         endpoint = ENDPOINT_PATHS.get(getattr(request.scope.get("route"), "path", ""))
         template = job.choices[0]
@@ -111,7 +108,7 @@ class Control:
             if entry is not None:
                 entry.identity = identity
             cost = job.prompt_tokens + sum(choice.max_tokens or 0 for choice in job.choices)
-            state[HEADERS_KEY] = self.limiter.admit(identity, job.model, cost)
+            state[scope_keys.RATELIMIT_HEADERS] = self.limiter.admit(identity, job.model, cost)
         faults = self._header_faults(request)
         matched = self.rules.match(facts)
         if entry is not None and matched is not None:
@@ -146,7 +143,7 @@ class Control:
             raise status_error(before.status, context, retry_after_s=before.retry_after_s)
         return ControlPlan(
             job=_scripted(job, matched),
-            watch=Watch(faults, context, _arrived_at(state), entry)
+            watch=Watch(faults, context, scope_keys.arrival_time(request.scope), entry)
             if entry is not None or faults.faults
             else None,
             timing=self._timing(matched),
@@ -294,10 +291,3 @@ def _scripted(job: Job, matched: Matched | None) -> Job:
     if script is None:
         return job
     return replace(job, choices=tuple(replace(c, script=script) for c in job.choices))
-
-
-def _arrived_at(state: dict[str, Any]) -> float:
-    arrived_at = state.get("arrived_at")
-    if isinstance(arrived_at, float):
-        return arrived_at
-    return asyncio.get_running_loop().time()

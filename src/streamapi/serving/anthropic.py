@@ -27,7 +27,9 @@ from streamapi.schemas.anthropic import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from streamapi.serving.core import Admission, Generation, Job, Usage, check_tool_choice, tool_spec
+from streamapi.serving.generation import Admission, Generation, Job
+from streamapi.serving.schema_checks import check_tool_choice, tool_spec
+from streamapi.serving.usage import Usage
 
 logger = logging.getLogger(__name__)
 

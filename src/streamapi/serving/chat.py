@@ -31,16 +31,9 @@ from streamapi.schemas.openai import (
     ResponseFormatJSONSchema,
     TextContentPart,
 )
-from streamapi.serving.core import (
-    Admission,
-    Generation,
-    Job,
-    Transcript,
-    Usage,
-    check_schema,
-    check_tool_choice,
-    tool_spec,
-)
+from streamapi.serving.generation import Admission, Generation, Job
+from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
+from streamapi.serving.usage import Transcript, Usage
 
 logger = logging.getLogger(__name__)
 

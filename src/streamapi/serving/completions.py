@@ -17,7 +17,8 @@ from streamapi.engines.protocol import GenerationRequest, PromptMessage, TokenDe
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.openai import CompletionRequest
 from streamapi.serving.chat import usage_dict
-from streamapi.serving.core import Admission, Generation, Job, Usage
+from streamapi.serving.generation import Admission, Generation, Job
+from streamapi.serving.usage import Usage
 from streamapi.text.logprobs import logprob, top_logprobs
 from streamapi.text.tokenizer import count_tokens, tokenize
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from streamapi.errors import InvalidRequestError
 from streamapi.schemas.openai import EmbeddingRequest
-from streamapi.serving.core import Generation
+from streamapi.serving.generation import Generation
 from streamapi.text.tokenizer import count_tokens
 
 _MAX_INPUTS = 2048

@@ -37,15 +37,9 @@ from streamapi.schemas.responses import (
     TextFormatJSONObject,
     TextFormatJSONSchema,
 )
-from streamapi.serving.core import (
-    Admission,
-    Generation,
-    Job,
-    Usage,
-    check_schema,
-    check_tool_choice,
-    tool_spec,
-)
+from streamapi.serving.generation import Admission, Generation, Job
+from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
+from streamapi.serving.usage import Usage
 
 logger = logging.getLogger(__name__)
 

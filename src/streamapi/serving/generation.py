@@ -1,4 +1,4 @@
-"""What every protocol shares: checked engine requests, running the choices, usage."""
+"""The generation run loop every protocol shares: checked jobs, admission, the choices' deltas."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
 
-from jsonschema import SchemaError, validators
-
-from streamapi.engines.protocol import Engine, GenerationRequest, TokenDelta, ToolSpec, UsageReport
+from streamapi.aio import aclose_iterator
+from streamapi.engines.protocol import Engine, GenerationRequest, TokenDelta
 from streamapi.errors import (
     APIError,
     ContextLengthExceededError,
@@ -23,6 +22,7 @@ from streamapi.errors import (
 )
 from streamapi.lifecycle import DRAIN_EXPIRED, Lifecycle
 from streamapi.metrics import Metrics
+from streamapi.serving.schema_checks import tool_schema
 from streamapi.settings import Settings
 from streamapi.text.tokenizer import count_chat_tokens, count_tokens
 
@@ -40,114 +40,6 @@ class Job:
     prompt_tokens: int
     n: int = 1
     """Choices per prompt: choice ``i`` answers prompt ``i // n``."""
-
-
-@dataclass(slots=True)
-class ToolCallRecord:
-    """One tool call as it accumulates."""
-
-    id: str
-    name: str
-    arguments: list[str]
-
-    @property
-    def arguments_text(self) -> str:
-        return "".join(self.arguments)
-
-
-@dataclass(slots=True)
-class Transcript:
-    """Everything one choice generated, gathered from its deltas."""
-
-    content: list[str]
-    reasoning: list[str]
-    tool_calls: list[ToolCallRecord]
-    logprobs: list[TokenDelta]
-    finish_reason: str | None = None
-
-    @classmethod
-    def empty(cls) -> Transcript:
-        return cls([], [], [], [])
-
-    def add(self, delta: TokenDelta) -> None:
-        if delta.tool_call is not None:
-            self.tool_calls.append(ToolCallRecord(delta.tool_call.id, delta.tool_call.name, []))
-        elif delta.channel == "tool_call":
-            self.tool_calls[delta.tool_index].arguments.append(delta.text)
-        elif delta.channel == "reasoning":
-            self.reasoning.append(delta.text)
-        else:
-            self.content.append(delta.text)
-            if delta.logprob is not None:
-                self.logprobs.append(delta)
-        if delta.finish_reason is not None:
-            self.finish_reason = delta.finish_reason
-
-    @property
-    def text(self) -> str:
-        return "".join(self.content)
-
-    @property
-    def reasoning_text(self) -> str:
-        return "".join(self.reasoning)
-
-
-@dataclass(slots=True)
-class Usage:
-    """Tokens generated so far, counted as the deltas go by.
-
-    One delta is one token, unless a choice's last delta carries the engine's
-    own ``UsageReport`` (an upstream's chunks may hold several tokens): its
-    counts then replace what was counted for that choice, and reported prompt
-    tokens replace ours once every prompt of the job has reported (each prompt
-    counted once however many choices answer it, as OpenAI counts ``n``).
-    """
-
-    prompt_tokens: int
-    completion_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached_tokens: int = 0
-    n: int = 1
-    prompts: int = 1
-    _counted: dict[int, tuple[int, int]] = field(default_factory=dict)
-    _reported_prompts: dict[int, int] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, job: Job) -> Usage:
-        """Empty usage for ``job``, with its prompt tokens counted."""
-        return cls(job.prompt_tokens, n=job.n, prompts=max(1, len(job.choices) // job.n))
-
-    def add(self, delta: TokenDelta, index: int = 0) -> None:
-        """Count ``delta`` of choice ``index``."""
-        if delta.cached_prompt_tokens:
-            # Every choice shares the prompt: its cached part is counted once.
-            self.cached_tokens = max(self.cached_tokens, delta.cached_prompt_tokens)
-        if delta.is_token:
-            tokens, reasoning = self._counted.get(index, (0, 0))
-            is_reasoning = delta.channel == "reasoning"
-            self._counted[index] = (tokens + 1, reasoning + is_reasoning)
-            self.completion_tokens += 1
-            self.reasoning_tokens += is_reasoning
-        if delta.usage is not None:
-            self._report(index, delta.usage)
-
-    def _report(self, index: int, report: UsageReport) -> None:
-        tokens, reasoning = self._counted.get(index, (0, 0))
-        self.completion_tokens += report.completion_tokens - tokens
-        if report.reasoning_tokens is not None:
-            self.reasoning_tokens += report.reasoning_tokens - reasoning
-            reasoning = report.reasoning_tokens
-        self._counted[index] = (report.completion_tokens, reasoning)
-        if report.cached_tokens is not None:
-            self.cached_tokens = max(self.cached_tokens, report.cached_tokens)
-        if report.prompt_tokens is not None:
-            self._reported_prompts[index // self.n] = report.prompt_tokens
-            if len(self._reported_prompts) == self.prompts:
-                self.prompt_tokens = sum(self._reported_prompts.values())
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +88,7 @@ class Admission:
             if not self.ended and self._metrics is not None:
                 self._metrics.client_disconnects.inc()
             for stream in self.streams:
-                await _aclose(stream)
+                await aclose_iterator(stream)
         finally:
             if self._lease is not None:
                 self._lease.release()
@@ -263,7 +155,7 @@ class Generation:
             if prompt_tokens is not None
             else [
                 count_chat_tokens(m.content for m in t.messages)
-                + sum(count_tokens(json.dumps(_tool_schema(tool))) for tool in t.tools)
+                + sum(count_tokens(json.dumps(tool_schema(tool))) for tool in t.tools)
                 for t in templates
             ]
         )
@@ -327,7 +219,7 @@ class Generation:
         except BaseException:
             try:
                 for stream in streams:
-                    await _aclose(stream)
+                    await aclose_iterator(stream)
             finally:
                 if lease is not None:
                     lease.release()
@@ -386,7 +278,7 @@ class Generation:
             if merged is not None:
                 await merged.aclose()
             else:
-                await _aclose(streams[0])
+                await aclose_iterator(streams[0])
 
     async def whole(self, admission: Admission, work: Awaitable[T]) -> T:
         """A non-streamed answer: an error status counts as an end, not a disconnect."""
@@ -431,79 +323,6 @@ class _Stopwatch:
             self._metrics.e2e_request_latency.observe(self._clock() - self._arrived_at)
 
 
-def check_schema(schema: Mapping[str, Any], *, param: str) -> None:
-    """400 naming the problem when ``schema`` is not a valid JSON Schema.
-
-    Every ``$ref`` must point inside the schema: nothing is fetched from elsewhere.
-    """
-    try:
-        validators.validator_for(schema).check_schema(dict(schema))
-    except SchemaError as exc:
-        where = "/".join(str(p) for p in exc.path)
-        detail = f" at '{where}'" if where else ""
-        raise InvalidRequestError(
-            f"Invalid JSON Schema{detail}: {exc.message}", param=param
-        ) from None
-    for ref in _refs(schema):
-        if not _resolves(schema, ref):
-            raise InvalidRequestError(
-                f"Invalid JSON Schema: the reference '{ref}' does not point inside the schema.",
-                param=param,
-            )
-
-
-def _refs(node: Any) -> list[str]:
-    if isinstance(node, Mapping):
-        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
-        return found + [ref for value in node.values() for ref in _refs(value)]
-    if isinstance(node, list):
-        return [ref for value in node for ref in _refs(value)]
-    return []
-
-
-def _resolves(root: Mapping[str, Any], ref: str) -> bool:
-    if not ref.startswith("#"):
-        return False
-    node: Any = root
-    for part in ref[1:].split("/")[1:]:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return False
-    return True
-
-
-def tool_spec(
-    name: str, description: str | None, parameters: Mapping[str, Any] | None, *, param: str
-) -> ToolSpec:
-    """A checked tool definition."""
-    schema = parameters if parameters is not None else {"type": "object", "properties": {}}
-    check_schema(schema, param=param)
-    return ToolSpec(name=name, description=description or "", parameters=schema)
-
-
-def check_tool_choice(tools: Sequence[ToolSpec], choice: str, *, param: str) -> None:
-    """400 when ``tool_choice`` cannot be honoured with these tools."""
-    if choice in ("none", "auto"):
-        return
-    if not tools:
-        raise InvalidRequestError(
-            f"tool_choice '{choice}' is only allowed when tools are given.", param=param
-        )
-    if choice != "required" and choice not in {t.name for t in tools}:
-        raise InvalidRequestError(
-            f"tool_choice names the function '{choice}', which is not among the tools.",
-            param=param,
-        )
-
-
-def _tool_schema(tool: ToolSpec) -> dict[str, Any]:
-    return {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
-
-
 async def _merge(
     streams: Sequence[AsyncIterator[TokenDelta]],
 ) -> AsyncGenerator[tuple[int, TokenDelta]]:
@@ -527,7 +346,7 @@ async def _merge(
             future.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         for stream in streams:
-            await _aclose(stream)
+            await aclose_iterator(stream)
 
 
 async def _open_all(streams: Sequence[AsyncIterator[TokenDelta]]) -> None:
@@ -549,9 +368,3 @@ async def _open_all(streams: Sequence[AsyncIterator[TokenDelta]]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _aclose(stream: AsyncIterator[TokenDelta]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
