@@ -194,6 +194,10 @@ class _FailingEngine:
         self._error = error
         self._after = after
 
+    @property
+    def latency_control(self) -> None:
+        return None
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         sent = 0
         async for delta in self._simulator.stream(request):

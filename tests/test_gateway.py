@@ -561,3 +561,25 @@ def test_a_json_routes_file_and_a_key_from_the_environment(
     assert key.get_secret_value() == "from-env"
     assert "from-env" not in repr(config)
     assert settings.model_names == ["sim-small", "m"]
+
+
+async def test_the_admin_api_changes_and_resets_the_simulators_latency_behind_routes(
+    tmp_path: Path,
+) -> None:
+    # With a routes file the app's engine dispatches by model; its simulator's
+    # latency is still the one /admin/config reads, changes and resets.
+    admin = {"Authorization": "Bearer admin-secret"}
+    async with rig(tmp_path, admin_key="admin-secret", load_factor=1.5) as r:
+        shown = (await r.gateway.get("/admin/config", headers=admin)).json()["latency"]
+        assert shown is not None
+        assert shown["inter_token_latency_ms"] == 0
+        assert shown["load_factor"] == 1.5
+
+        patch = {"latency": {"inter_token_latency_ms": 3}}
+        patched = await r.gateway.patch("/admin/config", headers=admin, json=patch)
+        assert patched.status_code == 200, patched.text
+        assert patched.json()["latency"]["inter_token_latency_ms"] == 3
+
+        assert (await r.gateway.post("/admin/reset", headers=admin)).status_code in (200, 204)
+        after = (await r.gateway.get("/admin/config", headers=admin)).json()["latency"]
+        assert after["inter_token_latency_ms"] == 0

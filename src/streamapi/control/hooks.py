@@ -24,7 +24,7 @@ import hashlib
 import random
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
-from typing import Any, Final, cast
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,8 +37,7 @@ from streamapi.control.fault_streams import FaultedStream, Watch
 from streamapi.control.journal import Journal, JournalEntry
 from streamapi.control.ratelimit import RateLimiter
 from streamapi.control.rules import ENDPOINT_PATHS, Facts, Matched, RuleBook
-from streamapi.engines.protocol import Engine
-from streamapi.engines.scheduler import BatchModel, Scheduler
+from streamapi.engines.protocol import Engine, LatencyControl
 from streamapi.errors import InvalidRequestError
 from streamapi.fault_grammar import (
     FAULT_HEADER,
@@ -51,15 +50,6 @@ from streamapi.fault_grammar import (
 from streamapi.serving.generation import Admission, Job, TestOverrides
 from streamapi.settings import Settings
 from streamapi.sse import AbortConnection
-
-LATENCY_FIELDS: Final = (
-    "time_to_first_token_ms",
-    "prefill_overhead_ms",
-    "prefill_ms_per_token",
-    "inter_token_latency_ms",
-    "load_factor",
-    "latency_jitter_pct",
-)
 
 
 class Control:
@@ -81,16 +71,13 @@ class Control:
         self._fault_choices = parse_fault_choices(settings.fault_kinds)
         # Faults drawn at random are reproducible when the server has a seed.
         self._rng = random.Random(settings.seed)
-        self._engine: Engine | None = None
-        self._initial_latency: BatchModel | None = None
+        self._latency: LatencyControl | None = None
 
     # --- the serving path ------------------------------------------------------------
 
     def bind_engine(self, engine: Engine) -> None:
         """The engine whose latency the admin API reads and changes (the app's lifespan)."""
-        self._engine = engine
-        scheduler = self._scheduler()
-        self._initial_latency = None if scheduler is None else scheduler.model
+        self._latency = engine.latency_control
 
     def plan(self, request: Request, job: Job, *, streamed: bool) -> ControlPlan:
         """Decide everything about ``job`` before admission; refusals raise ``APIError``."""
@@ -182,17 +169,13 @@ class Control:
 
     def latency(self) -> dict[str, float] | None:
         """The engine's latency settings now, or None if the engine has none to change."""
-        scheduler = self._scheduler()
-        if scheduler is None:
-            return None
-        return {name: float(getattr(scheduler.model, name)) for name in LATENCY_FIELDS}
+        return None if self._latency is None else self._latency.latency()
 
     def set_latency(self, changes: dict[str, float]) -> None:
         """Change the engine's latency model; running sequences feel it from their next step."""
-        scheduler = self._scheduler()
-        if scheduler is None:
+        if self._latency is None:
             raise InvalidRequestError("This engine has no latency settings to change.")
-        scheduler.model = replace(scheduler.model, **cast(dict[str, Any], changes))
+        self._latency.set_latency(changes)
 
     def set_faults(self, *, rate: float | None = None, kinds: str | None = None) -> None:
         """Change ``--fault-rate`` and ``--fault-kinds`` (``FaultSyntaxError`` if invalid)."""
@@ -211,15 +194,10 @@ class Control:
             requests_per_minute=settings.rate_limit_requests_per_minute,
             tokens_per_minute=settings.rate_limit_tokens_per_minute,
         )
-        scheduler = self._scheduler()
-        if scheduler is not None and self._initial_latency is not None:
-            scheduler.model = self._initial_latency
+        if self._latency is not None:
+            self._latency.reset_latency()
         if self.journal is not None:
             self.journal.clear()
-
-    def _scheduler(self) -> Scheduler | None:
-        scheduler = getattr(self._engine, "scheduler", None)
-        return scheduler if isinstance(scheduler, Scheduler) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 
-from streamapi.engines.protocol import Engine, GenerationRequest, TokenDelta
+from streamapi.engines.protocol import Engine, GenerationRequest, LatencyControl, TokenDelta
 
 
 class ModelDispatchEngine:
@@ -28,6 +28,11 @@ class ModelDispatchEngine:
         self._default = default
         self._routes = dict(routes)
         self._owned = list(owned)
+
+    @property
+    def latency_control(self) -> LatencyControl | None:
+        """The default engine's (the simulator's): the routed upstreams have none."""
+        return self._default.latency_control
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         """The routed engine's stream for ``request``, under that engine's model name."""

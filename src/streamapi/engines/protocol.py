@@ -180,6 +180,26 @@ class TokenDelta:
         return bool(self.text) or self.tool_call is not None
 
 
+class LatencyControl(Protocol):
+    """An engine's latency model, read and changed at runtime (the admin API).
+
+    The values are the settings of the same names (``time_to_first_token_ms``,
+    ``inter_token_latency_ms``...); a change applies from the engine's next step.
+    """
+
+    def latency(self) -> dict[str, float]:
+        """The latency settings now."""
+        ...
+
+    def set_latency(self, changes: Mapping[str, float]) -> None:
+        """Change some of them; the others keep their value."""
+        ...
+
+    def reset_latency(self) -> None:
+        """Back to the values the engine started with."""
+        ...
+
+
 class Engine(Protocol):
     """A token generator.
 
@@ -201,10 +221,18 @@ class Engine(Protocol):
     awaits, so that tokens generated faster than a client reads them share one
     write (``Generation.batches``).
 
+    ``latency_control`` is an optional capability, explicit in the protocol: an
+    engine that wraps others passes on the one of the engine it defaults to.
+
     An engine whose ``stream`` is an async generator admits lazily, at its
     first step, i.e. after the response started: it still works, but its
     refusals then arrive as in-stream errors.
     """
+
+    @property
+    def latency_control(self) -> LatencyControl | None:
+        """The engine's changeable latency model; None if it has none (an upstream)."""
+        ...
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]: ...
 

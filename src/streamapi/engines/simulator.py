@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, Final, cast
 
 from streamapi.engines.planner import AnswerPlan, Planner
 from streamapi.engines.protocol import GenerationRequest
@@ -40,6 +43,7 @@ class SimulatorEngine:
         )
         # Jitter is reproducible when the server has a seed, like the answers.
         self._scheduler = Scheduler(model, metrics=metrics, rng=random.Random(seed))
+        self._latency = SchedulerLatency(self._scheduler)
 
     @classmethod
     def from_settings(
@@ -69,6 +73,11 @@ class SimulatorEngine:
         """The step loop that runs this engine's sequences."""
         return self._scheduler
 
+    @property
+    def latency_control(self) -> SchedulerLatency:
+        """The step loop's cost model, changeable at runtime."""
+        return self._latency
+
     def plan(self, request: GenerationRequest) -> AnswerPlan:
         """Everything ``stream`` will send, decided up front."""
         return self._planner.plan(request)
@@ -95,6 +104,36 @@ class SimulatorEngine:
     async def aclose(self) -> None:
         """Stop the step loop; sequences still open end with an error."""
         await self._scheduler.aclose()
+
+
+class SchedulerLatency:
+    """A scheduler's ``BatchModel`` as an engine's ``LatencyControl``."""
+
+    FIELDS: Final = (
+        "time_to_first_token_ms",
+        "prefill_overhead_ms",
+        "prefill_ms_per_token",
+        "inter_token_latency_ms",
+        "load_factor",
+        "latency_jitter_pct",
+    )
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self._initial = scheduler.model
+
+    def latency(self) -> dict[str, float]:
+        model = self._scheduler.model
+        return {name: float(getattr(model, name)) for name in self.FIELDS}
+
+    def set_latency(self, changes: Mapping[str, float]) -> None:
+        unknown = set(changes) - set(self.FIELDS)
+        if unknown:
+            raise ValueError(f"not latency settings: {', '.join(sorted(unknown))}")
+        self._scheduler.model = replace(self._scheduler.model, **cast(dict[str, Any], changes))
+
+    def reset_latency(self) -> None:
+        self._scheduler.model = self._initial
 
 
 def _pace(request: GenerationRequest) -> Pace | None:

@@ -96,6 +96,11 @@ class UpstreamEngine:
             ),
         )
 
+    @property
+    def latency_control(self) -> None:
+        """None: an upstream's latency is its own."""
+        return None
+
     def stream(self, request: GenerationRequest) -> UpstreamStream:
         """The choice's stream; nothing is sent until ``open`` (or the first ``anext``)."""
         return UpstreamStream(self, request)
