@@ -21,6 +21,7 @@ from streamapi.errors import (
     ModelNotFoundError,
     ServiceUnavailableError,
     from_validation_error,
+    retry_after_headers,
 )
 from streamapi.keys import Principal
 from streamapi.lifecycle import Lifecycle
@@ -217,7 +218,7 @@ def shutting_down() -> ServiceUnavailableError:
     return ServiceUnavailableError(
         "The server is shutting down; retry on another instance.",
         code="server_shutting_down",
-        headers={"Retry-After": "1"},
+        headers=retry_after_headers(1),
     )
 
 

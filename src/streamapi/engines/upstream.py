@@ -39,7 +39,7 @@ from streamapi.engines.protocol import (
     UsageReport,
 )
 from streamapi.engines.sse_decoder import SSEDecoder, SSEEvent
-from streamapi.errors import APIError, UpstreamError, UpstreamTimeoutError
+from streamapi.errors import APIError, UpstreamError, UpstreamTimeoutError, retry_after_headers
 from streamapi.metrics import Metrics
 from streamapi.routes_file import UpstreamConfig
 from streamapi.text.tokenizer import count_tokens
@@ -246,7 +246,7 @@ class UpstreamStream:
         if status == 429:
             retry = _retry_after_s(response.headers)
             if retry is not None:
-                error.headers["Retry-After"] = str(max(1, round(retry)))
+                error.headers.update(retry_after_headers(retry))
         logger.info("Upstream '%s' answered %d: %s", engine.name, status, error.message)
         return error
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +29,6 @@ from streamapi.schemas.anthropic import (
 from streamapi.serving.generation import Admission, Generation, Job
 from streamapi.serving.schema_checks import check_tool_choice, tool_spec
 from streamapi.serving.usage import Usage
-
-logger = logging.getLogger(__name__)
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 _BLOCK_KINDS = {"content": "text", "reasoning": "thinking", "tool_call": "tool_use"}
@@ -111,15 +108,9 @@ class MessageService:
                 usage={"output_tokens": blocks.usage.completion_tokens},
             )
             yield _event("message_stop")
-        except APIError as error:
-            self._generation.count_error(error)
-            logger.warning("%s ended in-stream: %s", job.id, error.message)
-            yield _event("error", error=error.to_anthropic()["error"])
-        except Exception:
-            logger.exception("%s failed mid-stream", job.id)
-            self._generation.count_error(APIError("internal"))
-            failure = {"type": "api_error", "message": "The server had an error while generating."}
-            yield _event("error", error=failure)
+        except Exception as exc:
+            for frame in self._generation.stream_error(exc, job.id, _render_error):
+                yield frame
 
     async def complete(self, message: MessageJob, admission: Admission) -> dict[str, Any]:
         """The whole Message (``stream`` false)."""
@@ -243,6 +234,11 @@ def _block_body(block: _Block) -> dict[str, Any]:
     except json.JSONDecodeError:
         arguments = {}  # cut short by max_tokens
     return {"type": "tool_use", "id": block.id, "name": block.name, "input": arguments}
+
+
+def _render_error(error: APIError) -> list[bytes]:
+    """An in-stream ``error`` event in Anthropic's terms."""
+    return [_event("error", error=error.to_anthropic()["error"])]
 
 
 def _event(kind: str, **fields: Any) -> bytes:

@@ -9,7 +9,6 @@ after the first byte sent in-stream followed by ``[DONE]``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +33,6 @@ from streamapi.schemas.openai import (
 from streamapi.serving.generation import Admission, Generation, Job
 from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
 from streamapi.serving.usage import Transcript, Usage
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,15 +117,9 @@ class ChatService:
                     yield frames[0] if len(frames) == 1 else b"".join(frames)
             if chat.include_usage:
                 yield writer.usage_chunk()
-        except APIError as error:
-            self._generation.count_error(error)
-            # The status line is long gone: the error becomes an event, then [DONE].
-            logger.warning("%s ended in-stream: %s", chat.job.id, error.message)
-            yield sse.encode_data(error.to_dict())
-        except Exception:
-            logger.exception("%s failed mid-stream", chat.job.id)
-            self._generation.count_error(APIError("internal"))
-            yield sse.encode_data(APIError("The server had an error while generating.").to_dict())
+        except Exception as exc:
+            for frame in self._generation.stream_error(exc, chat.job.id, render_error):
+                yield frame
         yield sse.DONE
 
     async def complete(self, chat: ChatJob, admission: Admission) -> dict[str, Any]:
@@ -411,3 +402,8 @@ def _text(index: int, content: object) -> str:
             )
         texts.append(part.text)
     return "\n".join(texts)
+
+
+def render_error(error: APIError) -> list[bytes]:
+    """An in-stream error in OpenAI's data-only streams: the error envelope as an event."""
+    return [sse.encode_data(error.to_dict())]

@@ -7,16 +7,15 @@ there is no role chunk. With several prompts, choice ``i * n + j`` is the
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from streamapi import sse
 from streamapi.engines.protocol import GenerationRequest, PromptMessage, TokenDelta
-from streamapi.errors import APIError, InvalidRequestError
+from streamapi.errors import InvalidRequestError
 from streamapi.schemas.openai import CompletionRequest
-from streamapi.serving.chat import usage_dict
+from streamapi.serving.chat import render_error, usage_dict
 from streamapi.serving.generation import Admission, Generation, Job
 from streamapi.serving.usage import Usage
 from streamapi.text.logprobs import logprob, top_logprobs
@@ -32,9 +31,6 @@ class CompletionJob:
     """Per choice, the prompt's tokens to put before its completion (``echo``)."""
     include_usage: bool
     logprobs: bool
-
-
-logger = logging.getLogger(__name__)
 
 
 class CompletionService:
@@ -125,14 +121,9 @@ class CompletionService:
                     yield b"".join(frames)
             if completion.include_usage:
                 yield sse.encode_data(_body(job, [], usage_dict(usage)))
-        except APIError as error:
-            self._generation.count_error(error)
-            logger.warning("%s ended in-stream: %s", job.id, error.message)
-            yield sse.encode_data(error.to_dict())
-        except Exception:
-            logger.exception("%s failed mid-stream", job.id)
-            self._generation.count_error(APIError("internal"))
-            yield sse.encode_data(APIError("The server had an error while generating.").to_dict())
+        except Exception as exc:
+            for frame in self._generation.stream_error(exc, job.id, render_error):
+                yield frame
         yield sse.DONE
 
     async def complete(self, completion: CompletionJob, admission: Admission) -> dict[str, Any]:

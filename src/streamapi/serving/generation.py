@@ -7,7 +7,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
@@ -23,6 +23,7 @@ from streamapi.errors import (
 from streamapi.lifecycle import DRAIN_EXPIRED, Lifecycle
 from streamapi.metrics import Metrics
 from streamapi.serving.schema_checks import tool_schema
+from streamapi.serving.stream_errors import render_stream_error
 from streamapi.settings import Settings
 from streamapi.text.tokenizer import count_chat_tokens, count_tokens
 
@@ -290,10 +291,11 @@ class Generation:
         admission.ended = True
         return result
 
-    def count_error(self, error: APIError) -> None:
-        """Count an error sent in-stream (after the first byte)."""
-        if self._metrics is not None:
-            self._metrics.error(error.type, error.code, in_stream=True)
+    def stream_error(
+        self, exc: Exception, job_id: str, render: Callable[[APIError], Iterable[bytes]]
+    ) -> Iterable[bytes]:
+        """The frames ending a stream that ``exc`` broke after its first byte (counted, logged)."""
+        return render_stream_error(exc, job_id=job_id, metrics=self._metrics, render=render)
 
 
 class _Stopwatch:

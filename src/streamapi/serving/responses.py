@@ -11,7 +11,6 @@ kept in a bounded in-memory store for ``previous_response_id``.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -39,9 +38,8 @@ from streamapi.schemas.responses import (
 )
 from streamapi.serving.generation import Admission, Generation, Job
 from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
+from streamapi.serving.stream_errors import GenerationFailed
 from streamapi.serving.usage import Usage
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,21 +159,9 @@ class ResponseService:
             body = builder.body(status)
             self._keep(response, builder, body)
             yield builder.event(f"response.{status}", response=body)
-        except APIError as error:
-            self._generation.count_error(error)
-            logger.warning("%s ended in-stream: %s", response.job.id, error.message)
-            yield builder.event("error", code=error.code, message=error.message, param=error.param)
-            failed = builder.body(
-                "failed", error={"code": error.code or error.type, "message": error.message}
-            )
-            yield builder.event("response.failed", response=failed)
-        except Exception:
-            logger.exception("%s failed mid-stream", response.job.id)
-            self._generation.count_error(APIError("internal"))
-            message = "The server had an error while generating."
-            yield builder.event("error", code="server_error", message=message, param=None)
-            failed = builder.body("failed", error={"code": "server_error", "message": message})
-            yield builder.event("response.failed", response=failed)
+        except Exception as exc:
+            for frame in self._generation.stream_error(exc, response.job.id, builder.failure):
+                yield frame
 
     async def complete(self, response: ResponseJob, admission: Admission) -> dict[str, Any]:
         """The whole Response object (``stream`` false)."""
@@ -235,6 +221,15 @@ class _Builder:
         self.output: list[dict[str, Any]] = []
         self._usage = Usage.of(response.job)
         self._finish: str | None = None
+
+    def failure(self, error: APIError) -> list[bytes]:
+        """An ``error`` event, then ``response.failed``: how a Response stream breaks."""
+        code = "server_error" if isinstance(error, GenerationFailed) else error.code
+        failed = {"code": error.code or error.type, "message": error.message}
+        return [
+            self.event("error", code=code, message=error.message, param=error.param),
+            self.event("response.failed", response=self.body("failed", error=failed)),
+        ]
 
     def event(self, kind: str, **fields: Any) -> bytes:
         frame = sse.encode_event(kind, {"type": kind, "sequence_number": self._sequence, **fields})
