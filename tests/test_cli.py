@@ -106,3 +106,13 @@ def test_serve_refuses_an_invalid_rules_file(
     bad.write_text("- {match: {usr: x}}\n")
     assert main(["serve", "--rules-file", str(bad)]) == 2
     assert "invalid rules: " in capsys.readouterr().err
+
+
+def test_the_admin_key_is_never_echoed_in_a_validation_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["serve", "--admin-key", " \t "]) == 2
+    err = capsys.readouterr().err
+    assert "--admin-key" in err
+    assert "<secret>" in err
+    assert repr(" \t ") not in err

@@ -583,3 +583,69 @@ async def test_the_admin_api_changes_and_resets_the_simulators_latency_behind_ro
         assert (await r.gateway.post("/admin/reset", headers=admin)).status_code in (200, 204)
         after = (await r.gateway.get("/admin/config", headers=admin)).json()["latency"]
         assert after["inter_token_latency_ms"] == 0
+
+
+class _TimesOutFirst(httpx.AsyncBaseTransport):
+    """The network between gateway and upstream: its first request times out unsent."""
+
+    def __init__(self, app: ASGIApp, timeout: type[httpx.TimeoutException]) -> None:
+        self._inner = httpx.ASGITransport(app=app)
+        self._timeout = timeout
+        self.calls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if self.calls == 1:
+            raise self._timeout("timed out", request=request)
+        return await self._inner.handle_async_request(request)
+
+
+@pytest.mark.parametrize(
+    ("failure", "doing"),
+    [
+        (httpx.PoolTimeout, "waiting for a free connection"),
+        (httpx.WriteTimeout, "sending the request"),
+    ],
+)
+@pytest.mark.parametrize("retries", [0, 1])
+async def test_a_timeout_before_the_request_was_sent_says_so_and_is_retried(
+    tmp_path: Path, failure: type[httpx.TimeoutException], doing: str, retries: int
+) -> None:
+    routes_file = tmp_path / "routes.yaml"
+    routes = ROUTES.replace("max_retries: 0", f"max_retries: {retries}\n    retry_backoff_s: 0")
+    routes_file.write_text(routes)
+    settings = Settings(time_to_first_token_ms=0, inter_token_latency_ms=0, routes_file=routes_file)
+    async with LifespanManager(create_app(upstream_settings())) as up:
+        network = _TimesOutFirst(up.app, failure)
+        app = create_app(settings, upstream_transports={"sim": network})
+        async with (
+            LifespanManager(app) as gw,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app), base_url="http://gw") as c,
+        ):
+            answer = await c.post(
+                "/v1/chat/completions",
+                json=chat("gw-small"),
+                headers={"Accept": "application/json"},
+            )
+    if retries:
+        assert answer.status_code == 200, answer.text
+        assert network.calls == 2
+    else:
+        assert answer.status_code == 504, answer.text
+        assert f"The upstream 'sim' timed out {doing}." in answer.text
+
+
+async def test_a_faked_context_length_error_names_the_models_own_context_length(
+    tmp_path: Path,
+) -> None:
+    routes = ROUTES.replace(
+        "gw-sim: {engine: simulator}", "gw-sim: {engine: simulator, max_model_len: 3000}"
+    )
+    async with rig(tmp_path, routes, enable_fault_headers=True) as r:
+        answer = await r.gateway.post(
+            "/v1/chat/completions",
+            json=chat("gw-sim"),
+            headers={"X-Streamapi-Fault": "status=400", "Accept": "application/json"},
+        )
+    assert answer.status_code == 400
+    assert "maximum context length is 3000 tokens" in answer.json()["error"]["message"]

@@ -411,7 +411,7 @@ def _describe(exc: ValidationError) -> str:
     return "\n".join(lines) + "\n"
 
 
-_SECRET_SETTINGS = frozenset({"api_keys"})
+_SECRET_SETTINGS = frozenset({"api_keys", "admin_key"})
 
 
 def _configure_logging(level: str) -> None:

@@ -79,11 +79,6 @@ class Settings(BaseSettings):
     )
 
     # --- models ---------------------------------------------------------------
-    engine: Literal["simulator"] = Field(
-        default="simulator",
-        description="The engine that generates tokens: the embedded simulator (no weights, "
-        "no network).",
-    )
     served_model_names: list[str] = Field(
         default=["sim-small"],
         min_length=1,
@@ -237,7 +232,9 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         le=4096,
-        description="Tokens carried by each streamed SSE event.",
+        description="Tokens carried by each streamed SSE event of chat and legacy "
+        "completions. The Responses and Anthropic Messages streams send one delta event per "
+        "token whatever this says, as those APIs do.",
     )
 
     # --- request bounds -------------------------------------------------------

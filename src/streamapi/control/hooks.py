@@ -104,7 +104,8 @@ class Control:
             model=job.model,
             prompt_tokens=job.prompt_tokens,
             max_tokens=template.max_tokens or 0,
-            max_model_len=self.settings.max_model_len,
+            # The model's own context length (a routes file may give one per model).
+            max_model_len=self.settings.max_model_len_of(job.model) or self.settings.max_model_len,
         )
         if faults is None and matched is not None:
             answer = matched.rule.respond

@@ -330,9 +330,7 @@ class Scheduler:
                     continue
                 budget = _TOKENS_PER_WAKE
                 await self._sleep_until(loop, deadline)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+        except Exception:  # CancelledError is no Exception: a cancel passes through
             # Logged here, once; the next submit starts a fresh loop.
             logger.exception("The engine's step loop failed")
             self._fail_all(APIError("The engine failed while generating."))

@@ -178,10 +178,12 @@ class UpstreamStream:
                     "POST", config.chat_url, json=payload, headers=headers
                 )
                 response = await engine.client.send(request, stream=True)
-            except httpx.ConnectTimeout:
-                engine.count(error="connect_timeout")
+            except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteTimeout) as exc:
+                # Nothing reached the upstream whole: safe to retry.
+                kind, doing = _UNSENT_TIMEOUTS[type(exc)]
+                engine.count(error=kind)
                 if attempt >= config.max_retries:
-                    raise self._timeout("connecting") from None
+                    raise self._timeout(doing) from None
             except httpx.TimeoutException:
                 # The request was sent and nothing came back in time: no retry,
                 # it may be running upstream.
@@ -612,6 +614,14 @@ async def _read_bounded(response: httpx.Response) -> bytes:
         if len(body) >= _MAX_ERROR_BODY_BYTES:
             break
     return bytes(body[:_MAX_ERROR_BODY_BYTES])
+
+
+# Timeouts before the request reached the upstream whole: (metric label, what timed out).
+_UNSENT_TIMEOUTS: dict[type[httpx.TimeoutException], tuple[str, str]] = {
+    httpx.ConnectTimeout: ("connect_timeout", "connecting"),
+    httpx.PoolTimeout: ("pool_timeout", "waiting for a free connection"),
+    httpx.WriteTimeout: ("write_timeout", "sending the request"),
+}
 
 
 def _retry_after_s(headers: httpx.Headers) -> float | None:
