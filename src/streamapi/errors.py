@@ -23,8 +23,8 @@ An upstream's own 4xx keeps its status, type and message (``UpstreamError.from_s
 Every error leaves the server as ``{"error": {"message", "type", "param", "code"}}``.
 Before the first byte it is an HTTP status with that body: JSON for clients that
 accept ``application/json`` (the OpenAI SDKs), otherwise, on the generation
-routes, one SSE ``data:`` event with the same status (the original spec's
-curl contract). After the first byte it is an in-stream event followed by
+routes, one SSE ``data:`` event with the same status (what a curl or
+EventSource client reads). After the first byte it is an in-stream event followed by
 ``[DONE]`` (see ``serving``).
 """
 

@@ -241,8 +241,8 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(
         default=5000,
         ge=1,
-        description='Longest accepted prompt in the original spec\'s {"prompt": ...} form; '
-        "longer gets 400.",
+        description='Longest accepted prompt in the simple prompt form {"prompt": ...} of '
+        "/v1/chat/completions; longer gets 400.",
     )
     max_n: int = Field(
         default=16, ge=1, le=128, description="Largest accepted n (choices per request)."

@@ -40,7 +40,7 @@ from streamapi.settings import Settings
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 # Routes that stream OpenAI's data-only events; a client that does not accept
-# JSON gets its errors there as one SSE event (the original spec's contract).
+# JSON (curl, EventSource) gets its errors there as one SSE event it can read.
 SSE_PATHS = frozenset({CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH})
 
 router = APIRouter(route_class=RequestOnlyRoute)
@@ -74,7 +74,7 @@ def _streamed(chunk: str, description: str) -> dict[int | str, Any]:
     summary="Create a chat completion",
     description=(
         "OpenAI's chat completions. The body is OpenAI's form (`model`, `messages`, ...) "
-        'or the original spec\'s `{"prompt": ..., "stream": true}`. With `stream` true '
+        'or the simple prompt form `{"prompt": ..., "stream": true}`. With `stream` true '
         "the answer is a `text/event-stream` of `chat.completion.chunk` events ended by "
         "`data: [DONE]`; otherwise one `chat.completion` object. Errors found before the "
         "first byte have their HTTP status (JSON for clients that accept "
@@ -158,7 +158,7 @@ async def retrieve_model(request: Request, model_id: str, state: AppStateDep) ->
 
 
 def _from_prompt_form(payload: dict[str, Any], settings: Settings) -> ChatCompletionRequest:
-    """The original spec's ``{"prompt", "stream"}`` form, with its own rules and messages."""
+    """The simple prompt form ``{"prompt", "stream"}``, with its own rules and messages."""
     prompt = payload.get("prompt")
     if not isinstance(prompt, str):
         raise InvalidRequestError("prompt must be a string.", param="prompt")

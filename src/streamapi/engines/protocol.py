@@ -146,7 +146,7 @@ class UsageReport:
 
 
 # Not frozen: a plan builds one delta per token, and a frozen dataclass's
-# __init__ (object.__setattr__ per field) costs seven times as much. Treat
+# __init__ (object.__setattr__ per field) costs several times as much. Treat
 # deltas as immutable all the same; ``dataclasses.replace`` makes changed copies.
 @dataclass(slots=True)
 class TokenDelta:

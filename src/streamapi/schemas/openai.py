@@ -175,7 +175,7 @@ class ChatCompletionRequest(Request):
 
 
 class PromptRequest(Request):
-    """The original spec's form: one prompt, always streamed."""
+    """The simple prompt form of /v1/chat/completions: one prompt, always streamed."""
 
     prompt: str = Field(description="The user's prompt; treated as one user message.")
     stream: bool = Field(description="Must be true.")
