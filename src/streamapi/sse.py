@@ -10,13 +10,12 @@ clients parse:
 - keep-alives are ``:`` comments, never ``event: ping``, and off by default;
 - one line of compact JSON per ``data:`` field.
 
-``EventStreamResponse`` is ours, written against Starlette's public
-``Response`` (for its headers) and the ASGI ``send`` and ``receive`` it is
-called with. It used to extend sse-starlette's ``EventSourceResponse``, but
-what a stream needs here (its frames sent from a task of its own, one
-disconnect watcher, a send timeout that costs nothing per frame, the drain's
-deadline) meant overriding that class's private methods, which any release
-may rename.
+``EventStreamResponse`` is written against Starlette's public ``Response``
+(for its headers) and the ASGI ``send`` and ``receive`` it is called with,
+rather than extending sse-starlette's ``EventSourceResponse``: what a stream
+needs here (its frames sent from a task of its own, one disconnect watcher, a
+send timeout that costs nothing per frame, the drain's deadline) would mean
+overriding that class's private methods, which any release may rename.
 """
 
 from __future__ import annotations
