@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 
 from streamapi import bench, cli
 from streamapi.bench import SSEParser, percentile, summarize
+from streamapi.bench.client import Connection
+from streamapi.bench.stats import RequestRecord, Stats
 
 
 def _feed_all(parser: SSEParser, pieces: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -185,13 +188,11 @@ USAGE = b'{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}'
 ERROR = b'{"error":{"message":"boom","type":"server_error"}}'
 
 
-async def _exchange(
-    pieces: list[bytes], *, eof: bool = False
-) -> tuple[bench._Request, bench._Stats]:
-    stats = bench._Stats()
-    connection = bench._Connection(stats)
+async def _exchange(pieces: list[bytes], *, eof: bool = False) -> tuple[RequestRecord, Stats]:
+    stats = Stats()
+    connection = Connection(stats)
     connection.connection_made(_Transport())  # type: ignore[arg-type]
-    request = bench._Request(measured=True)
+    request = RequestRecord(measured=True)
     done = connection.send(b"POST / HTTP/1.1\r\n\r\n", request)
     for piece in pieces:
         connection.data_received(piece)
@@ -300,12 +301,30 @@ def test_bench_help_names_the_command(capsys: pytest.CaptureFixture[str]) -> Non
     assert "streamapi bench" in capsys.readouterr().out
 
 
-def test_bench_module_imports_nothing_of_the_server() -> None:
-    # Read from the file: pytest's assertion rewriter loads the package (it ships a
-    # pytest plugin), and its loader has no get_source.
-    source = Path(bench.__file__).read_text()
-    assert "from streamapi" not in source
-    assert "import streamapi" not in source
+def test_bench_imports_nothing_of_the_server() -> None:
+    # In a fresh interpreter: pytest has already loaded the server (streamapi
+    # ships a pytest plugin), so this process's modules prove nothing.
+    # The package imports each of its modules.
+    probe = (
+        "import sys, streamapi.bench\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('streamapi'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    assert "streamapi.bench.runner" in loaded
+    assert [m for m in loaded if m != "streamapi" and not m.startswith("streamapi.bench")] == []
+
+
+def test_python_m_streamapi_bench_runs_the_same_command() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "streamapi.bench", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert finished.stdout.startswith("usage: streamapi bench")
 
 
 def test_streamapi_cli_dispatches_bench(capsys: pytest.CaptureFixture[str]) -> None:

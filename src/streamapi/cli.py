@@ -22,7 +22,6 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import CliApp
-from sse_starlette.sse import AppStatus
 from uvicorn._subprocess import get_subprocess
 from uvicorn.config import STARTUP_FAILURE
 
@@ -92,9 +91,6 @@ def serve(args: list[str]) -> int:
     if settings.workers > 1:
         return _serve_workers(settings)
     lifecycle = Lifecycle()
-    # We drain streams ourselves: sse-starlette would otherwise cancel every open
-    # stream the moment SIGTERM arrives (sysid/sse-starlette#73).
-    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     config = _uvicorn_config(settings, create_app(settings, lifecycle=lifecycle))
     server = _Server(config, lifecycle=lifecycle, grace_period_s=settings.shutdown_grace_period_s)
     server.run()
@@ -197,8 +193,6 @@ def _worker(
     """
     _stop_with_parent(parent)
     _configure_logging(settings.log_level)
-    # A fresh interpreter: sse-starlette's process-wide switch is back on.
-    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     lifecycle = Lifecycle()
     try:
         app = create_app(settings, lifecycle=lifecycle)

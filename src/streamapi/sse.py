@@ -1,14 +1,21 @@
-"""Server-Sent Events framing: the only place that writes SSE bytes.
+"""Server-Sent Events: the only place that writes SSE bytes, and the response that sends them.
 
-Frames are pre-encoded ``bytes`` that sse-starlette passes through untouched,
-so the framing is exactly what OpenAI's clients parse:
+Frames are pre-encoded ``bytes``, so the framing is exactly what OpenAI's
+clients parse:
 
-- ``\\n`` line endings, not sse-starlette's default ``\\r\\n`` (vLLM's
-  benchmark splits events on ``\\n\\n`` only);
+- ``\\n`` line endings, not ``\\r\\n`` (vLLM's benchmark splits events on
+  ``\\n\\n`` only);
 - no ``id:`` field: the openai SDK never forgets a last event id, and with one
   set every keep-alive comment would dispatch an empty event that crashes it;
 - keep-alives are ``:`` comments, never ``event: ping``, and off by default;
 - one line of compact JSON per ``data:`` field.
+
+``EventStreamResponse`` is written against Starlette's public ``Response``
+(for its headers) and the ASGI ``send`` and ``receive`` it is called with,
+rather than extending sse-starlette's ``EventSourceResponse``: what a stream
+needs here (its frames sent from a task of its own, one disconnect watcher, a
+send timeout that costs nothing per frame, the drain's deadline) would mean
+overriding that class's private methods, which any release may rename.
 """
 
 from __future__ import annotations
@@ -19,21 +26,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.sse import SendTimeoutError
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from streamapi.lifecycle import DRAIN_EXPIRED
-from streamapi.scope_keys import BODY_SEND as BODY_SEND_KEY
+from streamapi.scope_keys import BODY_SEND
 
 logger = logging.getLogger(__name__)
 
 MEDIA_TYPE = "text/event-stream"
 SEP = "\n"
-# sse-starlette defaults to no-store; the original spec and proxies want no-cache.
+# no-cache, not no-store (sse-starlette's default): what OpenAI's API sends and
+# proxies expect; X-Accel-Buffering stops nginx from holding frames back.
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 # [DONE] is not JSON: OpenAI's clients stop on it before parsing.
 DONE = b"data: [DONE]\n\n"
+# A comment: SSE parsers skip it, so no client sees an event (the openai SDK
+# would fail on an ``event: ping``); it only keeps proxies from timing out.
+PING = b": ping\n\n"
 
 
 def encode_data(payload: Any) -> bytes:
@@ -85,87 +95,106 @@ class AbortConnection(BaseException):
     """
 
 
-def _ping() -> ServerSentEvent:
-    return ServerSentEvent(comment="ping", sep=SEP)
+class EventStreamResponse(Response):
+    """A ``text/event-stream`` response: pre-encoded frames, sent as they come.
 
+    Beyond sending each frame, it keeps these promises (``tests/test_sse_response.py``):
 
-class EventStreamResponse(EventSourceResponse):
-    """sse-starlette's response with OpenAI framing, and hooks around the whole stream.
-
-    ``on_start`` and ``on_finish`` (awaited) run around the entire response,
-    not inside the generator: a client that disconnects before the generator's
-    first step never runs the generator's ``finally`` (sse-starlette #156), but
-    always runs this one. ``on_complete`` runs once every frame has been sent,
-    before the body's end: only a stream that ran to its end calls it.
+    - **Hooks around the whole response.** ``on_start`` and ``on_finish``
+      (awaited) run around the entire response, not inside the generator: a
+      client that disconnects before the generator's first step never runs the
+      generator's ``finally``, but always runs this one. ``on_complete`` runs
+      once every frame has been sent, before the body's end: only a stream that
+      ran to its end calls it.
+    - **A client that leaves ends the stream at once.** One task watches
+      ``receive`` for ``http.disconnect`` and cancels the stream wherever it
+      waits; the frames' generator is closed, so what it holds is released.
+    - **A client that stops reading is dropped.** Once one send has waited
+      ``send_timeout_s`` (cut between 1 and 1.5 times that) the stream ends as
+      above, with a warning, and the body is left unfinished. Time spent waiting
+      for the next frame (a slow first token) never counts; ``None``: no limit.
+    - **Keep-alives** are ``PING`` comments every ``ping_interval_s`` from a task
+      of their own, between the response's start and its end; 0 sends none.
+    - **The drain's deadline.** When the shutdown grace period ends
+      (``lifecycle.DRAIN_EXPIRED``) while a send waits on a client that does not
+      read, nothing more can be delivered: the stream ends there. (A stream
+      waiting for its next token gets its error event from the generator.)
+    - **``AbortConnection``** from the frames returns with the body unfinished:
+      the server closes the socket, as when a network drops.
+    - **Fewer layers per frame.** The response's start goes through ``send``,
+      every layer of middleware; the frames through the ``send`` left in the
+      scope at ``BODY_SEND``, past the layers that only act on a start.
+    - **HEAD** is answered with the headers and an empty body; the frames are
+      never read.
     """
+
+    media_type = MEDIA_TYPE
 
     def __init__(
         self,
         frames: AsyncIterator[bytes],
         *,
         ping_interval_s: float,
-        send_timeout_s: float,
+        send_timeout_s: float | None,
         headers: dict[str, str] | None = None,
         on_start: Callable[[], None] | None = None,
         on_complete: Callable[[], None] | None = None,
         on_finish: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        super().__init__(
-            frames,
-            headers={**HEADERS, **(headers or {})},
-            sep=SEP,
-            ping=ping_interval_s,
-            ping_message_factory=_ping,
-            send_timeout=send_timeout_s,
-        )
+        if ping_interval_s < 0:
+            raise ValueError("ping_interval_s must be >= 0 (0 sends no pings)")
+        if send_timeout_s is not None and send_timeout_s <= 0:
+            raise ValueError("send_timeout_s must be > 0 (None: no limit)")
+        # Starlette's StreamingResponse sets up a response the same way; there
+        # is no body to render, so no Content-Length.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**HEADERS, **(headers or {})})
+        self._frames = frames
+        self._ping_interval_s = ping_interval_s
+        self._send_timeout_s = send_timeout_s
         self._on_start = on_start
         self._on_complete = on_complete
         self._on_finish = on_finish
-
-    async def _send_with_timeout(self, send: Send, message: Message) -> None:
-        """``send``, or ``SendTimeoutError`` if the client takes over ``send_timeout`` to take it.
-
-        Only the rare sends come here (pings, sse-starlette's HEAD path); the
-        stream's frames go through ``_SendWatchdog``. sse-starlette wraps each
-        send in an anyio cancel scope; one timer, cancelled as soon as the send
-        returns, gives the same ``SendTimeoutError`` for less.
-        """
-        if self.send_timeout is None:
-            await send(message)
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        timer = asyncio.get_running_loop().call_later(
-            self.send_timeout, task.cancel, _SEND_TIMED_OUT
-        )
-        try:
-            await send(message)
-        except asyncio.CancelledError as cancel:
-            if cancel.args != (_SEND_TIMED_OUT,):
-                raise
-            task.uncancel()
-            raise SendTimeoutError() from None
-        finally:
-            timer.cancel()
+        # True from the response's start until its last frame: pings go out only then.
+        self._active = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._on_start is not None:
             self._on_start()
         try:
             if scope["method"] == "HEAD":
-                await super().__call__(scope, receive, send)
+                await self._head(send)
             else:
-                await self._serve(receive, send, scope.get(BODY_SEND_KEY, send))
-        except SendTimeoutError:
+                await self._serve(receive, send, scope.get(BODY_SEND, send))
+        except _SendTimedOut:
             # A client that stopped reading; its generator has been closed.
             logger.warning("Dropped a stream whose client stopped reading")
+            return
         except AbortConnection:
             # Returning with the body unfinished makes the server close the
             # socket: the client gets an incomplete chunked body, not an event.
             logger.info("Cut a stream's connection on purpose (an injected fault)")
+            return
         finally:
             if self._on_finish is not None:
                 await self._on_finish()
+        if self.background is not None:
+            await self.background()
+
+    async def _head(self, send: Send) -> None:
+        """The headers a GET would get, and no body: a stream would never end."""
+        await self._send_within_timeout(
+            send,
+            {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": self.raw_headers,
+            },
+        )
+        await self._send_within_timeout(
+            send, {"type": "http.response.body", "body": b"", "more_body": False}
+        )
 
     async def _serve(self, receive: Receive, send: Send, body_send: Send) -> None:
         """``_stream`` in a task of its own, which the request's task awaits.
@@ -181,16 +210,9 @@ class EventStreamResponse(EventSourceResponse):
     async def _stream(self, receive: Receive, send: Send, body_send: Send) -> None:
         """The stream, sent from the task that runs this, and one task that watches for disconnects.
 
-        sse-starlette runs four anyio tasks per response (stream, disconnect,
-        pings, shutdown signal); their start and teardown cost about a fifth of
-        a short stream's CPU. Here the frames are sent from this task (see
-        ``_serve``); a watcher cancels it when the client disconnects, pings
-        (when on) get a task of their own, and shutdown is ``Lifecycle``'s
-        drain, not a signal listener. What the client sees is the same.
-
-        The response's start goes through ``send``, every layer of middleware;
-        the frames through ``body_send`` (``BODY_SEND_KEY``), past the layers
-        that only look at a response's start.
+        Per response: this task, the watcher, and a pinger only when pings are
+        on; no task, timer or wrapper per frame (the watchdog checks flags this
+        loop sets). Shutdown is ``Lifecycle``'s drain, not a signal listener.
         """
         task = asyncio.current_task()
         assert task is not None
@@ -204,9 +226,9 @@ class EventStreamResponse(EventSourceResponse):
                 task.cancel(_CLIENT_GONE)
 
         watcher = loop.create_task(watch())
-        pinger = loop.create_task(self._pings(send)) if self._ping_interval > 0 else None
-        watchdog = _SendWatchdog(task, loop, self.send_timeout)
-        frames = self.body_iterator
+        pinger: asyncio.Task[None] | None = None
+        watchdog = _SendWatchdog(task, loop, self._send_timeout_s)
+        frames = self._frames
         try:
             watchdog.sending = True
             start = {"type": "http.response.start", "status": self.status_code}
@@ -215,6 +237,9 @@ class EventStreamResponse(EventSourceResponse):
             # stalled send: only time inside send counts.
             watchdog.sending = False
             watchdog.sent += 1
+            self._active = True
+            if self._ping_interval_s > 0:
+                pinger = loop.create_task(self._pings(send))
             async for frame in frames:
                 watchdog.sending = True
                 await body_send({"type": "http.response.body", "body": frame, "more_body": True})
@@ -222,7 +247,7 @@ class EventStreamResponse(EventSourceResponse):
                 watchdog.sent += 1
             if self._on_complete is not None:
                 self._on_complete()
-            self.active = streaming = False
+            self._active = streaming = False
             watchdog.sending = True
             await body_send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError as cancel:
@@ -230,7 +255,7 @@ class EventStreamResponse(EventSourceResponse):
             if cancel.args == (_SEND_TIMED_OUT,):
                 task.uncancel()
                 await _close(frames)
-                raise SendTimeoutError() from None
+                raise _SendTimedOut() from None
             if cancel.args not in _STOP_NOW:
                 raise
             # The client is gone, or the drain deadline came while a send waited
@@ -244,24 +269,40 @@ class EventStreamResponse(EventSourceResponse):
             await _close(frames)
             raise
         finally:
-            self.active = streaming = False
+            self._active = streaming = False
             watchdog.stop()
             watcher.cancel()
             if pinger is not None:
                 pinger.cancel()
 
     async def _pings(self, send: Send) -> None:
-        ping = _ping().encode()
+        """A ``PING`` every ``ping_interval_s`` while the stream is on."""
         while True:
-            await asyncio.sleep(self._ping_interval)
-            if not self.active:
+            await asyncio.sleep(self._ping_interval_s)
+            if not self._active:
                 return
             try:
-                await self._send_with_timeout(
-                    send, {"type": "http.response.body", "body": ping, "more_body": True}
+                await self._send_within_timeout(
+                    send, {"type": "http.response.body", "body": PING, "more_body": True}
                 )
-            except SendTimeoutError:
+            except _SendTimedOut:
                 return  # the stream's own next send times out and drops the client
+
+    async def _send_within_timeout(self, send: Send, message: Message) -> None:
+        """``send``, or ``_SendTimedOut`` once it has waited ``send_timeout_s``.
+
+        For the rare sends outside the stream's loop (pings, HEAD): a timer
+        around each is fine there, not per frame.
+        """
+        try:
+            async with asyncio.timeout(self._send_timeout_s):
+                await send(message)
+        except TimeoutError:
+            raise _SendTimedOut() from None
+
+
+class _SendTimedOut(Exception):
+    """A send waited ``send_timeout_s`` for the client: the stream is dropped."""
 
 
 class _SendWatchdog:
@@ -269,9 +310,10 @@ class _SendWatchdog:
 
     The stream's loop flags each send (``sending``, ``sent``); this checks the
     flags a few times per timeout from one timer, instead of arming and
-    cancelling a timer around every send, which cost about 13 % of a paced
-    stream's CPU (docs/performance.md). A send is cut between 1 and 1.5 times
-    ``timeout_s`` after it began. With no timeout it never fires.
+    cancelling a timer around every send, which cost a noticeable share of a
+    paced stream's CPU (docs/performance.md, "Optimisation steps"). A send is
+    cut between 1 and 1.5 times ``timeout_s`` after it began. With no timeout
+    it never fires.
     """
 
     __slots__ = ("_interval", "_loop", "_seen", "_stalled", "_task", "_timer", "sending", "sent")

@@ -1,0 +1,321 @@
+"""EventStreamResponse over the bare ASGI interface: each promise its docstring makes.
+
+The response is driven directly, with a client made of a ``receive`` and a
+``send`` that the test controls: it decides when the client stops reading or
+goes away, and sees every message the response sends, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from starlette.types import Message
+
+from streamapi import scope_keys, sse
+from streamapi.lifecycle import Lifecycle
+
+# Generous bounds for a loaded machine: a test fails on a hang, never on a slow run.
+DEADLINE_S = 5.0
+
+
+class Client:
+    """One HTTP client: it reads until told to stall, and leaves when told to."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.gone = asyncio.Event()
+        self.streaming = asyncio.Event()
+        """Set once two frames have come: the stream is under way."""
+        self.stall_after_bodies: int | None = None
+        self._never = asyncio.Event()
+
+    async def receive(self) -> Message:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        self.messages.append(message)
+        if len(self.bodies()) >= 2:
+            self.streaming.set()
+        if self.stall_after_bodies is not None and len(self.bodies()) > self.stall_after_bodies:
+            await self._never.wait()  # a reader that never drains its socket
+
+    def bodies(self) -> list[bytes]:
+        return [m["body"] for m in self.messages if m["type"] == "http.response.body"]
+
+    def ended(self) -> bool:
+        last = self.messages[-1] if self.messages else {}
+        return last.get("type") == "http.response.body" and last.get("more_body") is False
+
+
+class Frames:
+    """A frames generator that records whether it ran to its end and released what it held."""
+
+    def __init__(self, frames: list[bytes], *, wait_s: float = 0.0) -> None:
+        self.frames = frames
+        self.wait_s = wait_s
+        self.started = False
+        self.released = False
+
+    async def __call__(self) -> AsyncIterator[bytes]:
+        self.started = True
+        try:
+            for frame in self.frames:
+                await asyncio.sleep(self.wait_s)
+                yield frame
+        finally:
+            self.released = True
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def on_start(self) -> None:
+        self.calls.append("start")
+
+    def on_complete(self) -> None:
+        self.calls.append("complete")
+
+    async def on_finish(self) -> None:
+        self.calls.append("finish")
+
+
+def response(
+    frames: AsyncIterator[bytes],
+    hooks: Hooks,
+    *,
+    ping_interval_s: float = 0,
+    send_timeout_s: float | None = 30.0,
+) -> sse.EventStreamResponse:
+    return sse.EventStreamResponse(
+        frames,
+        ping_interval_s=ping_interval_s,
+        send_timeout_s=send_timeout_s,
+        on_start=hooks.on_start,
+        on_complete=hooks.on_complete,
+        on_finish=hooks.on_finish,
+    )
+
+
+def scope(method: str = "POST") -> dict[str, Any]:
+    return {"type": "http", "method": method, "path": "/v1/chat/completions"}
+
+
+FRAMES = [sse.encode_data({"n": 1}), sse.encode_data({"n": 2}), sse.DONE]
+
+
+async def test_frames_go_out_byte_for_byte_with_the_stream_headers() -> None:
+    client, hooks, frames = Client(), Hooks(), Frames(FRAMES)
+    await response(frames(), hooks)(scope(), client.receive, client.send)
+
+    start = client.messages[0]
+    assert start["type"] == "http.response.start"
+    assert start["status"] == 200
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    assert headers == {
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+        "connection": "keep-alive",
+        "content-type": "text/event-stream; charset=utf-8",
+    }
+    assert client.bodies() == [*FRAMES, b""]
+    assert client.ended()
+    assert hooks.calls == ["start", "complete", "finish"]
+    assert frames.released
+
+
+async def test_frames_skip_the_middleware_send_left_in_the_scope() -> None:
+    # The start goes through every layer (it gets the request id); frames do not.
+    client, hooks, frames = Client(), Hooks(), Frames(FRAMES)
+    layered: list[Message] = []
+
+    async def through_middleware(message: Message) -> None:
+        layered.append(message)
+        await client.send(message)
+
+    asgi_scope = scope() | {scope_keys.BODY_SEND: client.send}
+    await response(frames(), hooks)(asgi_scope, client.receive, through_middleware)
+
+    assert [m["type"] for m in layered] == ["http.response.start"]
+    assert client.bodies() == [*FRAMES, b""]
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_its_generator_closed() -> None:
+    client, hooks, frames = Client(), Hooks(), Frames([b"data: x\n\n"] * 1_000)
+    client.stall_after_bodies = 2
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    stream = response(frames(), hooks, send_timeout_s=0.2)  # held: only it may close frames
+
+    await asyncio.wait_for(stream(scope(), client.receive, client.send), DEADLINE_S)
+
+    assert loop.time() - began >= 0.2, "cut before one send had waited send_timeout_s"
+    assert frames.released, "the generator's cleanup (the engine's slot) ran"
+    assert hooks.calls == ["start", "finish"], "a dropped stream is not complete"
+    assert not client.ended(), "the body is left unfinished: the server closes the socket"
+
+
+async def test_waiting_for_frames_longer_than_the_send_timeout_is_not_a_stalled_client() -> None:
+    # The first token (or any next one) may take longer than the send timeout:
+    # only time inside one send counts.
+    client, hooks, frames = Client(), Hooks(), Frames(FRAMES, wait_s=0.3)
+    await asyncio.wait_for(
+        response(frames(), hooks, send_timeout_s=0.1)(scope(), client.receive, client.send),
+        DEADLINE_S,
+    )
+    assert client.bodies() == [*FRAMES, b""]
+    assert hooks.calls == ["start", "complete", "finish"]
+
+
+async def test_pings_are_comments_between_the_start_and_the_end() -> None:
+    client, hooks, frames = Client(), Hooks(), Frames(FRAMES, wait_s=0.12)
+    await asyncio.wait_for(
+        response(frames(), hooks, ping_interval_s=0.03)(scope(), client.receive, client.send),
+        DEADLINE_S,
+    )
+    await asyncio.sleep(0.1)  # a ping task left behind would send after the end
+
+    bodies = client.bodies()
+    assert bodies.count(sse.PING) >= 3
+    assert sse.PING == b": ping\n\n"
+    assert [b for b in bodies if b != sse.PING] == [*FRAMES, b""]
+    assert client.ended(), "nothing is sent after the body's end"
+    assert client.messages[0]["type"] == "http.response.start"
+
+
+async def test_a_ping_interval_of_zero_sends_no_pings() -> None:
+    # With 0, a ping loop would spin (sse-starlette before 3.7 sent pings
+    # back to back): no ping task at all.
+    client, hooks, frames = Client(), Hooks(), Frames(FRAMES, wait_s=0.1)
+    tasks_before = len(asyncio.all_tasks())
+    run = asyncio.create_task(
+        response(frames(), hooks, ping_interval_s=0)(scope(), client.receive, client.send)
+    )
+    await asyncio.sleep(0.05)
+    # This test, the response's task, its stream's task and the disconnect watcher.
+    assert len(asyncio.all_tasks()) == tasks_before + 3
+    await asyncio.wait_for(run, DEADLINE_S)
+    assert client.bodies() == [*FRAMES, b""]
+
+
+@pytest.mark.parametrize("ping_interval_s", [0, 0.02])
+async def test_disconnect_ends_the_stream_at_once_and_releases_the_generator(
+    ping_interval_s: float,
+) -> None:
+    client, hooks, frames = Client(), Hooks(), Frames([b"data: x\n\n"] * 100, wait_s=0.05)
+    tasks_before = len(asyncio.all_tasks())
+    stream = response(frames(), hooks, ping_interval_s=ping_interval_s)
+    run = asyncio.create_task(stream(scope(), client.receive, client.send))
+    await asyncio.wait_for(client.streaming.wait(), DEADLINE_S)
+    client.gone.set()
+    await asyncio.wait_for(run, DEADLINE_S)
+    await asyncio.sleep(0)
+
+    assert frames.released
+    assert hooks.calls == ["start", "finish"]
+    assert len(client.bodies()) < 50, "the stream stopped instead of running to its end"
+    assert not client.ended()
+    assert len(asyncio.all_tasks()) == tasks_before, "no watcher or pinger left behind"
+
+
+async def test_disconnect_while_a_send_is_stalled_ends_the_stream() -> None:
+    client, hooks, frames = Client(), Hooks(), Frames([b"data: x\n\n"] * 100)
+    client.stall_after_bodies = 1
+    # Held here, so that only the response can close the generator, not the GC.
+    stream = response(frames(), hooks)
+    run = asyncio.create_task(stream(scope(), client.receive, client.send))
+    await asyncio.sleep(0.05)
+    client.gone.set()
+    await asyncio.wait_for(run, 1)
+    assert frames.released
+    assert hooks.calls == ["start", "finish"]
+
+
+async def test_a_client_gone_before_the_first_frame_still_runs_on_finish() -> None:
+    # The generator never started, so its finally never runs: on_finish does.
+    client, hooks, frames = Client(), Hooks(), Frames(FRAMES)
+    client.gone.set()
+    client.stall_after_bodies = -1  # not even the response's start is taken
+    await asyncio.wait_for(
+        response(frames(), hooks)(scope(), client.receive, client.send), DEADLINE_S
+    )
+    assert not frames.started
+    assert hooks.calls == ["start", "finish"]
+
+
+async def test_the_drain_deadline_ends_a_stream_stuck_on_a_client_that_does_not_read() -> None:
+    # A stream waiting for its next token ends with an error event (the
+    # generator's work, tests/test_lifecycle.py); one stuck in a send to a
+    # client that does not read cannot deliver anything: it ends at the
+    # deadline, not send_timeout_s later.
+    lifecycle = Lifecycle()
+    lifecycle.bind(asyncio.get_running_loop())
+
+    async def frames() -> AsyncIterator[bytes]:
+        with lifecycle.interruptible():
+            for _ in range(1_000):
+                yield b"data: x\n\n"
+
+    client, hooks = Client(), Hooks()
+    client.stall_after_bodies = 1
+    run = asyncio.create_task(
+        response(frames(), hooks, send_timeout_s=30)(scope(), client.receive, client.send)
+    )
+    await asyncio.sleep(0.05)
+    lifecycle.begin_drain(0.05)
+    await asyncio.wait_for(run, DEADLINE_S)
+    assert hooks.calls == ["start", "finish"]
+    assert not client.ended()
+
+
+async def test_abort_connection_leaves_the_body_unfinished() -> None:
+    async def frames() -> AsyncIterator[bytes]:
+        yield b"data: x\n\n"
+        raise sse.AbortConnection
+
+    client, hooks = Client(), Hooks()
+    await asyncio.wait_for(
+        response(frames(), hooks)(scope(), client.receive, client.send), DEADLINE_S
+    )
+    assert client.bodies() == [b"data: x\n\n"]
+    assert not client.ended()
+    assert hooks.calls == ["start", "finish"]
+
+
+async def test_an_error_from_the_frames_goes_on_after_on_finish() -> None:
+    async def frames() -> AsyncIterator[bytes]:
+        yield b"data: x\n\n"
+        raise RuntimeError("a bug in a stream")
+
+    client, hooks = Client(), Hooks()
+    with pytest.raises(RuntimeError, match="a bug in a stream"):
+        await response(frames(), hooks)(scope(), client.receive, client.send)
+    assert hooks.calls == ["start", "finish"]
+
+
+async def test_head_gets_the_headers_and_no_stream() -> None:
+    client, hooks, frames = Client(), Hooks(), Frames(FRAMES)
+    await asyncio.wait_for(
+        response(frames(), hooks)(scope("HEAD"), client.receive, client.send), DEADLINE_S
+    )
+    assert client.messages[0]["type"] == "http.response.start"
+    assert client.bodies() == [b""]
+    assert client.ended()
+    assert not frames.started
+
+
+@pytest.mark.parametrize(
+    ("ping_interval_s", "send_timeout_s"), [(-1.0, 1.0), (0.0, 0.0), (0.0, -2.0)]
+)
+def test_bad_intervals_are_refused(ping_interval_s: float, send_timeout_s: float) -> None:
+    async def frames() -> AsyncIterator[bytes]:
+        yield b""
+
+    with pytest.raises(ValueError, match="must be"):
+        sse.EventStreamResponse(
+            frames(), ping_interval_s=ping_interval_s, send_timeout_s=send_timeout_s
+        )
