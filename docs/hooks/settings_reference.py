@@ -89,7 +89,8 @@ def _default(name: str, info: FieldInfo) -> str:
     return shown
 
 
-def _cell(text: str) -> str:
+def table_cell(text: str) -> str:
+    """Help text as a table cell."""
     # Descriptions are plain help text: escape what Markdown tables and HTML would read.
     return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
@@ -111,7 +112,7 @@ def settings_reference() -> str:
         anchor = f'<span id="{name.replace("_", "-")}"></span>'
         rows.append(
             f"| {anchor}{option} | `{env_name(name)}` | {kind} | {_default(name, info)} "
-            f"| {_cell(info.description or '')} |"
+            f"| {table_cell(info.description or '')} |"
         )
     return "\n".join(rows) + "\n"
 
