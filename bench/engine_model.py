@@ -8,7 +8,7 @@ at once (``ignore_eos``, so each has exactly ``--max-tokens`` tokens), times eac
 client's frames, scrapes ``/metrics`` during and after the run, and prints
 three views of the same run:
 
-- per request: the model's prediction (the README's formulas replayed, by the
+- per request: the model's prediction (the engine model's formulas replayed, by the
   small independent simulation below, on the clients' actual send times), and
   what the client measured;
 - totals and means: clients, ``/metrics``, model.
@@ -64,8 +64,8 @@ class Predicted:
 def predict(
     arrivals: list[float], *, tokens: list[int], prompts: list[int], args: argparse.Namespace
 ) -> list[Predicted]:
-    """The README's engine model replayed on these arrivals (seconds), token counts and
-    prompt lengths."""
+    """The engine model (docs/engine-model.md) replayed on these arrivals (seconds),
+    token counts and prompt lengths."""
 
     def decode_ms(d: int) -> float:
         fill = (d - 1) / (args.max_num_seqs - 1) if args.max_num_seqs > 1 else 0.0
@@ -253,7 +253,7 @@ def report(
           f"running={during.get('vllm:num_requests_running', 0):.0f} "
           f"waiting={during.get('vllm:num_requests_waiting', 0):.0f} "
           f"kv_cache_usage={during.get('vllm:kv_cache_usage_perc', 0):.4f}")  # fmt: skip
-    print("\nby place in the queue (ms; model = the README's formulas replayed on the")
+    print("\nby place in the queue (ms; model = the engine model's formulas replayed on the")
     print("clients' send times; the burst's requests are identical, so rank k is compared")
     print("with the model's rank k)")
     print(f"{'k':>3} {'queue model':>12} {'TTFT model':>11} {'TTFT client':>12} "

@@ -2,7 +2,7 @@
 
 Each test drives the real app over ASGI (``tests.asgi_driver``) and times
 frames on the event loop's clock, which ``virtual_time`` makes exact: what a
-client sees, what ``/metrics`` reports and what the README's formulas predict
+client sees, what ``/metrics`` reports and what docs/engine-model.md's formulas predict
 must be the same numbers.
 """
 

@@ -1,6 +1,6 @@
 """The continuous-batching model, checked to the float in virtual time.
 
-Every expected time below is computed from the README's formulas, not read
+Every expected time below is computed from the formulas of docs/engine-model.md, not read
 back from the scheduler: ``decode_ms(d) = ITL x (1 + load x (d-1)/(max-1))``
 and ``prefill_ms(u) = TTFT + per_token x u`` per step.
 """
@@ -439,8 +439,8 @@ async def test_output_tokens_override_sets_the_answer_length(
     await engine.aclose()
 
 
-async def test_the_readme_worked_example(clock: asyncio.AbstractEventLoop) -> None:
-    # README "Engine model", worked example: the 8b-1gpu profile, 4 slots,
+async def test_the_docs_worked_example(clock: asyncio.AbstractEventLoop) -> None:
+    # docs/engine-model.md, "Worked example": the 8b-1gpu profile, 4 slots,
     # six requests at once with 1000-token prompts and 100 output tokens.
     model = BatchModel(
         time_to_first_token_ms=5,

@@ -87,7 +87,7 @@ class StreamapiServer:
         return {FAULT_HEADER: spec}
 
     def journal(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The requests the server saw, oldest first (see the README for the fields)."""
+        """The requests the server saw, oldest first (fields: docs/testing/admin-api.md)."""
         params = {} if limit is None else {"limit": limit}
         entries: list[dict[str, Any]] = self._call("GET", "/journal", params=params)["entries"]
         return entries

@@ -2,7 +2,8 @@
 
 Every field is also an environment variable ``STREAMAPI_<FIELD_NAME>`` and a
 ``streamapi serve --<field-name>`` option; the descriptions below are the
-``--help`` text and the README's settings table.
+``--help`` text and the documentation's settings reference (generated from them by
+``docs/hooks/settings_reference.py``).
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ class Settings(BaseSettings):
     routes_file: Path | None = Field(
         default=None,
         description="Routing table (YAML, or JSON if the name ends in .json): upstream "
-        "OpenAI-compatible servers and the model names each serves (see the README's "
-        "Gateway section). Checked at start-up.",
+        "OpenAI-compatible servers and the model names each serves (see the documentation's "
+        "Gateway page). Checked at start-up; errors name the entry and field.",
     )
     accept_unknown_models: bool = Field(
         default=True,
@@ -143,7 +144,7 @@ class Settings(BaseSettings):
         default="default",
         description="Named preset for the six latency and KV settings below (default, instant, "
         "8b-1gpu, 70b-8gpu); each of those settings given explicitly wins over the preset. "
-        "See the README's Engine model section.",
+        "See the documentation's Engine model page.",
     )
     time_to_first_token_ms: float = Field(
         default=100.0,
@@ -280,7 +281,8 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None,
         description="YAML or JSON file of named keys (or their SHA-256), each with an "
-        "optional model allow-list and concurrency cap (see the README's Gateway section).",
+        "optional model allow-list and concurrency cap (see the documentation's Keys, limits "
+        "and CORS page).",
     )
     cors_allow_origins: list[str] = Field(
         default=[],
@@ -315,7 +317,7 @@ class Settings(BaseSettings):
         "end with an in-stream error event and [DONE].",
     )
 
-    # --- test control (README: "Testing your client") --------------------------
+    # --- test control (docs/testing/) ---------------------------------------------
     rules_file: Path | None = Field(
         default=None,
         description="A YAML or JSON file of rules: scripted answers, errors, faults and "

@@ -128,13 +128,12 @@ def test_stopping_ends_open_streams_at_once(
     assert time.monotonic() - started < 5
 
 
-README = Path(__file__).parents[2] / "README.md"
+PLUGIN_PAGE = Path(__file__).parents[2] / "docs" / "testing" / "pytest-plugin.md"
 
 
-def test_the_readmes_example_passes_in_a_users_suite(tmp_path: Path) -> None:
+def test_the_docs_example_passes_in_a_users_suite(tmp_path: Path) -> None:
     """The plugin comes from the installed package's entry point, as in any user's suite."""
-    section = README.read_text().split("### The pytest plugin", 1)[1]
-    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    example = PLUGIN_PAGE.read_text().split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nasyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
     )

@@ -201,7 +201,7 @@ class Respond(BaseModel):
 
     text: str | None = None
     template: str | None = None
-    """Text with ``{{variables}}`` from the request (see the README)."""
+    """Text with ``{{variables}}`` from the request (see docs/testing/rules.md)."""
     json_value: Any = Field(default=None, alias="json")
     """A structured answer: any JSON value, sent as its JSON text."""
     tool_calls: list[ToolCallAnswer] | None = None

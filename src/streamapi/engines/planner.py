@@ -5,7 +5,7 @@ simulator will stream; pacing is the simulator's business. Every choice comes
 from a ``random.Random`` seeded by the request's seed, the conversation and the
 choice index, so equal requests get equal plans.
 
-Tool calls follow a documented rule (README, "Tool calls"): ``tool_choice``
+Tool calls follow a documented rule (docs/api/chat-completions.md, "Tool calls"): ``tool_choice``
 ``"none"`` never calls, a named function or ``"required"`` always calls, and
 ``"auto"`` calls the tools the last user message names.
 """

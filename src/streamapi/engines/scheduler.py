@@ -1,6 +1,6 @@
 """Continuous batching: one task and one timer advance every running sequence, step by step.
 
-The model (the README's "Engine model" gives the formulas and a worked example):
+The model (docs/engine-model.md gives the formulas and a worked example):
 
 - at most ``max_num_seqs`` sequences run; more wait, first come first served, in
   a queue of at most ``max_waiting_requests`` (beyond it ``submit`` raises a 429);
