@@ -77,9 +77,13 @@ def start_server(options: tuple[str, ...], log_dir: Path) -> ServerProcess:
     port = free_port()
     log_path = log_dir / f"streamapi-{port}.log"
     command = [sys.executable, "-m", "streamapi", "serve", "--host", HOST, "--port", str(port)]
+    env = _clean_env()
+    # What the server leaves behind if a test kills it (serve --workers' metrics
+    # directory) goes with the test's files.
+    env["TMPDIR"] = str(log_dir)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [*command, *options], stdout=log_file, stderr=subprocess.STDOUT, env=_clean_env()
+            [*command, *options], stdout=log_file, stderr=subprocess.STDOUT, env=env
         )
     server = ServerProcess(f"http://{HOST}:{port}", process, log_path)
     try:
