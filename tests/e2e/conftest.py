@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.cluster import Cluster, start_cluster
+
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
@@ -137,3 +139,28 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 def module_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
     """Start servers shared by the tests of one module (for read-only tests)."""
     yield from _factory(tmp_path_factory.mktemp("streamapi"))
+
+
+ClusterFactory = Callable[..., Cluster]
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[ClusterFactory]:
+    """Start clusters that live for one test: three replicas behind HAProxy.
+
+    ``cluster_factory("--seed", "1")`` passes its options to every replica
+    (``--state-url`` for shared state) and returns a ``Cluster``: ``url`` is the
+    load balancer's, ``replicas`` each have ``pid``, ``url``, ``stop()``, ``kill()``.
+    """
+    started: list[Cluster] = []
+
+    def start(*options: str) -> Cluster:
+        cluster = start_cluster(lambda: start_server(options, tmp_path), tmp_path)
+        started.append(cluster)
+        return cluster
+
+    try:
+        yield start
+    finally:
+        for cluster in reversed(started):
+            cluster.stop()
