@@ -247,7 +247,11 @@ def _load_yaml_block(block: Block, tmp_path: Path) -> Settings | None:
         return Settings(routes_file=path)
     if "keys" in document:
         return Settings(api_keys_file=path)
-    raise AssertionError(f"{block}: a YAML block that is no rules, routes nor keys file")
+    if "groups" in document:  # a Prometheus rules file: every rule records or alerts on a query
+        rules = [rule for group in document["groups"] for rule in group["rules"]]
+        assert rules and all(("record" in r or "alert" in r) and r["expr"] for r in rules), block
+        return Settings()
+    raise AssertionError(f"{block}: YAML that is no rules, routes, keys nor Prometheus file")
 
 
 @pytest.mark.parametrize("block", blocks_of("yaml"), ids=_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -88,6 +89,8 @@ def create_app(
         generation = Generation(settings, active, lifecycle, metrics)
         control.bind_engine(active)
         per_event = settings.tokens_per_event
+        # With several workers, what a scrape of another worker shows of this one.
+        publisher = asyncio.create_task(metrics.publish_forever()) if metrics.multiprocess else None
         try:
             yield AppState(
                 settings=settings,
@@ -108,6 +111,10 @@ def create_app(
                 started_at=int(time.time()),
             )
         finally:
+            if publisher is not None:
+                publisher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publisher
             if own_engine:
                 await active.aclose()
 

@@ -8,11 +8,13 @@ import ctypes
 import gc
 import logging
 import logging.config
+import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
-from functools import partial
+import tempfile
 from multiprocessing import connection
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
@@ -20,10 +22,9 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from prometheus_client.multiprocess import mark_process_dead
 from pydantic import ValidationError
 from pydantic_settings import CliApp
-from uvicorn._subprocess import get_subprocess
-from uvicorn.config import STARTUP_FAILURE
 
 from streamapi import __version__
 from streamapi.app import create_app
@@ -129,8 +130,8 @@ def rules(args: list[str]) -> int:
 
 def _serve_workers(settings: Settings) -> int:
     """Serve from ``settings.workers`` processes, each with its own listening socket."""
-    # Each worker builds its own app; this config is pickled to the workers, so
-    # it names an app rather than holding one.
+    # Only the parent's listening sockets come from this config: each worker
+    # builds its own app and config.
     config = _uvicorn_config(settings, "streamapi.app:create_app")
     try:
         sockets = _listening_sockets(settings.host, settings.port, settings.workers, config)
@@ -146,11 +147,30 @@ def _serve_workers(settings: Settings) -> int:
         port,
         os.getpid(),
     )
+    metrics_dir = _metrics_dir()
     try:
-        return _Supervisor(settings, config, sockets, port).run()
+        return _Supervisor(settings, sockets, port, metrics_dir).run()
     finally:
         for sock in sockets:
             sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _metrics_dir() -> Path:
+    """A new, empty directory for prometheus-client's multiprocess mode, named in the environment.
+
+    Every worker's metrics are files there, so ``/metrics`` on any worker sums
+    them all (``streamapi.metrics``). It must start empty (old files would be
+    counted) and is removed at exit, so it is always ours, whatever
+    ``PROMETHEUS_MULTIPROC_DIR`` said before. Set before any worker starts:
+    prometheus-client reads the variable when it is imported.
+    """
+    path = Path(tempfile.mkdtemp(prefix="streamapi-metrics-"))
+    os.environ[MULTIPROC_DIR_ENV] = str(path)
+    return path
+
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _listening_sockets(
@@ -184,12 +204,11 @@ def _listening_sockets(
     return sockets
 
 
-def _worker(
-    settings: Settings, index: int, port: int, parent: int, sockets: list[socket.socket]
-) -> None:
+def _worker(settings: Settings, index: int, port: int, parent: int, sock: socket.socket) -> None:
     """One process of ``serve --workers N``: its own app, drained on SIGTERM as a single server is.
 
-    Runs in a spawned child, after uvicorn's ``config.configure_logging()``.
+    Runs in a spawned child (a fresh interpreter), serving the parent's socket
+    ``sock``.
     """
     _stop_with_parent(parent)
     _configure_logging(settings.log_level)
@@ -199,7 +218,7 @@ def _worker(
     except Exception:
         # Every restart would fail the same way: the parent stops on this exit code.
         logger.exception("Worker %d could not build the app", index + 1)
-        sys.exit(STARTUP_FAILURE)
+        sys.exit(_STARTUP_FAILURE)
     config = _uvicorn_config(settings, app)
     config.port = port
     server = _Server(
@@ -208,9 +227,23 @@ def _worker(
         grace_period_s=settings.shutdown_grace_period_s,
         worker=(index, settings.workers),
     )
-    server.run(sockets)
+    # uvicorn handles SIGINT itself; one arriving before its handlers are
+    # installed would otherwise print a traceback for a normal stop.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run([sock])
     if not server.started:
-        sys.exit(STARTUP_FAILURE)
+        sys.exit(_STARTUP_FAILURE)
+
+
+# The exit code of a worker that could not start (uvicorn's own, 3): the parent
+# stops rather than restart a worker that would fail the same way every time.
+_STARTUP_FAILURE = 3
+
+# Workers are fresh interpreters, never forks of the parent: a fork would copy
+# the parent's logging locks and imported state mid-use, and "spawn" behaves
+# the same on every platform. The parent's sockets are passed to them as
+# multiprocessing passes any socket argument (the descriptor is duplicated).
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 def _stop_with_parent(parent: int) -> None:
@@ -246,14 +279,14 @@ class _Supervisor:
     def __init__(
         self,
         settings: Settings,
-        config: uvicorn.Config,
         sockets: list[socket.socket],
         port: int,
+        metrics_dir: Path,
     ) -> None:
         self._settings = settings
-        self._config = config
         self._sockets = sockets
         self._port = port
+        self._metrics_dir = metrics_dir
         self._signals: list[int] = []
         self._workers: list[SpawnProcess] = []
 
@@ -272,7 +305,7 @@ class _Supervisor:
             for index, worker in enumerate(self._workers):
                 if worker.exitcode is None:
                     continue
-                if worker.exitcode == STARTUP_FAILURE:
+                if worker.exitcode == _STARTUP_FAILURE:
                     # It would fail the same way at every restart.
                     logger.error(
                         "Worker %d [pid %s] failed to start; stopping", index + 1, worker.pid
@@ -285,14 +318,23 @@ class _Supervisor:
                     worker.pid,
                     worker.exitcode,
                 )
+                self._forget(worker)
                 self._workers[index] = self._spawn(index)
         return self._stop(by_signal=not failed)
 
     def _spawn(self, index: int) -> SpawnProcess:
-        target = partial(_worker, self._settings, index, self._port, os.getpid())
-        process = get_subprocess(self._config, target, [self._sockets[index]])
+        process = _SPAWN.Process(
+            target=_worker,
+            args=(self._settings, index, self._port, os.getpid(), self._sockets[index]),
+            name=f"streamapi-worker-{index + 1}",
+        )
         process.start()
         return process
+
+    def _forget(self, worker: SpawnProcess) -> None:
+        """Drop a dead worker's live gauges from the metrics (its counters still count)."""
+        if worker.pid is not None:
+            mark_process_dead(worker.pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         self._signals.append(sig)

@@ -8,13 +8,23 @@ token, inter-token latency, end-to-end latency), timed on the event loop's
 monotonic clock from the request's arrival to the frame handed to the response.
 Every ``vllm:*`` metric counts sequences, i.e. choices: a request with ``n`` > 1
 counts ``n`` times, as in vLLM, whose engine splits such requests into ``n``.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (``serve --workers N`` sets it for its
+workers), prometheus-client's multiprocess mode is on: every worker writes its
+metrics to files there and ``/metrics`` on any worker renders the sum over all
+of them. What is kept in memory only (the engine's gauges, read at scrape time,
+and the lock-free per-token histograms) is then published to those files by
+``Metrics.publish`` on the event loop, at least every ``PUBLISH_INTERVAL_S``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
+import os
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,12 +33,27 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    values,
 )
 from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "PUBLISH_INTERVAL_S", "Metrics", "multiprocess_mode"]
+
+# How stale, at most, another worker's in-memory metrics are in a scrape.
+PUBLISH_INTERVAL_S = 1.0
+
+
+def multiprocess_mode() -> bool:
+    """Whether prometheus-client's multiprocess mode is on in this process.
+
+    The same test as prometheus-client's own, which it makes once, when it is
+    imported: the variable must be set before the process starts.
+    """
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
+
 
 # vLLM's buckets, with finer ones below them: the simulator's fast profiles step
 # in milliseconds, where vLLM's coarse low end would put everything in one bucket.
@@ -45,6 +70,12 @@ _REQUEST_BUCKETS = (
     50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 _TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+
+
+class _SharedValue(Protocol):
+    """What this module uses of a ``prometheus_client.values.ValueClass`` instance."""
+
+    def set(self, value: float) -> None: ...
 
 
 class LoopHistogram(Collector):
@@ -72,7 +103,37 @@ class LoopHistogram(Collector):
         self._les = [floatToGoString(bound) for bound in self._bounds]  # type: ignore[no-untyped-call]
         self._counts = [0] * len(self._bounds)
         self._sum = 0.0
+        self._shared: tuple[list[_SharedValue], _SharedValue] | None = None
         registry.register(self)
+
+    def share(self) -> None:
+        """Give each bucket and the sum a value in prometheus-client's multiprocess files.
+
+        The same values, keyed the same way, as its own ``Histogram`` makes
+        (through its public ``values.ValueClass``), so its
+        ``MultiProcessCollector`` adds ours up like any histogram's.
+        ``observe`` stays as cheap: ``publish`` copies the counts over.
+        """
+        name, (label, value) = self._name, self._label
+        buckets = [
+            values.ValueClass(
+                "histogram", name, f"{name}_bucket", (label, "le"), (value, le), self._documentation
+            )
+            for le in self._les
+        ]
+        total = values.ValueClass(
+            "histogram", name, f"{name}_sum", (label,), (value,), self._documentation
+        )
+        self._shared = (buckets, total)
+
+    def publish(self) -> None:
+        """Write the counts so far to the multiprocess files (after ``share``)."""
+        if self._shared is None:
+            return
+        buckets, total = self._shared
+        for shared, count in zip(buckets, self._counts, strict=True):
+            shared.set(count)
+        total.set(self._sum)
 
     def observe(self, amount: float) -> None:
         """Count one observation (in the first bucket whose bound is at least ``amount``)."""
@@ -94,11 +155,13 @@ class Metrics:
 
     ``model_name`` labels every ``vllm:*`` metric with the server's first served
     model, as vLLM labels them with its one model; request-chosen names would let
-    clients create unbounded label values.
+    clients create unbounded label values. ``multiprocess`` (default: whether
+    ``PROMETHEUS_MULTIPROC_DIR`` is set) renders every process's metrics, summed.
     """
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, *, multiprocess: bool | None = None) -> None:
         self.registry = registry = CollectorRegistry()
+        self.multiprocess = multiprocess_mode() if multiprocess is None else multiprocess
         model = ("model_name",)
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
@@ -109,20 +172,26 @@ class Metrics:
         def counter(name: str, doc: str) -> Counter:
             return Counter(name, doc, model, registry=registry).labels(model_name)
 
+        # Across workers (multiprocess mode; ignored in one process), each
+        # worker is an engine of its own: sequences add up over the live
+        # workers, and the KV cache shows the fullest worker's, as no worker
+        # can use another's.
         self._running = Gauge(
             "vllm:num_requests_running", "Sequences in the running batch.", model,
-            registry=registry,
+            registry=registry, multiprocess_mode="livesum",
         ).labels(model_name)  # fmt: skip
         self._waiting = Gauge(
             "vllm:num_requests_waiting", "Sequences waiting for a slot in the batch.", model,
-            registry=registry,
+            registry=registry, multiprocess_mode="livesum",
         ).labels(model_name)  # fmt: skip
         self._kv_usage = Gauge(
             "vllm:kv_cache_usage_perc",
             "Fraction of the simulated KV-cache budget held by running sequences (0 to 1).",
             model,
             registry=registry,
+            multiprocess_mode="livemax",
         ).labels(model_name)
+        self._engine_state: tuple[Callable[[], float], ...] = ()
         self.time_to_first_token = LoopHistogram(
             "vllm:time_to_first_token_seconds",
             "From request arrival to the first content frame handed to the response.",
@@ -184,9 +253,20 @@ class Metrics:
             registry=registry,
         )
         self._model_name = model_name
+        self._loop_histograms = (
+            self.time_to_first_token,
+            self.inter_token_latency,
+            self.e2e_request_latency,
+        )
+        if self.multiprocess:
+            for loop_histogram in self._loop_histograms:
+                loop_histogram.share()
 
         self.streams_in_flight = Gauge(
-            "streamapi_streams_in_flight", "SSE responses open right now.", registry=registry
+            "streamapi_streams_in_flight",
+            "SSE responses open right now.",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.client_disconnects = Counter(
             "streamapi_client_disconnects",
@@ -233,7 +313,14 @@ class Metrics:
         kv_cache_usage: Callable[[], float],
     ) -> None:
         """Read the engine's gauges from ``running``, ``waiting`` and ``kv_cache_usage`` at
-        scrape time, so they are exact whenever they are read and cost nothing otherwise."""
+        scrape time, so they are exact whenever they are read and cost nothing otherwise.
+
+        In multiprocess mode a scrape reads files, not functions: ``publish``
+        writes the three values there instead.
+        """
+        if self.multiprocess:
+            self._engine_state = (running, waiting, kv_cache_usage)
+            return
         self._running.set_function(running)
         self._waiting.set_function(waiting)
         self._kv_usage.set_function(kv_cache_usage)
@@ -264,5 +351,38 @@ class Metrics:
         self._upstream_retries.labels(upstream).inc()
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of every metric (of every process, summed,
+        in multiprocess mode)."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        self.publish()
+        # A registry per scrape, as prometheus-client's documentation does it:
+        # the collector reads the directory's files each time.
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone)  # type: ignore[no-untyped-call]
+        return generate_latest(everyone)
+
+    def publish(self) -> None:
+        """Write this process's in-memory metrics to the multiprocess files (or do nothing)."""
+        if not self.multiprocess:
+            return
+        for histogram in self._loop_histograms:
+            histogram.publish()
+        if self._engine_state:
+            running, waiting, kv_cache_usage = self._engine_state
+            self._running.set(running())
+            self._waiting.set(waiting())
+            self._kv_usage.set(kv_cache_usage())
+
+    async def publish_forever(self, interval_s: float = PUBLISH_INTERVAL_S) -> None:
+        """``publish`` every ``interval_s`` until cancelled, then once more (multiprocess mode).
+
+        Run on the event loop that observes the histograms and drives the
+        engine, so that what it reads is never half updated.
+        """
+        try:
+            while True:
+                self.publish()
+                await asyncio.sleep(interval_s)
+        finally:
+            self.publish()

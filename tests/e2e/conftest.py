@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.cluster import Cluster, start_cluster
+
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
@@ -77,9 +79,13 @@ def start_server(options: tuple[str, ...], log_dir: Path) -> ServerProcess:
     port = free_port()
     log_path = log_dir / f"streamapi-{port}.log"
     command = [sys.executable, "-m", "streamapi", "serve", "--host", HOST, "--port", str(port)]
+    env = _clean_env()
+    # What the server leaves behind if a test kills it (serve --workers' metrics
+    # directory) goes with the test's files.
+    env["TMPDIR"] = str(log_dir)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [*command, *options], stdout=log_file, stderr=subprocess.STDOUT, env=_clean_env()
+            [*command, *options], stdout=log_file, stderr=subprocess.STDOUT, env=env
         )
     server = ServerProcess(f"http://{HOST}:{port}", process, log_path)
     try:
@@ -133,3 +139,28 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 def module_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
     """Start servers shared by the tests of one module (for read-only tests)."""
     yield from _factory(tmp_path_factory.mktemp("streamapi"))
+
+
+ClusterFactory = Callable[..., Cluster]
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[ClusterFactory]:
+    """Start clusters that live for one test: three replicas behind HAProxy.
+
+    ``cluster_factory("--seed", "1")`` passes its options to every replica
+    (``--state-url`` for shared state) and returns a ``Cluster``: ``url`` is the
+    load balancer's, ``replicas`` each have ``pid``, ``url``, ``stop()``, ``kill()``.
+    """
+    started: list[Cluster] = []
+
+    def start(*options: str) -> Cluster:
+        cluster = start_cluster(lambda: start_server(options, tmp_path), tmp_path)
+        started.append(cluster)
+        return cluster
+
+    try:
+        yield start
+    finally:
+        for cluster in reversed(started):
+            cluster.stop()

@@ -13,7 +13,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -252,3 +252,104 @@ async def test_workers_stop_when_their_parent_is_killed(
     server.process.kill()
     server.process.wait(timeout=10)
     assert _wait_gone(workers, timeout_s=2 + 10) == set()
+
+
+def _samples(exposition: str, name: str) -> float:
+    """The sum of the samples of ``name`` (any labels) in a Prometheus text exposition."""
+    total = 0.0
+    for line in exposition.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _scrape_until(
+    server: ServerProcess, expected: Mapping[str, float], timeout_s: float
+) -> dict[str, float]:
+    """Scrape on new connections until the metrics read ``expected``; the last values read.
+
+    Another worker's in-memory metrics reach the files every second at most,
+    so a scrape may be that much behind.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
+            body = (await client.get("/metrics")).text
+        seen = {name: _samples(body, name) for name in expected}
+        if seen == expected or time.monotonic() > deadline:
+            return seen
+        await asyncio.sleep(0.1)
+
+
+async def test_metrics_of_two_workers_are_their_sum_whichever_answers(
+    server_factory: ServerFactory, reaper: set[int]
+) -> None:
+    server = server_factory("--workers", "2", *FAST_PACING)
+    reaper.update(_children(server.process.pid))
+    body = {"model": "sim-small", "prompt": "Say hi", "max_tokens": 4, "stream": True}
+    served: dict[int, int] = {}
+    count = 0
+    # New connections until both workers served some (the kernel spreads them);
+    # /version first, on the same connection, says which worker serves the stream.
+    while (len(served) < 2 or count < 20) and count < 200:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+            pid = (await client.get("/version")).json()["pid"]
+            response = await client.post("/v1/completions", json=body)
+            assert response.status_code == 200
+            assert response.text.endswith("data: [DONE]\n\n")
+        served[pid] = served.get(pid, 0) + 1
+        count += 1
+    assert len(served) == 2, served
+    expected = {
+        "vllm:request_success_total": count,
+        "vllm:e2e_request_latency_seconds_count": count,  # a per-token (lock-free) histogram
+        "vllm:time_to_first_token_seconds_count": count,
+        "vllm:request_generation_tokens_count": count,  # one of prometheus-client's
+        "vllm:request_generation_tokens_sum": 4 * count,
+        "vllm:num_requests_running": 0,
+        "streamapi_streams_in_flight": 0,
+    }
+    assert await _scrape_until(server, expected, timeout_s=10) == expected
+    # Every scrape, whichever worker answers it, sees the same totals.
+    for _ in range(6):
+        assert await _scrape_until(server, expected, timeout_s=0) == expected
+    assert server.stop() == 0
+
+
+async def test_a_dead_workers_streams_leave_the_running_gauges(
+    server_factory: ServerFactory, reaper: set[int]
+) -> None:
+    server = server_factory(
+        "--workers", "2", "--time-to-first-token-ms", "20", "--inter-token-latency-ms", "200"
+    )  # fmt: skip
+    reaper.update(_children(server.process.pid))
+    # ~20 s a stream: every stream is still open when the worker is killed.
+    body = {"model": "sim-small", "prompt": "Go", "max_tokens": 100, "ignore_eos": True}
+    body["stream"] = True
+    held: dict[int, int] = {}
+    stack = contextlib.AsyncExitStack()
+    async with stack:
+        while (len(held) < 2 or sum(held.values()) < 8) and sum(held.values()) < 100:
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=server.base_url, timeout=30)
+            )
+            pid = (await client.get("/version")).json()["pid"]
+            response = await stack.enter_async_context(
+                client.stream("POST", "/v1/completions", json=body)
+            )
+            assert response.status_code == 200
+            held[pid] = held.get(pid, 0) + 1
+        assert len(held) == 2, held
+        total = sum(held.values())
+        both = {"vllm:num_requests_running": total, "streamapi_streams_in_flight": total}
+        assert await _scrape_until(server, both, timeout_s=10) == both
+        killed, survivor = sorted(held)
+        os.kill(killed, signal.SIGKILL)
+        # The parent forgets the dead worker's live gauges (mark_process_dead);
+        # its counters, being totals, would still count.
+        left = {
+            "vllm:num_requests_running": held[survivor],
+            "streamapi_streams_in_flight": held[survivor],
+        }
+        assert await _scrape_until(server, left, timeout_s=10) == left
+    assert f"pid {killed}] died (exit code -9)" in server.log()
