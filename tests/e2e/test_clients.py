@@ -1,0 +1,77 @@
+"""Third-party clients, unchanged, against a real ``streamapi serve`` (issue 16).
+
+Each test is what an application built on the client does; it failed before
+the fix named in its docstring (``docs/client-compatibility.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+from openai import AsyncOpenAI
+from pydantic import BaseModel
+from pydantic_ai import Agent, UsageLimits
+from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
+from pydantic_ai.providers.openai import OpenAIProvider
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import ServerFactory, ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+FAST_PACING = ("--time-to-first-token-ms", "5", "--inter-token-latency-ms", "0")
+MODEL = "sim-small"
+# A looping agent would make 50 requests; one tool call and the output tool take 2.
+REQUEST_LIMIT = 5
+
+
+@pytest.fixture(scope="module")
+def server(module_server_factory: ServerFactory) -> Iterator[ServerProcess]:
+    yield module_server_factory(*FAST_PACING, "--seed", "7")
+
+
+class CityFacts(BaseModel):
+    city: str
+    population: int
+
+
+def facts_agent(model: OpenAIChatModel | OpenAIResponsesModel) -> Agent[None, CityFacts]:
+    agent = Agent(model, output_type=CityFacts)
+    calls: list[str] = []
+
+    @agent.tool_plain
+    def lookup_population(city: str) -> str:
+        """The population of a city."""
+        calls.append(city)
+        return f"{city} has 700000 inhabitants."
+
+    return agent
+
+
+@pytest.fixture
+async def openai_provider(server: ServerProcess) -> AsyncIterator[OpenAIProvider]:
+    # The test's own SDK client, closed when the test ends.
+    async with AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="unused") as client:
+        yield OpenAIProvider(openai_client=client)
+
+
+@pytest.mark.parametrize("model_class", [OpenAIChatModel, OpenAIResponsesModel])
+async def test_pydantic_ai_agent_with_a_tool_and_an_output_type_finishes(
+    openai_provider: OpenAIProvider, model_class: type[OpenAIChatModel | OpenAIResponsesModel]
+) -> None:
+    """Issue 16 item 1: tool_choice "required" after a tool result called the same tool forever."""
+    agent = facts_agent(model_class(MODEL, provider=openai_provider))
+    result = await agent.run(
+        "How many people live in Oslo?", usage_limits=UsageLimits(request_limit=REQUEST_LIMIT)
+    )
+    assert isinstance(result.output, CityFacts)
+    tool_calls = [
+        part.tool_name
+        for message in result.all_messages()
+        for part in message.parts
+        if part.part_kind == "tool-call"
+    ]
+    assert tool_calls[-1] == "final_result"
+    assert result.usage.requests <= 3

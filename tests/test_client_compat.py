@@ -1,0 +1,131 @@
+"""What third-party clients need of the wire (issue 16), over ASGI.
+
+Each test is one thing a real client sent that once went wrong; the client's
+own e2e test is in ``tests/e2e/test_clients.py`` where it installs from PyPI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+MESSAGES = "/v1/messages"
+JSON = {"Accept": "application/json"}
+
+LOOKUP = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+ANSWER = {
+    "type": "object",
+    "properties": {"summary": {"type": "string"}},
+    "required": ["summary"],
+}
+
+
+# --- 1. a required tool choice moves on once a result is in -------------------------
+
+
+def chat_tool(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": schema}}
+
+
+CHAT_TOOLS = [chat_tool("lookup_city", LOOKUP), chat_tool("final_result", ANSWER)]
+
+
+async def test_required_chat_calls_the_output_tool_after_a_result(
+    client: httpx.AsyncClient,
+) -> None:
+    ask = {"role": "user", "content": "Tell me a story"}
+    first = await client.post(
+        CHAT, json={"model": "m", "messages": [ask], "tools": CHAT_TOOLS, "tool_choice": "required"}
+    )
+    message = first.json()["choices"][0]["message"]
+    (call,) = message["tool_calls"]
+    assert call["function"]["name"] == "lookup_city"
+    result = {"role": "tool", "tool_call_id": call["id"], "content": '{"city": "Oslo"}'}
+    second = await client.post(
+        CHAT,
+        json={
+            "model": "m",
+            "messages": [ask, message, result],
+            "tools": CHAT_TOOLS,
+            "tool_choice": "required",
+        },
+    )
+    (again,) = second.json()["choices"][0]["message"]["tool_calls"]
+    assert again["function"]["name"] == "final_result"
+
+
+async def test_required_chat_without_an_output_tool_calls_an_unanswered_one(
+    client: httpx.AsyncClient,
+) -> None:
+    tools = [chat_tool("lookup_city", LOOKUP), chat_tool("lookup_country", LOOKUP)]
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup_city", "arguments": "{}"},
+    }
+    messages = [
+        {"role": "user", "content": "Tell me a story"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Oslo"},
+    ]
+    response = await client.post(
+        CHAT, json={"model": "m", "messages": messages, "tools": tools, "tool_choice": "required"}
+    )
+    (again,) = response.json()["choices"][0]["message"]["tool_calls"]
+    assert again["function"]["name"] == "lookup_country"
+
+
+async def test_required_responses_calls_the_output_tool_after_a_result(
+    client: httpx.AsyncClient,
+) -> None:
+    tools = [
+        {"type": "function", "name": "lookup_city", "parameters": LOOKUP},
+        {"type": "function", "name": "final_result", "parameters": ANSWER},
+    ]
+    items = [
+        {"role": "user", "content": "Tell me a story"},
+        {"type": "function_call", "call_id": "c1", "name": "lookup_city", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "Oslo"},
+    ]
+    response = await client.post(
+        RESPONSES, json={"model": "m", "input": items, "tools": tools, "tool_choice": "required"}
+    )
+    calls = [o for o in response.json()["output"] if o["type"] == "function_call"]
+    assert [c["name"] for c in calls] == ["final_result"]
+
+
+async def test_any_tool_messages_calls_the_output_tool_after_a_result(
+    client: httpx.AsyncClient,
+) -> None:
+    tools = [
+        {"name": "lookup_city", "input_schema": LOOKUP},
+        {"name": "final_result", "input_schema": ANSWER},
+    ]
+    use = {"type": "tool_use", "id": "toolu_1", "name": "lookup_city", "input": {"city": "Oslo"}}
+    messages = [
+        {"role": "user", "content": "Tell me a story"},
+        {"role": "assistant", "content": [use]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "cold"}],
+        },
+    ]
+    response = await client.post(
+        MESSAGES,
+        json={
+            "model": "m",
+            "max_tokens": 1024,
+            "messages": messages,
+            "tools": tools,
+            "tool_choice": {"type": "any"},
+        },
+    )
+    uses = [b for b in response.json()["content"] if b["type"] == "tool_use"]
+    assert [b["name"] for b in uses] == ["final_result"]
