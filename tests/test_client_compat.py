@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
@@ -129,3 +130,44 @@ async def test_any_tool_messages_calls_the_output_tool_after_a_result(
     )
     uses = [b for b in response.json()["content"] if b["type"] == "tool_use"]
     assert [b["name"] for b in uses] == ["final_result"]
+
+
+# --- 2. a request that does not ask to stream gets JSON errors ------------------------
+
+# What Node's fetch, Python's requests and curl send when not told otherwise.
+NO_JSON_ACCEPT = {"Accept": "*/*"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (CHAT, {"model": "sim-small", "messages": "x", "stream": False}),
+        (CHAT, {"model": "sim-small", "messages": "x"}),
+        (CHAT, {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "n": 0}),
+        ("/v1/completions", {"model": "sim-small", "prompt": "x", "max_tokens": -1}),
+    ],
+)
+async def test_non_streamed_openai_errors_are_json_whatever_the_accept(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any]
+) -> None:
+    response = await client.post(path, json=body, headers=NO_JSON_ACCEPT)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "sim-small", "messages": "x", "stream": true}',
+        b'{"prompt": "hi", "stream": false}',
+        b"{not json",
+    ],
+)
+async def test_streamed_and_spec_form_errors_stay_sse_for_curl(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    response = await client.post(CHAT, content=body, headers=NO_JSON_ACCEPT)
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.text.startswith('data: {"error":')

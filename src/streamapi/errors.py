@@ -22,7 +22,8 @@ An upstream's own 4xx keeps its status, type and message (``UpstreamError.from_s
 
 Every error leaves the server as ``{"error": {"message", "type", "param", "code"}}``.
 Before the first byte it is an HTTP status with that body: JSON for clients that
-accept ``application/json`` (the OpenAI SDKs), otherwise, on the generation
+accept ``application/json`` (the OpenAI SDKs) and for an OpenAI-form request
+that does not ask to stream (``JSON_ERRORS_KEY``), otherwise, on the generation
 routes, one SSE ``data:`` event with the same status (the original spec's
 curl contract). After the first byte it is an in-stream event followed by
 ``[DONE]`` (see ``serving``).
@@ -294,6 +295,11 @@ _SCALAR_TYPES = frozenset({"str", "int", "float", "bool", "dict", "list", "none"
 
 Dialect = Literal["json", "sse", "anthropic"]
 
+JSON_ERRORS_KEY = "json_errors"
+"""Set true in ``scope["state"]`` by a route whose request, once read, asks for a JSON
+answer (an OpenAI-form body without ``stream: true``): its errors are JSON whatever
+its ``Accept``, since such a client (Node's fetch, Python's requests) waits for JSON."""
+
 
 @dataclass(frozen=True, slots=True)
 class ErrorDialects:
@@ -346,6 +352,8 @@ def install_error_handlers(
             on_error(error)
         accept = request.headers.get("accept", "")
         dialect = dialects.for_request(request.method, request.url.path, accept)
+        if dialect == "sse" and request.scope.get("state", {}).get(JSON_ERRORS_KEY):
+            dialect = "json"
         return render(error, dialect, getattr(request.state, "request_id", None))
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
