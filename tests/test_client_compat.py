@@ -171,3 +171,42 @@ async def test_streamed_and_spec_form_errors_stay_sse_for_curl(
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.text.startswith('data: {"error":')
+
+
+# --- 4. top_p near 0 and top_k 1 decode greedily ----------------------------------------
+
+
+async def twice(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> list[Any]:
+    return [(await client.post(path, json=body)).json() for _ in range(2)]
+
+
+@pytest.mark.parametrize(
+    "sampling", [{"top_p": 0}, {"top_p": 1e-9}, {"top_p": 0.001}, {"top_k": 1}]
+)
+async def test_greedy_sampling_gives_the_same_chat_text_twice(
+    client: httpx.AsyncClient, sampling: dict[str, Any]
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "Tell me about tea"}], "n": 2}
+    first, second = await twice(client, CHAT, body | sampling)
+    texts = [c["message"]["content"] for c in first["choices"] + second["choices"]]
+    assert len(set(texts)) == 1
+
+
+async def test_sampling_that_is_not_greedy_still_varies(client: httpx.AsyncClient) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "Tell me about tea"}]}
+    first, second = await twice(client, CHAT, body | {"top_p": 0.5, "top_k": 40})
+    assert first["choices"][0]["message"]["content"] != second["choices"][0]["message"]["content"]
+
+
+async def test_top_k_1_is_greedy_on_completions_and_messages(client: httpx.AsyncClient) -> None:
+    legacy = {"model": "m", "prompt": "Tea is", "max_tokens": 30, "top_k": 1}
+    first, second = await twice(client, "/v1/completions", legacy)
+    assert first["choices"][0]["text"] == second["choices"][0]["text"]
+    message = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 200,
+        "messages": [{"role": "user", "content": "Tell me about tea"}],
+        "top_k": 1,
+    }
+    first, second = await twice(client, MESSAGES, message)
+    assert first["content"] == second["content"]

@@ -43,6 +43,10 @@ from streamapi.text.writer import (
     write_tool_answer,
 )
 
+# A nucleus of top_p keeps the fewest most likely tokens whose probabilities add up to
+# top_p; a model's most likely token is practically never under 0.1 %, so at or below
+# this top_p the nucleus is that one token and decoding is greedy, as with top_k 1.
+GREEDY_TOP_P = 1e-3
 # With ignore_eos the answer must reach max_tokens: write this many characters
 # per wanted token, comfortably above the tokenizer's ~4.2.
 _CHARS_PER_TOKEN_HEADROOM = 6
@@ -152,15 +156,21 @@ class Planner:
 
     def _rng(self, request: GenerationRequest) -> random.Random:
         seed = request.seed if request.seed is not None else self._seed
-        if seed is None and request.temperature == 0:
+        greedy = is_greedy(request)
+        if seed is None and greedy:
             seed = 0  # greedy decoding is deterministic with or without a seed
         if seed is None:
             return random.Random(secrets.randbits(64))
         conversation = hashlib.sha256()
         for message in request.messages:
             conversation.update(f"{message.role}\x00{message.content}\x01".encode())
-        choice = 0 if request.temperature == 0 else request.choice_index
+        choice = 0 if greedy else request.choice_index
         return random.Random(f"{seed}:{choice}:{conversation.hexdigest()}")
+
+
+def is_greedy(request: GenerationRequest) -> bool:
+    """Whether sampling keeps only the most likely token: temperature 0, top_k 1, top_p ~0."""
+    return request.temperature == 0 or request.top_k == 1 or request.top_p <= GREEDY_TOP_P
 
 
 def _fixed_length(request: GenerationRequest) -> int | None:

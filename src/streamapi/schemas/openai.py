@@ -149,6 +149,9 @@ class ChatCompletionRequest(Request):
     )
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(
+        default=None, ge=-1, description="vLLM extension: 1 decodes greedily; 0 or -1 is off."
+    )
     n: int | None = Field(default=None, ge=1)
     stop: str | StopList | None = None
     seed: int | None = Field(default=None, ge=_INT64_MIN, le=_INT64_MAX)
@@ -198,6 +201,9 @@ class CompletionRequest(Request):
     )
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(
+        default=None, ge=-1, description="vLLM extension: 1 decodes greedily; 0 or -1 is off."
+    )
     n: int | None = Field(default=None, ge=1)
     best_of: int | None = Field(default=None, ge=1)
     stream: bool | None = False

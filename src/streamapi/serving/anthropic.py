@@ -81,6 +81,7 @@ class MessageService:
             seed=request.seed,
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
+            top_k=max(0, request.top_k or 0),
             tools=tools,
             tool_choice=tool_choice,
             parallel_tool_calls=not (choice and choice.disable_parallel_tool_use),
