@@ -6,6 +6,7 @@ own e2e test is in ``tests/e2e/test_clients.py`` where it installs from PyPI.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -210,3 +211,68 @@ async def test_top_k_1_is_greedy_on_completions_and_messages(client: httpx.Async
     }
     first, second = await twice(client, MESSAGES, message)
     assert first["content"] == second["content"]
+
+
+# --- 6. Anthropic usage with prompt caching ---------------------------------------------
+
+LONG_SYSTEM = " ".join(f"Rule {i}: answer politely about tea number {i}." for i in range(300))
+
+
+def cached_message(question: str, *, breakpoint: bool = True, **fields: Any) -> dict[str, Any]:
+    system: dict[str, Any] = {"type": "text", "text": LONG_SYSTEM}
+    if breakpoint:
+        system["cache_control"] = {"type": "ephemeral"}
+    return {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 100,
+        "system": [system],
+        "messages": [{"role": "user", "content": question}],
+    } | fields
+
+
+def prompt_size(usage: dict[str, int]) -> int:
+    return (
+        usage["input_tokens"]
+        + usage["cache_read_input_tokens"]
+        + usage["cache_creation_input_tokens"]
+    )
+
+
+async def test_a_cold_breakpoint_is_written_then_read_and_never_counted_twice(
+    client: httpx.AsyncClient,
+) -> None:
+    cold = (await client.post(MESSAGES, json=cached_message("What is green tea?"))).json()
+    warm = (await client.post(MESSAGES, json=cached_message("What is black tea?"))).json()
+    cold_usage, warm_usage = cold["usage"], warm["usage"]
+    assert cold_usage["cache_read_input_tokens"] == 0
+    assert cold_usage["cache_creation_input_tokens"] > 1000
+    assert cold_usage["input_tokens"] < 20, "the question only"
+    assert warm_usage["cache_read_input_tokens"] >= cold_usage["cache_creation_input_tokens"]
+    assert warm_usage["cache_creation_input_tokens"] == 0
+    assert warm_usage["input_tokens"] < 20
+    assert prompt_size(warm_usage) == prompt_size(cold_usage)
+
+
+async def test_a_cache_hit_without_a_breakpoint_is_not_counted_twice(
+    client: httpx.AsyncClient,
+) -> None:
+    first = (await client.post(MESSAGES, json=cached_message("Hi", breakpoint=False))).json()
+    second = (await client.post(MESSAGES, json=cached_message("Hi", breakpoint=False))).json()
+    assert first["usage"]["cache_creation_input_tokens"] == 0
+    assert second["usage"]["cache_read_input_tokens"] > 1000
+    assert prompt_size(second["usage"]) == first["usage"]["input_tokens"]
+
+
+async def test_streamed_message_delta_carries_the_final_cache_counts(
+    client: httpx.AsyncClient,
+) -> None:
+    whole = (await client.post(MESSAGES, json=cached_message("What is oolong?"))).json()
+    streamed = await client.post(MESSAGES, json=cached_message("What is oolong?", stream=True))
+    events = [
+        json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")
+    ]
+    start = next(e for e in events if e["type"] == "message_start")["message"]["usage"]
+    delta = next(e for e in events if e["type"] == "message_delta")["usage"]
+    assert prompt_size(start) == prompt_size(delta) == prompt_size(whole["usage"])
+    assert delta["cache_read_input_tokens"] > 1000
+    assert delta["input_tokens"] < 20
