@@ -276,3 +276,56 @@ async def test_streamed_message_delta_carries_the_final_cache_counts(
     assert prompt_size(start) == prompt_size(delta) == prompt_size(whole["usage"])
     assert delta["cache_read_input_tokens"] > 1000
     assert delta["input_tokens"] < 20
+
+
+# --- 7. an assistant message with null content is an empty reply ------------------------
+
+
+async def test_null_assistant_content_is_accepted_on_every_protocol(
+    client: httpx.AsyncClient,
+) -> None:
+    chat = await client.post(
+        CHAT,
+        json={
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": None},
+                {"role": "user", "content": "Still there?"},
+            ],
+        },
+    )
+    assert chat.status_code == 200, chat.text
+    responses = await client.post(
+        RESPONSES,
+        json={
+            "model": "m",
+            "input": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": None},
+                {"role": "user", "content": "Still there?"},
+            ],
+        },
+    )
+    assert responses.status_code == 200, responses.text
+    messages = await client.post(
+        MESSAGES,
+        json={
+            "model": "m",
+            "max_tokens": 100,
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": None},
+                {"role": "user", "content": "Still there?"},
+            ],
+        },
+    )
+    assert messages.status_code == 200, messages.text
+
+
+@pytest.mark.parametrize("path", [CHAT, RESPONSES, MESSAGES])
+async def test_null_user_content_is_still_refused(client: httpx.AsyncClient, path: str) -> None:
+    key = "input" if path == RESPONSES else "messages"
+    body = {"model": "m", "max_tokens": 10, key: [{"role": "user", "content": None}]}
+    response = await client.post(path, json=body, headers=JSON)
+    assert response.status_code == 400

@@ -127,7 +127,9 @@ class ChatMessage(Request):
 
     @model_validator(mode="after")
     def _check_role_rules(self) -> ChatMessage:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+        # An assistant's null content is an empty reply (vLLM accepts it; `llm -c`
+        # sends one after an empty answer); every other role needs content.
+        if self.content is None and self.role != "assistant":
             raise ValueError(f"a {self.role} message needs content")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs tool_call_id")

@@ -302,13 +302,15 @@ def _conversation(
             cached = 1
     tool_names: dict[str, str] = {}
     for index, message in enumerate(messages):
-        marked = not isinstance(message.content, str) and any(map(_cache_control, message.content))
-        if isinstance(message.content, str):
-            out.append(ChatMessage(message.role, message.content))
+        # An assistant's null content is an empty reply.
+        blocks = "" if message.content is None else message.content
+        marked = not isinstance(blocks, str) and any(map(_cache_control, blocks))
+        if isinstance(blocks, str):
+            out.append(ChatMessage(message.role, blocks))
             continue
         texts: list[str] = []
         calls: list[ToolCall] = []
-        for block_index, block in enumerate(message.content):
+        for block_index, block in enumerate(blocks):
             if isinstance(block, TextBlock):
                 texts.append(block.text)
             elif isinstance(block, ToolUseBlock):
