@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.sse_helpers import chunks
+
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
 MESSAGES = "/v1/messages"
@@ -329,3 +331,33 @@ async def test_null_user_content_is_still_refused(client: httpx.AsyncClient, pat
     body = {"model": "m", "max_tokens": 10, key: [{"role": "user", "content": None}]}
     response = await client.post(path, json=body, headers=JSON)
     assert response.status_code == 400
+
+
+# --- 13. a streamed tool call opens with content null ----------------------------------
+
+
+async def test_a_streamed_tool_call_opens_with_the_role_and_null_content(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "Look up the city of Oslo"}],
+        "tools": CHAT_TOOLS,
+        "stream": True,
+    }
+    response = await client.post(CHAT, json=body)
+    deltas = [c["choices"][0]["delta"] for c in chunks(response.text) if c["choices"]]
+    first = deltas[0]
+    assert first["role"] == "assistant"
+    assert first["content"] is None
+    assert first["tool_calls"][0]["function"] == {"name": "lookup_city", "arguments": ""}
+    assert all("role" not in d and d.get("content") is None for d in deltas[1:])
+
+
+async def test_a_streamed_text_answer_still_opens_with_an_empty_string(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    response = await client.post(CHAT, json=body)
+    first = chunks(response.text)[0]["choices"][0]["delta"]
+    assert first == {"role": "assistant", "content": ""}
