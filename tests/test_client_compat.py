@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, strategies as st
 
+from streamapi.text.tokenizer import count_tokens, decode, encode
 from tests.sse_helpers import chunks
 
 CHAT = "/v1/chat/completions"
@@ -361,3 +363,113 @@ async def test_a_streamed_text_answer_still_opens_with_an_empty_string(
     response = await client.post(CHAT, json=body)
     first = chunks(response.text)[0]["choices"][0]["delta"]
     assert first == {"role": "assistant", "content": ""}
+
+
+# --- 14. count_tokens, tokenize, detokenize, Anthropic's 404 ----------------------------
+
+
+async def test_count_tokens_counts_as_messages_usage_does(client: httpx.AsyncClient) -> None:
+    tools = [{"name": "lookup_city", "description": "Find a city", "input_schema": LOOKUP}]
+    body = {
+        "model": "claude-sonnet-4-5",
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "How big is Oslo?"}],
+        "tools": tools,
+    }
+    counted = await client.post("/v1/messages/count_tokens", json=body)
+    assert counted.status_code == 200
+    assert set(counted.json()) == {"input_tokens"}
+    used = await client.post(MESSAGES, json=body | {"max_tokens": 50})
+    usage = used.json()["usage"]
+    assert counted.json()["input_tokens"] == prompt_size(usage)
+
+
+async def test_count_tokens_errors_are_anthropics(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/messages/count_tokens", json={"model": "m"})
+    assert response.status_code == 400
+    assert response.json()["type"] == "error"
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/messages/batches"),
+        ("GET", "/v1/messages/batches/msgbatch_1"),
+        ("GET", "/v1/messages/x"),
+    ],
+)
+async def test_unknown_paths_under_messages_get_anthropics_404(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    response = await client.request(method, path, json={})
+    assert response.status_code == 404
+    body = response.json()
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "not_found_error"
+
+
+async def test_unknown_openai_paths_keep_openais_404(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/messagesx", json={})
+    assert response.status_code == 404
+    assert set(response.json()) == {"error"}
+
+
+async def test_tokenize_then_detokenize_gives_the_prompt_back(client: httpx.AsyncClient) -> None:
+    prompt = "Hello, wörld!\n\tTokenizers split words like internationalization."
+    tokenized = (
+        await client.post(
+            "/tokenize", json={"model": "m", "prompt": prompt, "return_token_strs": True}
+        )
+    ).json()
+    assert tokenized["count"] == len(tokenized["tokens"]) == len(tokenized["token_strs"])
+    assert "".join(tokenized["token_strs"]) == prompt
+    assert tokenized["max_model_len"] > 0
+    again = (await client.post("/tokenize", json={"model": "m", "prompt": prompt})).json()
+    assert again["tokens"] == tokenized["tokens"]
+    assert again["token_strs"] is None
+    detokenized = await client.post("/detokenize", json={"model": "m", "tokens": again["tokens"]})
+    assert detokenized.json() == {"prompt": prompt}
+
+
+async def test_tokenize_messages_counts_as_chat_usage_does(client: httpx.AsyncClient) -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "How big is Oslo?"}]},
+    ]
+    tokenized = (await client.post("/tokenize", json={"model": "m", "messages": messages})).json()
+    chat = (await client.post(CHAT, json={"model": "m", "messages": messages})).json()
+    assert tokenized["count"] == chat["usage"]["prompt_tokens"]
+    text = (await client.post("/detokenize", json={"tokens": tokenized["tokens"]})).json()
+    assert "How big is Oslo?" in text["prompt"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/tokenize", {"model": "m"}, None),
+        ("/tokenize", {"prompt": "a", "messages": [{"role": "user", "content": "a"}]}, None),
+        ("/detokenize", {"tokens": [-1]}, "tokens"),
+        ("/detokenize", {"tokens": [200]}, "tokens"),
+        ("/detokenize", {"tokens": "abc"}, "tokens"),
+    ],
+)
+async def test_tokenizer_routes_refuse_bad_input(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], param: str | None
+) -> None:
+    response = await client.post(path, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+
+
+@given(st.text())
+def test_token_ids_are_reversible(text: str) -> None:
+    ids = encode(text)
+    assert decode(ids) == text
+    assert len(ids) == count_tokens(text)
+    assert all(i >= 0 for i in ids)
+
+
+def test_english_token_ids_are_safe_javascript_integers() -> None:
+    ids = encode("The quick brown fox jumps over the lazy dog, 12345 times!\n\t~~~~~~~~")
+    assert all(i < 2**53 for i in ids)

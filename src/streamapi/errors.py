@@ -309,9 +309,11 @@ class ErrorDialects:
     """Generation routes: a client that does not accept JSON (curl) gets one SSE event."""
     anthropic_paths: Collection[str] = ()
     """Anthropic's routes: Anthropic's envelope."""
+    anthropic_prefixes: tuple[str, ...] = ()
+    """Paths under these (known or not, e.g. ``/v1/messages/batches``) are Anthropic's too."""
 
     def for_request(self, method: str, path: str, accept: str) -> Dialect:
-        if path in self.anthropic_paths:
+        if path in self.anthropic_paths or path.startswith(self.anthropic_prefixes):
             return "anthropic"
         if method == "POST" and path in self.sse_paths and "application/json" not in accept:
             return "sse"

@@ -7,9 +7,11 @@ the fix named in its docstring (``docs/client-compatibility.md``).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import anthropic
 import pytest
+from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 from pydantic_ai import Agent, UsageLimits
@@ -75,3 +77,21 @@ async def test_pydantic_ai_agent_with_a_tool_and_an_output_type_finishes(
     ]
     assert tool_calls[-1] == "final_result"
     assert result.usage.requests <= 3
+
+
+async def test_anthropic_sdk_counts_tokens_as_messages_usage_does(server: ServerProcess) -> None:
+    """Issue 16 item 14: POST /v1/messages/count_tokens was a 404 in OpenAI's shape."""
+    request: dict[str, Any] = {
+        "model": "claude-sonnet-4-5",
+        "system": "Answer in one line.",
+        "messages": [{"role": "user", "content": "What is the capital of Norway?"}],
+    }
+    async with AsyncAnthropic(base_url=server.base_url, api_key="unused") as client:
+        counted = await client.messages.count_tokens(**request)
+        message = await client.messages.create(max_tokens=64, **request)
+        with pytest.raises(anthropic.NotFoundError) as missing:
+            await client.messages.batches.retrieve("msgbatch_unknown")
+    assert counted.input_tokens == message.usage.input_tokens > 0
+    body = missing.value.body
+    assert isinstance(body, dict)
+    assert body["error"]["type"] == "not_found_error"

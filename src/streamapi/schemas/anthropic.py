@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from streamapi.schemas.openai import Request, StopList
 
@@ -73,6 +73,12 @@ class ToolChoice(Request):
 class ThinkingConfig(Request):
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: int | None = Field(default=None, ge=1)
+
+
+class MessageTokensCount(BaseModel):
+    """``POST /v1/messages/count_tokens``'s answer."""
+
+    input_tokens: int
 
 
 class MessageCreateRequest(Request):

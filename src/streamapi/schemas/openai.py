@@ -222,6 +222,44 @@ class CompletionRequest(Request):
     ignore_eos: bool | None = None
 
 
+# --- vLLM's tokenizer routes ------------------------------------------------------------
+
+
+class TokenizeRequest(Request):
+    """``POST /tokenize`` (vLLM): a ``prompt``, or chat ``messages``."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool | None = None
+    return_token_strs: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt or messages")
+        return self
+
+
+class TokenizeResponse(Response):
+    count: int
+    max_model_len: int | None
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(Request):
+    """``POST /detokenize`` (vLLM): token ids back to text."""
+
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(Response):
+    prompt: str
+
+
 # --- embeddings request --------------------------------------------------------------
 
 
