@@ -13,6 +13,7 @@ import httpx
 import pytest
 from hypothesis import given, strategies as st
 
+from streamapi.settings import Settings
 from streamapi.text.tokenizer import count_tokens, decode, encode
 from tests.sse_helpers import chunks
 
@@ -473,3 +474,35 @@ def test_token_ids_are_reversible(text: str) -> None:
 def test_english_token_ids_are_safe_javascript_integers() -> None:
     ids = encode("The quick brown fox jumps over the lazy dog, 12345 times!\n\t~~~~~~~~")
     assert all(i < 2**53 for i in ids)
+
+
+# --- 8. defaults that real clients' defaults fit in ---------------------------------------
+
+
+def test_context_lengths_by_model_name() -> None:
+    settings = Settings()
+    assert settings.max_model_len_of("sim-small") == 131_072
+    assert settings.max_model_len_of("claude-sonnet-4-5") == 200_000
+    assert settings.max_model_len_of("anthropic/Claude-3-haiku") == 200_000
+    # A length given by the operator is every simulated model's.
+    assert Settings(max_model_len=4096).max_model_len_of("claude-sonnet-4-5") == 4096
+
+
+@pytest.mark.parametrize(
+    ("profile", "seqs"), [("default", 1024), ("instant", 1024), ("8b-1gpu", 256), ("70b-8gpu", 256)]
+)
+def test_running_sequences_by_latency_profile(profile: str, seqs: int) -> None:
+    assert Settings.model_validate({"latency_profile": profile}).max_num_seqs == seqs
+    assert (
+        Settings.model_validate({"latency_profile": profile, "max_num_seqs": 3}).max_num_seqs == 3
+    )
+
+
+async def test_pydantic_ais_anthropic_max_tokens_fit(client: httpx.AsyncClient) -> None:
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64_000,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    response = await client.post(MESSAGES, json=body)
+    assert response.status_code == 200, response.text

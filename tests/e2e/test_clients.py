@@ -15,7 +15,9 @@ from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 from pydantic_ai import Agent, UsageLimits
+from pydantic_ai.models.anthropic import AnthropicModel
 from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
+from pydantic_ai.providers.anthropic import AnthropicProvider
 from pydantic_ai.providers.openai import OpenAIProvider
 
 if TYPE_CHECKING:
@@ -39,7 +41,9 @@ class CityFacts(BaseModel):
     population: int
 
 
-def facts_agent(model: OpenAIChatModel | OpenAIResponsesModel) -> Agent[None, CityFacts]:
+def facts_agent(
+    model: OpenAIChatModel | OpenAIResponsesModel | AnthropicModel,
+) -> Agent[None, CityFacts]:
     agent = Agent(model, output_type=CityFacts)
     calls: list[str] = []
 
@@ -95,3 +99,19 @@ async def test_anthropic_sdk_counts_tokens_as_messages_usage_does(server: Server
     body = missing.value.body
     assert isinstance(body, dict)
     assert body["error"]["type"] == "not_found_error"
+
+
+async def test_pydantic_ai_anthropic_agent_fits_its_max_tokens_and_finishes(
+    server: ServerProcess,
+) -> None:
+    """Issue 16 items 8 and 1: pydantic-ai asks claude-sonnet-4-5 for max_tokens 64000 (400
+    under the old 8192-token context), and its tool choice {"type": "any"} looped."""
+    async with AsyncAnthropic(base_url=server.base_url, api_key="unused") as client:
+        model = AnthropicModel(
+            "claude-sonnet-4-5", provider=AnthropicProvider(anthropic_client=client)
+        )
+        result = await facts_agent(model).run(
+            "How many people live in Oslo?", usage_limits=UsageLimits(request_limit=REQUEST_LIMIT)
+        )
+    assert isinstance(result.output, CityFacts)
+    assert result.usage.requests <= 3

@@ -122,7 +122,7 @@ class Control:
             model=job.model,
             prompt_tokens=job.prompt_tokens,
             max_tokens=template.max_tokens or 0,
-            max_model_len=self.settings.max_model_len,
+            max_model_len=self.settings.max_model_len_of(job.model) or self.settings.max_model_len,
         )
         if faults is None and matched is not None:
             answer = matched.rule.respond
