@@ -266,7 +266,12 @@ async def test_rate_limit_headers_on_every_response_and_429_when_over(
     settings: Settings,
 ) -> None:
     settings = settings.model_copy(
-        update={"rate_limit_requests_per_minute": 2, "rate_limit_tokens_per_minute": 100_000}
+        # A request without max_tokens is charged its whole context: keep it under the bucket.
+        update={
+            "rate_limit_requests_per_minute": 2,
+            "rate_limit_tokens_per_minute": 100_000,
+            "max_model_len": 8192,
+        }
     )
     app = create_app(settings)
     async with (

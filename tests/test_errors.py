@@ -127,13 +127,13 @@ async def test_invalid_chat_requests_get_400_naming_the_field(
 
 
 async def test_context_length_exceeded_uses_openai_wording(client: httpx.AsyncClient) -> None:
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 9000}
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 140_000}
     response = await client.post(URL, json=body, headers=JSON)
     error = envelope(response.json())
     assert response.status_code == 400
     assert error["code"] == "context_length_exceeded"
     assert error["param"] == "messages"
-    assert error["message"].startswith("This model's maximum context length is 8192 tokens.")
+    assert error["message"].startswith("This model's maximum context length is 131072 tokens.")
 
 
 @pytest.mark.parametrize(

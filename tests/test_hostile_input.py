@@ -44,8 +44,9 @@ HOSTILE_BODIES = [
     pytest.param(json.dumps(chat(max_tokens=10**12)).encode(), id="huge-max-tokens"),
     pytest.param(json.dumps(chat(stop=["x"] * 100_000)).encode(), id="many-stops"),
     pytest.param(
-        json.dumps(chat(messages=[{"role": "user", "content": "hi"}] * 20_000)).encode(),
-        id="20000-messages",
+        # 4 tokens each: over the default context of 131072 tokens.
+        json.dumps(chat(messages=[{"role": "user", "content": "hi"}] * 40_000)).encode(),
+        id="40000-messages",
     ),
     pytest.param(
         json.dumps(

@@ -22,7 +22,8 @@ An upstream's own 4xx keeps its status, type and message (``UpstreamError.from_s
 
 Every error leaves the server as ``{"error": {"message", "type", "param", "code"}}``.
 Before the first byte it is an HTTP status with that body: JSON for clients that
-accept ``application/json`` (the OpenAI SDKs), otherwise, on the generation
+accept ``application/json`` (the OpenAI SDKs) and for an OpenAI-form request
+that does not ask to stream (``JSON_ERRORS_KEY``), otherwise, on the generation
 routes, one SSE ``data:`` event with the same status (what a curl or
 EventSource client reads). After the first byte it is an in-stream event followed by
 ``[DONE]`` (see ``serving``).
@@ -311,6 +312,11 @@ _SCALAR_TYPES = frozenset({"str", "int", "float", "bool", "dict", "list", "none"
 
 Dialect = Literal["json", "sse", "anthropic"]
 
+JSON_ERRORS_KEY = "json_errors"
+"""Set true in ``scope["state"]`` by a route whose request, once read, asks for a JSON
+answer (an OpenAI-form body without ``stream: true``): its errors are JSON whatever
+its ``Accept``, since such a client (Node's fetch, Python's requests) waits for JSON."""
+
 
 @dataclass(frozen=True, slots=True)
 class ErrorDialects:
@@ -320,9 +326,11 @@ class ErrorDialects:
     """Generation routes: a client that does not accept JSON (curl) gets one SSE event."""
     anthropic_paths: Collection[str] = ()
     """Anthropic's routes: Anthropic's envelope."""
+    anthropic_prefixes: tuple[str, ...] = ()
+    """Paths under these (known or not, e.g. ``/v1/messages/batches``) are Anthropic's too."""
 
     def for_request(self, method: str, path: str, accept: str) -> Dialect:
-        if path in self.anthropic_paths:
+        if path in self.anthropic_paths or path.startswith(self.anthropic_prefixes):
             return "anthropic"
         if method == "POST" and path in self.sse_paths and "application/json" not in accept:
             return "sse"
@@ -363,6 +371,8 @@ def install_error_handlers(
             on_error(error)
         accept = request.headers.get("accept", "")
         dialect = dialects.for_request(request.method, request.url.path, accept)
+        if dialect == "sse" and scope_keys.state_of(request.scope).get(JSON_ERRORS_KEY):
+            dialect = "json"
         return render(error, dialect, scope_keys.state_of(request.scope).get(scope_keys.REQUEST_ID))
 
     async def on_api_error(request: Request, exc: Exception) -> Response:

@@ -33,17 +33,26 @@ class LatencyPreset:
     inter_token_latency_ms: float
     load_factor: float
     kv_cache_tokens: int
+    max_num_seqs: int
 
 
 # The GPU figures are orders of magnitude taken from public benchmarks of models
 # of that class, not measurements: they give a real deployment's shape, not its
-# exact numbers.
+# exact numbers. The GPU profiles keep vLLM's default of 256 running sequences; the
+# others run 1024 at once, above the 500 streams one server core keeps clean
+# (docs/performance.md), so the engine never queues what the server could serve.
 LATENCY_PROFILES: Final[dict[LatencyProfile, LatencyPreset]] = {
-    "default": LatencyPreset(100.0, 0.0, 0.0, 5.0, 1.0, 2_097_152),
-    "instant": LatencyPreset(0.0, 0.0, 0.0, 0.0, 0.0, 2_097_152),
-    "8b-1gpu": LatencyPreset(5.0, 15.0, 0.06, 7.0, 2.0, 450_000),
-    "70b-8gpu": LatencyPreset(10.0, 25.0, 0.1, 18.0, 2.0, 1_200_000),
+    "default": LatencyPreset(100.0, 0.0, 0.0, 5.0, 1.0, 2_097_152, 1024),
+    "instant": LatencyPreset(0.0, 0.0, 0.0, 0.0, 0.0, 2_097_152, 1024),
+    "8b-1gpu": LatencyPreset(5.0, 15.0, 0.06, 7.0, 2.0, 450_000, 256),
+    "70b-8gpu": LatencyPreset(10.0, 25.0, 0.1, 18.0, 2.0, 1_200_000, 256),
 }
+# Context lengths: Claude models have 200k tokens; any other simulated model gets the
+# 128k of today's common open models, so clients' default max_tokens (pydantic-ai's
+# Anthropic model asks 16384, or 64000 for claude-sonnet-4-5) fit.
+DEFAULT_MAX_MODEL_LEN: Final = 131_072
+CLAUDE_MAX_MODEL_LEN: Final = 200_000
+_CLAUDE_MODEL = re.compile(r"claude", re.IGNORECASE)
 
 
 class Settings(BaseSettings):
@@ -100,10 +109,11 @@ class Settings(BaseSettings):
         "requested model). When off, such requests get 404 model_not_found, as OpenAI does.",
     )
     max_model_len: int = Field(
-        default=8192,
+        default=DEFAULT_MAX_MODEL_LEN,
         ge=16,
-        description="Context length in tokens. A prompt plus max_tokens beyond it gets 400 "
-        "context_length_exceeded.",
+        description="Context length in tokens of every simulated model. A prompt plus "
+        "max_tokens beyond it gets 400 context_length_exceeded. Default: 131072, and "
+        "200000 for models whose name contains 'claude'.",
     )
 
     # --- simulator content ----------------------------------------------------
@@ -194,11 +204,12 @@ class Settings(BaseSettings):
 
     # --- engine model: capacity -----------------------------------------------
     max_num_seqs: int = Field(
-        default=256,
+        default=1024,
         ge=1,
         le=100_000,
         description="Most sequences (choices) the simulated engine runs at once (vLLM's "
-        "name); more wait in its queue.",
+        "name); more wait in its queue. Default: the latency profile's (1024 in the "
+        "default and instant profiles, vLLM's 256 in the GPU profiles).",
     )
     max_waiting_requests: int = Field(
         default=1000,
@@ -213,7 +224,7 @@ class Settings(BaseSettings):
         description="Simulated KV-cache budget in tokens: a sequence is admitted only when "
         "its prompt plus planned output fits in what running sequences leave free. Must be "
         "at least max-model-len. Default: the latency profile's (2097152 in the default "
-        "profile, which never binds at the default max-num-seqs and max-model-len).",
+        "profile: 1024 sequences of 2,000 tokens each).",
     )
     enable_prefix_caching: bool = Field(
         default=True,
@@ -456,8 +467,11 @@ class Settings(BaseSettings):
     def max_model_len_of(self, model: str) -> int | None:
         """The context length checked for ``model``: None lets its upstream check."""
         route = self._routes.models.get(model)
-        if route is None:
-            return self.max_model_len
-        if route.max_model_len is not None:
+        if route is not None and route.max_model_len is not None:
             return route.max_model_len
-        return self.max_model_len if route.engine == "simulator" else None
+        if route is not None and route.engine != "simulator":
+            return None
+        if "max_model_len" not in self.model_fields_set and _CLAUDE_MODEL.search(model):
+            # Within the KV cache, which must hold one whole request.
+            return min(CLAUDE_MAX_MODEL_LEN, self.kv_cache_tokens)
+        return self.max_model_len

@@ -338,7 +338,7 @@ def test_400_is_the_context_length_error(client: openai.OpenAI) -> None:
         ask(client, "hi", extra_headers={FAULT: "status=400"})
     assert raised.value.code == "context_length_exceeded"
     assert raised.value.body["message"].startswith(  # type: ignore[index]
-        "This model's maximum context length is 8192 tokens. However, you requested"
+        "This model's maximum context length is 131072 tokens. However, you requested"
     )
 
 

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from streamapi.api import anthropic, openai, ops, responses
+from streamapi.api import anthropic, openai, ops, responses, tokens
 from streamapi.errors import ErrorDialects
 
-ROUTERS: tuple[APIRouter, ...] = (openai.router, responses.router, anthropic.router, ops.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    openai.router,
+    responses.router,
+    anthropic.router,
+    tokens.router,
+    ops.router,
+)
 
-ERROR_DIALECTS = ErrorDialects(sse_paths=openai.SSE_PATHS, anthropic_paths=anthropic.PATHS)
+ERROR_DIALECTS = ErrorDialects(
+    sse_paths=openai.SSE_PATHS,
+    anthropic_paths=anthropic.PATHS,
+    anthropic_prefixes=anthropic.PREFIXES,
+)

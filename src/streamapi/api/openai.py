@@ -23,7 +23,7 @@ from streamapi.api.common import (
     state_of,
     validate,
 )
-from streamapi.errors import InvalidRequestError, ModelNotFoundError
+from streamapi.errors import JSON_ERRORS_KEY, InvalidRequestError, ModelNotFoundError
 from streamapi.schemas.openai import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -78,7 +78,8 @@ def _streamed(chunk: str, description: str) -> dict[int | str, Any]:
         "the answer is a `text/event-stream` of `chat.completion.chunk` events ended by "
         "`data: [DONE]`; otherwise one `chat.completion` object. Errors found before the "
         "first byte have their HTTP status (JSON for clients that accept "
-        "`application/json`, else one SSE `data:` event); errors after it arrive as a "
+        "`application/json` and for an OpenAI-form body without `stream: true`, else one "
+        "SSE `data:` event); errors after it arrive as a "
         '`data: {"error": ...}` event followed by `[DONE]`.'
     ),
     responses=_streamed("ChatCompletionChunk", "A chat completion or its chunks."),
@@ -88,11 +89,11 @@ async def create_chat_completion(request: Request) -> Response:
     state = state_of(request)
     refuse_early(request, state)
     payload = await read_json(request)
-    chat_request = (
-        _from_prompt_form(payload, state["settings"])
-        if "messages" not in payload and "prompt" in payload
-        else validate(ChatCompletionRequest, payload)
-    )
+    if "messages" not in payload and "prompt" in payload:
+        chat_request = _from_prompt_form(payload, state["settings"])
+    else:
+        _expect_json_errors(request, payload)
+        chat_request = validate(ChatCompletionRequest, payload)
     return await respond(
         request, state, state["chat"], chat_request, streamed=bool(chat_request.stream)
     )
@@ -113,8 +114,20 @@ async def create_chat_completion(request: Request) -> Response:
 async def create_completion(request: Request) -> Response:
     state = state_of(request)
     refuse_early(request, state)
-    parsed = validate(CompletionRequest, await read_json(request))
+    payload = await read_json(request)
+    _expect_json_errors(request, payload)
+    parsed = validate(CompletionRequest, payload)
     return await respond(request, state, state["completions"], parsed, streamed=bool(parsed.stream))
+
+
+def _expect_json_errors(request: Request, payload: dict[str, Any]) -> None:
+    """An OpenAI-form body that does not ask to stream gets its errors as JSON.
+
+    Its client waits for a JSON answer whatever it sent as ``Accept``; only a
+    stream's client (and the original spec's prompt form) reads an SSE error.
+    """
+    if payload.get("stream") is not True:
+        request.scope["state"][JSON_ERRORS_KEY] = True
 
 
 @router.post(

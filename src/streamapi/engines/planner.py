@@ -7,7 +7,10 @@ choice index, so equal requests get equal plans.
 
 Tool calls follow a documented rule (docs/api/chat-completions.md, "Tool calls"): ``tool_choice``
 ``"none"`` never calls, a named function or ``"required"`` always calls, and
-``"auto"`` calls the tools the last user message names.
+``"auto"`` calls the tools the last user message names. Once a tool's result is
+in, ``"required"`` calls another tool (an output tool such as pydantic-ai's
+``final_result`` first), as a real model does: repeating the answered call
+would loop a client's agent until its request limit.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ from streamapi.text.writer import (
     write_tool_answer,
 )
 
+# A nucleus of top_p keeps the fewest most likely tokens whose probabilities add up to
+# top_p; a model's most likely token is practically never under 0.1 %, so at or below
+# this top_p the nucleus is that one token and decoding is greedy, as with top_k 1.
+GREEDY_TOP_P = 1e-3
 # With ignore_eos the answer must reach max_tokens: write this many characters
 # per wanted token, comfortably above the tokenizer's ~4.2.
 _CHARS_PER_TOKEN_HEADROOM = 6
@@ -49,6 +56,10 @@ _GENERIC_VERBS = frozenset(
     "add send check query read write compute calculate".split()
 )
 _WORDS = re.compile(r"[A-Za-z][a-z]*|[A-Z]+(?![a-z])|\d+")
+# Tools that hand the agent's final output back (pydantic-ai's ``final_result``,
+# ``final_result_<Type>``; the Agents SDK and others use similar words): once a
+# result is in, a required call goes there first.
+_OUTPUT_TOOL = re.compile(r"^(final|output|answer|respond|submit)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,15 +156,21 @@ class Planner:
 
     def _rng(self, request: GenerationRequest) -> random.Random:
         seed = request.seed if request.seed is not None else self._seed
-        if seed is None and request.temperature == 0:
+        greedy = is_greedy(request)
+        if seed is None and greedy:
             seed = 0  # greedy decoding is deterministic with or without a seed
         if seed is None:
             return random.Random(secrets.randbits(64))
         conversation = hashlib.sha256()
         for message in request.messages:
             conversation.update(f"{message.role}\x00{message.content}\x01".encode())
-        choice = 0 if request.temperature == 0 else request.choice_index
+        choice = 0 if greedy else request.choice_index
         return random.Random(f"{seed}:{choice}:{conversation.hexdigest()}")
+
+
+def is_greedy(request: GenerationRequest) -> bool:
+    """Whether sampling keeps only the most likely token: temperature 0, top_k 1, top_p ~0."""
+    return request.temperature == 0 or request.top_k == 1 or request.top_p <= GREEDY_TOP_P
 
 
 def _fixed_length(request: GenerationRequest) -> int | None:
@@ -173,9 +190,24 @@ def choose_tools(request: GenerationRequest) -> list[ToolSpec]:
     last = request.messages[-1] if request.messages else None
     question = last.content if last is not None and last.role == "user" else ""
     named = [t for t in tools if _names(t, question)]
-    if choice == "required":
-        named = named or [tools[0]]
+    if choice == "required" and not named:
+        named = [_next_required(tools, request.messages)]
     return named if request.parallel_tool_calls else named[:1]
+
+
+def _next_required(tools: tuple[ToolSpec, ...], messages: tuple[PromptMessage, ...]) -> ToolSpec:
+    """The tool a required choice calls when the conversation names none.
+
+    The first tool, until results are in since the last user turn; then a tool
+    not answered yet, an output tool first. Only when every tool has its result
+    does it call the first output tool (or the first tool) again.
+    """
+    answered = {name for name, _ in _tool_results(messages)}
+    if not answered:
+        return tools[0]
+    fresh = [t for t in tools if t.name not in answered] or list(tools)
+    outputs = [t for t in fresh if _OUTPUT_TOOL.match(t.name)]
+    return (outputs or fresh)[0]
 
 
 def _names(tool: ToolSpec, question: str) -> bool:

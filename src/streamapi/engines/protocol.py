@@ -100,6 +100,8 @@ class GenerationRequest:
     seed: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0
+    """Sample from the k most likely tokens; 0 (or vLLM's -1) samples from all."""
     choice_index: int = 0
     ignore_eos: bool = False
     tools: tuple[ToolSpec, ...] = ()

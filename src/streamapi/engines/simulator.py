@@ -19,8 +19,8 @@ class SimulatorEngine:
     """Plans an answer (``Planner``) and streams it through a simulated continuous-batching engine.
 
     Answers are deterministic for a given conversation, seed and choice index
-    (at temperature 0 all choices are the same). Pacing, queueing and the
-    engine's metrics come from the ``Scheduler``: one step loop for all
+    (greedy decoding, ``planner.is_greedy``, makes all choices the same).
+    Pacing, queueing and the engine's metrics come from the ``Scheduler``: one step loop for all
     requests, whose cost model is ``batch``. Without ``batch``, the engine has
     256 slots and paces a lone request by ``time_to_first_token_ms`` and
     ``inter_token_latency_ms``, whatever the load.

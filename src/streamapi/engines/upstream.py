@@ -466,7 +466,7 @@ def chat_payload(request: GenerationRequest) -> dict[str, Any]:
     """The upstream's streamed chat request for one choice.
 
     Only what the client set is sent (``temperature`` and ``top_p`` when not
-    the default 1), so the upstream's own defaults (a model's generation
+    the default 1, ``top_k`` when set), so the upstream's own defaults (a model's generation
     config in vLLM) still apply to the rest.
     """
     payload: dict[str, Any] = {
@@ -487,6 +487,8 @@ def chat_payload(request: GenerationRequest) -> dict[str, Any]:
         payload["temperature"] = request.temperature
     if request.top_p != 1.0:
         payload["top_p"] = request.top_p
+    if request.top_k > 0:
+        payload["top_k"] = request.top_k  # vLLM's extra parameter
     if request.ignore_eos:
         payload["ignore_eos"] = True
     if request.tools:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field, model_validator
 
 from streamapi.schemas.openai import Request, StopList
 
@@ -48,7 +48,14 @@ ContentBlock = Annotated[
 
 class MessageParam(Request):
     role: Literal["user", "assistant"]
-    content: str | list[ContentBlock]
+    content: str | list[ContentBlock] | None = None
+
+    @model_validator(mode="after")
+    def _check_content(self) -> MessageParam:
+        # An assistant's null content is an empty reply, as chat takes it.
+        if self.content is None and self.role != "assistant":
+            raise ValueError("a user message needs content")
+        return self
 
 
 class Tool(Request):
@@ -66,6 +73,12 @@ class ToolChoice(Request):
 class ThinkingConfig(Request):
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: int | None = Field(default=None, ge=1)
+
+
+class MessageTokensCount(BaseModel):
+    """``POST /v1/messages/count_tokens``'s answer."""
+
+    input_tokens: int
 
 
 class MessageCreateRequest(Request):

@@ -127,7 +127,9 @@ class ChatMessage(Request):
 
     @model_validator(mode="after")
     def _check_role_rules(self) -> ChatMessage:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+        # An assistant's null content is an empty reply (vLLM accepts it; `llm -c`
+        # sends one after an empty answer); every other role needs content.
+        if self.content is None and self.role != "assistant":
             raise ValueError(f"a {self.role} message needs content")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs tool_call_id")
@@ -149,6 +151,9 @@ class ChatCompletionRequest(Request):
     )
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(
+        default=None, ge=-1, description="vLLM extension: 1 decodes greedily; 0 or -1 is off."
+    )
     n: int | None = Field(default=None, ge=1)
     stop: str | StopList | None = None
     seed: int | None = Field(default=None, ge=_INT64_MIN, le=_INT64_MAX)
@@ -198,6 +203,9 @@ class CompletionRequest(Request):
     )
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(
+        default=None, ge=-1, description="vLLM extension: 1 decodes greedily; 0 or -1 is off."
+    )
     n: int | None = Field(default=None, ge=1)
     best_of: int | None = Field(default=None, ge=1)
     stream: bool | None = False
@@ -212,6 +220,44 @@ class CompletionRequest(Request):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     ignore_eos: bool | None = None
+
+
+# --- vLLM's tokenizer routes ------------------------------------------------------------
+
+
+class TokenizeRequest(Request):
+    """``POST /tokenize`` (vLLM): a ``prompt``, or chat ``messages``."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool | None = None
+    return_token_strs: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt or messages")
+        return self
+
+
+class TokenizeResponse(Response):
+    count: int
+    max_model_len: int | None
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(Request):
+    """``POST /detokenize`` (vLLM): token ids back to text."""
+
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(Response):
+    prompt: str
 
 
 # --- embeddings request --------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from streamapi.schemas.openai import Request
 
@@ -30,7 +30,14 @@ InputContent = Annotated[InputText | InputOther, Field(discriminator="type")]
 class MessageItem(Request):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
-    content: str | list[InputContent]
+    content: str | list[InputContent] | None = None
+
+    @model_validator(mode="after")
+    def _check_content(self) -> MessageItem:
+        # An assistant's null content is an empty reply, as chat takes it.
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content")
+        return self
 
 
 class FunctionCallItem(Request):

@@ -5,6 +5,13 @@ text or tool_use) ``content_block_start``, its deltas and
 ``content_block_stop``, then ``message_delta`` (stop reason and cumulative
 output tokens) and ``message_stop``. Every event has an ``event:`` line
 matching its ``type``: the Anthropic SDK drops unnamed events.
+
+Usage counts prompt caching as Anthropic does: ``input_tokens`` excludes the
+tokens read from the cache (``cache_read_input_tokens``, the engine's prefix
+cache hit) and those written to it (``cache_creation_input_tokens``: the prompt
+up to the last ``cache_control`` breakpoint, less what was read). The cache hit
+is known only once the engine starts, so ``message_start`` reports the prompt as
+uncached and ``message_delta`` carries the final counts, which the SDK applies.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from streamapi import sse
+from streamapi.engines.prefix_cache import BLOCK_TOKENS
 from streamapi.engines.protocol import GenerationRequest, PromptMessage, PromptToolCall, TokenDelta
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.anthropic import (
@@ -29,6 +39,7 @@ from streamapi.schemas.anthropic import (
 from streamapi.serving.generation import Admission, Generation, Job
 from streamapi.serving.schema_checks import check_tool_choice, tool_spec
 from streamapi.serving.usage import Usage
+from streamapi.text.tokenizer import TOKENS_PER_MESSAGE, count_chat_tokens, count_tokens
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 _BLOCK_KINDS = {"content": "text", "reasoning": "thinking", "tool_call": "tool_use"}
@@ -39,6 +50,8 @@ class MessageJob:
     """A checked Messages request."""
 
     job: Job
+    cache_breakpoint_tokens: int = 0
+    """Prompt tokens up to the last ``cache_control`` breakpoint (0: none)."""
 
 
 class MessageService:
@@ -51,7 +64,9 @@ class MessageService:
         """Check everything that can fail before the first byte."""
         generation = self._generation
         model = generation.resolve_model(request.model)
-        messages = _conversation(request.system, request.messages)
+        messages, cached_messages = _conversation(request.system, request.messages)
+        if request.model_extra and request.model_extra.get("cache_control"):
+            cached_messages = len(messages)  # automatic caching: the whole prompt
         tools = tuple(
             tool_spec(t.name, t.description, t.input_schema, param=f"tools[{i}].input_schema")
             for i, t in enumerate(request.tools or ())
@@ -80,20 +95,23 @@ class MessageService:
             seed=request.seed,
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
+            top_k=max(0, request.top_k or 0),
             tools=tools,
             tool_choice=tool_choice,
             parallel_tool_calls=not (choice and choice.disable_parallel_tool_use),
             reasoning=generation.reasons(model, asked),
         )
-        return MessageJob(generation.job([template], id_prefix="msg_"))
+        job = generation.job([template], id_prefix="msg_")
+        if cached_messages is None and any(_cache_control(t) for t in request.tools or ()):
+            cached_messages = 0  # tools come first in the prompt: the breakpoint covers them
+        return MessageJob(job, _breakpoint_tokens(job, messages, cached_messages))
 
     async def stream(self, message: MessageJob, admission: Admission) -> AsyncIterator[bytes]:
         """The named-event stream, from ``message_start`` to ``message_stop``."""
         job = message.job
-        blocks = _Blocks(job)
+        blocks = _Blocks(job, message.cache_breakpoint_tokens)
         try:
             start = {**blocks.message_body(), "content": [], "stop_reason": None}
-            start["usage"] = {"input_tokens": job.prompt_tokens, "output_tokens": 0}
             yield _event("message_start", message=start)
             yield _event("ping")
             async for batch in self._generation.batches(admission):
@@ -105,7 +123,7 @@ class MessageService:
             yield _event(
                 "message_delta",
                 delta={"stop_reason": blocks.stop_reason, "stop_sequence": blocks.stop_sequence},
-                usage={"output_tokens": blocks.usage.completion_tokens},
+                usage=blocks.usage_body(),
             )
             yield _event("message_stop")
         except Exception as exc:
@@ -114,7 +132,7 @@ class MessageService:
 
     async def complete(self, message: MessageJob, admission: Admission) -> dict[str, Any]:
         """The whole Message (``stream`` false)."""
-        blocks = _Blocks(message.job)
+        blocks = _Blocks(message.job, message.cache_breakpoint_tokens)
         async for batch in self._generation.batches(admission):
             for _, delta in batch:
                 blocks.add(delta)
@@ -138,8 +156,9 @@ class _Block:
 class _Blocks:
     """Builds one message's content blocks and their events."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, cache_breakpoint_tokens: int = 0) -> None:
         self._job = job
+        self._breakpoint = cache_breakpoint_tokens
         self._block: _Block | None = None
         self.content: list[dict[str, Any]] = []
         self.usage = Usage.of(job)
@@ -195,12 +214,22 @@ class _Blocks:
             "content": list(self.content),
             "stop_reason": self.stop_reason,
             "stop_sequence": self.stop_sequence,
-            "usage": {
-                "input_tokens": self.usage.prompt_tokens,
-                "output_tokens": self.usage.completion_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": self.usage.cached_tokens,
-            },
+            "usage": self.usage_body(),
+        }
+
+    def usage_body(self) -> dict[str, int]:
+        """Anthropic's usage: ``input_tokens`` are the prompt tokens neither read nor written."""
+        usage = self.usage
+        read = min(usage.cached_tokens, usage.prompt_tokens)
+        if read and self._breakpoint - read < BLOCK_TOKENS:
+            # The engine caches whole blocks; Anthropic's entry ends at the breakpoint.
+            read = max(read, min(self._breakpoint, usage.prompt_tokens))
+        written = max(0, min(self._breakpoint, usage.prompt_tokens) - read)
+        return {
+            "input_tokens": usage.prompt_tokens - read - written,
+            "output_tokens": usage.completion_tokens,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": read,
         }
 
     def _open(self, kind: str, delta: TokenDelta) -> list[bytes]:
@@ -245,21 +274,41 @@ def _event(kind: str, **fields: Any) -> bytes:
     return sse.encode_event(kind, {"type": kind, **fields})
 
 
+def _cache_control(part: BaseModel) -> bool:
+    """Whether a block (or tool) is a ``cache_control`` breakpoint."""
+    return bool(part.model_extra and part.model_extra.get("cache_control"))
+
+
+def _breakpoint_tokens(job: Job, messages: tuple[PromptMessage, ...], upto: int | None) -> int:
+    """The prompt's tokens up to the end of ``messages[:upto]``, tools included; 0 for None."""
+    if upto is None:
+        return 0
+    tools = job.prompt_tokens - count_chat_tokens(m.content for m in messages)
+    return tools + sum(count_tokens(m.content) + TOKENS_PER_MESSAGE for m in messages[:upto])
+
+
 def _conversation(
     system: str | list[TextBlock] | None, messages: list[MessageParam]
-) -> tuple[PromptMessage, ...]:
+) -> tuple[tuple[PromptMessage, ...], int | None]:
+    """The engine's messages, and how many of them the last cache breakpoint covers."""
     out: list[PromptMessage] = []
+    cached: int | None = None
     if system:
         text = system if isinstance(system, str) else "\n".join(b.text for b in system)
         out.append(PromptMessage("system", text))
+        if not isinstance(system, str) and any(map(_cache_control, system)):
+            cached = 1
     tool_names: dict[str, str] = {}
     for index, message in enumerate(messages):
-        if isinstance(message.content, str):
-            out.append(PromptMessage(message.role, message.content))
+        # An assistant's null content is an empty reply.
+        blocks = "" if message.content is None else message.content
+        marked = not isinstance(blocks, str) and any(map(_cache_control, blocks))
+        if isinstance(blocks, str):
+            out.append(PromptMessage(message.role, blocks))
             continue
         texts: list[str] = []
         calls: list[PromptToolCall] = []
-        for block_index, block in enumerate(message.content):
+        for block_index, block in enumerate(blocks):
             if isinstance(block, TextBlock):
                 texts.append(block.text)
             elif isinstance(block, ToolUseBlock):
@@ -288,4 +337,6 @@ def _conversation(
                 )
         if texts:
             out.append(PromptMessage(message.role, "\n".join(texts), tool_calls=tuple(calls)))
-    return tuple(out)
+        if marked:
+            cached = len(out)
+    return tuple(out), cached

@@ -1,10 +1,12 @@
 """Chat completions: engine deltas become OpenAI chunks, completions and usage.
 
 This is where the chat protocol's rules live: one ``id`` and ``created`` per
-completion, the role chunk once per choice and only after its first token
-exists, a tool call's ``id``, ``type`` and ``name`` in its first delta only,
-exactly one ``finish_reason`` per choice, the usage chunk last, and errors
-after the first byte sent in-stream followed by ``[DONE]``.
+completion, the role once per choice and only after its first token exists
+(``content: ""`` for text, ``content: null`` in the first delta of a choice
+that opens with a tool call, as OpenAI sends it), a tool call's ``id``,
+``type`` and ``name`` in its first delta only, exactly one ``finish_reason``
+per choice, the usage chunk last, and errors after the first byte sent
+in-stream followed by ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class ChatService:
             seed=request.seed,
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
+            top_k=max(0, request.top_k or 0),
             ignore_eos=bool(request.ignore_eos),
             tools=tools,
             tool_choice=choice,
@@ -208,9 +211,16 @@ class _ChunkWriter:
             self._usage.add(delta, index)
             return [template.fill(delta.text)]
         frames: list[bytes] = []
+        role: dict[str, Any] = {}
         if index not in self._started:
             self._started.add(index)
-            frames.append(self._chunk(index, {"role": "assistant", "content": ""}))
+            if delta.tool_call is None:
+                frames.append(self._chunk(index, {"role": "assistant", "content": ""}))
+            else:
+                # A choice that opens with a tool call has no text: OpenAI sends the
+                # role with content null in the call's first delta (an empty string
+                # makes the AI SDK open an empty text part).
+                role = {"role": "assistant", "content": None}
         self._usage.add(delta, index)
         pending = self._pending.get(index)
         if pending is None:
@@ -228,7 +238,7 @@ class _ChunkWriter:
                 "type": "function",
                 "function": {"name": call.name, "arguments": ""},
             }
-            frames.append(self._chunk(index, {"tool_calls": [opening]}))
+            frames.append(self._chunk(index, {**role, "tool_calls": [opening]}))
         elif delta.text:
             pending.channel, pending.tool_index = delta.channel, delta.tool_index
             pending.deltas.append(delta)

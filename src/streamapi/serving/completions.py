@@ -67,6 +67,7 @@ class CompletionService:
                 seed=request.seed,
                 temperature=1.0 if request.temperature is None else request.temperature,
                 top_p=1.0 if request.top_p is None else request.top_p,
+                top_k=max(0, request.top_k or 0),
                 ignore_eos=bool(request.ignore_eos),
                 reasoning=False,
                 logprobs=request.logprobs,

@@ -432,7 +432,9 @@ def _input_messages(value: str | list[Any], call_names: dict[str, str]) -> list[
     return messages
 
 
-def _text(content: str | list[Any], *, param: str) -> str:
+def _text(content: str | list[Any] | None, *, param: str) -> str:
+    if content is None:
+        return ""  # an assistant's null content: an empty reply
     if isinstance(content, str):
         return content
     texts = []

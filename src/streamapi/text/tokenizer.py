@@ -68,3 +68,76 @@ def chat_prompt_tokens(messages: Iterable[tuple[str, str]]) -> list[str]:
     for role, content in messages:
         tokens += [f"<|{role}|>", "<|content|>", *tokenize(content), "<|end|>"]
     return [*tokens, "<|assistant|>", "<|content|>", "<|reply|>"]
+
+
+# --- token ids (vLLM's /tokenize and /detokenize) ------------------------------------
+#
+# The tokenizer has no vocabulary, so a token's id is computed from its text and back:
+# stable across processes and reversible. The framing tokens of chat prompts take the
+# first ids; a token of up to eight characters from tab, newline, carriage return and
+# printable ASCII (every piece of English text) is its bijective base-98 numeral, which
+# stays under 2**53 (JavaScript's safe integers); any other token is its UTF-8 bytes
+# read as one number above that.
+_SPECIAL = (
+    "<|system|>",
+    "<|developer|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|tool|>",
+    "<|function|>",
+    "<|content|>",
+    "<|end|>",
+    "<|reply|>",
+)
+_SPECIAL_IDS = {token: index for index, token in enumerate(_SPECIAL)}
+_FIRST_TEXT_ID = 256
+_ALPHABET = "\t\n\r" + "".join(map(chr, range(0x20, 0x7F)))
+_DIGITS = {char: value for value, char in enumerate(_ALPHABET, start=1)}
+_BASE = len(_ALPHABET)
+_MAX_SHORT = 8
+_FIRST_BYTES_ID: int = _FIRST_TEXT_ID + sum(_BASE**k for k in range(1, _MAX_SHORT + 1))
+assert _FIRST_BYTES_ID < 2**53
+
+
+def token_id(token: str) -> int:
+    """The id of one token (see above); ``token_text`` gives the token back."""
+    special = _SPECIAL_IDS.get(token)
+    if special is not None:
+        return special
+    if token and len(token) <= _MAX_SHORT and all(c in _DIGITS for c in token):
+        value = 0
+        for char in token:
+            value = value * _BASE + _DIGITS[char]
+        return _FIRST_TEXT_ID + value - 1
+    return _FIRST_BYTES_ID + int.from_bytes(b"\x01" + token.encode(), "big")
+
+
+def token_text(ident: int) -> str:
+    """The token whose id is ``ident``; ``ValueError`` if no token has it."""
+    if 0 <= ident < len(_SPECIAL):
+        return _SPECIAL[ident]
+    if _FIRST_TEXT_ID <= ident < _FIRST_BYTES_ID:
+        value = ident - _FIRST_TEXT_ID + 1
+        chars: list[str] = []
+        while value:
+            value, digit = divmod(value - 1, _BASE)
+            chars.append(_ALPHABET[digit])
+        return "".join(reversed(chars))
+    if ident > _FIRST_BYTES_ID:
+        raw = (ident - _FIRST_BYTES_ID).to_bytes((ident - _FIRST_BYTES_ID).bit_length() // 8 + 1)
+        if raw[:1] == b"\x01":
+            try:
+                return raw[1:].decode()
+            except UnicodeDecodeError:
+                pass
+    raise ValueError(f"{ident} is not a token id")
+
+
+def encode(text: str) -> list[int]:
+    """``text`` as token ids."""
+    return [token_id(token) for token in tokenize(text)]
+
+
+def decode(ids: Iterable[int]) -> str:
+    """The text of token ids (``ValueError`` for one that is no token's)."""
+    return "".join(token_text(ident) for ident in ids)
