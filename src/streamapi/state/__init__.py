@@ -8,12 +8,29 @@ ones, imported only when a state URL is given.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from streamapi.state.base import SharedState, StateStoreError, StateUnavailableError
 from streamapi.state.local import LocalState
 
-__all__ = ["SharedState", "StateStoreError", "StateUnavailableError", "create_state"]
+__all__ = [
+    "PER_WORKER",
+    "SharedState",
+    "StateStoreError",
+    "StateUnavailableError",
+    "create_state",
+]
+
+# What each process keeps for itself without a state URL (shared with one).
+PER_WORKER = (
+    "rate limits",
+    "concurrency caps",
+    "admin changes and rules",
+    "rule sequence counters",
+    "journal",
+    "Responses store",
+)
 
 
 def create_state(
@@ -45,3 +62,21 @@ def create_state(
         responses_capacity=responses_capacity,
         on_error=on_error,
     )
+
+
+def check_reachable(url: str, *, timeout_s: float = 1.0) -> str | None:
+    """Why the state store at ``url`` cannot be used, or None: for a clear start-up error.
+
+    Run before the server starts (no event loop running yet).
+    """
+
+    async def probe() -> None:
+        state = create_state(url, timeout_s=timeout_s)
+        await state.start()
+        await state.aclose()
+
+    try:
+        asyncio.run(probe())
+    except StateStoreError as exc:
+        return str(exc)
+    return None
