@@ -11,11 +11,15 @@ from streamapi.control.rules import parse_rules, parse_text
 from streamapi.settings import Settings
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
+# Settings may be documented on the README or on a page of the docs.
+DOCUMENTED = README + "".join(
+    page.read_text() for page in sorted((Path(__file__).parent.parent / "docs").glob("*.md"))
+)
 
 
 def test_readme_lists_every_setting_as_option_and_environment_variable() -> None:
     for name in Settings.model_fields:
-        assert f"`--{name.replace('_', '-')}` / `STREAMAPI_{name.upper()}`" in README
+        assert f"`--{name.replace('_', '-')}` / `STREAMAPI_{name.upper()}`" in DOCUMENTED
 
 
 def test_readme_has_the_two_commands() -> None:

@@ -74,7 +74,7 @@ class Settings(BaseSettings):
         description="Server processes on the same address (a listening socket each, with "
         "SO_REUSEPORT where the OS has it), each with its own event loop, engine, metrics, "
         "Responses store, control state and concurrency caps (the caps and limits are per "
-        "process). 1 serves from this process alone.",
+        "process unless --state-url shares them). 1 serves from this process alone.",
     )
 
     # --- models ---------------------------------------------------------------
