@@ -8,15 +8,11 @@ a cap gets 429 with ``Retry-After`` before its response starts.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 from streamapi.errors import RateLimitError
 from streamapi.keys import Principal
 from streamapi.state.base import LeaseStore
-
-# Background releases of shared leases, kept referenced until done.
-_releasing: set[asyncio.Future[None]] = set()
 
 
 class ConcurrencyLimiter:
@@ -117,8 +113,6 @@ class Lease:
         self._limiter._release(self._key)
         shared, lease_id = self._limiter.shared, self.shared_id
         if shared is not None and lease_id is not None:
-            # Released in the background (callers release synchronously); if it never
-            # happens, the lease lapses within its TTL.
-            task = asyncio.ensure_future(shared.release(lease_id))
-            _releasing.add(task)
-            task.add_done_callback(_releasing.discard)
+            # In the background: callers release synchronously. If it never happens,
+            # the lease lapses within its TTL.
+            shared.release_soon(lease_id)

@@ -102,6 +102,9 @@ class LeaseStore(Protocol):
 
     async def release(self, lease_id: str) -> None: ...
 
+    def release_soon(self, lease_id: str) -> None:
+        """``release`` in the background, for callers that cannot wait (awaited at close)."""
+
     async def count(self, key: str | None = None) -> int:
         """Live leases in all, or of ``key``."""
 

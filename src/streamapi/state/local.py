@@ -125,7 +125,7 @@ class LocalLeases:
             self._by_key[key] += 1
         return LeaseDecision(lease_id)
 
-    async def release(self, lease_id: str) -> None:
+    def _release(self, lease_id: str) -> None:
         if lease_id not in self._held:
             return
         key = self._held.pop(lease_id)
@@ -134,6 +134,13 @@ class LocalLeases:
             self._by_key[key] -= 1
             if not self._by_key[key]:
                 del self._by_key[key]
+
+    def release_soon(self, lease_id: str) -> None:
+        # Nothing to wait for in memory.
+        self._release(lease_id)
+
+    async def release(self, lease_id: str) -> None:
+        self._release(lease_id)
 
     async def count(self, key: str | None = None) -> int:
         return self._total if key is None else self._by_key[key]

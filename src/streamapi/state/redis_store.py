@@ -277,6 +277,7 @@ class RedisLeases:
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self._fail_closed = fail_closed
         self._held: dict[str, list[str]] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
         self._acquire = client.redis.register_script(_ACQUIRE)
         self._refresh = client.redis.register_script(_REFRESH)
         self._count = client.redis.register_script(_COUNT)
@@ -318,6 +319,15 @@ class RedisLeases:
         # If this fails the lease lapses by itself within the TTL.
         with contextlib.suppress(StateUnavailableError):
             await self._client.run("lease.release", remove)
+
+    def release_soon(self, lease_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.release(lease_id))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def settle(self) -> None:
+        """Wait for the releases under way (each bounded by the call timeout)."""
+        await asyncio.gather(*self._releasing, return_exceptions=True)
 
     async def count(self, key: str | None = None) -> int:
         client = self._client
@@ -548,6 +558,7 @@ class RedisState:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.leases.settle()
         self.leases.forget()
         await self._client.redis.aclose()
 
