@@ -32,6 +32,8 @@ def _settings(server: RedisServer, **options: Any) -> Settings:
         "inter_token_latency_ms": 0,
         "admin_key": "admin-key",
         "state_url": server.url,
+        # Generous for a loaded machine; the tests of failures stop Redis outright.
+        "state_timeout_s": 2.0,
         **options,
     }
     return Settings(**values)

@@ -560,7 +560,10 @@ class RedisState:
         self._tasks = []
         await self.leases.settle()
         self.leases.forget()
-        await self._client.redis.aclose()
+        # Bounded too: closing must not wait on a server that is gone.
+        with contextlib.suppress(TimeoutError, RedisError, OSError):
+            async with asyncio.timeout(max(1.0, self._client.timeout_s)):
+                await self._client.redis.aclose()
 
     @staticmethod
     async def _every(interval_s: float, work: Callable[[], Awaitable[None]]) -> None:
