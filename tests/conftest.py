@@ -10,6 +10,7 @@ from asgi_lifespan import LifespanManager
 
 from streamapi.app import create_app
 from streamapi.settings import Settings
+from tests.redis_server import redis_server  # noqa: F401  (the shared-state tests' fixture)
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from streamapi.serving.embeddings import EmbeddingService
 from streamapi.serving.generation import Generation
 from streamapi.serving.responses import ResponseService, ResponseStore
 from streamapi.settings import Settings
+from streamapi.state import create_state
 
 # Documented in the OpenAPI schema although no route declares them as a body
 # or response model: routes parse their bodies themselves (to give each
@@ -75,11 +76,24 @@ def create_app(
     settings = settings or Settings()
     lifecycle = lifecycle or Lifecycle()
     metrics = Metrics(settings.default_model)
-    control = Control(settings)
+    # In-process stores, or with --state-url the Redis ones (reached at start-up).
+    shared = create_state(
+        settings.state_url,
+        prefix=settings.state_prefix,
+        timeout_s=settings.state_timeout_s,
+        fail_closed=settings.state_fail_closed,
+        lease_ttl_s=settings.state_lease_ttl_s,
+        journal_size=settings.journal_size,
+        responses_capacity=settings.responses_store_size,
+        on_error=metrics.state_error,
+    )
+    redis = shared if shared.kind == "redis" else None
+    control = Control(settings, redis)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         lifecycle.bind(asyncio.get_running_loop())
+        await shared.start()  # StateStoreError (start-up fails) if Redis is unreachable
         own_engine = engine is None
         active = (
             engine
@@ -101,13 +115,21 @@ def create_app(
                     total=settings.max_concurrent_requests,
                     per_key=settings.max_concurrent_requests_per_key,
                     retry_after_s=settings.concurrency_retry_after_s,
+                    shared=None if redis is None else redis.leases,
                 ),
                 chat=ChatService(generation, tokens_per_event=per_event),
                 completions=CompletionService(generation, tokens_per_event=per_event),
                 embeddings=EmbeddingService(generation),
-                responses=ResponseService(generation, ResponseStore(settings.responses_store_size)),
+                responses=ResponseService(
+                    generation,
+                    ResponseStore(
+                        settings.responses_store_size,
+                        None if redis is None else redis.responses,
+                    ),
+                ),
                 messages=MessageService(generation),
                 control=control,
+                shared=shared,
                 started_at=int(time.time()),
             )
         finally:
@@ -117,6 +139,7 @@ def create_app(
                     await publisher
             if own_engine:
                 await active.aclose()
+            await shared.aclose()
 
     app = FastAPI(
         title="streamapi",

@@ -31,6 +31,7 @@ from streamapi.app import create_app
 from streamapi.control.rules import RulesError, load_rules
 from streamapi.lifecycle import Lifecycle
 from streamapi.settings import Settings
+from streamapi.state import PER_WORKER, check_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,11 @@ def serve(args: list[str]) -> int:
             load_rules(settings.rules_file)
         except RulesError as exc:
             sys.stderr.write(f"streamapi serve: invalid rules: {exc}\n")
+            return 2
+    if settings.state_url is not None:
+        problem = check_reachable(settings.state_url, timeout_s=max(1.0, settings.state_timeout_s))
+        if problem is not None:
+            sys.stderr.write(f"streamapi serve: {problem}\n")
             return 2
     _configure_logging(settings.log_level)
     if settings.workers > 1:
@@ -147,6 +153,11 @@ def _serve_workers(settings: Settings) -> int:
         port,
         os.getpid(),
     )
+    if settings.state_url is None:
+        logger.warning(
+            "Without --state-url each worker keeps its own %s (docs/scaling-out.md).",
+            ", ".join(PER_WORKER),
+        )
     metrics_dir = _metrics_dir()
     try:
         return _Supervisor(settings, sockets, port, metrics_dir).run()

@@ -298,12 +298,21 @@ class Metrics:
             ("upstream", "reason"),
             registry=registry,
         )
+        self._state_errors = Counter(
+            "streamapi_state_errors",
+            "Calls to the shared state store (--state-url) that failed or timed out, by operation.",
+            ("operation",),
+            registry=registry,
+        )
         self._upstream_retries = Counter(
             "streamapi_upstream_retries",
             "Upstream requests retried before the first byte.",
             ("upstream",),
             registry=registry,
         )
+
+    def state_error(self, operation: str) -> None:
+        self._state_errors.labels(operation).inc()
 
     def bind_engine_state(
         self,

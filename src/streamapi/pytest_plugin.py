@@ -15,10 +15,12 @@ or the path of a rules file), ``fault`` (a fault every request gets, in the
 ``latency`` (a latency profile's name, default ``"instant"``, or a dict of
 latency settings such as ``{"time_to_first_token_ms": 50}``), ``rate_limits``
 (``{"requests_per_minute": ..., "tokens_per_minute": ...}``), ``settings``
-(any other settings, by their Python names) and ``mode`` (``"thread"``, the
+(any other settings, by their Python names), ``mode`` (``"thread"``, the
 default: uvicorn in a thread of the test process; or ``"subprocess"``:
-``python -m streamapi serve``). Every server has the admin API on (with a key
-of its own) and fault headers honoured; it ignores ``STREAMAPI_*`` variables.
+``python -m streamapi serve``) and ``state_url`` (a Redis URL: servers started
+with the same one share their state, see docs/scaling-out.md). Every server
+has the admin API on (with a key of its own) and fault headers honoured; it
+ignores ``STREAMAPI_*`` variables.
 
 The server object gives ``base_url`` / ``openai_base_url``, ``journal()``, and
 ``set_rules``, ``set_faults``, ``set_latency``, ``set_rate_limits``, ``reset``.
@@ -57,7 +59,8 @@ _START_TIMEOUT_S = 20.0
 _STOP_TIMEOUT_S = 10.0
 _MARKER = (
     "streamapi(rules=None, fault=None, fault_rate=None, fault_kinds=None, latency='instant', "
-    "rate_limits=None, settings=None, mode='thread'): configure the streamapi_server fixture"
+    "rate_limits=None, settings=None, mode='thread', state_url=None): configure the "
+    "streamapi_server fixture"
 )
 
 
@@ -165,12 +168,19 @@ def serve(
     rate_limits: Mapping[str, int] | None = None,
     settings: Mapping[str, Any] | None = None,
     mode: Literal["thread", "subprocess"] = "thread",
+    state_url: str | None = None,
 ) -> Iterator[StreamapiServer]:
-    """Run a streamapi server for the ``with`` block (the fixtures' building block)."""
+    """Run a streamapi server for the ``with`` block (the fixtures' building block).
+
+    ``state_url`` points it at a shared Redis (``--state-url``): servers started
+    with the same one share limits, rules, counters, the journal and responses.
+    """
     with tempfile.TemporaryDirectory(prefix="streamapi-") as scratch:
         values = _settings(
             Path(scratch), rules, fault, fault_rate, fault_kinds, latency, rate_limits, settings
         )
+        if state_url is not None:
+            values["state_url"] = state_url
         admin_key = secrets.token_urlsafe(24)
         if mode == "thread":
             base_url, stop = _start_thread(values, admin_key)

@@ -85,7 +85,7 @@ class Settings(BaseSettings):
         description="Server processes on the same address (a listening socket each, with "
         "SO_REUSEPORT where the OS has it), each with its own event loop, engine, metrics, "
         "Responses store, control state and concurrency caps (the caps and limits are per "
-        "process). 1 serves from this process alone.",
+        "process unless --state-url shares them). 1 serves from this process alone.",
     )
 
     # --- models ---------------------------------------------------------------
@@ -280,6 +280,40 @@ class Settings(BaseSettings):
         default=1.0,
         gt=0,
         description="Retry-After sent with a 429 for a concurrency cap.",
+    )
+
+    # --- shared state (docs/scaling-out.md) ------------------------------------
+    state_url: str | None = Field(
+        default=None,
+        description="Redis (or Valkey) URL, redis://host:port/db, holding the state every "
+        "worker and replica pointed at it shares: rate limits, concurrency caps, the admin "
+        "API's changes and rules, rule sequence counters, the journal and the Responses "
+        "store. Start-up fails if it is unreachable. Unset: each process keeps its own.",
+    )
+    state_prefix: str = Field(
+        default="streamapi:",
+        min_length=1,
+        description="Prefix of every key in the state store: servers with different "
+        "prefixes share nothing.",
+    )
+    state_timeout_s: float = Field(
+        default=0.25,
+        gt=0,
+        le=30,
+        description="Longest wait for one call to the state store; past it the call fails "
+        "(see --state-fail-closed).",
+    )
+    state_fail_closed: bool = Field(
+        default=False,
+        description="When the state store fails, refuse requests under rate limits and "
+        "concurrency caps with 503 instead of letting them through uncounted.",
+    )
+    state_lease_ttl_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=3600,
+        description="How long a concurrency slot held by a process that died stays taken "
+        "in the state store.",
     )
 
     # --- auth and CORS --------------------------------------------------------

@@ -20,6 +20,8 @@ from streamapi.control.hooks import Control
 from streamapi.control.rules import RulesError, parse_rules, parse_text
 from streamapi.errors import AuthenticationError, InvalidRequestError
 from streamapi.fault_grammar import FaultSyntaxError, parse_fault_choices
+from streamapi.settings import Settings
+from streamapi.state import PER_WORKER
 
 _bearer = HTTPBearer(auto_error=False, description="The server's --admin-key.")
 
@@ -103,6 +105,10 @@ class ConfigView(BaseModel):
     faults: dict[str, Any]
     rate_limits: dict[str, int]
     rules: RulesState
+    state: dict[str, Any] = Field(
+        description="Where shared state lives (local or redis), its health, and what is "
+        "per process (per_worker) when it is not shared."
+    )
 
 
 class RulesView(RulesState):
@@ -136,6 +142,7 @@ class JournalRecord(BaseModel):
     rule: str | None = Field(description="The matched rule's name, or #<its place>.")
     fault: str | None = Field(description="The injected fault, as written.")
     error: dict[str, Any] | None = Field(description="type, code and message of its error.")
+    process: str | None = Field(default=None, description="pid@host of the process that served it.")
 
 
 class JournalView(BaseModel):
@@ -153,7 +160,23 @@ def _config(state: AppState) -> ConfigView:
             "tokens_per_minute": limiter.tokens_per_minute,
         },
         rules=_rules_state(control),
+        state=state_report(state),
     )
+
+
+def state_report(state: AppState) -> dict[str, Any]:
+    """The state backend, its health, and the features that are per worker (item 4)."""
+    shared = state["shared"]
+    report: dict[str, Any] = {"backend": shared.kind, **shared.health.describe()}
+    report["per_worker"] = per_worker_features(state["settings"], shared.kind)
+    return report
+
+
+def per_worker_features(settings: Settings, kind: str) -> list[str]:
+    """What each of ``--workers N`` processes keeps for itself without a state URL."""
+    if kind == "redis" or settings.workers <= 1:
+        return []
+    return list(PER_WORKER)
 
 
 def _rules_state(control: Control) -> RulesState:
@@ -189,21 +212,18 @@ async def change_config(patch: ConfigPatch, state: AppStateDep) -> ConfigView:
             raise InvalidRequestError(
                 f"Invalid fault kinds: {exc}.", param="faults.kinds"
             ) from None
+    changes: dict[str, Any] = {}
     latency = {} if patch.latency is None else patch.latency.model_dump(exclude_none=True)
     if latency:
-        control.set_latency(latency)
+        if control.latency() is None:
+            raise InvalidRequestError("This engine has no latency settings to change.")
+        changes["latency"] = latency
     if patch.faults is not None:
-        control.set_faults(rate=patch.faults.rate, kinds=patch.faults.kinds)
+        changes["faults"] = patch.faults.model_dump(exclude_none=True)
     if patch.rate_limits is not None:
-        limiter, limits = control.limiter, patch.rate_limits
-        limiter.configure(
-            requests_per_minute=limiter.requests_per_minute
-            if limits.requests_per_minute is None
-            else limits.requests_per_minute,
-            tokens_per_minute=limiter.tokens_per_minute
-            if limits.tokens_per_minute is None
-            else limits.tokens_per_minute,
-        )
+        changes["rate_limits"] = patch.rate_limits.model_dump(exclude_none=True)
+    # With --state-url this writes to the shared store first (503 there changes nothing).
+    await control.update(changes)
     return _config(state)
 
 
@@ -253,7 +273,8 @@ async def replace_rules(request: Request, state: AppStateDep) -> RulesView:
         rules = parse_rules(data, source="the request body")
     except RulesError as exc:
         raise InvalidRequestError(str(exc), param="rules") from None
-    state["control"].rules.replace(rules)
+    dumped = [rule.model_dump(mode="json", by_alias=True, exclude_unset=True) for rule in rules]
+    await state["control"].update({"rules": dumped})
     return _rules_view(state["control"])
 
 
@@ -264,7 +285,7 @@ async def replace_rules(request: Request, state: AppStateDep) -> RulesView:
     description="Drops rules set with PUT; the file's rules (if any) are read again.",
 )
 async def revert_rules(state: AppStateDep) -> RulesView:
-    state["control"].rules.revert()
+    await state["control"].update({"rules": None})
     return _rules_view(state["control"])
 
 
@@ -279,9 +300,7 @@ async def read_journal(
     limit: Annotated[int | None, Query(ge=1, description="Only the last this many.")] = None,
 ) -> JournalView:
     journal = state["control"].journal
-    entries = [] if journal is None else journal.entries()
-    if limit is not None:
-        entries = entries[-limit:]
+    entries = [] if journal is None else await journal.read(limit)
     return JournalView(entries=[JournalRecord(**entry) for entry in entries])
 
 
@@ -289,7 +308,7 @@ async def read_journal(
 async def clear_journal(state: AppStateDep) -> Response:
     journal = state["control"].journal
     if journal is not None:
-        journal.clear()
+        await journal.clear_all()
     return Response(status_code=204)
 
 
@@ -301,5 +320,5 @@ async def clear_journal(state: AppStateDep) -> Response:
     "limits (buckets full) and latency as the settings give them; the journal emptied.",
 )
 async def reset(state: AppStateDep) -> ConfigView:
-    state["control"].reset()
+    await state["control"].reset_all()
     return _config(state)

@@ -34,6 +34,7 @@ from streamapi.serving.embeddings import EmbeddingService
 from streamapi.serving.generation import Admission, Generation, Job, TestOverrides
 from streamapi.serving.responses import ResponseService
 from streamapi.settings import Settings
+from streamapi.state.base import SharedState
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -75,6 +76,7 @@ class AppState(TypedDict):
     responses: ResponseService
     messages: MessageService
     control: Control
+    shared: SharedState
     started_at: int
 
 
@@ -238,10 +240,15 @@ async def respond(
     job = service.prepare(parsed)
     check_model_access(request, job.job.model)
     # Test control: rate limits, rules and faults (its refusals are APIErrors too).
-    plan = state["control"].plan(request, job.job, streamed=streamed)
+    plan = await state["control"].plan(request, job.job, streamed=streamed)
     generation = state["generation"]
     # Admission releases the lease if it fails, and Admission.aclose once it ends.
-    lease = state["limiter"].acquire(principal_of(request))
+    limiter = state["limiter"]
+    lease = (
+        limiter.acquire(principal_of(request))
+        if limiter.shared is None
+        else await limiter.acquire_shared(principal_of(request))
+    )
     admission = await generation.admit(
         plan.job,
         arrived_at=scope_keys.arrival_time(request.scope),

@@ -19,17 +19,27 @@ router = APIRouter()
 @router.get(
     "/health",
     response_model=Health,
+    response_model_exclude_none=True,
     summary="Liveness and readiness",
     responses={503: ERRORS[503]},
 )
 async def health(state: AppStateDep) -> Health:
     if state["lifecycle"].draining:
         raise shutting_down()
-    return Health(status="healthy")
+    shared = state["shared"]
+    if shared.kind == "local":
+        return Health(status="healthy")
+    # Liveness does not depend on Redis: a process without it still serves (failing open).
+    return Health(status="healthy", state={"backend": shared.kind, **shared.health.describe()})
 
 
 router.add_api_route(
-    "/ping", health, methods=["GET"], response_model=Health, summary="Alias of /health"
+    "/ping",
+    health,
+    methods=["GET"],
+    response_model=Health,
+    response_model_exclude_none=True,
+    summary="Alias of /health",
 )
 
 

@@ -58,6 +58,8 @@ async def create_response(request: Request) -> Response:
     state = state_of(request)
     refuse_early(request, state)
     parsed = validate(ResponseRequest, await read_json(request))
+    if parsed.previous_response_id is not None:
+        await state["responses"].load(parsed.previous_response_id)
     return await respond(request, state, state["responses"], parsed, streamed=bool(parsed.stream))
 
 
@@ -67,7 +69,7 @@ async def create_response(request: Request) -> Response:
     responses={404: ERRORS[404]},
 )
 async def retrieve_response(response_id: str, state: AppStateDep) -> Response:
-    body = state["responses"].retrieve(response_id)
+    body = await state["responses"].retrieve(response_id)
     if body is None:
         raise NotFoundError(f"No response with id '{response_id}' is stored.", param="response_id")
     return json_response(body)

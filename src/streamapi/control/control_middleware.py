@@ -52,6 +52,7 @@ class ControlMiddleware:
             )
             entry.request_id = state.get(scope_keys.REQUEST_ID)
             state[scope_keys.JOURNAL_ENTRY] = entry
+            await journal.opened(entry)
         status = 0
         error_body = bytearray()
 
@@ -76,5 +77,6 @@ class ControlMiddleware:
         try:
             await self.app(scope, receive, send_with_control)
         finally:
-            if entry is not None:
+            if entry is not None and journal is not None:
                 entry.close(status, bytes(error_body), loop.time())
+                await journal.closed(entry)

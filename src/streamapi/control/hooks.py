@@ -21,6 +21,7 @@ dropped non-streamed answer into a cut connection.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
@@ -36,7 +37,7 @@ from streamapi.control.fault_frames import watch_frames
 from streamapi.control.fault_streams import FaultedStream, Watch
 from streamapi.control.journal import Journal, JournalEntry
 from streamapi.control.ratelimit import RateLimiter
-from streamapi.control.rules import ENDPOINT_PATHS, Facts, Matched, RuleBook
+from streamapi.control.rules import ENDPOINT_PATHS, Facts, Matched, RuleBook, parse_rules
 from streamapi.engines.protocol import Engine, LatencyControl
 from streamapi.errors import InvalidRequestError
 from streamapi.fault_grammar import (
@@ -50,22 +51,39 @@ from streamapi.fault_grammar import (
 from streamapi.serving.generation import Admission, Job, TestOverrides
 from streamapi.settings import Settings
 from streamapi.sse import AbortConnection
+from streamapi.state.base import ConfigSnapshot, SharedState, StateUnavailableError
+
+logger = logging.getLogger(__name__)
 
 
 class Control:
     """Test control for one app: rules, faults, counted rate limits and the journal.
 
     Built from ``settings`` (``RulesError`` if the rules file is invalid); the
-    admin API changes it at runtime and ``reset`` puts the settings back.
+    admin API changes it at runtime (``update``) and ``reset_all`` puts the
+    settings back. With a ``shared`` store (``--state-url``) rate limits, rule
+    sequence counters and the journal are counted there, and the admin API's
+    changes are written there first and applied by every process.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, shared: SharedState | None = None) -> None:
         self.settings = settings
+        self.shared = shared if shared is not None and shared.kind == "redis" else None
         self.rules = RuleBook(settings.rules_file)
         self.limiter = RateLimiter(
-            settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+            settings.rate_limit_requests_per_minute,
+            settings.rate_limit_tokens_per_minute,
+            shared=None if self.shared is None else self.shared.buckets,
         )
-        self.journal = Journal(settings.journal_size) if settings.admin_key is not None else None
+        self.journal = (
+            Journal(settings.journal_size, None if self.shared is None else self.shared.journal)
+            if settings.admin_key is not None
+            else None
+        )
+        # The admin API's changes in force: sections latency, faults, rate_limits, rules.
+        self._document: dict[str, Any] = {}
+        if self.shared is not None:
+            self.shared.config.watch(self._apply_snapshot)
         self.fault_rate = settings.fault_rate
         self.fault_kinds = settings.fault_kinds
         self._fault_choices = parse_fault_choices(settings.fault_kinds)
@@ -78,8 +96,11 @@ class Control:
     def bind_engine(self, engine: Engine) -> None:
         """The engine whose latency the admin API reads and changes (the app's lifespan)."""
         self._latency = engine.latency_control
+        if "latency" in self._document:
+            # The shared configuration was read before the engine started.
+            self._apply(self._document, ("latency",))
 
-    def plan(self, request: Request, job: Job, *, streamed: bool) -> ControlPlan:
+    async def plan(self, request: Request, job: Job, *, streamed: bool) -> ControlPlan:
         """Decide everything about ``job`` before admission; refusals raise ``APIError``."""
         state: dict[str, Any] = request.scope.setdefault("state", {})
         entry: JournalEntry | None = state.get(scope_keys.JOURNAL_ENTRY)
@@ -95,9 +116,13 @@ class Control:
             if entry is not None:
                 entry.identity = identity
             cost = job.prompt_tokens + sum(choice.max_tokens or 0 for choice in job.choices)
-            state[scope_keys.RATELIMIT_HEADERS] = self.limiter.admit(identity, job.model, cost)
+            state[scope_keys.RATELIMIT_HEADERS] = (
+                self.limiter.admit(identity, job.model, cost)
+                if self.shared is None
+                else await self.limiter.admit_shared(identity, job.model, cost)
+            )
         faults = self._header_faults(request)
-        matched = self.rules.match(facts)
+        matched = self.rules.match(facts) if self.shared is None else await self._match(facts)
         if entry is not None and matched is not None:
             entry.rule = matched.label
         context = ErrorContext(
@@ -136,6 +161,31 @@ class Control:
             else None,
             timing=self._timing(matched),
         )
+
+    async def _match(self, facts: Facts) -> Matched | None:
+        """``RuleBook.match`` with the sequence counters in the shared store.
+
+        If the store fails, rules with a ``sequence`` condition do not match
+        (their count is unknown); the others do.
+        """
+        rules = self.rules.rules()
+        accepted = [(i, rule) for i, rule in enumerate(rules) if rule.match.accepts(facts)]
+        if not accepted:
+            return None
+        generation = self._document.get("rules_generation", 0)
+        names = [
+            f"{generation}:{i}:{hashlib.sha256(rule.model_dump_json().encode()).hexdigest()}"
+            for i, rule in accepted
+        ]
+        try:
+            counts = await self.shared.counters.increment(names) if self.shared else []
+        except StateUnavailableError:
+            counts = [0] * len(accepted)
+        for (index, rule), sequence in zip(accepted, counts, strict=True):
+            wanted = rule.match.sequence
+            if wanted is None or sequence in wanted:
+                return Matched(rule, index, sequence, facts)
+        return None
 
     def _header_faults(self, request: Request) -> FaultSet | None:
         spec = request.headers.get(FAULT_HEADER)
@@ -199,6 +249,74 @@ class Control:
             self._latency.reset_latency()
         if self.journal is not None:
             self.journal.clear()
+
+    async def update(self, changes: dict[str, Any]) -> None:
+        """Apply the admin API's ``changes`` (checked already) here and, when shared, everywhere.
+
+        Sections ``latency``, ``faults`` and ``rate_limits`` are merged field by
+        field; ``rules`` (a list of rules as JSON, or None for the file's)
+        replaces. With a shared store the change is written there first: if that
+        fails (``StateUnavailableError``, a 503) nothing changed anywhere.
+        """
+        document = {**self._document}
+        for section in ("latency", "faults", "rate_limits"):
+            if section in changes:
+                document[section] = {**document.get(section, {}), **changes[section]}
+        if "rules" in changes:
+            document["rules"] = changes["rules"]
+            document["rules_generation"] = document.get("rules_generation", 0) + 1
+        if self.shared is not None:
+            await self.shared.config.write(document)
+            if "rate_limits" in changes:
+                # New limits start with full buckets, in every process.
+                await self.shared.buckets.reset()
+        self._apply(document, changes.keys())
+        if "rate_limits" in changes and self.shared is None:
+            self.limiter.reset()
+
+    async def reset_all(self) -> None:
+        """``reset``, and with a shared store, the whole cluster's (written there first)."""
+        if self.shared is not None:
+            await self.shared.reset()
+        self._document = {}
+        self.reset()
+
+    def _apply_snapshot(self, snapshot: ConfigSnapshot) -> None:
+        """Another process's change (the shared store's poller)."""
+        if snapshot.document is None:
+            if self._document:
+                self._document = {}
+                self.reset()
+            return
+        self._apply(snapshot.document, ("latency", "faults", "rate_limits", "rules"))
+
+    def _apply(self, document: dict[str, Any], sections: Any) -> None:
+        previous, self._document = self._document, document
+        settings = self.settings
+        if "latency" in sections and self._latency is not None:
+            self._latency.reset_latency()
+            self._latency.set_latency(document.get("latency", {}))
+        if "faults" in sections:
+            faults = document.get("faults", {})
+            self.set_faults(
+                rate=faults.get("rate", settings.fault_rate),
+                kinds=faults.get("kinds", settings.fault_kinds),
+            )
+        if "rate_limits" in sections:
+            limits = document.get("rate_limits", {})
+            self.limiter.requests_per_minute = limits.get(
+                "requests_per_minute", settings.rate_limit_requests_per_minute
+            )
+            self.limiter.tokens_per_minute = limits.get(
+                "tokens_per_minute", settings.rate_limit_tokens_per_minute
+            )
+        generation = document.get("rules_generation", 0)
+        if "rules" in sections and generation != previous.get("rules_generation", 0):
+            rules = document.get("rules")
+            if rules is None:
+                self.rules.revert()
+            else:
+                self.rules.replace(parse_rules(rules, source="the shared configuration"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import orjson
 
+from streamapi.state.base import JournalStore, StateUnavailableError, process_id
+
 Outcome = Literal["in_progress", "completed", "error", "dropped", "client_disconnected"]
 # The last user message is kept this long: enough to recognise a request by.
 _USER_CHARS = 500
@@ -46,6 +48,8 @@ class JournalEntry:
     rule: str | None = None
     fault: str | None = None
     error: dict[str, Any] | None = None
+    process: str | None = None
+    """``pid@host`` of the process that served it."""
     arrived_at: float = field(default=0.0, repr=False)
     """The event loop's clock at arrival (not reported)."""
 
@@ -74,11 +78,19 @@ class JournalEntry:
 
 
 class Journal:
-    """The last ``size`` entries, oldest dropped first."""
+    """The last ``size`` entries, oldest dropped first.
 
-    def __init__(self, size: int) -> None:
+    With a shared ``store`` (``--state-url``) each entry is also written there
+    when it opens (which gives it its cluster-wide id) and when it closes, and
+    ``read`` lists every process's entries. The journal never fails a request:
+    a store that fails costs the entry, counted and logged by the store.
+    """
+
+    def __init__(self, size: int, store: JournalStore | None = None) -> None:
         self._entries: deque[JournalEntry] = deque(maxlen=size)
         self._ids = itertools.count(1)
+        self.store = store
+        self._process = process_id()
 
     def open(
         self, *, method: str, path: str, endpoint: str | None, arrived_at: float
@@ -91,6 +103,7 @@ class Journal:
             path=path,
             endpoint=endpoint,
             arrived_at=arrived_at,
+            process=self._process,
         )
         self._entries.append(entry)
         return entry
@@ -101,6 +114,31 @@ class Journal:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    async def opened(self, entry: JournalEntry) -> None:
+        """Write a new entry to the shared store, where it gets its id."""
+        if self.store is not None:
+            with suppress(StateUnavailableError):
+                entry.id = await self.store.open(entry.to_dict())
+
+    async def closed(self, entry: JournalEntry) -> None:
+        """Write an ended entry's final state to the shared store."""
+        if self.store is not None:
+            with suppress(StateUnavailableError):
+                await self.store.update(entry.to_dict())
+
+    async def read(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Oldest first; every process's with a shared store (503 if it fails)."""
+        if self.store is not None:
+            return await self.store.entries(limit)
+        entries = self.entries()
+        return entries if limit is None else entries[-limit:]
+
+    async def clear_all(self) -> None:
+        """Empty it; with a shared store, for every process (503 if it fails)."""
+        if self.store is not None:
+            await self.store.clear()
+        self.clear()
 
 
 def _error_of(body: bytes) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from streamapi.errors import RateLimitError, format_duration
+from streamapi.state.base import Bucket, RateBuckets
 
 # Past this many buckets, full ones are forgotten (a full bucket is a fresh one).
 _MAX_BUCKETS = 10_000
@@ -63,8 +64,10 @@ class RateLimiter:
         tokens_per_minute: int = 0,
         *,
         clock: Callable[[], float] = time.monotonic,
+        shared: RateBuckets | None = None,
     ) -> None:
         self._clock = clock
+        self.shared = shared
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
         self._buckets: dict[tuple[str, str], tuple[TokenBucket | None, TokenBucket | None]] = {}
@@ -108,6 +111,37 @@ class RateLimiter:
             if bucket is not None:
                 bucket.level -= cost
                 headers.update(bucket.headers(dimension))
+        return headers
+
+    async def admit_shared(self, identity: str, model: str, tokens: int) -> dict[str, str]:
+        """``admit``, counted in the shared store (``shared``): one atomic call.
+
+        When the store could not count it (failing open), the request goes
+        through with no ``x-ratelimit-*`` headers.
+        """
+        assert self.shared is not None
+        verdict = await self.shared.take(
+            identity,
+            model,
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            tokens=tokens,
+        )
+        if verdict is None:
+            return {}
+        now = self._clock()
+        buckets = {
+            dimension: None if bucket is None else _as_token_bucket(bucket, now)
+            for dimension, bucket in (("requests", verdict.requests), ("tokens", verdict.tokens))
+        }
+        headers: dict[str, str] = {}
+        for dimension, bucket in buckets.items():
+            if bucket is not None:
+                headers.update(bucket.headers(dimension))
+        refused = None if verdict.refused is None else buckets[verdict.refused]
+        if refused is not None:
+            cost = 1 if verdict.refused == "requests" else tokens
+            raise self._refusal(refused, verdict.refused or "", cost, model, headers)
         return headers
 
     def _pair(
@@ -160,3 +194,7 @@ class RateLimiter:
             error.headers.update(headers)
         error.type = dimension  # as OpenAI names the exhausted limit
         return error
+
+
+def _as_token_bucket(bucket: Bucket, now: float) -> TokenBucket:
+    return TokenBucket(bucket.limit, bucket.level, now)

@@ -460,6 +460,11 @@ class ErrorResponse(Response):
 
 class Health(Response):
     status: Literal["healthy"]
+    state: dict[str, Any] | None = Field(
+        default=None,
+        description="With --state-url: whether the shared state store answers (ok), its "
+        "failures so far (errors) and the last one. A failing store does not fail /health.",
+    )
 
 
 class Load(Response):

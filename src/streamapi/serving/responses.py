@@ -11,9 +11,11 @@ kept in a bounded in-memory store for ``previous_response_id``.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +42,9 @@ from streamapi.serving.generation import Admission, Generation, Job
 from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
 from streamapi.serving.stream_errors import GenerationFailed
 from streamapi.serving.usage import Usage
+from streamapi.state.base import ResponseStorage, StateUnavailableError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +57,34 @@ class StoredResponse:
 
 
 class ResponseStore:
-    """The last ``capacity`` responses, oldest dropped first."""
+    """The last ``capacity`` responses, oldest dropped first.
 
-    def __init__(self, capacity: int) -> None:
+    With a ``shared`` store (``--state-url``) responses are kept there, for
+    every process; this one's memory then only holds what ``load`` fetched.
+    """
+
+    def __init__(self, capacity: int, shared: ResponseStorage | None = None) -> None:
         self._capacity = capacity
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
+        self.shared = shared
+
+    async def load(self, response_id: str) -> None:
+        """Fetch ``response_id`` from the shared store for ``get`` (503 if it fails)."""
+        if self.shared is None:
+            return
+        data = await self.shared.get(response_id)
+        if data is None:
+            self._items.pop(response_id, None)
+        else:
+            self.put(response_id, _thawed(data))
+
+    async def keep(self, response_id: str, stored: StoredResponse) -> None:
+        """``put``, and into the shared store; a failure there is counted by the store."""
+        if self.shared is None:
+            self.put(response_id, stored)
+            return
+        with suppress(StateUnavailableError):
+            await self.shared.put(response_id, _frozen(stored))
 
     def get(self, response_id: str) -> StoredResponse | None:
         return self._items.get(response_id)
@@ -88,7 +116,12 @@ class ResponseService:
         self._generation = generation
         self._store = store
 
-    def retrieve(self, response_id: str) -> dict[str, Any] | None:
+    async def load(self, response_id: str) -> None:
+        """Make ``response_id`` available to ``prepare`` (the shared store's copy)."""
+        await self._store.load(response_id)
+
+    async def retrieve(self, response_id: str) -> dict[str, Any] | None:
+        await self._store.load(response_id)
         stored = self._store.get(response_id)
         return None if stored is None else stored.body
 
@@ -157,7 +190,7 @@ class ResponseService:
                 yield frame
             status = builder.status()
             body = builder.body(status)
-            self._keep(response, builder, body)
+            await self._keep(response, builder, body)
             yield builder.event(f"response.{status}", response=body)
         except Exception as exc:
             for frame in self._generation.stream_error(exc, response.job.id, builder.failure):
@@ -171,10 +204,10 @@ class ResponseService:
                 builder.add(delta)
         builder.close_item()
         body = builder.body(builder.status())
-        self._keep(response, builder, body)
+        await self._keep(response, builder, body)
         return body
 
-    def _keep(self, response: ResponseJob, builder: _Builder, body: dict[str, Any]) -> None:
+    async def _keep(self, response: ResponseJob, builder: _Builder, body: dict[str, Any]) -> None:
         if not response.store:
             return
         said: list[PromptMessage] = []
@@ -191,7 +224,39 @@ class ResponseService:
                     )
                 )
         conversation = tuple(m for m in response.messages if m.role != "system")
-        self._store.put(body["id"], StoredResponse(body, (*conversation, *said), names))
+        await self._store.keep(body["id"], StoredResponse(body, (*conversation, *said), names))
+
+
+def _frozen(stored: StoredResponse) -> dict[str, Any]:
+    """``stored`` as JSON-ready data, for the shared store."""
+    return {
+        "body": stored.body,
+        "messages": [
+            {
+                "role": m.role,
+                "content": m.content,
+                "name": m.name,
+                "tool_calls": [[c.id, c.name, c.arguments] for c in m.tool_calls],
+                "tool_call_id": m.tool_call_id,
+            }
+            for m in stored.messages
+        ],
+        "call_names": stored.call_names,
+    }
+
+
+def _thawed(data: dict[str, Any]) -> StoredResponse:
+    messages = tuple(
+        PromptMessage(
+            m["role"],
+            m["content"],
+            name=m["name"],
+            tool_calls=tuple(PromptToolCall(*call) for call in m["tool_calls"]),
+            tool_call_id=m["tool_call_id"],
+        )
+        for m in data["messages"]
+    )
+    return StoredResponse(data["body"], messages, dict(data["call_names"]))
 
 
 _ITEM_KINDS = {"content": "message", "reasoning": "reasoning", "tool_call": "function_call"}
