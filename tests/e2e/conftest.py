@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.e2e.cluster import Cluster, start_cluster
+from tests.e2e.node_project import install_node_project
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 15.0
@@ -164,3 +165,9 @@ def cluster_factory(tmp_path: Path) -> Iterator[ClusterFactory]:
     finally:
         for cluster in reversed(started):
             cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def node_project() -> Path:
+    """``tests/e2e/node`` after ``npm ci`` (once per session; skips without npm off CI)."""
+    return install_node_project()

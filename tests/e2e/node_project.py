@@ -1,0 +1,89 @@
+"""The Node project in ``tests/e2e/node/``: npm clients and llmprobe, run by pytest.
+
+``npm ci`` installs exactly what ``package-lock.json`` pins, once per session. Without
+``npm`` (or ``node``) the Node tests skip, unless ``CI`` is set: on CI a missing tool
+or a failed install fails them, so they cannot go quietly missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+NODE_DIR = Path(__file__).parent / "node"
+INSTALL_TIMEOUT_S = 300.0
+SCRIPT_TIMEOUT_S = 60.0
+
+
+def _unavailable(message: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def node_binary() -> str:
+    """The ``node`` on PATH (skips without one, fails on CI)."""
+    node = shutil.which("node")
+    if node is None:
+        _unavailable("node is not installed (Node 20 or later runs tests/e2e/node)")
+    assert node is not None
+    return node
+
+
+def install_node_project() -> Path:
+    """``npm ci`` in ``tests/e2e/node``; returns the folder (skips or fails as above)."""
+    node_binary()
+    npm = shutil.which("npm")
+    if npm is None:
+        _unavailable("npm is not installed (it installs tests/e2e/node/package-lock.json)")
+    assert npm is not None
+    try:
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel", "error"],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        _unavailable(f"npm ci took over {INSTALL_TIMEOUT_S:.0f} s in {NODE_DIR}")
+    if done.returncode != 0:
+        _unavailable(f"npm ci failed in {NODE_DIR}:\n{done.stdout}\n{done.stderr}")
+    return NODE_DIR
+
+
+def run_json(command: list[str], *, env: dict[str, str] | None = None) -> Any:
+    """Run a Node command in the project folder and parse the JSON it prints.
+
+    The exit code is not checked: llmprobe exits 1 when a check fails, and the
+    scripts report each case's failure in their JSON.
+    """
+    done = subprocess.run(
+        command,
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT_S,
+        check=False,
+        env=env,
+    )
+    try:
+        return json.loads(done.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(
+            f"{' '.join(command)} exited {done.returncode} without JSON:\n"
+            f"stdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-4000:]}"
+        )
+
+
+def run_script(script: str, base_url: str) -> dict[str, Any]:
+    """Run one of the project's ``.mjs`` scripts against ``base_url``: case name → result."""
+    results: dict[str, Any] = run_json([node_binary(), script, base_url])
+    return results
