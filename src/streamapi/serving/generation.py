@@ -146,6 +146,13 @@ class Generation:
         detail ``low``, and 765 otherwise (a 1024x1024 image at ``high``: 85 plus
         170 for each of four 512-pixel tiles).
         """
+        if self.settings.routes.upstream_of(model) is not None:
+            # The upstream engine forwards text only: refusing beats dropping the image.
+            raise InvalidRequestError(
+                f"The model '{model}' is served by an upstream, to which streamapi forwards "
+                "text only: it does not accept images.",
+                param=param,
+            )
         if not re.search(self.settings.vision_model_pattern, model):
             raise InvalidRequestError(
                 f"The model '{model}' only reads text: it does not accept images. "
