@@ -28,6 +28,7 @@ from pydantic_ai.providers.openai import OpenAIProvider
 # LiteLLM fetches its model price list from the network at import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm
+from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import ServerFactory, ServerProcess
@@ -112,7 +113,7 @@ async def route(
     chosen = providers(server)[0 if request.param == "openai" else 1]
     yield {**chosen, "api_key": "unused", "max_tokens": 1024}
     # LiteLLM caches its HTTP clients across calls; close them within the test's loop.
-    await litellm.close_litellm_async_clients()
+    await close_litellm_async_clients()  # type: ignore[no-untyped-call]
 
 
 async def test_litellm_plain_call_answers_in_one_sentence(route: dict[str, Any]) -> None:
