@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 from pydantic_ai import Agent, NativeOutput, PromptedOutput
@@ -87,11 +88,11 @@ async def test_pydantic_ai_prompted_output(
 
 async def test_pydantic_ai_anthropic_native_output(server: ServerProcess) -> None:
     """Item 10: output_config.format was ignored, so the answer was prose."""
-    provider = AnthropicProvider(api_key="unused", base_url=server.base_url)
-    agent = Agent(
-        AnthropicModel("claude-sonnet-4-5", provider=provider), output_type=NativeOutput(Person)
-    )
-    result = await agent.run("Who is Grace Hopper?")
+    async with AsyncAnthropic(api_key="unused", base_url=server.base_url) as client:
+        provider = AnthropicProvider(anthropic_client=client)
+        model = AnthropicModel("claude-sonnet-4-5", provider=provider)
+        agent = Agent(model, output_type=NativeOutput(Person))
+        result = await agent.run("Who is Grace Hopper?")
     assert isinstance(result.output, Person)
     assert len(result.all_messages()) == 2
 
