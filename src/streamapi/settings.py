@@ -139,6 +139,14 @@ class Settings(BaseSettings):
         description="Models whose name matches this regular expression reason before "
         "answering; requests can also ask (reasoning_effort, reasoning, thinking).",
     )
+    vision_model_pattern: str = Field(
+        default=r"(?i)(vision|gpt-4o|gpt-4\.1|gpt-4-turbo|gpt-5|claude|gemini|llava|pixtral|"
+        r"[-_.]vl\b|qwen.*vl)",
+        description="Models whose name matches this regular expression read images "
+        "(image_url parts in chat, input_image in Responses, image blocks in Messages); "
+        "each image counts 85 prompt tokens at detail 'low', else 765. Other models answer "
+        "400 to an image.",
+    )
     embedding_dimensions: int = Field(
         default=1536, ge=1, le=8192, description="Length of embeddings when a request sets none."
     )
@@ -436,7 +444,7 @@ class Settings(BaseSettings):
     _routes: RoutesTable = PrivateAttr(default_factory=RoutesTable)
     _keys: KeyRing = PrivateAttr(default_factory=KeyRing)
 
-    @field_validator("reasoning_model_pattern")
+    @field_validator("reasoning_model_pattern", "vision_model_pattern")
     @classmethod
     def _check_pattern(cls, pattern: str) -> str:
         try:

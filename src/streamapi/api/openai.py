@@ -188,7 +188,7 @@ def _from_prompt_form(payload: dict[str, Any], settings: Settings) -> ChatComple
     rest = {k: v for k, v in payload.items() if k != "prompt"}
     return validate(
         ChatCompletionRequest, {**rest, "messages": [{"role": "user", "content": prompt}]}
-    )
+    ).from_prompt_form()
 
 
 def _model_card(name: str, state: AppState) -> Model:

@@ -7,7 +7,8 @@ choice index, so equal requests get equal plans.
 
 Tool calls follow a documented rule (docs/api/chat-completions.md, "Tool calls"): ``tool_choice``
 ``"none"`` never calls, a named function or ``"required"`` always calls, and
-``"auto"`` calls the tools the last user message names. Once a tool's result is
+``"auto"`` calls the tools the last user message names (with one tool offered, one
+key term of its description is enough). Once a tool's result is
 in, ``"required"`` calls another tool (an output tool such as pydantic-ai's
 ``final_result`` first), as a real model does: repeating the answered call
 would loop a client's agent until its request limit.
@@ -31,14 +32,23 @@ from streamapi.engines.protocol import (
     ToolCallStart,
     ToolSpec,
 )
+from streamapi.text.instructions import (
+    Length,
+    asked_length,
+    prompted_format,
+    without_length_instructions,
+)
 from streamapi.text.jsonschema import SchemaGenerator
 from streamapi.text.logprobs import logprob, top_logprobs
 from streamapi.text.tokenizer import tokenize
 from streamapi.text.writer import (
     find_subject,
+    image_note,
     json_answer,
     key_terms,
+    one_word,
     write_answer,
+    write_brief,
     write_reasoning,
     write_tool_answer,
 )
@@ -143,16 +153,29 @@ class Planner:
             return json.dumps(
                 SchemaGenerator(fmt.schema, rng, hints).generate(), ensure_ascii=False
             )
+        instructions = _instructions(request.messages)
+        prompted = prompted_format(instructions, json_mode=fmt.type == "json_object")
+        if prompted is not None:
+            value = SchemaGenerator(prompted.schema, rng, _hints(question)).generate()
+            if prompted.markdown:
+                return f"```json\n{json.dumps(value, ensure_ascii=False, indent=2)}\n```"
+            return json.dumps(value, ensure_ascii=False)
         if fmt.type == "json_object":
             return json.dumps(json_answer(question, rng), ensure_ascii=False)
         min_chars = self._min_answer_chars
         wanted = _fixed_length(request)
         if wanted:
             min_chars = max(min_chars, wanted * _CHARS_PER_TOKEN_HEADROOM)
+        length = asked_length(instructions) if request.length_instructions and not wanted else None
         results = _tool_results(request.messages)
+        images = _images(request.messages)
+        if length is not None:
+            return _brief(without_length_instructions(question), length, results, images, rng)
         if results:
-            return write_tool_answer(question, results, rng, min_chars=min_chars)
-        return write_answer(question, rng, min_chars=min_chars)
+            text = write_tool_answer(question, results, rng, min_chars=min_chars)
+        else:
+            text = write_answer(question, rng, min_chars=min_chars)
+        return f"{image_note(images)} {text}" if images else text
 
     def _rng(self, request: GenerationRequest) -> random.Random:
         seed = request.seed if request.seed is not None else self._seed
@@ -166,6 +189,26 @@ class Planner:
             conversation.update(f"{message.role}\x00{message.content}\x01".encode())
         choice = 0 if greedy else request.choice_index
         return random.Random(f"{seed}:{choice}:{conversation.hexdigest()}")
+
+
+def _brief(
+    question: str,
+    length: Length,
+    results: list[tuple[str, str]],
+    images: int,
+    rng: random.Random,
+) -> str:
+    """An answer of the length the prompt asked for, opening with the tool's result or the
+    image, when there is one."""
+    if length.words == 1:
+        return one_word(question)
+    lead = image_note(images) if images else ""
+    if results:
+        name, output = results[-1]
+        shown = " ".join(output.split())
+        shown = shown if len(shown) <= 120 else shown[:117] + "..."
+        lead = f"`{name}` returned {shown.rstrip('.')}."
+    return write_brief(question, rng, sentences=length.sentences, words=length.words, lead=lead)
 
 
 def is_greedy(request: GenerationRequest) -> bool:
@@ -189,7 +232,10 @@ def choose_tools(request: GenerationRequest) -> list[ToolSpec]:
         return [t for t in tools if t.name == choice][:1]
     last = request.messages[-1] if request.messages else None
     question = last.content if last is not None and last.role == "user" else ""
-    named = [t for t in tools if _names(t, question)]
+    # With one tool offered, a request that fits it (its name, or one of its
+    # description's key terms) calls it, as a real model does: LlamaIndex's
+    # structured prediction offers its output class as the one tool.
+    named = [t for t in tools if _names(t, question, terms_needed=1 if len(tools) == 1 else 2)]
     if choice == "required" and not named:
         named = [_next_required(tools, request.messages)]
     return named if request.parallel_tool_calls else named[:1]
@@ -210,8 +256,9 @@ def _next_required(tools: tuple[ToolSpec, ...], messages: tuple[PromptMessage, .
     return (outputs or fresh)[0]
 
 
-def _names(tool: ToolSpec, question: str) -> bool:
-    """Whether ``question`` names the tool: its name, a word of it, or two of its description's."""
+def _names(tool: ToolSpec, question: str, *, terms_needed: int = 2) -> bool:
+    """Whether ``question`` names the tool: its name, a word of it, or ``terms_needed`` of its
+    description's key terms."""
     if not question:
         return False
     lowered = question.lower()
@@ -222,7 +269,7 @@ def _names(tool: ToolSpec, question: str) -> bool:
     if any(w[:5] in stems for w in name_words if w not in _GENERIC_VERBS):
         return True
     described = {w[:5] for w in key_terms(tool.description, "") if len(w) >= 5}
-    return len(described & stems) >= 2
+    return len(described & stems) >= terms_needed
 
 
 def _tool_call_deltas(
@@ -269,6 +316,20 @@ def _question(messages: tuple[PromptMessage, ...]) -> str:
         if message.role == "user":
             return message.content
     return messages[-1].content if messages else ""
+
+
+def _instructions(messages: tuple[PromptMessage, ...]) -> list[str]:
+    """What a prompt's form is read from: system and developer messages, then the last
+    user message (earlier turns and tool outputs are not instructions)."""
+    texts = [m.content for m in messages if m.role in ("system", "developer")]
+    last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+    return texts if last_user is None else [*texts, last_user.content]
+
+
+def _images(messages: tuple[PromptMessage, ...]) -> int:
+    """How many images the last user message holds."""
+    last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+    return 0 if last_user is None else last_user.images
 
 
 def _tool_results(messages: tuple[PromptMessage, ...]) -> list[tuple[str, str]]:

@@ -47,6 +47,11 @@ class PromptMessage:
     name: str | None = None
     tool_calls: tuple[PromptToolCall, ...] = ()
     tool_call_id: str | None = None
+    images: int = 0
+    """How many images the message holds (a vision model's input); ``content`` is their
+    text only."""
+    image_tokens: int = 0
+    """What those images count as prompt tokens (docs/simulator.md, "Images")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +113,9 @@ class GenerationRequest:
     tool_choice: ToolChoice = "auto"
     parallel_tool_calls: bool = True
     output_format: OutputFormat = OutputFormat()
+    length_instructions: bool = True
+    """Whether the answer follows the prompt's length instructions ("in one sentence",
+    "be brief"); the simple prompt form's answers keep their minimum length."""
     reasoning: bool = False
     logprobs: int | None = None
     """None: no log probabilities; k: each token's, with k alternatives."""

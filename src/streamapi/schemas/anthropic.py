@@ -34,14 +34,29 @@ class ThinkingBlock(Request):
     type: Literal["thinking", "redacted_thinking"]
 
 
-class OtherBlock(Request):
-    """Images and documents: accepted by the schema, refused by the text-only engine."""
+class ImageSource(Request):
+    type: Literal["base64", "url", "file"]
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+    file_id: str | None = None
 
-    type: Literal["image", "document"]
+
+class ImageBlock(Request):
+    """An image (base64, url or file): read by vision models, refused by the others."""
+
+    type: Literal["image"]
+    source: ImageSource
+
+
+class OtherBlock(Request):
+    """Documents: accepted by the schema, refused by the text-only engine."""
+
+    type: Literal["document"]
 
 
 ContentBlock = Annotated[
-    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | OtherBlock,
+    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | ImageBlock | OtherBlock,
     Field(discriminator="type"),
 ]
 
@@ -75,6 +90,17 @@ class ThinkingConfig(Request):
     budget_tokens: int | None = Field(default=None, ge=1)
 
 
+class JSONOutputFormat(Request):
+    """Structured outputs: the answer is JSON valid against ``schema``."""
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Request):
+    format: JSONOutputFormat | None = None
+
+
 class MessageTokensCount(BaseModel):
     """``POST /v1/messages/count_tokens``'s answer."""
 
@@ -97,4 +123,11 @@ class MessageCreateRequest(Request):
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
     metadata: dict[str, Any] | None = None
+    output_config: OutputConfig | None = Field(
+        default=None, description="Structured outputs: format.schema is the answer's JSON Schema."
+    )
+    output_format: JSONOutputFormat | None = Field(
+        default=None,
+        description="The structured outputs beta's spelling of output_config.format.",
+    )
     seed: int | None = Field(default=None, description="Extension: a deterministic answer.")

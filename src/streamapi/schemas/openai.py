@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # OpenAI takes 4 stop sequences; vLLM any number. Enough for real use, bounded for safety.
@@ -96,13 +96,27 @@ class TextContentPart(Request):
     text: str
 
 
+class ImageURL(Request):
+    url: str = Field(description="An https URL or a data: URL; the simulator does not fetch it.")
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImageContentPart(Request):
+    """An image: read by vision models (``--vision-model-pattern``), refused by the others."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class OtherContentPart(Request):
-    """An image, audio or file part: accepted by the schema, refused by the text-only engine."""
+    """An audio or file part: accepted by the schema, refused by the text-only engine."""
 
-    type: Literal["image_url", "input_audio", "file", "refusal"]
+    type: Literal["input_audio", "file", "refusal"]
 
 
-ContentPart = Annotated[TextContentPart | OtherContentPart, Field(discriminator="type")]
+ContentPart = Annotated[
+    TextContentPart | ImageContentPart | OtherContentPart, Field(discriminator="type")
+]
 
 
 class FunctionCall(Request):
@@ -177,6 +191,19 @@ class ChatCompletionRequest(Request):
         description="vLLM extension: ignore end of answer and stop sequences; generate exactly "
         "max_tokens tokens (load testers use it for fixed output lengths).",
     )
+    # Set for the simple prompt form, whose answers keep their minimum length
+    # whatever the prompt says of length.
+    _prompt_form: bool = PrivateAttr(default=False)
+
+    @property
+    def prompt_form(self) -> bool:
+        """Whether this request came in the simple prompt form ``{"prompt", "stream"}``."""
+        return self._prompt_form
+
+    def from_prompt_form(self) -> ChatCompletionRequest:
+        """Mark this request as the simple prompt form's (see ``prompt_form``)."""
+        self._prompt_form = True
+        return self
 
 
 class PromptRequest(Request):

@@ -18,13 +18,22 @@ class InputText(Request):
     text: str = ""
 
 
+class InputImage(Request):
+    """An image: read by vision models (``--vision-model-pattern``), refused by the others."""
+
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None
+
+
 class InputOther(Request):
-    """Images, files and audio: accepted by the schema, refused by the text-only engine."""
+    """Files and audio: accepted by the schema, refused by the text-only engine."""
 
-    type: Literal["input_image", "input_file", "input_audio"]
+    type: Literal["input_file", "input_audio"]
 
 
-InputContent = Annotated[InputText | InputOther, Field(discriminator="type")]
+InputContent = Annotated[InputText | InputImage | InputOther, Field(discriminator="type")]
 
 
 class MessageItem(Request):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +27,16 @@ from pydantic import BaseModel
 
 from streamapi import sse
 from streamapi.engines.prefix_cache import BLOCK_TOKENS
-from streamapi.engines.protocol import GenerationRequest, PromptMessage, PromptToolCall, TokenDelta
+from streamapi.engines.protocol import (
+    GenerationRequest,
+    OutputFormat,
+    PromptMessage,
+    PromptToolCall,
+    TokenDelta,
+)
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.anthropic import (
+    ImageBlock,
     MessageCreateRequest,
     MessageParam,
     TextBlock,
@@ -37,7 +44,7 @@ from streamapi.schemas.anthropic import (
     ToolUseBlock,
 )
 from streamapi.serving.generation import Admission, Generation, Job
-from streamapi.serving.schema_checks import check_tool_choice, tool_spec
+from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
 from streamapi.serving.usage import Usage
 from streamapi.text.tokenizer import TOKENS_PER_MESSAGE, count_chat_tokens, count_tokens
 
@@ -64,7 +71,11 @@ class MessageService:
         """Check everything that can fail before the first byte."""
         generation = self._generation
         model = generation.resolve_model(request.model)
-        messages, cached_messages = _conversation(request.system, request.messages)
+        messages, cached_messages = _conversation(
+            request.system,
+            request.messages,
+            lambda param: generation.image_tokens(model, None, param=param),
+        )
         if request.model_extra and request.model_extra.get("cache_control"):
             cached_messages = len(messages)  # automatic caching: the whole prompt
         tools = tuple(
@@ -99,6 +110,7 @@ class MessageService:
             tools=tools,
             tool_choice=tool_choice,
             parallel_tool_calls=not (choice and choice.disable_parallel_tool_use),
+            output_format=_output_format(request),
             reasoning=generation.reasons(model, asked),
         )
         job = generation.job([template], id_prefix="msg_")
@@ -283,12 +295,29 @@ def _breakpoint_tokens(job: Job, messages: tuple[PromptMessage, ...], upto: int 
     """The prompt's tokens up to the end of ``messages[:upto]``, tools included; 0 for None."""
     if upto is None:
         return 0
-    tools = job.prompt_tokens - count_chat_tokens(m.content for m in messages)
-    return tools + sum(count_tokens(m.content) + TOKENS_PER_MESSAGE for m in messages[:upto])
+    images = sum(m.image_tokens for m in messages)
+    tools = job.prompt_tokens - count_chat_tokens(m.content for m in messages) - images
+    return tools + sum(
+        count_tokens(m.content) + TOKENS_PER_MESSAGE + m.image_tokens for m in messages[:upto]
+    )
+
+
+def _output_format(request: MessageCreateRequest) -> OutputFormat:
+    """Structured outputs: ``output_config.format``, or the beta's ``output_format``."""
+    if request.output_config is not None and request.output_config.format is not None:
+        schema, param = request.output_config.format.schema_, "output_config.format.schema"
+    elif request.output_format is not None:
+        schema, param = request.output_format.schema_, "output_format.schema"
+    else:
+        return OutputFormat()
+    check_schema(schema, param=param)
+    return OutputFormat("json_schema", schema)
 
 
 def _conversation(
-    system: str | list[TextBlock] | None, messages: list[MessageParam]
+    system: str | list[TextBlock] | None,
+    messages: list[MessageParam],
+    image_cost: Callable[[str], int],
 ) -> tuple[tuple[PromptMessage, ...], int | None]:
     """The engine's messages, and how many of them the last cache breakpoint covers."""
     out: list[PromptMessage] = []
@@ -308,8 +337,12 @@ def _conversation(
             continue
         texts: list[str] = []
         calls: list[PromptToolCall] = []
+        images = image_tokens = 0
         for block_index, block in enumerate(blocks):
-            if isinstance(block, TextBlock):
+            if isinstance(block, ImageBlock):
+                image_tokens += image_cost(f"messages[{index}].content[{block_index}].type")
+                images += 1
+            elif isinstance(block, TextBlock):
                 texts.append(block.text)
             elif isinstance(block, ToolUseBlock):
                 tool_names[block.id] = block.name
@@ -330,13 +363,21 @@ def _conversation(
                         tool_call_id=block.tool_use_id,
                     )
                 )
-            elif block.type in ("image", "document"):
+            elif block.type == "document":
                 raise InvalidRequestError(
-                    f"This model only reads text: '{block.type}' blocks are not supported.",
+                    "This model only reads text and images: 'document' blocks are not supported.",
                     param=f"messages[{index}].content[{block_index}].type",
                 )
-        if texts:
-            out.append(PromptMessage(message.role, "\n".join(texts), tool_calls=tuple(calls)))
+        if texts or images:
+            out.append(
+                PromptMessage(
+                    message.role,
+                    "\n".join(texts),
+                    tool_calls=tuple(calls),
+                    images=images,
+                    image_tokens=image_tokens,
+                )
+            )
         if marked:
             cached = len(out)
     return tuple(out), cached

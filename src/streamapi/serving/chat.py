@@ -11,7 +11,7 @@ in-stream followed by ``[DONE]``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.openai import (
     ChatCompletionRequest,
     ChatMessage as WireMessage,
+    ImageContentPart,
     NamedToolChoice,
     ResponseFormatJSONObject,
     ResponseFormatJSONSchema,
@@ -82,7 +83,10 @@ class ChatService:
         effort = request.reasoning_effort
         template = GenerationRequest(
             model=model,
-            messages=_conversation(request.messages),
+            messages=_conversation(
+                request.messages,
+                lambda detail, param: generation.image_tokens(model, detail, param=param),
+            ),
             max_tokens=request.max_completion_tokens or request.max_tokens,
             stop=(request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ()),
             seed=request.seed,
@@ -94,6 +98,7 @@ class ChatService:
             tool_choice=choice,
             parallel_tool_calls=request.parallel_tool_calls is not False,
             output_format=_output_format(request),
+            length_instructions=not request.prompt_form,
             reasoning=generation.reasons(model, None if effort is None else effort != "none"),
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
         )
@@ -369,12 +374,16 @@ def _output_format(request: ChatCompletionRequest) -> OutputFormat:
     return OutputFormat()
 
 
-def _conversation(messages: list[WireMessage]) -> tuple[PromptMessage, ...]:
+ImageCost = Callable[[str | None, str], int]
+"""An image's prompt tokens from its detail and its parameter's path (400 if not read)."""
+
+
+def _conversation(messages: list[WireMessage], image_cost: ImageCost) -> tuple[PromptMessage, ...]:
     """The messages as engine text, tool results named after the call they answer."""
     call_names: dict[str, str] = {}
     out = []
     for index, message in enumerate(messages):
-        text = _text(index, message.content)
+        text, images, image_tokens = _text(index, message.content, image_cost)
         calls = []
         for call in message.tool_calls or ():
             call_names[call.id] = call.function.name
@@ -392,26 +401,35 @@ def _conversation(messages: list[WireMessage]) -> tuple[PromptMessage, ...]:
                 name,
                 tool_calls=tuple(calls),
                 tool_call_id=message.tool_call_id if message.role == "tool" else None,
+                images=images,
+                image_tokens=image_tokens,
             )
         )
     return tuple(out)
 
 
-def _text(index: int, content: object) -> str:
+def _text(index: int, content: object, image_cost: ImageCost) -> tuple[str, int, int]:
+    """A message's text, its number of images and their tokens."""
     if content is None:
-        return ""
+        return "", 0, 0
     if isinstance(content, str):
-        return content
+        return content, 0, 0
     texts: list[str] = []
+    images = tokens = 0
     for part_index, part in enumerate(content if isinstance(content, list) else []):
+        param = f"messages[{index}].content[{part_index}].type"
+        if isinstance(part, ImageContentPart):
+            tokens += image_cost(part.image_url.detail, param)
+            images += 1
+            continue
         if not isinstance(part, TextContentPart):
             raise InvalidRequestError(
-                f"This model only reads text: content parts of type '{part.type}' are not "
-                "supported.",
-                param=f"messages[{index}].content[{part_index}].type",
+                f"This model only reads text and images: content parts of type '{part.type}' "
+                "are not supported.",
+                param=param,
             )
         texts.append(part.text)
-    return "\n".join(texts)
+    return "\n".join(texts), images, tokens
 
 
 def render_error(error: APIError) -> list[bytes]:

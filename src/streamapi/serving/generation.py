@@ -29,6 +29,11 @@ from streamapi.text.tokenizer import count_chat_tokens, count_tokens
 
 T = TypeVar("T")
 
+# An image's prompt tokens (Generation.image_tokens): OpenAI's cost at detail "low",
+# and of a 1024x1024 image at "high" (85 + 4 tiles x 170).
+IMAGE_TOKENS_LOW = 85
+IMAGE_TOKENS = 765
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
@@ -134,6 +139,28 @@ class Generation:
             re.search(self.settings.reasoning_model_pattern, model)
         )
 
+    def image_tokens(self, model: str, detail: str | None, *, param: str) -> int:
+        """What one image costs in prompt tokens, or 400 if ``model`` reads text only.
+
+        A fixed cost, as the simulator does not decode images: OpenAI's 85 tokens at
+        detail ``low``, and 765 otherwise (a 1024x1024 image at ``high``: 85 plus
+        170 for each of four 512-pixel tiles).
+        """
+        if self.settings.routes.upstream_of(model) is not None:
+            # The upstream engine forwards text only: refusing beats dropping the image.
+            raise InvalidRequestError(
+                f"The model '{model}' is served by an upstream, to which streamapi forwards "
+                "text only: it does not accept images.",
+                param=param,
+            )
+        if not re.search(self.settings.vision_model_pattern, model):
+            raise InvalidRequestError(
+                f"The model '{model}' only reads text: it does not accept images. "
+                "Models whose name matches --vision-model-pattern do.",
+                param=param,
+            )
+        return IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS
+
     def job(
         self,
         templates: Sequence[GenerationRequest],
@@ -156,6 +183,7 @@ class Generation:
             if prompt_tokens is not None
             else [
                 count_chat_tokens(m.content for m in t.messages)
+                + sum(m.image_tokens for m in t.messages)
                 + sum(count_tokens(json.dumps(tool_schema(tool))) for tool in t.tools)
                 for t in templates
             ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +31,7 @@ from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.responses import (
     FunctionCallItem,
     FunctionCallOutputItem,
+    InputImage,
     InputText,
     MessageItem,
     NamedFunctionChoice,
@@ -139,7 +140,14 @@ class ResponseService:
                     param="previous_response_id",
                 )
             history, call_names = previous.messages, dict(previous.call_names)
-        messages = [*history, *_input_messages(request.input, call_names)]
+        messages = [
+            *history,
+            *_input_messages(
+                request.input,
+                call_names,
+                lambda detail, param: generation.image_tokens(model, detail, param=param),
+            ),
+        ]
         if request.instructions:
             messages.insert(0, PromptMessage("system", request.instructions))
         tools = tuple(
@@ -472,14 +480,25 @@ def _output_text(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _input_messages(value: str | list[Any], call_names: dict[str, str]) -> list[PromptMessage]:
+def _input_messages(
+    value: str | list[Any],
+    call_names: dict[str, str],
+    image_cost: Callable[[str | None, str], int],
+) -> list[PromptMessage]:
     if isinstance(value, str):
         return [PromptMessage("user", value)]
     messages = []
     for index, item in enumerate(value):
         if isinstance(item, MessageItem):
+            param = f"input[{index}].content"
+            images = [
+                image_cost(part.detail, f"{param}[{part_index}].type")
+                for part_index, part in enumerate(item.content or ())
+                if isinstance(part, InputImage)
+            ]
+            text = _text(item.content, param=param)
             messages.append(
-                PromptMessage(item.role, _text(item.content, param=f"input[{index}].content"))
+                PromptMessage(item.role, text, images=len(images), image_tokens=sum(images))
             )
         elif isinstance(item, FunctionCallItem):
             call_names[item.call_id] = item.name
@@ -504,6 +523,8 @@ def _text(content: str | list[Any] | None, *, param: str) -> str:
         return content
     texts = []
     for index, part in enumerate(content):
+        if isinstance(part, InputImage):
+            continue  # counted by _input_messages, which refuses it for a text model
         if not isinstance(part, InputText):
             raise InvalidRequestError(
                 f"This model only reads text: '{part.type}' content is not supported.",

@@ -30,6 +30,23 @@ Schema = Mapping[str, Any] | bool
 _MAX_DEPTH = 6
 _PLACE_WORDS = ("city", "location", "place", "country", "region", "destination", "origin")
 _TEXT_WORDS = ("description", "summary", "text", "content", "reason", "answer", "message", "note")
+# Optional properties are filled this often, above depth _DEEP (and half as often below).
+_KEEP_OPTIONAL = 0.9
+_DEEP = 3
+# JavaScript's Number.MAX_SAFE_INTEGER: zod and JSON.parse hold integers exactly up to here.
+_SAFE_INTEGER = float(2**53 - 1)
+# Plausible ranges by a number's name, checked in order; the schema's bounds win.
+_NUMBER_WINDOWS: tuple[tuple[tuple[str, ...], tuple[float, float]], ...] = (
+    (("year",), (1950, 2026)),
+    (("age",), (18, 80)),
+    (("population", "inhabitant"), (1_000, 10_000_000)),
+    (("latitude", "lat"), (-90, 90)),
+    (("longitude", "lon", "lng"), (-180, 180)),
+    (("percent", "pct"), (0, 100)),
+    (("probability", "confidence", "score", "ratio", "rate"), (0, 1)),
+    (("price", "cost", "amount", "salary"), (1, 500)),
+    (("count", "quantity", "number", "num", "total"), (1, 20)),
+)
 
 
 class SchemaGenerator:
@@ -74,9 +91,9 @@ class SchemaGenerator:
         if kind == "array":
             return self._array(schema, name, depth)
         if kind == "integer":
-            return self._integer(schema)
+            return self._integer(schema, name)
         if kind == "number":
-            return self._number(schema)
+            return self._number(schema, name)
         if kind == "boolean":
             return self._rng.random() < 0.5
         if kind == "null":
@@ -87,10 +104,17 @@ class SchemaGenerator:
         properties: Mapping[str, Schema] = schema.get("properties", {})
         required = set(schema.get("required", ()))
         value: dict[str, Any] = {}
+        # Models fill most optional fields (instructor's Iterable[...] is one optional
+        # list): most near the top, fewer deep down, so recursive schemas still end.
+        keep = _KEEP_OPTIONAL if depth < _DEEP else 0.5
         for prop, sub in properties.items():
-            optional_kept = depth < _MAX_DEPTH and self._rng.random() < 0.5
+            optional_kept = depth < _MAX_DEPTH and self._rng.random() < keep
             if prop in required or optional_kept:
                 value[prop] = self._value(sub, name=prop, depth=depth + 1)
+        if not value and properties and depth < _MAX_DEPTH:
+            # An object of optional fields only is never answered empty.
+            prop, sub = next(iter(properties.items()))
+            value[prop] = self._value(sub, name=prop, depth=depth + 1)
         return value
 
     def _array(self, schema: Mapping[str, Any], name: str, depth: int) -> list[Any]:
@@ -116,8 +140,8 @@ class SchemaGenerator:
             values.append(value)
         return values
 
-    def _integer(self, schema: Mapping[str, Any]) -> int:
-        low, low_open, high, high_open = _bounds(schema, default=(1, 100))
+    def _integer(self, schema: Mapping[str, Any], name: str) -> int:
+        low, low_open, high, high_open = _bounds(schema, _window(name, integer=True))
         first = math.floor(low) + 1 if low_open else math.ceil(low)
         last = math.ceil(high) - 1 if high_open else math.floor(high)
         step = schema.get("multipleOf")
@@ -126,8 +150,8 @@ class SchemaGenerator:
             return self._rng.choice(multiples) if multiples else first
         return self._rng.randint(first, max(first, last))
 
-    def _number(self, schema: Mapping[str, Any]) -> float:
-        low, low_open, high, high_open = _bounds(schema, default=(0.0, 100.0))
+    def _number(self, schema: Mapping[str, Any], name: str) -> float:
+        low, low_open, high, high_open = _bounds(schema, _window(name, integer=False))
         step = schema.get("multipleOf")
         if isinstance(step, (int, float)) and step > 0:
             return self._multiple(step, low, low_open, high)
@@ -310,18 +334,41 @@ def _is_null(schema: Schema) -> bool:
 
 
 def _bounds(
-    schema: Mapping[str, Any], *, default: tuple[float, float]
+    schema: Mapping[str, Any], window: tuple[float, float]
 ) -> tuple[float, bool, float, bool]:
-    """The tightest lower and upper bounds, and whether each is exclusive."""
+    """The range to draw from, and whether each end is exclusive.
+
+    The schema's bounds, narrowed to the plausible ``window`` where they allow
+    it: a schema's wide bounds (zod's safe-integer range) are a limit, not a
+    suggestion to say ``-4257131876494712``. Never beyond JavaScript's safe
+    integers, so any client can hold the value exactly.
+    """
     low, low_open = _tighter(schema.get("minimum"), schema.get("exclusiveMinimum"), max)
     high, high_open = _tighter(schema.get("maximum"), schema.get("exclusiveMaximum"), min)
-    if low is None and high is None:
-        low, high = default
-    elif low is None:
-        low = min(default[0], high - default[1])  # type: ignore[operator]
-    elif high is None:
-        high = max(default[1], low + default[1])
-    return float(low), low_open, float(high), high_open  # type: ignore[arg-type]
+    floor = -_SAFE_INTEGER if low is None else max(float(low), -_SAFE_INTEGER)
+    ceiling = _SAFE_INTEGER if high is None else min(float(high), _SAFE_INTEGER)
+    width = window[1] - window[0]
+    start, end = max(floor, window[0]), min(ceiling, window[1])
+    if start > end:  # the window is outside the bounds: as wide a range at the near end
+        start, end = (
+            (floor, min(ceiling, floor + width))
+            if floor > window[1]
+            else (
+                max(floor, ceiling - width),
+                ceiling,
+            )
+        )
+    return start, low_open and start == floor, end, high_open and end == ceiling
+
+
+def _window(name: str, *, integer: bool) -> tuple[float, float]:
+    """Plausible values for a number called ``name`` when the schema allows them."""
+    # Whole words of the name (snake_case or camelCase), singular: "age" is not in "page".
+    said = {w.lower().removesuffix("s") for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)}
+    for words, window in _NUMBER_WINDOWS:
+        if said & set(words) and (not integer or window[1] - window[0] > 1):
+            return window
+    return (1, 100) if integer else (0.0, 100.0)
 
 
 def _tighter(inclusive: Any, exclusive: Any, pick: Any) -> tuple[float | None, bool]:

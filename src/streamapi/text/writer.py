@@ -19,6 +19,8 @@ _LEADING_ASKS = re.compile(
     r"(?:(?:can|could|would|will) you\s+)?(?:please\s+)?"
     r"(?:explain|describe|summari[sz]e|discuss|outline|compare|define|teach me|show me|"
     r"tell me (?:about|how|why|what)|write (?:about|an? \w+ (?:about|on))|"
+    r"write (?:me )?an? (?:summary|overview|essay|paragraph|article|note|description) "
+    r"(?:of|on|about)|"
     r"give (?:me )?(?:an? )?(?:overview|summary|introduction|explanation) (?:of|on|about)|"
     r"what (?:is|are|was|were|does|do)|how (?:does|do|can|should|to|is|are)|"
     r"why (?:is|are|does|do|should)|help me (?:understand|with))?\s*",
@@ -253,3 +255,71 @@ _REASONING_PLANS = (
     "I'll structure it as a brief introduction, a list of essentials, some practical "
     "advice on {t1}, and a conclusion.",
 )
+
+
+def write_brief(
+    question: str,
+    rng: random.Random,
+    *,
+    sentences: int | None = None,
+    words: int | None = None,
+    lead: str = "",
+) -> str:
+    """A short answer: ``sentences`` sentences, or exactly ``words`` words (2 or more).
+
+    ``lead`` (a note on an image, a tool's result) is its first sentence. One word
+    is ``one_word``'s business.
+    """
+    subject = find_subject(question)
+    fill = _Filler(subject, key_terms(question, subject), rng)
+    said = [lead] if lead else []
+    said.append(fill(rng.choice(_BRIEF_OPENINGS)))
+    rest = list(_BRIEF_FOLLOW_UPS)
+    rng.shuffle(rest)
+    wanted = sentences or 1
+    # Bounded: a word count is at most a few thousand, a sentence ten words or more.
+    while rest and (len(said) < wanted if words is None else len(" ".join(said).split()) < words):
+        said.append(fill(rest.pop()))
+        if not rest and words is not None:
+            rest = list(_BRIEF_FOLLOW_UPS)
+            rng.shuffle(rest)
+    if words is None:
+        return " ".join(said[:wanted])
+    picked = " ".join(said).split()[:words]
+    return " ".join(picked).rstrip(".,;:!?") + "."
+
+
+_BRIEF_OPENINGS = (
+    "{Subject} comes down to {t0}, and to how {t1} builds on it.",
+    "In short, {subject} rests on {t0}, with {t1} shaping most practical decisions.",
+    "The key to {subject} is {t0}; {t1} and {t2} follow from it.",
+    "{Subject} is mostly about {t0}, and about keeping {t1} under control.",
+)
+_BRIEF_FOLLOW_UPS = (
+    "In practice, start small with {t0}, check that it works, then extend it toward {t1}.",
+    "The usual pitfall is tuning {t1} before {t0} is well understood.",
+    "Measure {t2} rather than guessing, and make the trade-offs explicit.",
+    "A clear vocabulary around {t0} and {t1} prevents most misunderstandings.",
+    "Tests that exercise {t0} under realistic conditions catch problems early.",
+    "Scale changes the picture, and {t2} is usually where that shows first.",
+)
+
+
+def one_word(question: str) -> str:
+    """The likeliest one-word answer: a proper noun of the question, else its key term."""
+    names = [
+        word
+        for sentence in re.split(r"(?<=[.?!:])\s+", question)
+        for word in _WORD.findall(sentence)[1:]  # a sentence's first word is capitalised anyway
+        if word[:1].isupper() and len(word) > 2
+    ]
+    terms = key_terms(question, find_subject(question))
+    word = names[-1] if names else terms[0].split()[0]
+    return word[:1].upper() + word[1:]
+
+
+def image_note(images: int) -> str:
+    """The sentence an answer opens with when the user sent images."""
+    if images == 1:
+        return "The image you shared is a useful starting point."
+    return f"The {images} images you shared are a useful starting point."
