@@ -236,14 +236,9 @@ GENERATE_OBJECT_CASES = [
     "openai_responses.generate_object",
     "openai_chat.generate_object",
     "anthropic.generate_object_json_tool",
-    pytest.param(
-        "anthropic.generate_object",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="issue 16 item 10: Anthropic structured outputs (output_config.format, which "
-            "@ai-sdk/anthropic sends for Claude 4.5 models) are ignored",
-        ),
-    ),
+    # For Claude 4.5 models the provider sends Anthropic's structured outputs
+    # (output_config.format).
+    "anthropic.generate_object",
 ]
 
 
