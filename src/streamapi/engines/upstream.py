@@ -323,6 +323,8 @@ class UpstreamStream:
     def _end(self, *, done: bool) -> None:
         translator = self._translator
         self._ended = True
+        if self._tape is not None:
+            self._tape.end("eof")  # at [DONE] the rest is not read: it ended there
         if translator.finish_reason is None and not done:
             # Neither a finish_reason nor [DONE]: the answer was cut short.
             self._engine.count(error="truncated")
