@@ -17,7 +17,12 @@ latency settings such as ``{"time_to_first_token_ms": 50}``), ``rate_limits``
 (``{"requests_per_minute": ..., "tokens_per_minute": ...}``), ``settings``
 (any other settings, by their Python names) and ``mode`` (``"thread"``, the
 default: uvicorn in a thread of the test process; or ``"subprocess"``:
-``python -m streamapi serve``). Every server has the admin API on (with a key
+``python -m streamapi serve``), and ``cassette`` with ``record_mode`` (record
+the upstreams of ``settings["routes_file"]`` to a cassette, or replay it:
+``"once"``, the default, records when the file does not exist and else only
+replays; ``"none"`` only replays; ``"new_episodes"`` replays and records what
+matches nothing; ``"all"`` records everything anew; vcrpy's meanings. A relative
+path is from pytest's rootdir). Every server has the admin API on (with a key
 of its own) and fault headers honoured; it ignores ``STREAMAPI_*`` variables.
 
 The server object gives ``base_url`` / ``openai_base_url``, ``journal()``, and
@@ -53,11 +58,13 @@ __all__ = ["FAULT_HEADER", "StreamapiServer", "serve"]
 
 FAULT_HEADER = "X-Streamapi-Fault"
 _HOST = "127.0.0.1"
+RecordMode = Literal["once", "none", "new_episodes", "all"]
 _START_TIMEOUT_S = 20.0
 _STOP_TIMEOUT_S = 10.0
 _MARKER = (
     "streamapi(rules=None, fault=None, fault_rate=None, fault_kinds=None, latency='instant', "
-    "rate_limits=None, settings=None, mode='thread'): configure the streamapi_server fixture"
+    "rate_limits=None, settings=None, mode='thread', cassette=None, record_mode='once'): "
+    "configure the streamapi_server fixture"
 )
 
 
@@ -165,12 +172,16 @@ def serve(
     rate_limits: Mapping[str, int] | None = None,
     settings: Mapping[str, Any] | None = None,
     mode: Literal["thread", "subprocess"] = "thread",
+    cassette: str | Path | None = None,
+    record_mode: RecordMode = "once",
 ) -> Iterator[StreamapiServer]:
     """Run a streamapi server for the ``with`` block (the fixtures' building block)."""
     with tempfile.TemporaryDirectory(prefix="streamapi-") as scratch:
         values = _settings(
             Path(scratch), rules, fault, fault_rate, fault_kinds, latency, rate_limits, settings
         )
+        if cassette is not None:
+            values.update(cassette_settings(Path(cassette), record_mode))
         admin_key = secrets.token_urlsafe(24)
         if mode == "thread":
             base_url, stop = _start_thread(values, admin_key)
@@ -183,6 +194,27 @@ def serve(
             yield server
         finally:
             server.stop()
+
+
+def cassette_settings(cassette: Path, record_mode: RecordMode) -> dict[str, Any]:
+    """The record and replay settings of a cassette in one of vcrpy's record modes."""
+    cassette = cassette.resolve()
+    exists = cassette.exists()
+    if record_mode == "none":
+        return {"replay_dir": cassette, "replay_miss": "error"}
+    if record_mode == "once":
+        if exists:
+            return {"replay_dir": cassette, "replay_miss": "error"}
+        return {"record_dir": cassette}
+    if record_mode == "new_episodes":
+        replay = {"replay_dir": cassette, "replay_miss": "upstream"} if exists else {}
+        return {"record_dir": cassette, **replay}
+    if record_mode == "all":
+        cassette.unlink(missing_ok=True)
+        return {"record_dir": cassette}
+    raise ValueError(
+        f"record_mode must be 'once', 'none', 'new_episodes' or 'all', not {record_mode!r}"
+    )
 
 
 def _settings(
@@ -354,4 +386,7 @@ def streamapi_server(
     param = getattr(request, "param", None)
     if isinstance(param, Mapping):
         options.update(param)
+    cassette = options.get("cassette")
+    if cassette is not None and not Path(cassette).is_absolute():
+        options["cassette"] = request.config.rootpath / cassette
     return streamapi_factory(**options)
