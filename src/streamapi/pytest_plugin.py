@@ -17,10 +17,15 @@ latency settings such as ``{"time_to_first_token_ms": 50}``), ``rate_limits``
 (``{"requests_per_minute": ..., "tokens_per_minute": ...}``), ``settings``
 (any other settings, by their Python names), ``mode`` (``"thread"``, the
 default: uvicorn in a thread of the test process; or ``"subprocess"``:
-``python -m streamapi serve``) and ``state_url`` (a Redis URL: servers started
-with the same one share their state, see docs/scaling-out.md). Every server
-has the admin API on (with a key of its own) and fault headers honoured; it
-ignores ``STREAMAPI_*`` variables.
+``python -m streamapi serve``), ``state_url`` (a Redis URL: servers started
+with the same one share their state, see docs/scaling-out.md), and ``cassette``
+with ``record_mode`` (record the upstreams of ``settings["routes_file"]`` to a
+cassette, or replay it: ``"once"``, the default, records when the file does not
+exist and else only replays; ``"none"`` only replays; ``"new_episodes"`` replays
+and records what matches nothing; ``"all"`` records everything anew; vcrpy's
+meanings. A relative path is from pytest's rootdir). Every server has the admin
+API on (with a key of its own) and fault headers honoured; it ignores
+``STREAMAPI_*`` variables.
 
 The server object gives ``base_url`` / ``openai_base_url``, ``journal()``, and
 ``set_rules``, ``set_faults``, ``set_latency``, ``set_rate_limits``, ``reset``.
@@ -55,12 +60,13 @@ __all__ = ["FAULT_HEADER", "StreamapiServer", "serve"]
 
 FAULT_HEADER = "X-Streamapi-Fault"
 _HOST = "127.0.0.1"
+RecordMode = Literal["once", "none", "new_episodes", "all"]
 _START_TIMEOUT_S = 20.0
 _STOP_TIMEOUT_S = 10.0
 _MARKER = (
     "streamapi(rules=None, fault=None, fault_rate=None, fault_kinds=None, latency='instant', "
-    "rate_limits=None, settings=None, mode='thread', state_url=None): configure the "
-    "streamapi_server fixture"
+    "rate_limits=None, settings=None, mode='thread', state_url=None, cassette=None, "
+    "record_mode='once'): configure the streamapi_server fixture"
 )
 
 
@@ -169,6 +175,8 @@ def serve(
     settings: Mapping[str, Any] | None = None,
     mode: Literal["thread", "subprocess"] = "thread",
     state_url: str | None = None,
+    cassette: str | Path | None = None,
+    record_mode: RecordMode = "once",
 ) -> Iterator[StreamapiServer]:
     """Run a streamapi server for the ``with`` block (the fixtures' building block).
 
@@ -181,6 +189,8 @@ def serve(
         )
         if state_url is not None:
             values["state_url"] = state_url
+        if cassette is not None:
+            values.update(cassette_settings(Path(cassette), record_mode))
         admin_key = secrets.token_urlsafe(24)
         if mode == "thread":
             base_url, stop = _start_thread(values, admin_key)
@@ -193,6 +203,27 @@ def serve(
             yield server
         finally:
             server.stop()
+
+
+def cassette_settings(cassette: Path, record_mode: RecordMode) -> dict[str, Any]:
+    """The record and replay settings of a cassette in one of vcrpy's record modes."""
+    cassette = cassette.resolve()
+    exists = cassette.exists()
+    if record_mode == "none":
+        return {"replay_dir": cassette, "replay_miss": "error"}
+    if record_mode == "once":
+        if exists:
+            return {"replay_dir": cassette, "replay_miss": "error"}
+        return {"record_dir": cassette}
+    if record_mode == "new_episodes":
+        replay = {"replay_dir": cassette, "replay_miss": "upstream"} if exists else {}
+        return {"record_dir": cassette, **replay}
+    if record_mode == "all":
+        cassette.unlink(missing_ok=True)
+        return {"record_dir": cassette}
+    raise ValueError(
+        f"record_mode must be 'once', 'none', 'new_episodes' or 'all', not {record_mode!r}"
+    )
 
 
 def _settings(
@@ -364,4 +395,7 @@ def streamapi_server(
     param = getattr(request, "param", None)
     if isinstance(param, Mapping):
         options.update(param)
+    cassette = options.get("cassette")
+    if cassette is not None and not Path(cassette).is_absolute():
+        options["cassette"] = request.config.rootpath / cassette
     return streamapi_factory(**options)

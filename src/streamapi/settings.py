@@ -16,6 +16,13 @@ from typing import Final, Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamapi.cassettes import (
+    DEFAULT_MATCH,
+    CassetteError,
+    Exchange,
+    load_exchanges,
+    parse_match_keys,
+)
 from streamapi.fault_grammar import FaultSyntaxError, parse_fault_choices
 from streamapi.keys import KeyRing, load_keys
 from streamapi.routes_file import RoutesTable, load_routes
@@ -370,6 +377,54 @@ class Settings(BaseSettings):
         "end with an in-stream error event and [DONE].",
     )
 
+    # --- record and replay (docs/record-replay.md) ---------------------------------
+    record_dir: Path | None = Field(
+        default=None,
+        description="Record every exchange with an upstream of the routes file to cassettes: "
+        "a directory (one <upstream>.jsonl each) or one .jsonl file. Exchanges already there "
+        "are kept; each file is rewritten atomically after every exchange.",
+    )
+    record_redact_headers: list[str] = Field(
+        default_factory=list,
+        description="Header names whose values a cassette must not hold, besides the built-in "
+        "ones (Authorization, X-Api-Key, Api-Key, OpenAI-Organization, Cookie...).",
+    )
+    record_redact_paths: list[str] = Field(
+        default_factory=list,
+        description="JSON paths of request body fields a cassette must not hold, besides the "
+        "built-in ones (**.api_key...): keys separated by dots, * any one key or index, ** "
+        "any depth.",
+    )
+    replay_dir: Path | None = Field(
+        default=None,
+        description="Answer requests routed to an upstream from the recordings in this "
+        "cassette directory or .jsonl file, without sending anything upstream. Read and "
+        "checked at start-up.",
+    )
+    replay_speed: float = Field(
+        default=1.0,
+        ge=0,
+        description="Replayed timing: the recorded offsets divided by this (2 twice as fast); "
+        "0 replays at once.",
+    )
+    replay_miss: Literal["simulator", "upstream", "error"] = Field(
+        default="error",
+        description="A request no recording matches: 'error' (404 naming the nearest "
+        "recording and what differed), 'simulator', or 'upstream' (sent upstream, and "
+        "recorded with --record: new episodes).",
+    )
+    replay_match: str = Field(
+        default=",".join(DEFAULT_MATCH),
+        description="What must be equal for a recording to match, comma-separated: endpoint, "
+        "model, messages, system, last_user_message, tools, tool_names, params (every "
+        "parameter that changes the answer) or one parameter by name (temperature, seed...).",
+    )
+    replay_ordered: bool = Field(
+        default=False,
+        description="The N-th request matching a set of recordings gets the N-th of them "
+        "(agent loops whose turns look alike under --replay-match).",
+    )
+
     # --- test control (docs/testing/) ---------------------------------------------
     rules_file: Path | None = Field(
         default=None,
@@ -443,6 +498,12 @@ class Settings(BaseSettings):
 
     _routes: RoutesTable = PrivateAttr(default_factory=RoutesTable)
     _keys: KeyRing = PrivateAttr(default_factory=KeyRing)
+    _recordings: list[Exchange] = PrivateAttr(default_factory=list)
+
+    @field_validator("replay_match")
+    @classmethod
+    def _check_match(cls, keys: str) -> str:
+        return ",".join(parse_match_keys(keys))
 
     @field_validator("reasoning_model_pattern", "vision_model_pattern")
     @classmethod
@@ -483,6 +544,14 @@ class Settings(BaseSettings):
         if self.routes_file is not None:
             self._routes = load_routes(self.routes_file)
         self._keys = load_keys(self.api_keys, self.api_keys_file)
+        try:
+            if self.replay_dir is not None:
+                self._recordings = load_exchanges(self.replay_dir)
+            if self.record_dir is not None and self.record_dir.exists():
+                # The recorder keeps what is there: a bad file must stop start-up too.
+                load_exchanges(self.record_dir)
+        except CassetteError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     @property
@@ -494,6 +563,11 @@ class Settings(BaseSettings):
     def routes(self) -> RoutesTable:
         """The routing table of ``routes_file`` (empty without one)."""
         return self._routes
+
+    @property
+    def recordings(self) -> list[Exchange]:
+        """The exchanges of ``replay_dir``, read at start-up (empty without one)."""
+        return self._recordings
 
     @property
     def keys(self) -> KeyRing:

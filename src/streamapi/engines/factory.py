@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import httpx
 
+from streamapi.cassettes import Matcher, Recorder, Redactor, parse_match_keys
 from streamapi.engines.dispatch import ModelDispatchEngine
 from streamapi.engines.protocol import Engine
+from streamapi.engines.replay import ReplayEngine
 from streamapi.engines.simulator import SimulatorEngine
 from streamapi.engines.upstream import UpstreamEngine
 from streamapi.metrics import Metrics
@@ -35,14 +38,47 @@ async def start_engine(
     if not table.upstreams:
         return simulator
     transports = transports or {}
+    redactor = _redactor(settings)
+    recorder = None if settings.record_dir is None else Recorder(settings.record_dir, redactor)
     upstreams = {
-        name: UpstreamEngine(name, config, metrics=metrics, transport=transports.get(name))
+        name: UpstreamEngine(
+            name, config, metrics=metrics, transport=transports.get(name), recorder=recorder
+        )
         for name, config in table.upstreams.items()
     }
+    served: dict[str, Engine] = dict(upstreams)
+    if settings.replay_dir is not None:
+        # One matcher for all: ordered replay counts turns across upstreams alike.
+        matcher = Matcher(
+            settings.recordings,
+            parse_match_keys(settings.replay_match),
+            ordered=settings.replay_ordered,
+            redactor=redactor,
+        )
+        served = {
+            name: ReplayEngine(
+                engine,
+                matcher,
+                speed=settings.replay_speed,
+                miss=settings.replay_miss,
+                fallback=simulator,
+            )
+            for name, engine in upstreams.items()
+        }
     routes: dict[str, tuple[Engine, str]] = {}
     for model in table.models:
         target = table.upstream_of(model)
         if target is not None:
             name, _, upstream_model = target
-            routes[model] = (upstreams[name], upstream_model)
+            routes[model] = (served[name], upstream_model)
     return ModelDispatchEngine(simulator, routes, owned=[simulator, *upstreams.values()])
+
+
+def _redactor(settings: Settings) -> Redactor:
+    """The built-in redactions, the settings' own, and every upstream key as a secret."""
+    keys = [config.key(os.environ) for config in settings.routes.upstreams.values()]
+    return Redactor.with_extra(
+        settings.record_redact_headers,
+        settings.record_redact_paths,
+        [key.get_secret_value() for key in keys if key is not None],
+    )

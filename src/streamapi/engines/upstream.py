@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from streamapi.cassettes import EndKind, Recorder, Tape
 from streamapi.engines.protocol import (
     FinishReason,
     GenerationRequest,
@@ -71,10 +72,13 @@ class UpstreamEngine:
         metrics: Metrics | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         environ: Mapping[str, str] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self._metrics = metrics
+        self.recorder = recorder
+        """Records every exchange to a cassette when set (``--record``)."""
         # What the OpenAI SDK sends, streams included: servers written for it
         # (streamapi among them) then answer errors as JSON rather than SSE.
         headers = {"Accept": "application/json"}
@@ -153,6 +157,7 @@ class UpstreamStream:
         self._closed = False
         self._ended = False
         self._translator = _Translator(request)
+        self._tape: Tape | None = None
 
     # --- before the first byte ---------------------------------------------
 
@@ -165,11 +170,36 @@ class UpstreamStream:
         if self._opened:
             return
         self._opened = True
+        await self._connect()
+        # Wait for the first event too: an upstream that accepts the request and
+        # then fails at once (llama.cpp answers an oversized prompt with 200 and
+        # an error event) still gets the client a status, not a broken stream.
+        event = await self._next_event(first=True)
+        if event is None:
+            raise UpstreamError(
+                f"The upstream '{self._engine.name}' closed the stream before any event."
+            )
+        error = _event_error(event)
+        if error is not None:
+            self._engine.count(error="error_event")
+            raise _error_from_body(error, status=None, upstream=self._engine.name)
+        self._events.appendleft(event)
+
+    async def _connect(self) -> None:
+        """Send the request (retrying) until a 200 sets ``_chunks``; else raise its error."""
         engine, config = self._engine, self._engine.config
         payload = chat_payload(self._request)
         headers = {}
         if self._request.request_id:
             headers["X-Request-Id"] = self._request.request_id
+        if engine.recorder is not None:
+            self._tape = engine.recorder.tape(
+                engine.name,
+                "/chat/completions",
+                {**engine.client.headers, **headers},
+                payload,
+                asyncio.get_running_loop().time,
+            )
         attempt = 0
         while True:
             retry_in: float | None = None
@@ -183,18 +213,19 @@ class UpstreamStream:
                 kind, doing = _UNSENT_TIMEOUTS[type(exc)]
                 engine.count(error=kind)
                 if attempt >= config.max_retries:
-                    raise self._timeout(doing) from None
+                    raise self._record_end("timeout", self._timeout(doing)) from None
             except httpx.TimeoutException:
                 # The request was sent and nothing came back in time: no retry,
                 # it may be running upstream.
                 engine.count(error="timeout")
-                raise self._timeout("waiting for its answer") from None
+                raise self._record_end("timeout", self._timeout("waiting for its answer")) from None
             except httpx.TransportError as exc:
                 engine.count(error="connect")
                 if attempt >= config.max_retries:
-                    raise UpstreamError(
+                    unreachable = UpstreamError(
                         f"The upstream '{engine.name}' is unreachable ({_reason(exc)})."
-                    ) from None
+                    )
+                    raise self._record_end("unreachable", unreachable) from None
             else:
                 engine.count(status=response.status_code)
                 if response.status_code == 200:
@@ -220,33 +251,35 @@ class UpstreamStream:
                 config.max_retries + 1,
             )
             await asyncio.sleep(delay)
+        if self._tape is not None:
+            self._tape.response(self._response.status_code, self._response.headers)
         self._chunks = self._response.aiter_bytes()
-        # Wait for the first event too: an upstream that accepts the request and
-        # then fails at once (llama.cpp answers an oversized prompt with 200 and
-        # an error event) still gets the client a status, not a broken stream.
-        event = await self._next_event(first=True)
-        if event is None:
-            raise UpstreamError(f"The upstream '{engine.name}' closed the stream before any event.")
-        error = _event_error(event)
-        if error is not None:
-            engine.count(error="error_event")
-            raise _error_from_body(error, status=None, upstream=engine.name)
-        self._events.appendleft(event)
+
+    def _record_end(self, how: EndKind, error: APIError) -> APIError:
+        if self._tape is not None:
+            self._tape.end(how, error.message)
+        return error
 
     async def _status_error(self, response: httpx.Response) -> APIError:
-        engine = self._engine
         try:
             body = await _read_bounded(response)
         except httpx.HTTPError:
             body = b""
         finally:
             await response.aclose()
-        status = response.status_code
+        if self._tape is not None:
+            self._tape.response(response.status_code, response.headers)
+            self._tape.body(body.decode("utf-8", errors="replace"))
+            self._tape.end("eof")
+        return self._error_of_status(response.status_code, response.headers, body)
+
+    def _error_of_status(self, status: int, headers: Mapping[str, str], body: bytes) -> APIError:
+        engine = self._engine
         engine.count(error=f"status_{status // 100}xx")
         parsed = _parse_error_body(body)
         error = _error_from_body(parsed, status=status, upstream=engine.name)
         if status == 429:
-            retry = _retry_after_s(response.headers)
+            retry = _retry_after_s(headers)
             if retry is not None:
                 error.headers.update(retry_after_headers(retry))
         logger.info("Upstream '%s' answered %d: %s", engine.name, status, error.message)
@@ -290,6 +323,8 @@ class UpstreamStream:
     def _end(self, *, done: bool) -> None:
         translator = self._translator
         self._ended = True
+        if self._tape is not None:
+            self._tape.end("eof")  # at [DONE] the rest is not read: it ended there
         if translator.finish_reason is None and not done:
             # Neither a finish_reason nor [DONE]: the answer was cut short.
             self._engine.count(error="truncated")
@@ -307,22 +342,32 @@ class UpstreamStream:
             try:
                 chunk = await anext(self._chunks)
             except StopAsyncIteration:
-                self._events.extend(self._decoder.close())
+                self._recorded(self._decoder.close())
+                if self._tape is not None:
+                    self._tape.end("eof")
                 if not self._events:
                     return None
                 break
             except httpx.TimeoutException:
                 self._engine.count(error="timeout")
                 doing = "before its first event" if first else "mid-stream"
-                raise self._timeout(doing) from None
+                raise self._record_end("timeout", self._timeout(doing)) from None
             except httpx.TransportError as exc:
                 self._engine.count(error="dropped")
-                raise UpstreamError(
+                lost = UpstreamError(
                     f"The connection to the upstream '{self._engine.name}' was lost "
                     f"({_reason(exc)})."
-                ) from None
-            self._events.extend(self._decoder.feed(chunk))
+                )
+                raise self._record_end("dropped", lost) from None
+            self._recorded(self._decoder.feed(chunk))
         return self._events.popleft()
+
+    def _recorded(self, events: list[SSEEvent]) -> None:
+        """Queue decoded events, taping each as received when recording."""
+        if self._tape is not None:
+            for event in events:
+                self._tape.event(event.data, event.event, event.error)
+        self._events.extend(events)
 
     async def aclose(self) -> None:
         """Close the upstream response now: its connection is dropped, not drained."""
@@ -336,6 +381,9 @@ class UpstreamStream:
             if self._translator.finish_reason is None and not response.is_closed:
                 logger.info("Cancelling the upstream '%s' request", self._engine.name)
             await response.aclose()
+        if self._tape is not None:
+            # Off the event loop: the whole cassette is rewritten atomically.
+            await asyncio.to_thread(self._tape.save)
 
 
 class _Translator:
@@ -626,7 +674,7 @@ _UNSENT_TIMEOUTS: dict[type[httpx.TimeoutException], tuple[str, str]] = {
 }
 
 
-def _retry_after_s(headers: httpx.Headers) -> float | None:
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
     """``retry-after-ms``, else ``Retry-After`` in seconds or as an HTTP date."""
     value = headers.get("retry-after-ms")
     if value is not None:
