@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
 
@@ -27,6 +28,7 @@ from streamapi.errors import APIError, install_error_handlers
 from streamapi.lifecycle import Lifecycle
 from streamapi.metrics import Metrics
 from streamapi.middleware import (
+    DOCS_ASSETS,
     AuthMiddleware,
     BodyLimitMiddleware,
     RequestMiddleware,
@@ -118,7 +120,10 @@ def create_app(
             if own_engine:
                 await active.aclose()
 
-    app = FastAPI(
+    # /docs and /redoc from the Swagger UI and ReDoc files that fastapi-offline
+    # ships (under DOCS_ASSETS), not from a CDN: streamapi runs with no network.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="streamapi",
         version=__version__,
         summary="OpenAI-compatible streaming LLM API server with an embedded simulator.",
