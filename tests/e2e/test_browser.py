@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -244,3 +246,29 @@ def test_a_keyboard_user_reaches_every_control(
         page.keyboard.press("Tab")
         reached.add(page.evaluate("document.activeElement.id || document.activeElement.name"))
     assert set(controls) <= reached, set(controls) - reached
+
+
+def test_bench_html_report_opens_and_draws_its_plots(
+    server_factory: ServerFactory, offline: OpenOffline, tmp_path: Path
+) -> None:
+    # One request in five fails, so that the errors plot has something to draw.
+    server = server_factory(
+        "--time-to-first-token-ms", "20", "--inter-token-latency-ms", "10",
+        "--fault-rate", "0.2", "--fault-kinds", "status=500",
+    )  # fmt: skip
+    report = tmp_path / "report.html"
+    command = [sys.executable, "-m", "streamapi", "bench", "--url", server.base_url]
+    command += ["--concurrency", "4", "--duration", "3", "--max-tokens", "20", "--ignore-eos"]
+    command += ["--no-progress", "--html", str(report)]
+    finished = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    assert finished.returncode == 1, finished.stderr.decode(errors="replace")  # the failures
+    view = offline(server)
+    page = view.page
+    page.goto(report.as_uri())
+    figures = page.locator("figure svg")
+    expect(figures).to_have_count(5)
+    for index in range(5):
+        points = figures.nth(index).locator("polyline.series").get_attribute("points") or ""
+        assert len(points.split()) >= 2, page.locator("figure").nth(index).inner_text()
+    assert "<script" not in report.read_text()
+    view.screenshot("bench-report.png")
