@@ -10,12 +10,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import HTMLResponse
 
 from streamapi import __version__, api
-from streamapi.api import admin
+from streamapi.api import admin, dashboard
 from streamapi.api.common import AppState
 from streamapi.concurrency import ConcurrencyLimiter
 from streamapi.control.control_middleware import ControlMiddleware
@@ -27,6 +30,7 @@ from streamapi.errors import APIError, install_error_handlers
 from streamapi.lifecycle import Lifecycle
 from streamapi.metrics import Metrics
 from streamapi.middleware import (
+    DOCS_ASSETS,
     AuthMiddleware,
     BodyLimitMiddleware,
     RequestMiddleware,
@@ -141,13 +145,19 @@ def create_app(
                 await active.aclose()
             await shared.aclose()
 
-    app = FastAPI(
+    # /docs and /redoc from the Swagger UI and ReDoc files that fastapi-offline
+    # ships (under DOCS_ASSETS), not from a CDN: streamapi runs with no network.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
+        redoc_url=None,
         title="streamapi",
         version=__version__,
         summary="OpenAI-compatible streaming LLM API server with an embedded simulator.",
         lifespan=lifespan,
     )
     routers = (*api.ROUTERS, admin.router) if settings.admin_key is not None else api.ROUTERS
+    if settings.dashboard:
+        routers = (*routers, dashboard.router)
     # Added flat rather than with include_router: FastAPI matches an included
     # router by walking it again for every request, which cost /health a third
     # of its CPU (docs/performance.md). The routers hold routes only, their
@@ -182,7 +192,32 @@ def create_app(
     # Outermost, so that a request's arrival is stamped before anything else runs.
     app.add_middleware(RequestMiddleware, metrics=metrics)
     _document_extra_schemas(app)
+    _add_redoc(app)
     return app
+
+
+# ReDoc's bundle shows an attribution logo from its makers' CDN: the policy keeps
+# the page from fetching it (or anything else not ours), so the page makes no
+# request off the server, as the browser tests check.
+_REDOC_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
+
+
+def _add_redoc(app: FastAPI) -> None:
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+        page.headers["Content-Security-Policy"] = _REDOC_POLICY
+        return page
 
 
 def _document_extra_schemas(app: FastAPI) -> None:

@@ -142,14 +142,29 @@ class BodyLimitMiddleware:
         )
 
 
-# Open without a key: probes, scrapes and the docs (as vLLM leaves them).
+# Where the docs pages' and the dashboard's scripts and styles are served.
+DOCS_ASSETS = "/docs-assets"
+DASHBOARD_ASSETS = "/dashboard/assets"
+# Open without a key: probes, scrapes, the docs (as vLLM leaves them) and the
+# dashboard's page and files, which hold no data (its events need the key).
 OPEN_PATHS = frozenset(
-    {"/health", "/ping", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {
+        "/health",
+        "/ping",
+        "/metrics",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        "/dashboard",
+    }
 )
+OPEN_PREFIXES = (f"{DOCS_ASSETS}/", f"{DASHBOARD_ASSETS}/")
 
 
 class AuthMiddleware:
-    """Checks the API key on every route but ``OPEN_PATHS`` and CORS preflights.
+    """Checks the API key on every route but ``OPEN_PATHS``, ``OPEN_PREFIXES`` and CORS
+    preflights.
 
     The key is read from ``Authorization: Bearer <key>`` (OpenAI's SDKs) or
     ``x-api-key`` (Anthropic's). Without keys configured every request passes
@@ -178,6 +193,7 @@ class AuthMiddleware:
             or not self.keys.enabled
             or scope["method"] == "OPTIONS"
             or scope["path"] in OPEN_PATHS
+            or scope["path"].startswith(OPEN_PREFIXES)
         ):
             await self.app(scope, receive, send)
             return

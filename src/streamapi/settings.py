@@ -479,6 +479,12 @@ class Settings(BaseSettings):
         description="Requests kept in the admin API's journal (with --admin-key); the "
         "oldest are dropped first.",
     )
+    dashboard: bool = Field(
+        default=True,
+        description="Serve the live dashboard and playground at /dashboard (engine, request "
+        "waterfall with --admin-key, latency histograms, a chat playground, admin controls). "
+        "Its page and files hold no data; its live events need the admin key when one is set.",
+    )
 
     @field_validator("fault_kinds")
     @classmethod

@@ -130,6 +130,7 @@ class JournalRecord(BaseModel):
         description="What rate limits count it against: key:<hash of its API key>, or "
         "addr:<client address>. Only set when rate limits are on."
     )
+    key_name: str | None = Field(description="The name of its API key (with --api-key).")
     user: str | None = Field(description="Its last user message (the first 500 characters).")
     status: int | None
     outcome: str = Field(

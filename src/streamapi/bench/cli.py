@@ -7,11 +7,13 @@ import contextlib
 import os
 import resource
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from streamapi.bench.config import BenchConfig, parse_length, resolve_target
+from streamapi.bench.html import render_html
 from streamapi.bench.report import format_report
 from streamapi.bench.runner import run
 
@@ -70,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, default=0, help="seed for prompts and arrivals")
     output = parser.add_argument_group("output and process")
     output.add_argument("--json", action="store_true", help="print the report as JSON")
+    output.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the report to FILE as one self-contained HTML page with plots",
+    )
     output.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     output.add_argument("--cpu", type=int, help="pin this process to CPU N")
     output.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
@@ -140,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--cpu {args.cpu}: {exc}")
     _raise_file_limit()
     report = run(config, loop=args.loop)
+    if args.html:
+        page = render_html([(report["url"], report)], title="streamapi bench")
+        Path(args.html).write_text(page, encoding="utf-8")
     if args.json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

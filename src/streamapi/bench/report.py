@@ -7,7 +7,7 @@ import resource
 from typing import Any, Protocol
 
 from streamapi.bench.config import BenchConfig, Target
-from streamapi.bench.stats import Stats, summarize
+from streamapi.bench.stats import Stats, cdf, summarize
 
 
 class FinishedRun(Protocol):
@@ -19,6 +19,7 @@ class FinishedRun(Protocol):
     max_open: int
     started: float
     ended: float
+    timeline: list[tuple[float, int, int, int, int]]
 
     @property
     def issued(self) -> int: ...
@@ -65,6 +66,13 @@ def build_report(
         "tpot_ms": summarize(stats.tpot),
         "e2e_ms": summarize(stats.e2e),
         "failed_latency_ms": summarize(stats.failed_latency),
+        # For plots (--html): the distributions as (ms, fraction at or below) points, and
+        # per-second totals so far of token events, ok and failed requests, open streams.
+        "cdf": {"ttft_ms": cdf(stats.ttft), "itl_ms": cdf(stats.gaps)},
+        "timeline": {
+            key: [sample[index] for sample in runner.timeline]
+            for index, key in enumerate(("t_s", "events", "ok", "failed", "open_streams"))
+        },
         "client": {
             "cpu_s": cpu_s,
             "user_s": user_s,

@@ -87,6 +87,9 @@ class Runner:
         self._last_progress = (0.0, 0)
         self._progress_ticks = 0
         self._progress_handle: asyncio.TimerHandle | None = None
+        # One sample a second (and one at the end): seconds since the start, then the
+        # totals so far of token events, ok and failed requests, and the streams open.
+        self.timeline: list[tuple[float, int, int, int, int]] = []
 
     @property
     def issued(self) -> int:
@@ -101,6 +104,7 @@ class Runner:
         guard_s = (config.duration_s or 0) + config.ramp_up_s + config.timeout_s + 10
         if config.requests is not None and config.duration_s is None:
             guard_s = math.inf
+        self._sample(self.started)
         self._progress_handle = asyncio.get_running_loop().call_later(1.0, self._progress)
         try:
             load = self._closed_loop() if config.rate is None else self._open_loop()
@@ -116,6 +120,7 @@ class Runner:
             if self._progress_handle is not None:
                 self._progress_handle.cancel()
             self.ended = time.perf_counter()
+            self._sample(self.ended)
             for connection in self._connections:
                 if not connection.closed:
                     connection.abort("timeout", "the run's time guard expired")
@@ -245,8 +250,13 @@ class Runner:
         self._connections.add(connection)
         return connection
 
+    def _sample(self, now: float) -> None:
+        stats = self.stats
+        self.timeline.append((now - self.started, stats.events, stats.ok, stats.failed, self._open))
+
     def _progress(self) -> None:
         now = time.perf_counter()
+        self._sample(now)
         elapsed = now - self.started
         last_time, last_events = self._last_progress
         events = self.stats.events

@@ -35,6 +35,18 @@ def summarize(values: Sequence[float], scale: float = 1000.0) -> dict[str, float
     }
 
 
+def cdf(values: Sequence[float], points: int = 200, scale: float = 1000.0) -> list[list[float]]:
+    """The empirical distribution of ``values`` times ``scale`` as at most ``points``
+    ``[value, fraction at or below it]`` pairs, evenly spaced in rank (enough to draw)."""
+    if not values:
+        return []
+    ordered = sorted(values)
+    count = len(ordered)
+    drawn = min(points, count)
+    ranks = sorted({round(i * (count - 1) / max(drawn - 1, 1)) for i in range(drawn)})
+    return [[ordered[rank] * scale, (rank + 1) / count] for rank in ranks]
+
+
 class RequestRecord:
     """One request as the client saw it: when it started, its first and last token, how it ended."""
 

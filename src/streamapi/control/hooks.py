@@ -111,6 +111,8 @@ class Control:
         if entry is not None:
             entry.model, entry.stream, entry.prompt_tokens = job.model, streamed, job.prompt_tokens
             entry.describe_user(facts.user)
+            principal = state.get(scope_keys.PRINCIPAL)
+            entry.key_name = None if principal is None else principal.name
         if self.limiter.enabled:
             identity = identify(request)
             if entry is not None:

@@ -38,6 +38,8 @@ class JournalEntry:
     stream: bool | None = None
     identity: str | None = None
     """``key:<hash>`` of the request's API key (never the key), else ``addr:<client>``."""
+    key_name: str | None = None
+    """The name of the API key it came with (with --api-key), never the key."""
     user: str | None = None
     status: int | None = None
     outcome: Outcome = "in_progress"
