@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamapi.bench.html import render_sections
+
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 PACING_MS = 20.0
@@ -788,6 +790,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated subset of: %(default)s",
     )
     parser.add_argument("--json-out", type=Path, help="also write every bench report here")
+    parser.add_argument(
+        "--html",
+        type=Path,
+        help="also write one self-contained HTML page with the servers' plots side by side",
+    )
     args = parser.parse_args(argv)
     # SIGTERM (CI's timeout) must unwind through the finally blocks that stop the servers.
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -835,7 +842,27 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(table(results, plan))
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(_dump(results), indent=2) + "\n")
+    if args.html is not None:
+        args.html.write_text(html_page(results), encoding="utf-8")
     return 0
+
+
+def html_page(results: dict[str, Results]) -> str:
+    """The unpaced run and every paced level, each with the servers that ran it side by side."""
+    sections: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = []
+    unpaced_runs = [(name, r.unpaced.report) for name, r in results.items() if r.unpaced]
+    if unpaced_runs:
+        sections.append(("Unpaced: as fast as each server can", unpaced_runs))
+    levels = sorted({level for r in results.values() for level, _ in r.sweep})
+    for level in levels:
+        runs = [
+            (name, measured.report)
+            for name, r in results.items()
+            for at, measured in r.sweep
+            if at == level
+        ]
+        sections.append((f"Paced: {level} streams, {PACING_MS:g} ms per token", runs))
+    return render_sections(sections, "streamapi benchmark: servers side by side")
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

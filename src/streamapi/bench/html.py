@@ -24,7 +24,25 @@ Series = tuple[str, Sequence[tuple[float, float]]]
 
 def render_html(reports: Sequence[tuple[str, dict[str, Any]]], title: str) -> str:
     """One page for one or more runs (``[(name, report)]``), their plots side by side."""
-    names = [name for name, _ in reports]
+    return render_sections([("", reports)], title)
+
+
+def render_sections(
+    sections: Sequence[tuple[str, Sequence[tuple[str, dict[str, Any]]]]], title: str
+) -> str:
+    """One page of several sections (``[(heading, [(name, report)])]``): each compares its
+    runs side by side, as ``render_html`` does for one (``bench/run.py --html``)."""
+    names = sorted({name for _, reports in sections for name, _ in reports})
+    body = "".join(_section(heading, reports) for heading, reports in sections)
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(', '.join(names))}</p>"
+        f"{body}</body></html>\n"
+    )
+
+
+def _section(heading: str, reports: Sequence[tuple[str, dict[str, Any]]]) -> str:
     plots = [
         _plot(
             "Time to first token (CDF)",
@@ -63,12 +81,9 @@ def render_html(reports: Sequence[tuple[str, dict[str, Any]]], title: str) -> st
         f"<h3>{html.escape(name)}</h3><pre>{html.escape(format_report(report))}</pre>"
         for name, report in reports
     )
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(', '.join(names))}</p>"
-        f'<div class="plots">{"".join(plots)}</div><h2>Figures</h2>{texts}</body></html>\n'
-    )
+    head = f"<h2>{html.escape(heading)}</h2>" if heading else ""
+    figures = "<h2>Figures</h2>" if not heading else "<h3>Figures</h3>"
+    return f'{head}<div class="plots">{"".join(plots)}</div>{figures}{texts}'
 
 
 _STYLE = (
