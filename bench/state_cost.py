@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -165,7 +164,7 @@ def main() -> int:
         ExitStack() as stack,
     ):
         redis, state_url = start_redis(Path(workdir))
-        stack.callback(_stop_redis, redis)
+        stack.callback(stop, redis)
         configs = []
         for limits, options in (
             ("rate limit", RATE_LIMIT),
@@ -181,11 +180,6 @@ def main() -> int:
         asyncio.run(measure(configs, args.rounds, args.concurrency, args.duration))
     print(table(configs, args.concurrency, args.duration, args.rounds))
     return 0
-
-
-def _stop_redis(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    process.wait(timeout=10)
 
 
 if __name__ == "__main__":
