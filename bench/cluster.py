@@ -9,8 +9,15 @@ a table on stdout; progress on stderr. No CPU is pinned: on a machine with
 fewer cores than replicas + HAProxy + load generator, the figures show what
 the machine gives, not what separate machines would.
 
+``--state`` adds what shared state costs: ``local`` gives every replica a rate
+limit, a concurrency cap (both too high to refuse anything) and the journal
+(``--admin-key``), each its own; ``redis`` gives them the same, shared through
+one ``redis-server`` this script starts (``--state-url``): per request, one
+rate-limit script, a lease taken and given back, and two journal writes.
+
     python bench/cluster.py                # 10 s a configuration, 100 streams
     python bench/cluster.py --duration 3 --streams 50
+    python bench/cluster.py --state redis    # and --state local, to compare
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from launch import HOST, free_port, start_streamapi, stop
+from launch import HOST, free_port, start_redis, start_streamapi, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -41,6 +48,19 @@ REPLICA_OPTIONS = (
     *("--load-factor", "0", "--max-num-seqs", "100000", "--max-waiting-requests", "100000"),
     *("--log-level", "warning"),
 )
+# --state: limits that count every request and refuse none, and the journal.
+HIGH = "100000000"
+STATE_OPTIONS = (
+    *("--rate-limit-requests-per-minute", HIGH, "--rate-limit-tokens-per-minute", HIGH),
+    *("--max-concurrent-requests", HIGH, "--admin-key", "bench-admin"),
+)
+
+
+STATE_LABELS = {
+    "none": "no limits, no journal",
+    "local": "rate limit, cap and journal in each replica",
+    "redis": "rate limit, cap and journal shared on Redis (--state-url)",
+}
 
 
 @dataclass
@@ -113,16 +133,25 @@ def measure(url: str, streams: int, duration_s: float) -> dict[str, Any]:
     return bench(url, options, duration_s + REQUEST_TIMEOUT_S + 60)
 
 
-def run(streams: int, duration_s: float, counts: list[int], workdir: Path) -> list[Row]:
+def run(streams: int, duration_s: float, counts: list[int], workdir: Path, state: str) -> list[Row]:
+    options: tuple[str, ...] = REPLICA_OPTIONS
+    if state != "none":
+        options += STATE_OPTIONS
     rows = []
     plan: list[tuple[str, int, bool]] = [("1 replica, direct", 1, False)]
     plan += [(f"{n} replica{'s' if n > 1 else ''} behind HAProxy", n, True) for n in counts]
     for label, count, balanced in plan:
         with ExitStack() as stack:
+            shared: tuple[str, ...] = ()
+            if state == "redis":
+                # A Redis of its own for each configuration: nothing left from the last.
+                redis, state_url = start_redis(workdir)
+                stack.callback(stop, redis)
+                shared = ("--state-url", state_url)
             urls = []
             for i in range(count):
                 log = workdir / f"replica-{label.split()[0]}-{i + 1}-{balanced}.log"
-                process, url = start_streamapi(REPLICA_OPTIONS, log=log)
+                process, url = start_streamapi((*options, *shared), log=log)
                 stack.callback(stop, process)
                 urls.append(url)
             target = urls[0]
@@ -138,12 +167,12 @@ def run(streams: int, duration_s: float, counts: list[int], workdir: Path) -> li
     return rows
 
 
-def table(rows: list[Row], streams: int, duration_s: float) -> str:
+def table(rows: list[Row], streams: int, duration_s: float, state: str) -> str:
     direct = rows[0].report["events_per_s"]
     one = next((r.report["events_per_s"] for r in rows[1:] if r.replicas == 1), None)
     lines = [
         f"Unpaced, {streams} streams of {TOKENS} tokens, {duration_s:g} s each; "
-        f"{os.cpu_count()} cores, nothing pinned.",
+        f"{os.cpu_count()} cores, nothing pinned; state: {STATE_LABELS[state]}.",
         "",
         "| configuration | events/s | ÷ 1 replica direct | ÷ 1 replica behind HAProxy "
         "| requests | failed | TTFT p99 ms | load generator CPU % |",
@@ -168,13 +197,20 @@ def main() -> int:
     parser.add_argument(
         "--replicas", default="1,2,3", help="replica counts behind HAProxy (at most 3)"
     )
+    parser.add_argument(
+        "--state",
+        choices=tuple(STATE_LABELS),
+        default="none",
+        help="none: no limits; local: limits and journal in each replica; "
+        "redis: the same shared through a redis-server (--state-url)",
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.replicas.split(",")]
     if not all(1 <= n <= 3 for n in counts):
         parser.error("--replicas: each count is 1, 2 or 3 (the config names three servers)")
     with tempfile.TemporaryDirectory(prefix="streamapi-cluster-bench-") as workdir:
-        rows = run(args.streams, args.duration, counts, Path(workdir))
-    print(table(rows, args.streams, args.duration))
+        rows = run(args.streams, args.duration, counts, Path(workdir), args.state)
+    print(table(rows, args.streams, args.duration, args.state))
     return 0
 
 

@@ -1,8 +1,9 @@
-"""Start and stop `streamapi serve` for the bench scripts: loopback only, bounded waits."""
+"""Start and stop `streamapi serve` and `redis-server` for the bench scripts: loopback, bounded."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,3 +76,38 @@ def stop(process: subprocess.Popen[bytes], *, timeout_s: float = 40.0) -> int:
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait(timeout=10)
+
+
+def start_redis(directory: Path, *, timeout_s: float = 10.0) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``redis-server`` on a free loopback port, no persistence; its URL once it answers."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port", str(port),
+            "--bind", HOST,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(directory),
+            "--loglevel", "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"redis-server exited with {process.returncode}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return process, f"redis://{HOST}:{port}/0"
+        except OSError:
+            time.sleep(0.02)
+    process.kill()
+    process.wait(timeout=10)
+    raise SystemExit(f"redis-server did not answer within {timeout_s:g} s")
