@@ -82,9 +82,10 @@ class LoopHistogram(Collector):
     """A histogram with one label value, observed from the event loop's thread only.
 
     The client-side latencies are observed once per token: prometheus_client's
-    ``Histogram.observe`` takes two locks and scans the buckets (about 1 µs),
-    this a bisect and two additions (about 0.2 µs). ``/metrics`` renders it as
-    the same ``_bucket``, ``_count`` and ``_sum`` series (no ``_created``).
+    ``Histogram.observe`` takes two locks and scans the buckets, this a bisect
+    and two additions (the measured difference is in docs/performance.md,
+    "Later steps of 26 November"). ``/metrics`` renders it as the same
+    ``_bucket``, ``_count`` and ``_sum`` series (no ``_created``).
     """
 
     def __init__(

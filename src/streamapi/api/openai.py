@@ -124,7 +124,7 @@ def _expect_json_errors(request: Request, payload: dict[str, Any]) -> None:
     """An OpenAI-form body that does not ask to stream gets its errors as JSON.
 
     Its client waits for a JSON answer whatever it sent as ``Accept``; only a
-    stream's client (and the original spec's prompt form) reads an SSE error.
+    stream's client (and the simple prompt form's) reads an SSE error.
     """
     if payload.get("stream") is not True:
         request.scope["state"][JSON_ERRORS_KEY] = True
