@@ -50,6 +50,7 @@ _EXTRA_SCHEMAS: tuple[type[BaseModel], ...] = (
     openai.CompletionRequest,
     openai.EmbeddingRequest,
     responses.ResponseRequest,
+    responses.CompactRequest,
     anthropic.MessageCreateRequest,
     RulesFile,
 )

@@ -18,7 +18,7 @@ from streamapi.api.common import (
     validate,
 )
 from streamapi.errors import NotFoundError
-from streamapi.schemas.responses import ResponseRequest
+from streamapi.schemas.responses import CompactRequest, ResponseRequest
 
 router = APIRouter(route_class=RequestOnlyRoute)
 
@@ -40,7 +40,7 @@ _REQUEST_BODY = {
         "and their outputs), `instructions`, `tools`, `text.format`, `max_output_tokens`, "
         "`previous_response_id`. With `stream` true, named events from `response.created` "
         "to `response.completed` (or `response.incomplete`), each with a "
-        "`sequence_number`; no `[DONE]`."
+        "`sequence_number`, then `data: [DONE]`."
     ),
     responses={
         200: {
@@ -59,6 +59,30 @@ async def create_response(request: Request) -> Response:
     refuse_early(request, state)
     parsed = validate(ResponseRequest, await read_json(request))
     return await respond(request, state, state["responses"], parsed, streamed=bool(parsed.stream))
+
+
+@router.post(
+    "/v1/responses/compact",
+    summary="Compact a conversation",
+    description=(
+        "A conversation (`input` and/or `previous_response_id`) in; a window to start a new "
+        "one from out: the user's messages and one `compaction` item to hand back as input."
+    ),
+    responses={200: {"description": "A `response.compaction` object."}, **ERRORS},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/CompactRequest"}}
+            },
+        }
+    },
+)
+async def compact_response(request: Request) -> Response:
+    state = state_of(request)
+    refuse_early(request, state)
+    parsed = validate(CompactRequest, await read_json(request))
+    return json_response(state["responses"].compact(parsed))
 
 
 @router.get(
