@@ -277,7 +277,11 @@ def check_model_access(request: Request, model: str) -> None:
     404 rather than 403, as OpenAI answers: "does not exist or you do not have
     access to it", so a key learns nothing of the models it may not use.
     """
-    principal = principal_of(request)
+    check_principal_access(principal_of(request), model)
+
+
+def check_principal_access(principal: Principal | None, model: str) -> None:
+    """``check_model_access`` for a caller already known (a WebSocket's handshake)."""
     if principal is not None and not principal.may_use(model):
         raise ModelNotFoundError(model)
 
