@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from openai.types.responses import Response
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
@@ -207,3 +209,84 @@ def test_websocket_handshake_needs_the_api_key() -> None:
         headers = {"Authorization": "Bearer sk-1"}
         with test_client.websocket_connect(RESPONSES, headers=headers) as socket:
             assert turn(socket, input="hi")[-1]["type"] == "response.completed"
+
+
+# --- background responses -------------------------------------------------------
+
+
+async def poll(client: httpx.AsyncClient, response_id: str) -> dict[str, Any]:
+    """GET the response until it has ended (bounded)."""
+    for _ in range(2_000):
+        body: dict[str, Any] = (await client.get(f"{RESPONSES}/{response_id}")).json()
+        if body["status"] not in {"queued", "in_progress"}:
+            return body
+        await asyncio.sleep(0.005)
+    raise AssertionError("the background response never ended")
+
+
+async def test_background_response_is_queued_then_polled_to_completion(
+    client: httpx.AsyncClient,
+) -> None:
+    created = (await client.post(RESPONSES, json={"input": "hi", "background": True})).json()
+    assert (created["status"], created["background"], created["output"]) == ("queued", True, [])
+    done = await poll(client, created["id"])
+    assert done["status"] == "completed" and done["output"][0]["type"] == "message"
+    Response.model_validate(done)
+    # It was stored: a follow-up continues it.
+    follow_up = {"input": "more", "previous_response_id": created["id"]}
+    assert (await client.post(RESPONSES, json=follow_up)).status_code == 200
+
+
+async def test_background_stream_is_resumed_after_a_sequence_number(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        RESPONSES, json={"input": "hi", "background": True, "stream": True}
+    )
+    payloads = sse_payloads(response.text)
+    assert payloads[-1] == "[DONE]"
+    events = [json.loads(p) for p in payloads[:-1]]
+    assert [e["type"] for e in events[:3]] == [
+        "response.created",
+        "response.queued",
+        "response.in_progress",
+    ]
+    assert events[0]["response"]["status"] == "queued"
+    assert events[-1]["type"] == "response.completed"
+    response_id = events[0]["response"]["id"]
+    resumed = await client.get(f"{RESPONSES}/{response_id}?stream=true&starting_after=4")
+    again = [json.loads(p) for p in sse_payloads(resumed.text)[:-1]]
+    assert again == events[5:]
+
+
+async def test_background_needs_store_and_only_background_is_cancelled(
+    client: httpx.AsyncClient,
+) -> None:
+    refused = await client.post(RESPONSES, json={"input": "hi", "background": True, "store": False})
+    assert (refused.status_code, refused.json()["error"]["param"]) == (400, "background")
+    plain = (await client.post(RESPONSES, json={"input": "hi"})).json()
+    assert (await client.post(f"{RESPONSES}/{plain['id']}/cancel")).status_code == 400
+    assert (await client.get(f"{RESPONSES}/{plain['id']}?stream=true")).status_code == 400
+    assert (await client.post(f"{RESPONSES}/resp_none/cancel")).status_code == 404
+
+
+@pytest.mark.parametrize("settings", [Settings(inter_token_latency_ms=50)])
+async def test_cancelling_a_background_response_stops_it(client: httpx.AsyncClient) -> None:
+    created = (await client.post(RESPONSES, json={"input": "hi", "background": True})).json()
+    cancelled = (await client.post(f"{RESPONSES}/{created['id']}/cancel")).json()
+    assert cancelled["status"] == "cancelled"
+    again = (await client.post(f"{RESPONSES}/{created['id']}/cancel")).json()
+    assert again["status"] == "cancelled"
+    assert (await client.get(f"{RESPONSES}/{created['id']}")).json()["status"] == "cancelled"
+
+
+async def test_shutdown_cancels_background_runs() -> None:
+    app = create_app(Settings(inter_token_latency_ms=50))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            body = {"input": "hi", "background": True}
+            created = (await client.post(RESPONSES, json=body)).json()
+        tasks_before = {t for t in asyncio.all_tasks() if t.get_name().startswith("background")}
+        assert [t.get_name() for t in tasks_before] == [f"background {created['id']}"]
+    assert not {t for t in asyncio.all_tasks() if t.get_name().startswith("background")}

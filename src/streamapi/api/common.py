@@ -32,6 +32,7 @@ from streamapi.serving.chat import ChatService
 from streamapi.serving.completions import CompletionService
 from streamapi.serving.embeddings import EmbeddingService
 from streamapi.serving.generation import Admission, Generation, Job, TestOverrides
+from streamapi.serving.response_runs import BackgroundRuns
 from streamapi.serving.responses import ResponseService
 from streamapi.settings import Settings
 
@@ -73,6 +74,7 @@ class AppState(TypedDict):
     completions: CompletionService
     embeddings: EmbeddingService
     responses: ResponseService
+    background: BackgroundRuns
     messages: MessageService
     control: Control
     started_at: int

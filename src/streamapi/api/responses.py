@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from streamapi import scope_keys, sse
 from streamapi.api.common import (
     ERRORS,
+    AppState,
     AppStateDep,
     RequestOnlyRoute,
+    check_model_access,
     json_response,
+    principal_of,
     read_json,
     refuse_early,
     respond,
@@ -17,8 +23,9 @@ from streamapi.api.common import (
     state_of,
     validate,
 )
-from streamapi.errors import NotFoundError
+from streamapi.errors import InvalidRequestError, NotFoundError
 from streamapi.schemas.responses import CompactRequest, ResponseRequest
+from streamapi.serving.response_runs import Run
 
 router = APIRouter(route_class=RequestOnlyRoute)
 
@@ -58,7 +65,40 @@ async def create_response(request: Request) -> Response:
     state = state_of(request)
     refuse_early(request, state)
     parsed = validate(ResponseRequest, await read_json(request))
+    if parsed.background:
+        return await _start_background(request, state, parsed)
     return await respond(request, state, state["responses"], parsed, streamed=bool(parsed.stream))
+
+
+async def _start_background(request: Request, state: AppState, parsed: ResponseRequest) -> Response:
+    """Admit the job now (refusals are statuses), run it on its own, answer at once."""
+    service = state["responses"]
+    response = service.prepare(parsed)
+    check_model_access(request, response.job.model)
+    plan = state["control"].plan(request, response.job, streamed=True)
+    lease = state["limiter"].acquire(principal_of(request))
+    admission = await state["generation"].admit(
+        plan.job,
+        arrived_at=scope_keys.arrival_time(request.scope),
+        overrides=plan.overrides(None),
+        request_id=scope_keys.state_of(request.scope).get(scope_keys.REQUEST_ID),
+        lease=lease,
+    )
+    plan.arm(admission)
+    run = state["background"].start(response, admission)
+    if parsed.stream:
+        return _follow(state, run, -1)
+    return json_response(run.body)
+
+
+def _follow(state: AppState, run: Run, starting_after: int) -> Response:
+    """A background run's events as SSE; leaving this stream leaves the run going."""
+    settings = state["settings"]
+    return sse.EventStreamResponse(
+        run.follow(starting_after),
+        ping_interval_s=settings.ping_interval_s,
+        send_timeout_s=settings.send_timeout_s,
+    )
 
 
 @router.post(
@@ -88,10 +128,48 @@ async def compact_response(request: Request) -> Response:
 @router.get(
     "/v1/responses/{response_id}",
     summary="Retrieve a stored response",
-    responses={404: ERRORS[404]},
+    description=(
+        "A stored Response object; a background one as it stands (`queued`, `in_progress`, "
+        "then its final status). With `stream=true`, a background response's events after "
+        "sequence number `starting_after` (all of them without it), then the rest as they come."
+    ),
+    responses={404: ERRORS[404], 400: ERRORS[400]},
 )
-async def retrieve_response(response_id: str, state: AppStateDep) -> Response:
+async def retrieve_response(
+    response_id: str, state: AppStateDep, stream: bool = False, starting_after: int | None = None
+) -> Response:
+    run = state["background"].get(response_id)
+    if stream:
+        if run is None:
+            _stored(state, response_id)  # 404 if unknown
+            raise InvalidRequestError(
+                "Only background responses can be streamed again.", param="stream"
+            )
+        return _follow(state, run, -1 if starting_after is None else starting_after)
+    return json_response(run.body if run is not None else _stored(state, response_id))
+
+
+@router.post(
+    "/v1/responses/{response_id}/cancel",
+    summary="Cancel a background response",
+    description=(
+        "Stops a background response that is queued or in progress; its status becomes "
+        "`cancelled`. Cancelling one that has ended returns it as it is."
+    ),
+    responses={404: ERRORS[404], 400: ERRORS[400]},
+)
+async def cancel_response(response_id: str, state: AppStateDep) -> Response:
+    run = state["background"].get(response_id)
+    if run is None:
+        _stored(state, response_id)  # 404 if unknown
+        raise InvalidRequestError(
+            "Only background responses can be cancelled.", param="response_id"
+        )
+    return json_response(await state["background"].cancel(run))
+
+
+def _stored(state: AppState, response_id: str) -> dict[str, Any]:
     body = state["responses"].retrieve(response_id)
     if body is None:
         raise NotFoundError(f"No response with id '{response_id}' is stored.", param="response_id")
-    return json_response(body)
+    return body

@@ -268,10 +268,19 @@ class ResponseService:
         followed by ``response.failed`` would end this turn and the next.
         """
         builder = _Builder(response, encode, websocket=websocket)
+        # A background response is queued until its first token: it has its
+        # response.queued, and its response.in_progress comes with that token.
+        queued = response.background
         try:
-            yield builder.event("response.created", response=builder.body("in_progress"))
-            yield builder.event("response.in_progress", response=builder.body("in_progress"))
+            first = "queued" if queued else "in_progress"
+            yield builder.event("response.created", response=builder.body(first))
+            yield builder.event(f"response.{first}", response=builder.body(first))
             async for batch in self._generation.batches(admission):
+                if queued:
+                    queued = False
+                    yield builder.event(
+                        "response.in_progress", response=builder.body("in_progress")
+                    )
                 for _, delta in batch:
                     for frame in builder.add(delta):
                         yield frame
