@@ -212,7 +212,8 @@ async def test_a_mid_stream_error_is_an_in_stream_event_on_every_route(
     responses = await client.post(
         "/v1/responses", json={"input": "hi", "stream": True}, headers=fault
     )
-    assert responses.text.rstrip("\n").split("\n\n")[-1].startswith("event: response.failed\n")
+    *_, failed, done = responses.text.rstrip("\n").split("\n\n")
+    assert (failed.startswith("event: response.failed\n"), done) == (True, "data: [DONE]")
     whole = await client.post("/v1/chat/completions", json=chat("hi"), headers={**fault, **JSON})
     assert whole.status_code == 500
 

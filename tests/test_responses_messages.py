@@ -21,9 +21,16 @@ WEATHER = {
 }
 
 
-def named_events(body: str) -> list[tuple[str, dict[str, Any]]]:
-    """``(event name, data)`` pairs, checking the name matches the data's type."""
+def named_events(body: str, *, done: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """``(event name, data)`` pairs, checking the name matches the data's type.
+
+    ``done``: the stream ends with ``data: [DONE]`` (Responses), and nowhere else.
+    """
     assert "\r" not in body
+    if done:
+        assert body.endswith("\n\ndata: [DONE]\n\n")
+        body = body.removesuffix("data: [DONE]\n\n")
+    assert "[DONE]" not in body
     events = []
     for frame in body.strip("\n").split("\n\n"):
         event_line, data_line = frame.split("\n")
@@ -36,7 +43,7 @@ def named_events(body: str) -> list[tuple[str, dict[str, Any]]]:
 
 async def test_responses_stream_follows_the_documented_order(client: httpx.AsyncClient) -> None:
     response = await client.post(RESPONSES, json={"input": "Explain DNS", "stream": True})
-    events = named_events(response.text)
+    events = named_events(response.text, done=True)
     names = [name for name, _ in events]
     assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
     assert names[:5] == [
@@ -52,7 +59,6 @@ async def test_responses_stream_follows_the_documented_order(client: httpx.Async
         "response.output_item.done",
         "response.completed",
     ]
-    assert "[DONE]" not in response.text
     final = Response.model_validate(events[-1][1]["response"])
     deltas = "".join(d["delta"] for n, d in events if n == "response.output_text.delta")
     assert final.output_text == deltas
@@ -98,7 +104,7 @@ async def test_responses_stream_function_call_events(client: httpx.AsyncClient) 
     response = await client.post(
         RESPONSES, json={"input": "Weather in Oslo?", "tools": tools, "stream": True}
     )
-    events = named_events(response.text)
+    events = named_events(response.text, done=True)
     names = [n for n, _ in events]
     assert "response.function_call_arguments.delta" in names
     done = next(d for n, d in events if n == "response.function_call_arguments.done")

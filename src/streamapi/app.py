@@ -41,6 +41,7 @@ from streamapi.serving.chat import ChatService
 from streamapi.serving.completions import CompletionService
 from streamapi.serving.embeddings import EmbeddingService
 from streamapi.serving.generation import Generation
+from streamapi.serving.response_runs import BackgroundRuns
 from streamapi.serving.responses import ResponseService, ResponseStore
 from streamapi.settings import Settings
 from streamapi.state import create_state
@@ -55,6 +56,7 @@ _EXTRA_SCHEMAS: tuple[type[BaseModel], ...] = (
     openai.CompletionRequest,
     openai.EmbeddingRequest,
     responses.ResponseRequest,
+    responses.CompactRequest,
     anthropic.MessageCreateRequest,
     RulesFile,
 )
@@ -109,6 +111,13 @@ def create_app(
         per_event = settings.tokens_per_event
         # With several workers, what a scrape of another worker shows of this one.
         publisher = asyncio.create_task(metrics.publish_forever()) if metrics.multiprocess else None
+        response_service = ResponseService(
+            generation,
+            ResponseStore(
+                settings.responses_store_size, None if redis is None else redis.responses
+            ),
+        )
+        background = BackgroundRuns(response_service, lifecycle, settings.responses_store_size)
         try:
             yield AppState(
                 settings=settings,
@@ -124,19 +133,16 @@ def create_app(
                 chat=ChatService(generation, tokens_per_event=per_event),
                 completions=CompletionService(generation, tokens_per_event=per_event),
                 embeddings=EmbeddingService(generation),
-                responses=ResponseService(
-                    generation,
-                    ResponseStore(
-                        settings.responses_store_size,
-                        None if redis is None else redis.responses,
-                    ),
-                ),
+                responses=response_service,
+                background=background,
                 messages=MessageService(generation),
                 control=control,
                 shared=shared,
                 started_at=int(time.time()),
             )
         finally:
+            # Before the engine closes: a background run must not outlive the app.
+            await background.aclose()
             if publisher is not None:
                 publisher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -111,6 +111,9 @@ def _uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
         port=settings.port,
         log_config=None,
         log_level=settings.log_level,
+        # The Responses API's WebSocket mode, on the websockets library's
+        # Sans-I/O core (its legacy API, uvicorn's "auto", is deprecated).
+        ws="websockets-sansio",
         timeout_keep_alive=int(settings.keep_alive_timeout_s),
         timeout_graceful_shutdown=int(
             settings.shutdown_grace_period_s + _UVICORN_SHUTDOWN_MARGIN_S

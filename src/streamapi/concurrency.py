@@ -62,9 +62,10 @@ class ConcurrencyLimiter:
         self.open += 1
         return ConcurrencyLease(self, key)
 
-    async def acquire_shared(self, principal: Principal | None) -> ConcurrencyLease:
-        """``acquire``, counted across processes: this process's count first (a lower
-        bound), then a lease in the shared store, which lapses if this process dies."""
+    async def take(self, principal: Principal | None) -> ConcurrencyLease:
+        """``acquire``, and with a shared store counted across processes: this process's
+        count first (a lower bound), then a lease in the shared store, which lapses if
+        this process dies. Every generation path takes its lease here."""
         lease = self.acquire(principal)
         cap = 0 if principal is None else principal.max_concurrent_requests
         per_key = self._per_key if cap is None else cap

@@ -188,6 +188,9 @@ class AuthMiddleware:
         self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self.keys.enabled:
+            await self._websocket(scope, receive, send)
+            return
         if (
             scope["type"] != "http"
             or not self.keys.enabled
@@ -218,6 +221,18 @@ class AuthMiddleware:
             )
             response = render(error, dialect, scope_keys.state_of(scope).get(scope_keys.REQUEST_ID))
             await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})[scope_keys.PRINCIPAL] = principal
+        await self.app(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake without a valid key is refused (HTTP 403, close 1008)."""
+        principal = self._principal(Headers(scope=scope))
+        if principal is None:
+            logger.info("WEBSOCKET %s -> 403 (no valid key)", scope["path"])
+            if self.on_error is not None:
+                self.on_error(AuthenticationError("Missing or incorrect API key."))
+            await send({"type": "websocket.close", "code": 1008, "reason": "Invalid API key."})
             return
         scope.setdefault("state", {})[scope_keys.PRINCIPAL] = principal
         await self.app(scope, receive, send)

@@ -284,7 +284,7 @@ def _start_thread(values: dict[str, Any], admin_key: str) -> tuple[str, Callable
         create_app(settings, lifecycle=lifecycle),
         log_config=None,  # the test process's logging stays as it is
         access_log=False,
-        ws="none",
+        ws="websockets-sansio",  # the Responses API's WebSocket mode, as serve runs it
         lifespan="on",
         timeout_graceful_shutdown=int(_STOP_TIMEOUT_S / 2),
     )

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from streamapi.api import anthropic, openai, ops, responses, tokens
+from streamapi.api import anthropic, openai, ops, responses, responses_ws, tokens
 from streamapi.errors import ErrorDialects
 
 ROUTERS: tuple[APIRouter, ...] = (
     openai.router,
     responses.router,
+    responses_ws.router,
     anthropic.router,
     tokens.router,
     ops.router,

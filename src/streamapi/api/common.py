@@ -32,6 +32,7 @@ from streamapi.serving.chat import ChatService
 from streamapi.serving.completions import CompletionService
 from streamapi.serving.embeddings import EmbeddingService
 from streamapi.serving.generation import Admission, Generation, Job, TestOverrides
+from streamapi.serving.response_runs import BackgroundRuns
 from streamapi.serving.responses import ResponseService
 from streamapi.settings import Settings
 from streamapi.state.base import SharedState
@@ -74,6 +75,7 @@ class AppState(TypedDict):
     completions: CompletionService
     embeddings: EmbeddingService
     responses: ResponseService
+    background: BackgroundRuns
     messages: MessageService
     control: Control
     shared: SharedState
@@ -243,12 +245,7 @@ async def respond(
     plan = await state["control"].plan(request, job.job, streamed=streamed)
     generation = state["generation"]
     # Admission releases the lease if it fails, and Admission.aclose once it ends.
-    limiter = state["limiter"]
-    lease = (
-        limiter.acquire(principal_of(request))
-        if limiter.shared is None
-        else await limiter.acquire_shared(principal_of(request))
-    )
+    lease = await state["limiter"].take(principal_of(request))
     admission = await generation.admit(
         plan.job,
         arrived_at=scope_keys.arrival_time(request.scope),
@@ -284,7 +281,11 @@ def check_model_access(request: Request, model: str) -> None:
     404 rather than 403, as OpenAI answers: "does not exist or you do not have
     access to it", so a key learns nothing of the models it may not use.
     """
-    principal = principal_of(request)
+    check_principal_access(principal_of(request), model)
+
+
+def check_principal_access(principal: Principal | None, model: str) -> None:
+    """``check_model_access`` for a caller already known (a WebSocket's handshake)."""
     if principal is not None and not principal.may_use(model):
         raise ModelNotFoundError(model)
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from streamapi import scope_keys, sse
 from streamapi.api.common import (
     ERRORS,
+    AppState,
     AppStateDep,
     RequestOnlyRoute,
+    check_model_access,
     json_response,
+    principal_of,
     read_json,
     refuse_early,
     respond,
@@ -17,8 +23,9 @@ from streamapi.api.common import (
     state_of,
     validate,
 )
-from streamapi.errors import NotFoundError
-from streamapi.schemas.responses import ResponseRequest
+from streamapi.errors import InvalidRequestError, NotFoundError
+from streamapi.schemas.responses import CompactRequest, ResponseRequest
+from streamapi.serving.response_runs import Run
 
 router = APIRouter(route_class=RequestOnlyRoute)
 
@@ -40,7 +47,7 @@ _REQUEST_BODY = {
         "and their outputs), `instructions`, `tools`, `text.format`, `max_output_tokens`, "
         "`previous_response_id`. With `stream` true, named events from `response.created` "
         "to `response.completed` (or `response.incomplete`), each with a "
-        "`sequence_number`; no `[DONE]`."
+        "`sequence_number`, then `data: [DONE]`."
     ),
     responses={
         200: {
@@ -60,16 +67,113 @@ async def create_response(request: Request) -> Response:
     parsed = validate(ResponseRequest, await read_json(request))
     if parsed.previous_response_id is not None:
         await state["responses"].load(parsed.previous_response_id)
+    if parsed.background:
+        return await _start_background(request, state, parsed)
     return await respond(request, state, state["responses"], parsed, streamed=bool(parsed.stream))
+
+
+async def _start_background(request: Request, state: AppState, parsed: ResponseRequest) -> Response:
+    """Admit the job now (refusals are statuses), run it on its own, answer at once."""
+    service = state["responses"]
+    response = service.prepare(parsed)
+    check_model_access(request, response.job.model)
+    plan = await state["control"].plan(request, response.job, streamed=True)
+    lease = await state["limiter"].take(principal_of(request))
+    admission = await state["generation"].admit(
+        plan.job,
+        arrived_at=scope_keys.arrival_time(request.scope),
+        overrides=plan.overrides(None),
+        request_id=scope_keys.state_of(request.scope).get(scope_keys.REQUEST_ID),
+        lease=lease,
+    )
+    plan.arm(admission)
+    run = state["background"].start(response, admission)
+    if parsed.stream:
+        return _follow(state, run, -1)
+    return json_response(run.body)
+
+
+def _follow(state: AppState, run: Run, starting_after: int) -> Response:
+    """A background run's events as SSE; leaving this stream leaves the run going."""
+    settings = state["settings"]
+    return sse.EventStreamResponse(
+        run.follow(starting_after),
+        ping_interval_s=settings.ping_interval_s,
+        send_timeout_s=settings.send_timeout_s,
+    )
+
+
+@router.post(
+    "/v1/responses/compact",
+    summary="Compact a conversation",
+    description=(
+        "A conversation (`input` and/or `previous_response_id`) in; a window to start a new "
+        "one from out: the user's messages and one `compaction` item to hand back as input."
+    ),
+    responses={200: {"description": "A `response.compaction` object."}, **ERRORS},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/CompactRequest"}}
+            },
+        }
+    },
+)
+async def compact_response(request: Request) -> Response:
+    state = state_of(request)
+    refuse_early(request, state)
+    parsed = validate(CompactRequest, await read_json(request))
+    if parsed.previous_response_id is not None:
+        await state["responses"].load(parsed.previous_response_id)
+    return json_response(state["responses"].compact(parsed))
 
 
 @router.get(
     "/v1/responses/{response_id}",
     summary="Retrieve a stored response",
-    responses={404: ERRORS[404]},
+    description=(
+        "A stored Response object; a background one as it stands (`queued`, `in_progress`, "
+        "then its final status). With `stream=true`, a background response's events after "
+        "sequence number `starting_after` (all of them without it), then the rest as they come."
+    ),
+    responses={404: ERRORS[404], 400: ERRORS[400]},
 )
-async def retrieve_response(response_id: str, state: AppStateDep) -> Response:
+async def retrieve_response(
+    response_id: str, state: AppStateDep, stream: bool = False, starting_after: int | None = None
+) -> Response:
+    run = state["background"].get(response_id)
+    if stream:
+        if run is None:
+            await _stored(state, response_id)  # 404 if unknown
+            raise InvalidRequestError(
+                "Only background responses can be streamed again.", param="stream"
+            )
+        return _follow(state, run, -1 if starting_after is None else starting_after)
+    return json_response(run.body if run is not None else await _stored(state, response_id))
+
+
+@router.post(
+    "/v1/responses/{response_id}/cancel",
+    summary="Cancel a background response",
+    description=(
+        "Stops a background response that is queued or in progress; its status becomes "
+        "`cancelled`. Cancelling one that has ended returns it as it is."
+    ),
+    responses={404: ERRORS[404], 400: ERRORS[400]},
+)
+async def cancel_response(response_id: str, state: AppStateDep) -> Response:
+    run = state["background"].get(response_id)
+    if run is None:
+        await _stored(state, response_id)  # 404 if unknown
+        raise InvalidRequestError(
+            "Only background responses can be cancelled.", param="response_id"
+        )
+    return json_response(await state["background"].cancel(run))
+
+
+async def _stored(state: AppState, response_id: str) -> dict[str, Any]:
     body = await state["responses"].retrieve(response_id)
     if body is None:
         raise NotFoundError(f"No response with id '{response_id}' is stored.", param="response_id")
-    return json_response(body)
+    return body

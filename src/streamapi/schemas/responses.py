@@ -68,6 +68,14 @@ class ReasoningItem(Request):
     type: Literal["reasoning"]
 
 
+class CompactionItem(Request):
+    """The window ``POST /v1/responses/compact`` returned, handed back as input."""
+
+    type: Literal["compaction"]
+    encrypted_content: str = Field(max_length=10_485_760)
+    id: str | None = None
+
+
 def _item_type(value: Any) -> str:
     # Messages may omit "type"; everything else names itself.
     if isinstance(value, dict):
@@ -79,7 +87,8 @@ InputItem = Annotated[
     Annotated[MessageItem, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
-    | Annotated[ReasoningItem, Tag("reasoning")],
+    | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[CompactionItem, Tag("compaction")],
     Discriminator(_item_type),
 ]
 
@@ -150,3 +159,26 @@ class ResponseRequest(Request):
     metadata: dict[str, str] | None = None
     user: str | None = None
     seed: int | None = Field(default=None, description="Extension: a deterministic answer.")
+    # Accepted and echoed in the Response (Open Responses requires them there);
+    # the simulator's sampling does not model penalties or log probabilities.
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_tool_calls: int | None = Field(default=None, ge=1)
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    background: bool | None = Field(
+        default=False,
+        description="Run after the request returns: poll GET /v1/responses/{id}, or stream it.",
+    )
+
+
+class CompactRequest(Request):
+    """``POST /v1/responses/compact``: a conversation in, a shorter window out."""
+
+    model: str
+    input: str | list[InputItem] | None = None
+    previous_response_id: str | None = None
+    instructions: str | None = None
+    prompt_cache_key: str | None = None

@@ -5,19 +5,25 @@ output item (reasoning, message or function call) its ``*.added`` events
 before its deltas and its ``*.done`` events after, and finally
 ``response.completed`` (``response.incomplete`` when ``max_output_tokens``
 cut it). Every event names itself in ``event:`` and ``type`` and carries a
-``sequence_number`` from 0. There is no ``[DONE]``. Finished responses are
-kept in a bounded in-memory store for ``previous_response_id``.
+``sequence_number`` from 0, and the stream ends with ``data: [DONE]`` (Open
+Responses requires it; OpenAI's SDKs stop on it). Finished responses are kept
+in a bounded in-memory store for ``previous_response_id``; a WebSocket
+connection keeps its ``store: false`` responses in a ``ResponseStore`` of its
+own. The same events feed the WebSocket mode (one JSON message each) and
+background runs (``serving.response_runs``).
 """
 
 from __future__ import annotations
 
-import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from streamapi import sse
 from streamapi.engines.protocol import (
@@ -29,6 +35,8 @@ from streamapi.engines.protocol import (
 )
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.responses import (
+    CompactionItem,
+    CompactRequest,
     FunctionCallItem,
     FunctionCallOutputItem,
     InputImage,
@@ -39,13 +47,29 @@ from streamapi.schemas.responses import (
     TextFormatJSONObject,
     TextFormatJSONSchema,
 )
+from streamapi.serving import compaction
 from streamapi.serving.generation import Admission, Generation, Job
 from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
 from streamapi.serving.stream_errors import GenerationFailed
 from streamapi.serving.usage import Usage
 from streamapi.state.base import ResponseStorage, StateUnavailableError
+from streamapi.text.tokenizer import count_chat_tokens
 
-logger = logging.getLogger(__name__)
+Encode = Callable[[str, dict[str, Any]], bytes]
+"""How one event leaves: an SSE frame, a WebSocket message, or a background run's log."""
+
+
+def sse_event(kind: str, payload: dict[str, Any]) -> bytes:
+    return sse.encode_event(kind, payload)
+
+
+def json_event(kind: str, payload: dict[str, Any]) -> bytes:
+    """A WebSocket message: the event's JSON alone (its ``type`` names it)."""
+    return orjson.dumps(payload)
+
+
+class PreviousResponseNotFoundError(InvalidRequestError):
+    code = "previous_response_not_found"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +114,9 @@ class ResponseStore:
     def get(self, response_id: str) -> StoredResponse | None:
         return self._items.get(response_id)
 
+    def discard(self, response_id: str) -> None:
+        self._items.pop(response_id, None)
+
     def put(self, response_id: str, stored: StoredResponse) -> None:
         if self._capacity == 0:
             return
@@ -108,6 +135,7 @@ class ResponseJob:
     messages: tuple[PromptMessage, ...]
     call_names: dict[str, str]
     store: bool
+    background: bool = False
 
 
 class ResponseService:
@@ -126,20 +154,17 @@ class ResponseService:
         stored = self._store.get(response_id)
         return None if stored is None else stored.body
 
-    def prepare(self, request: ResponseRequest) -> ResponseJob:
-        """Check everything that can fail before the first byte."""
+    def prepare(
+        self, request: ResponseRequest, *, session: ResponseStore | None = None
+    ) -> ResponseJob:
+        """Check everything that can fail before the first byte.
+
+        ``session`` is a WebSocket connection's own store: its ``store: false``
+        responses, which a later turn of the same connection may continue.
+        """
         generation = self._generation
         model = generation.resolve_model(request.model)
-        history: tuple[PromptMessage, ...] = ()
-        call_names: dict[str, str] = {}
-        if request.previous_response_id is not None:
-            previous = self._store.get(request.previous_response_id)
-            if previous is None:
-                raise InvalidRequestError(
-                    f"Previous response with id '{request.previous_response_id}' not found.",
-                    param="previous_response_id",
-                )
-            history, call_names = previous.messages, dict(previous.call_names)
+        history, call_names = self._history(request.previous_response_id, session)
         messages = [
             *history,
             *_input_messages(
@@ -176,21 +201,132 @@ class ResponseService:
             reasoning=generation.reasons(model, None if effort is None else effort != "none"),
         )
         job = generation.job([template], id_prefix="resp_")
+        background = bool(request.background)
+        store = request.store is not False
+        if background and not store:
+            raise InvalidRequestError(
+                "Background responses must be stored: background needs store true.",
+                param="background",
+            )
         return ResponseJob(
             job=job,
             echo=_echo(request, tools_given=request.tools or [], tool_choice=choice),
             messages=tuple(messages),
             call_names=call_names,
-            store=request.store is not False,
+            store=store,
+            background=background,
         )
 
+    def compact(self, request: CompactRequest) -> dict[str, Any]:
+        """``POST /v1/responses/compact``: the conversation as a window to start over from.
+
+        As OpenAI's, the window keeps the user's messages as they are and puts
+        everything else (the assistant's answers, tool calls and their
+        results) in one compaction item, to be handed back as input; the
+        instructions are not kept. The simulator does not summarise: the item
+        holds those messages whole (``serving.compaction``).
+        """
+        generation = self._generation
+        model = generation.resolve_model(request.model)
+        history, call_names = self._history(request.previous_response_id, None)
+        given = request.input if request.input is not None else []
+        messages = [
+            *history,
+            *_input_messages(
+                given,
+                call_names,
+                lambda detail, param: generation.image_tokens(model, detail, param=param),
+            ),
+        ]
+        if not messages:
+            raise InvalidRequestError(
+                "Nothing to compact: give input or a previous_response_id.", param="input"
+            )
+        users = [m for m in messages if m.role == "user"]
+        others = [m for m in messages if m.role != "user"]
+        output: list[dict[str, Any]] = [
+            {
+                "id": f"msg_{uuid.uuid4().hex}",
+                "type": "message",
+                "status": "completed",
+                "role": "user",
+                "content": [{"type": "input_text", "text": m.content}],
+            }
+            for m in users
+        ]
+        output.append(
+            {
+                "id": f"cmp_{uuid.uuid4().hex}",
+                "type": "compaction",
+                "encrypted_content": compaction.encode(others),
+            }
+        )
+        prompt = count_chat_tokens(m.content for m in messages)
+        window = count_chat_tokens(m.content for m in others)
+        return {
+            "id": f"resp_{uuid.uuid4().hex}",
+            "object": "response.compaction",
+            "created_at": int(time.time()),
+            "model": model,
+            "output": output,
+            "usage": {
+                "input_tokens": prompt,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": window,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt + window,
+            },
+        }
+
+    def _history(
+        self, previous_id: str | None, session: ResponseStore | None
+    ) -> tuple[tuple[PromptMessage, ...], dict[str, str]]:
+        if previous_id is None:
+            return (), {}
+        previous = session.get(previous_id) if session is not None else None
+        previous = previous or self._store.get(previous_id)
+        if previous is None:
+            raise PreviousResponseNotFoundError(
+                f"Previous response with id '{previous_id}' not found.",
+                param="previous_response_id",
+            )
+        return previous.messages, dict(previous.call_names)
+
     async def stream(self, response: ResponseJob, admission: Admission) -> AsyncIterator[bytes]:
-        """The event stream, from ``response.created`` to its terminal event."""
-        builder = _Builder(response)
+        """The SSE stream, from ``response.created`` to its terminal event and ``[DONE]``."""
+        async for frame in self.events(response, admission, sse_event):
+            yield frame
+        yield sse.DONE
+
+    async def events(
+        self,
+        response: ResponseJob,
+        admission: Admission,
+        encode: Encode,
+        *,
+        session: ResponseStore | None = None,
+        websocket: bool = False,
+    ) -> AsyncIterator[bytes]:
+        """Every event of one response, each as ``encode`` renders it.
+
+        Over a WebSocket a failure is ``response.failed`` alone: the client
+        takes an ``error`` message as the end of the turn, so an ``error``
+        followed by ``response.failed`` would end this turn and the next.
+        """
+        builder = _Builder(response, encode, websocket=websocket)
+        # A background response is queued until its first token: it has its
+        # response.queued, and its response.in_progress comes with that token.
+        queued = response.background
         try:
-            yield builder.event("response.created", response=builder.body("in_progress"))
-            yield builder.event("response.in_progress", response=builder.body("in_progress"))
+            first = "queued" if queued else "in_progress"
+            yield builder.event("response.created", response=builder.body(first))
+            yield builder.event(f"response.{first}", response=builder.body(first))
             async for batch in self._generation.batches(admission):
+                if queued:
+                    queued = False
+                    yield builder.event(
+                        "response.in_progress", response=builder.body("in_progress")
+                    )
                 for _, delta in batch:
                     for frame in builder.add(delta):
                         yield frame
@@ -198,7 +334,7 @@ class ResponseService:
                 yield frame
             status = builder.status()
             body = builder.body(status)
-            await self._keep(response, builder, body)
+            await self._keep(response, builder, body, session)
             yield builder.event(f"response.{status}", response=body)
         except Exception as exc:
             for frame in self._generation.stream_error(exc, response.job.id, builder.failure):
@@ -206,7 +342,7 @@ class ResponseService:
 
     async def complete(self, response: ResponseJob, admission: Admission) -> dict[str, Any]:
         """The whole Response object (``stream`` false)."""
-        builder = _Builder(response)
+        builder = _Builder(response, sse_event)
         async for batch in self._generation.batches(admission):
             for _, delta in batch:
                 builder.add(delta)
@@ -215,8 +351,14 @@ class ResponseService:
         await self._keep(response, builder, body)
         return body
 
-    async def _keep(self, response: ResponseJob, builder: _Builder, body: dict[str, Any]) -> None:
-        if not response.store:
+    async def _keep(
+        self,
+        response: ResponseJob,
+        builder: _Builder,
+        body: dict[str, Any],
+        session: ResponseStore | None = None,
+    ) -> None:
+        if not response.store and session is None:
             return
         said: list[PromptMessage] = []
         names = dict(response.call_names)
@@ -232,7 +374,11 @@ class ResponseService:
                     )
                 )
         conversation = tuple(m for m in response.messages if m.role != "system")
-        await self._store.keep(body["id"], StoredResponse(body, (*conversation, *said), names))
+        stored = StoredResponse(body, (*conversation, *said), names)
+        if response.store:
+            await self._store.keep(body["id"], stored)
+        elif session is not None:
+            session.put(body["id"], stored)
 
 
 def _frozen(stored: StoredResponse) -> dict[str, Any]:
@@ -287,8 +433,10 @@ class _Item:
 class _Builder:
     """Builds one response's output items and numbers its events."""
 
-    def __init__(self, response: ResponseJob) -> None:
+    def __init__(self, response: ResponseJob, encode: Encode, *, websocket: bool = False) -> None:
         self._response = response
+        self._encode = encode
+        self._websocket = websocket
         self._sequence = 0
         self._item: _Item | None = None
         self.output: list[dict[str, Any]] = []
@@ -299,13 +447,15 @@ class _Builder:
         """An ``error`` event, then ``response.failed``: how a Response stream breaks."""
         code = "server_error" if isinstance(error, GenerationFailed) else error.code
         failed = {"code": error.code or error.type, "message": error.message}
-        return [
-            self.event("error", code=code, message=error.message, param=error.param),
-            self.event("response.failed", response=self.body("failed", error=failed)),
-        ]
+        terminal = self.event("response.failed", response=self.body("failed", error=failed))
+        if self._websocket:
+            return [terminal]
+        # OpenAI's flat error event: a top-level "error" object (Open Responses'
+        # form) would make the openai SDKs raise instead of yielding the event.
+        return [self.event("error", code=code, message=error.message, param=error.param), terminal]
 
     def event(self, kind: str, **fields: Any) -> bytes:
-        frame = sse.encode_event(kind, {"type": kind, "sequence_number": self._sequence, **fields})
+        frame = self._encode(kind, {"type": kind, "sequence_number": self._sequence, **fields})
         self._sequence += 1
         return frame
 
@@ -395,33 +545,13 @@ class _Builder:
         return "incomplete" if self._finish == "length" else "completed"
 
     def body(self, status: str, *, error: dict[str, Any] | None = None) -> dict[str, Any]:
-        job = self._response.job
-        usage = self._usage
-        return {
-            "id": job.id,
-            "object": "response",
-            "created_at": job.created,
-            "status": status,
-            "model": job.model,
-            "output": list(self.output) if status != "in_progress" else [],
-            "error": error,
-            "incomplete_details": {"reason": "max_output_tokens"}
-            if status == "incomplete"
-            else None,
-            **self._response.echo,
-            "usage": None
-            if status == "in_progress"
-            else {
-                "input_tokens": usage.prompt_tokens,
-                "input_tokens_details": {
-                    "cached_tokens": usage.cached_tokens,
-                    "cache_write_tokens": 0,
-                },
-                "output_tokens": usage.completion_tokens,
-                "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-                "total_tokens": usage.total_tokens,
-            },
-        }
+        return response_body(
+            self._response,
+            status,
+            output=self.output,
+            usage=None if status in _UNFINISHED else self._usage,
+            error=error,
+        )
 
     def _open(self, kind: str, delta: TokenDelta) -> list[bytes]:
         index = len(self.output)
@@ -444,6 +574,46 @@ class _Builder:
             part = {"type": "reasoning_text", "text": ""}
             frames.append(self.event("response.content_part.added", **where, part=part))
         return frames
+
+
+_UNFINISHED = frozenset({"queued", "in_progress"})
+
+
+def response_body(
+    response: ResponseJob,
+    status: str,
+    *,
+    output: list[dict[str, Any]],
+    usage: Usage | None,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Response object, with every field Open Responses requires (null where unset)."""
+    job = response.job
+    return {
+        "id": job.id,
+        "object": "response",
+        "created_at": job.created,
+        "completed_at": int(time.time()) if status == "completed" else None,
+        "status": status,
+        "background": response.background,
+        "model": job.model,
+        "output": [] if status in _UNFINISHED else list(output),
+        "error": error,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        **response.echo,
+        "usage": None
+        if usage is None
+        else {
+            "input_tokens": usage.prompt_tokens,
+            "input_tokens_details": {
+                "cached_tokens": usage.cached_tokens,
+                "cache_write_tokens": 0,
+            },
+            "output_tokens": usage.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+            "total_tokens": usage.total_tokens,
+        },
+    }
 
 
 def _item_body(item: _Item, status: str) -> dict[str, Any]:
@@ -485,6 +655,11 @@ def _input_messages(
     call_names: dict[str, str],
     image_cost: Callable[[str | None, str], int],
 ) -> list[PromptMessage]:
+    """The prompt messages of ``input``; ``call_names`` gains the calls it makes.
+
+    A function call's output must answer a call made earlier in the
+    conversation (as OpenAI checks it): one that answers nothing is a 400.
+    """
     if isinstance(value, str):
         return [PromptMessage("user", value)]
     messages = []
@@ -507,12 +682,25 @@ def _input_messages(
                 PromptMessage("assistant", f"{item.name}({item.arguments})", tool_calls=(call,))
             )
         elif isinstance(item, FunctionCallOutputItem):
+            if item.call_id not in call_names:
+                raise InvalidRequestError(
+                    f"No tool call found for function call output with call_id {item.call_id}.",
+                    param=f"input[{index}].call_id",
+                )
             output = _text(item.output, param=f"input[{index}].output")
             messages.append(
-                PromptMessage(
-                    "tool", output, call_names.get(item.call_id), tool_call_id=item.call_id
-                )
+                PromptMessage("tool", output, call_names[item.call_id], tool_call_id=item.call_id)
             )
+        elif isinstance(item, CompactionItem):
+            restored = compaction.decode(item.encrypted_content)
+            if restored is None:
+                raise InvalidRequestError(
+                    "This compaction item was not made by this server's /v1/responses/compact.",
+                    param=f"input[{index}].encrypted_content",
+                )
+            for message in restored:
+                call_names.update((call.id, call.name) for call in message.tool_calls)
+            messages += restored
     return messages
 
 
@@ -557,7 +745,18 @@ def _echo(request: ResponseRequest, *, tools_given: list[Any], tool_choice: Any)
         "tool_choice": tool_choice.model_dump()
         if hasattr(tool_choice, "model_dump")
         else (tool_choice or "auto"),
-        "tools": [t.model_dump(exclude_none=True) for t in tools_given],
+        # Open Responses requires description, parameters and strict on each
+        # echoed tool: null where the request left them out.
+        "tools": [
+            {
+                "type": "function",
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.parameters,
+                "strict": t.strict,
+            }
+            for t in tools_given
+        ],
         "text": {
             "format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}
         },
@@ -568,4 +767,14 @@ def _echo(request: ResponseRequest, *, tools_given: list[Any], tool_choice: Any)
         "store": request.store is not False,
         "truncation": "disabled",
         "user": request.user,
+        "presence_penalty": request.presence_penalty or 0.0,
+        "frequency_penalty": request.frequency_penalty or 0.0,
+        "top_logprobs": request.top_logprobs or 0,
+        "max_tool_calls": request.max_tool_calls,
+        # The tier a request is served at: "auto" (or none asked) is "default".
+        "service_tier": request.service_tier
+        if request.service_tier not in (None, "auto")
+        else "default",
+        "safety_identifier": request.safety_identifier,
+        "prompt_cache_key": request.prompt_cache_key,
     }

@@ -1,0 +1,153 @@
+"""The Responses API's WebSocket mode: ``ws://.../v1/responses``.
+
+One connection carries a sequence of turns. The client sends
+``{"type": "response.create", ...}`` with a Responses body (no ``stream``,
+``stream_options`` or ``background``: the socket is the stream), and gets every
+event of that response, one JSON message each, up to its terminal event; then
+it may send the next. A turn the server refuses gets one message
+``{"type": "error", "status": <HTTP status>, "error": {...}}`` and the
+connection stays open.
+
+The connection keeps its own ``store: false`` responses, so a later turn on the
+same socket continues one with ``previous_response_id`` while a new connection
+cannot (``previous_response_not_found``). A turn that fails forgets the response
+it tried to continue, so a client that retries starts a clean chain.
+
+The API key is checked at the handshake (``middleware.AuthMiddleware``). Test
+control (rules, faults, rate limits of ``--rules-file``) applies to HTTP
+requests only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from streamapi import scope_keys
+from streamapi.api.common import AppState, check_principal_access, refuse_if_draining, validate
+from streamapi.errors import APIError, InvalidRequestError
+from streamapi.keys import Principal
+from streamapi.schemas.responses import ResponseRequest
+from streamapi.serving.responses import ResponseStore, json_event
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+# A connection's store: false responses it may continue (oldest dropped first).
+SESSION_CAPACITY = 64
+# HTTP-only fields: the socket is the stream, and a turn runs while it is open.
+_FORBIDDEN = ("stream", "stream_options", "background")
+
+
+@router.websocket("/v1/responses")
+async def responses_websocket(websocket: WebSocket) -> None:
+    state: AppState = websocket.scope["state"]
+    principal = scope_keys.state_of(websocket.scope).get(scope_keys.PRINCIPAL)
+    await websocket.accept()
+    session = ResponseStore(SESSION_CAPACITY)
+    try:
+        # Ends when the client closes the socket (or the server drains).
+        while not state["lifecycle"].draining:
+            message = await websocket.receive_text()
+            await _turn(
+                websocket,
+                state,
+                message,
+                session,
+                principal if isinstance(principal, Principal) else None,
+            )
+    except WebSocketDisconnect:
+        return
+    await websocket.close(code=1001, reason="The server is shutting down.")
+
+
+async def _turn(
+    websocket: WebSocket,
+    state: AppState,
+    message: str,
+    session: ResponseStore,
+    principal: Principal | None,
+) -> None:
+    """One ``response.create``: its events, or one error message."""
+    previous_id: str | None = None
+    try:
+        body = _create_event(message)
+        previous = body.get("previous_response_id")
+        previous_id = previous if isinstance(previous, str) else None
+        refuse_if_draining(state["lifecycle"])
+        parsed = validate(ResponseRequest, body)
+        service = state["responses"]
+        if (
+            parsed.previous_response_id is not None
+            and session.get(parsed.previous_response_id) is None
+        ):
+            await service.load(parsed.previous_response_id)
+        response = service.prepare(parsed, session=session)
+        check_principal_access(principal, response.job.model)
+        lease = await state["limiter"].take(principal)
+        admission = await state["generation"].admit(
+            response.job, arrived_at=asyncio.get_running_loop().time(), lease=lease
+        )
+    except APIError as error:
+        if previous_id is not None:
+            session.discard(previous_id)
+        await websocket.send_text(_error_message(error))
+        return
+    lifecycle, metrics = state["lifecycle"], state["metrics"]
+    lifecycle.request_started()
+    metrics.streams_in_flight.inc()
+    try:
+        async for frame in service.events(
+            response, admission, json_event, session=session, websocket=True
+        ):
+            await websocket.send_text(frame.decode())
+        admission.ended = True
+    finally:
+        try:
+            await admission.aclose()
+        finally:
+            lifecycle.request_finished()
+            metrics.streams_in_flight.dec()
+
+
+def _create_event(message: str) -> dict[str, Any]:
+    """The Responses body of a ``response.create`` message, or 400."""
+    try:
+        payload = orjson.loads(message)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"The message is not valid JSON: {exc}.") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequestError("The message must be a JSON object.")
+    kind = payload.pop("type", None)
+    if kind != "response.create":
+        raise InvalidRequestError(
+            f"Unknown message type {kind!r}: send 'response.create'.", param="type"
+        )
+    for name in _FORBIDDEN:
+        if name in payload:
+            raise InvalidRequestError(
+                f"'{name}' is not sent over a WebSocket: every turn streams its events on it.",
+                param=name,
+            )
+    return payload
+
+
+def _error_message(error: APIError) -> str:
+    """The WebSocket mode's error envelope; its ``code`` is always a string."""
+    return orjson.dumps(
+        {
+            "type": "error",
+            "status": int(error.status_code),
+            "error": {
+                "type": error.type,
+                "code": error.code or error.type,
+                "message": error.message,
+                "param": error.param,
+            },
+        }
+    ).decode()
