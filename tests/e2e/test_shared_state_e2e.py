@@ -62,3 +62,18 @@ def test_workers_without_a_state_url_say_once_what_is_per_worker(
     server = server_factory("--workers", "2")
     assert httpx.get(f"{server.base_url}/health", timeout=5).status_code == 200
     assert server.log().count("Without --state-url each worker keeps its own") == 1
+
+
+def test_the_dashboard_of_one_server_shows_the_other_s_requests(
+    streamapi_factory: Callable[..., StreamapiServer], redis_server: RedisServer
+) -> None:
+    from tests.e2e.test_dashboard_events import _events
+
+    first, second = (streamapi_factory(state_url=redis_server.url) for _ in range(2))
+    with openai.OpenAI(base_url=first.openai_base_url, api_key="sk-user", max_retries=0) as client:
+        client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "served by the first"}]
+        )
+    headers = {"Authorization": f"Bearer {second.admin_key}"}
+    (_, _hello), (_, tick) = _events(second.base_url, headers, 2)
+    assert [entry["user"] for entry in tick["journal"]] == ["served by the first"]

@@ -32,6 +32,7 @@ from streamapi.api.common import AppState, AppStateDep
 from streamapi.control.rules import ENDPOINT_PATHS
 from streamapi.errors import AuthenticationError
 from streamapi.middleware import DASHBOARD_ASSETS
+from streamapi.state import StateUnavailableError
 
 # How often the page is sent fresh numbers: live to the eye, cheap to render.
 TICK_S = 0.5
@@ -96,7 +97,10 @@ async def _events(state: AppState) -> AsyncIterator[bytes]:
         journal = state["control"].journal
         changed: list[dict[str, Any]] | None = None
         if journal is not None:
-            entries = journal.entries()
+            try:  # with --state-url, every process's requests
+                entries = await journal.read()
+            except StateUnavailableError:  # Redis lost: this process's own meanwhile
+                entries = journal.entries()
             changed = [entry for entry in entries if sent.get(entry["id"]) != entry]
             sent = {entry["id"]: entry for entry in entries}
         yield sse.encode_event(
