@@ -29,8 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 SUITE_PATH = Path("shared", "conformance", "openresponses")
 INSTALL_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 300
-# Cases for what streamapi does not implement yet: image inputs (issue 16 item 16).
-NOT_IMPLEMENTED = frozenset({"image-input"})
 
 
 def _suite() -> Path | None:
@@ -64,7 +62,11 @@ def _run(suite: Path, base_url: str, *options: str, timeout_s: float) -> Any:
 
 @pytest.fixture(scope="module")
 def server(module_server_factory: ServerFactory) -> Iterator[ServerProcess]:
-    yield module_server_factory("--time-to-first-token-ms", "5", "--inter-token-latency-ms", "0")
+    # The suite sends its image case to the model it tests: sim-small reads images here.
+    yield module_server_factory(
+        "--time-to-first-token-ms", "5", "--inter-token-latency-ms", "0",
+        "--vision-model-pattern", "^sim-small$",
+    )  # fmt: skip
 
 
 def test_open_responses_compliance(server: ServerProcess) -> None:
@@ -89,5 +91,5 @@ def test_open_responses_compliance(server: ServerProcess) -> None:
         for result in report["results"]
         if result["status"] != "passed"
     }
-    assert set(failed) <= NOT_IMPLEMENTED, failed
-    assert report["summary"]["passed"] >= report["summary"]["total"] - len(NOT_IMPLEMENTED)
+    assert failed == {}
+    assert report["summary"]["passed"] == report["summary"]["total"] > 0
