@@ -6,7 +6,6 @@ Bearer <admin key>``, compared in constant time; anything else gets 401.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 import orjson
@@ -15,10 +14,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from streamapi.api.common import ERRORS, AppState, AppStateDep
+from streamapi.api.common import ERRORS, AppState, AppStateDep, check_admin_key
 from streamapi.control.hooks import Control
 from streamapi.control.rules import RulesError, parse_rules, parse_text
-from streamapi.errors import AuthenticationError, InvalidRequestError
+from streamapi.errors import InvalidRequestError
 from streamapi.fault_grammar import FaultSyntaxError, parse_fault_choices
 from streamapi.settings import Settings
 from streamapi.state import PER_WORKER
@@ -31,13 +30,8 @@ async def _authorize(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     key = state["settings"].admin_key
-    given = "" if credentials is None else credentials.credentials
-    if key is None or not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
-        raise AuthenticationError(
-            "Missing or wrong admin key: send 'Authorization: Bearer <admin key>'.",
-            code="invalid_admin_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    given = None if credentials is None else credentials.credentials
+    check_admin_key(key, given, what="send")
 
 
 router = APIRouter(

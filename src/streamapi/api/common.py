@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Protocol, TypedDict, TypeVar
@@ -10,13 +11,14 @@ from typing import Annotated, Any, Protocol, TypedDict, TypeVar
 import orjson
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.responses import Response
 
 from streamapi import scope_keys, sse
 from streamapi.concurrency import ConcurrencyLimiter
 from streamapi.control.hooks import Control
 from streamapi.errors import (
+    AuthenticationError,
     InvalidRequestError,
     ModelNotFoundError,
     ServiceUnavailableError,
@@ -392,3 +394,15 @@ def _header_number(value: str | None, name: str, most: float) -> float | None:
             f"{name} must be a number from 0 to {most:g}; got {value!r}.", param=name
         )
     return number
+
+
+def check_admin_key(key: SecretStr | None, given: str | None, *, what: str) -> None:
+    """``AuthenticationError`` (401) unless ``given`` is the admin key (none set: never)."""
+    if key is None or not hmac.compare_digest(
+        (given or "").encode(), key.get_secret_value().encode()
+    ):
+        raise AuthenticationError(
+            f"Missing or wrong admin key: {what} 'Authorization: Bearer <admin key>'.",
+            code="invalid_admin_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -14,7 +14,6 @@ set; the page's controls call the admin API itself.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import math
 import time
 from collections.abc import AsyncIterator
@@ -28,9 +27,8 @@ from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from streamapi import sse
-from streamapi.api.common import AppState, AppStateDep
+from streamapi.api.common import AppState, AppStateDep, check_admin_key
 from streamapi.control.rules import ENDPOINT_PATHS
-from streamapi.errors import AuthenticationError
 from streamapi.middleware import DASHBOARD_ASSETS
 from streamapi.state import StateUnavailableError
 
@@ -45,16 +43,9 @@ async def _authorize(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     key = state["settings"].admin_key
-    if key is None:
-        return
-    given = "" if credentials is None else credentials.credentials
-    if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
-        raise AuthenticationError(
-            "Missing or wrong admin key: the dashboard's events need "
-            "'Authorization: Bearer <admin key>'.",
-            code="invalid_admin_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if key is not None:
+        given = None if credentials is None else credentials.credentials
+        check_admin_key(key, given, what="the dashboard's events need")
 
 
 router = APIRouter(tags=["dashboard"])
