@@ -14,6 +14,7 @@ import orjson
 from streamapi.bench.config import BenchConfig, parse_length, resolve_target
 from streamapi.bench.report import format_report
 from streamapi.bench.runner import run
+from streamapi.cassettes import CassetteError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="streamapi bench",
         description="Load-test any OpenAI-compatible streaming endpoint (streamapi, vLLM, "
         "Ollama, ...) and report TTFT, inter-event gaps, end-to-end latency and throughput. "
-        "Every run is bounded: by --requests, by --duration, or by 100 requests.",
+        "Every run is bounded: by --requests, by --duration, by the cassettes of --replay, "
+        "or by 100 requests.",
     )
     target = parser.add_argument_group("target")
     target.add_argument(
@@ -68,6 +70,20 @@ def _parser() -> argparse.ArgumentParser:
         help="leave requests started in the first S seconds out of the latency statistics",
     )
     load.add_argument("--seed", type=int, default=0, help="seed for prompts and arrivals")
+    replay = parser.add_argument_group("replay")
+    replay.add_argument(
+        "--replay",
+        metavar="DIR|FILE",
+        help="send the requests recorded in these cassettes (streamapi serve --record-dir) at "
+        "their recorded arrival times, each once, instead of generated ones",
+    )
+    replay.add_argument(
+        "--replay-speed",
+        type=float,
+        default=1.0,
+        help="divide the recorded spacing by X: 2 twice as fast, 0 all at once "
+        "(default: %(default)s)",
+    )
     output = parser.add_argument_group("output and process")
     output.add_argument("--json", action="store_true", help="print the report as JSON")
     output.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -90,8 +106,12 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         extra = orjson.loads(args.extra_body)
         if not isinstance(extra, dict):
             raise ValueError("--extra-body must be a JSON object")
+    if args.replay_speed < 0:
+        raise ValueError("--replay-speed must be 0 or more")
+    if args.replay is not None and args.rate is not None:
+        raise ValueError("--replay sends at the recorded times: it takes no --rate")
     requests = args.requests
-    if requests is None and args.duration is None:
+    if requests is None and args.duration is None and args.replay is None:
         requests = 100
     return BenchConfig(
         url=args.url,
@@ -113,6 +133,8 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         warmup_s=args.warmup,
         seed=args.seed,
         progress=not args.no_progress,
+        replay=args.replay,
+        replay_speed=args.replay_speed,
     )
 
 
@@ -139,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             parser.error(f"--cpu {args.cpu}: {exc}")
     _raise_file_limit()
-    report = run(config, loop=args.loop)
+    try:
+        report = run(config, loop=args.loop)
+    except CassetteError as exc:
+        sys.stderr.write(f"streamapi bench: {exc}\n")
+        return 2
     if args.json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
