@@ -5,13 +5,16 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from streamapi import bench, cli
 from streamapi.bench import SSEParser, percentile, summarize
 from streamapi.bench.client import Connection
+from streamapi.bench.replay import schedule
 from streamapi.bench.stats import RequestRecord, Stats
+from streamapi.cassettes import Exchange, dumps_exchanges, write_atomic
 
 
 def _feed_all(parser: SSEParser, pieces: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -313,7 +316,11 @@ def test_bench_imports_nothing_of_the_server() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     ).stdout.split()
     assert "streamapi.bench.runner" in loaded
-    assert [m for m in loaded if m != "streamapi" and not m.startswith("streamapi.bench")] == []
+    # One exception: --replay reads cassettes with streamapi.cassettes, the format's one
+    # reader. It is standard library only and imports nothing else of streamapi (checked
+    # here), so the bench still loads nothing of the server it measures.
+    outside = [m for m in loaded if m != "streamapi" and not m.startswith("streamapi.bench")]
+    assert outside == ["streamapi.cassettes"]
 
 
 def test_python_m_streamapi_bench_runs_the_same_command() -> None:
@@ -332,3 +339,50 @@ def test_streamapi_cli_dispatches_bench(capsys: pytest.CaptureFixture[str]) -> N
         cli.main(["bench", "--help"])
     assert exit_info.value.code == 0
     assert "--concurrency" in capsys.readouterr().out
+
+
+# --- --replay: the schedule read from cassettes ---------------------------------------------
+
+
+def _recorded(question: str, started_at: float | None, took_ms: float) -> Exchange:
+    body = {"model": "up-small", "messages": [{"role": "user", "content": question}]}
+    return Exchange(
+        "sim", "/chat/completions", body, status=200, end_offset_ms=took_ms, started_at=started_at
+    )
+
+
+def test_replay_schedule_keeps_the_recorded_spacing_scaled_by_the_speed(tmp_path: Path) -> None:
+    tape = tmp_path / "tape.jsonl"
+    # Out of order in the file: sent in the order they arrived.
+    exchanges = [_recorded("b", 1000.5, 50), _recorded("a", 1000.0, 50), _recorded("c", 1002.0, 9)]
+    write_atomic(tape, dumps_exchanges(exchanges))
+    plan = schedule(tape, speed=2, model="other")
+    assert [(p.at_s, p.body["messages"][0]["content"]) for p in plan] == [
+        (0.0, "a"),
+        (0.25, "b"),
+        (1.0, "c"),
+    ]
+    assert {(p.endpoint, p.body["model"], p.body["stream"]) for p in plan} == {
+        ("/chat/completions", "other", True)
+    }
+    assert [p.at_s for p in schedule(tape, speed=0)] == [0.0, 0.0, 0.0]
+    assert schedule(tape, speed=1)[0].body["model"] == "up-small"
+
+
+def test_replay_schedule_of_an_older_cassette_sends_each_when_the_last_ended(
+    tmp_path: Path,
+) -> None:
+    # Recorded before started_at was kept: back to back, at the recorded durations.
+    tape = tmp_path / "old.jsonl"
+    write_atomic(tape, dumps_exchanges([_recorded(q, None, 400) for q in "abc"]))
+    assert [p.at_s for p in schedule(tape, speed=1)] == [0.0, 0.4, 0.8]
+
+
+def test_bench_replay_names_a_corrupt_cassette_and_sends_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = tmp_path / "bad.jsonl"
+    tape.write_text('{"format": "streamapi-cassette", "version": 1}\n{"kind": "requ\n')
+    code = bench.main(["--url", _closed_port_url(), "--replay", str(tape), "--no-progress"])
+    assert code == 2
+    assert f"cassette {tape}, line 2: not JSON" in capsys.readouterr().err

@@ -162,6 +162,7 @@ async def test_a_recorded_stream_is_one_line_per_event_with_offsets_and_its_end(
     request = lines[1]
     assert request["upstream"] == "sim" and request["endpoint"] == "/chat/completions"
     assert request["model"] == "up-small" and request["body"]["seed"] == 5
+    assert isinstance(request["started_at"], float)  # Unix time, for bench --replay
     assert request["headers"]["authorization"] == "[redacted]"
     assert lines[2]["status"] == 200
     assert lines[2]["headers"]["content-type"].startswith("text/event-stream")

@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,9 @@ class Exchange:
     end: EndKind = "eof"
     end_offset_ms: float = 0.0
     message: str | None = None
+    started_at: float | None = None
+    """Unix time the request started (absent in cassettes recorded before it was kept):
+    ``streamapi bench --replay`` spaces the requests as they arrived."""
     source: str = ""
     """Where it was read from, ``file:line`` (empty for one being recorded)."""
 
@@ -160,6 +164,7 @@ class Exchange:
                 "upstream": self.upstream,
                 "endpoint": self.endpoint,
                 "model": self.model,
+                **({} if self.started_at is None else {"started_at": self.started_at}),
                 "headers": self.headers,
                 "body": self.body,
             }
@@ -377,11 +382,17 @@ def _read_line(
         body = line["body"]
         if not isinstance(body, dict):
             raise ValueError("'body' must be an object")
+        started_at = line.get("started_at")
+        if started_at is not None and (
+            isinstance(started_at, bool) or not isinstance(started_at, int | float)
+        ):
+            raise ValueError("'started_at' must be a number (Unix time)")
         exchanges[key] = Exchange(
             upstream=str(line.get("upstream", "")),
             endpoint=str(line["endpoint"]),
             body=body,
             headers=dict(line.get("headers") or {}),
+            started_at=None if started_at is None else float(started_at),
             source=source,
         )
         first_line[key] = number
@@ -512,6 +523,8 @@ class Recorder:
             endpoint=endpoint,
             body=self.redactor.body(dict(body)),
             headers=self.redactor.request_headers(headers),
+            # Wall-clock, to the millisecond: when it arrived, for a load replay.
+            started_at=round(time.time(), 3),
         )
         return Tape(self, exchange, clock)
 

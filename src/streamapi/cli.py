@@ -1,4 +1,5 @@
-"""The ``streamapi`` command: ``serve``, ``rules check FILE`` and ``bench``."""
+"""The ``streamapi`` command: ``serve``, ``rules check FILE``, ``cassette to-rules FILE`` and
+``bench``."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from pydantic_settings import CliApp
 
 from streamapi import __version__
 from streamapi.app import create_app
+from streamapi.cassettes import CassetteError, read_cassette, write_atomic
+from streamapi.control.cassette_rules import cassette_rules, dump_rules
 from streamapi.control.rules import RulesError, load_rules
 from streamapi.lifecycle import Lifecycle
 from streamapi.settings import Settings
@@ -41,6 +44,8 @@ usage: streamapi <command> [options]
 commands:
   serve              start the server (streamapi serve --help lists every setting)
   rules check FILE   validate a rules file (YAML or JSON) without serving
+  cassette to-rules FILE [-o OUT]
+                     turn a cassette into a rules file (YAML; to stdout without -o)
   bench              load-test any OpenAI-compatible streaming server (streamapi bench --help)
 
 options:
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args[1:])
     if args[0] == "rules":
         return rules(args[1:])
+    if args[0] == "cassette":
+        return cassette(args[1:])
     if args[0] == "bench":
         # Imported here so that a bench run pays for none of the server's imports
         # beyond this module's own.
@@ -134,6 +141,32 @@ def rules(args: list[str]) -> int:
         return 1
     names = ", ".join(rule.name or f"#{i + 1}" for i, rule in enumerate(loaded))
     sys.stdout.write(f"{path}: {len(loaded)} valid rule(s){': ' + names if names else ''}\n")
+    return 0
+
+
+def cassette(args: list[str]) -> int:
+    """``streamapi cassette to-rules FILE [-o OUT]``: one rule per recorded exchange."""
+    usage = "usage: streamapi cassette to-rules FILE [-o OUT]\n"
+    if args[:1] != ["to-rules"] or len(args) not in (2, 4):
+        sys.stderr.write(usage)
+        return 2
+    source, out = Path(args[1]), None
+    if len(args) == 4:
+        if args[2] not in ("-o", "--output"):
+            sys.stderr.write(usage)
+            return 2
+        out = Path(args[3])
+    try:
+        converted = cassette_rules(read_cassette(source))
+    except (CassetteError, RulesError) as exc:
+        sys.stderr.write(f"streamapi cassette to-rules: {exc}\n")
+        return 1
+    text = dump_rules(converted, source=source.name)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_atomic(out, text)
+        sys.stderr.write(f"{out}: {len(converted)} rule(s) from {source}\n")
     return 0
 
 

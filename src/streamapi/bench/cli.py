@@ -16,6 +16,7 @@ from streamapi.bench.config import BenchConfig, parse_length, resolve_target
 from streamapi.bench.html import render_html
 from streamapi.bench.report import format_report
 from streamapi.bench.runner import run
+from streamapi.cassettes import CassetteError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="streamapi bench",
         description="Load-test any OpenAI-compatible streaming endpoint (streamapi, vLLM, "
         "Ollama, ...) and report TTFT, inter-event gaps, end-to-end latency and throughput. "
-        "Every run is bounded: by --requests, by --duration, or by 100 requests.",
+        "Every run is bounded: by --requests, by --duration, by the cassettes of --replay, "
+        "or by 100 requests.",
     )
     target = parser.add_argument_group("target")
     target.add_argument(
@@ -70,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
         help="leave requests started in the first S seconds out of the latency statistics",
     )
     load.add_argument("--seed", type=int, default=0, help="seed for prompts and arrivals")
+    replay = parser.add_argument_group("replay")
+    replay.add_argument(
+        "--replay",
+        metavar="DIR|FILE",
+        help="send the requests recorded in these cassettes (streamapi serve --record-dir) at "
+        "their recorded arrival times, each once, instead of generated ones",
+    )
+    replay.add_argument(
+        "--replay-speed",
+        type=float,
+        default=1.0,
+        help="divide the recorded spacing by X: 2 twice as fast, 0 all at once "
+        "(default: %(default)s)",
+    )
     output = parser.add_argument_group("output and process")
     output.add_argument("--json", action="store_true", help="print the report as JSON")
     output.add_argument(
@@ -97,8 +113,12 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         extra = orjson.loads(args.extra_body)
         if not isinstance(extra, dict):
             raise ValueError("--extra-body must be a JSON object")
+    if args.replay_speed < 0:
+        raise ValueError("--replay-speed must be 0 or more")
+    if args.replay is not None and args.rate is not None:
+        raise ValueError("--replay sends at the recorded times: it takes no --rate")
     requests = args.requests
-    if requests is None and args.duration is None:
+    if requests is None and args.duration is None and args.replay is None:
         requests = 100
     return BenchConfig(
         url=args.url,
@@ -120,6 +140,8 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         warmup_s=args.warmup,
         seed=args.seed,
         progress=not args.no_progress,
+        replay=args.replay,
+        replay_speed=args.replay_speed,
     )
 
 
@@ -146,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             parser.error(f"--cpu {args.cpu}: {exc}")
     _raise_file_limit()
-    report = run(config, loop=args.loop)
+    try:
+        report = run(config, loop=args.loop)
+    except CassetteError as exc:
+        sys.stderr.write(f"streamapi bench: {exc}\n")
+        return 2
     if args.html:
         page = render_html([(report["url"], report)], title="streamapi bench")
         Path(args.html).write_text(page, encoding="utf-8")

@@ -82,3 +82,6 @@ class BenchConfig:
     warmup_s: float = 0.0
     seed: int = 0
     progress: bool = True
+    replay: str | None = None
+    """A cassette file or directory whose recorded requests are sent at their recorded times."""
+    replay_speed: float = 1.0

@@ -46,6 +46,8 @@ def build_report(
             "ignore_eos": config.ignore_eos,
             "ramp_up_s": config.ramp_up_s,
             "warmup_s": config.warmup_s,
+            "replay": config.replay,
+            "replay_speed": config.replay_speed if config.replay is not None else None,
         },
         "requests": {
             "issued": runner.issued,
@@ -92,7 +94,7 @@ def format_report(report: dict[str, Any]) -> str:
     client = report["client"]
     errors = ", ".join(f"{kind} {count}" for kind, count in requests["errors"].items()) or "none"
     lines = [
-        f"target    {report['url']}  model {report['model'] or '(server default)'}",
+        f"target    {report['url']}  model {_model(report)}",
         f"requests  ok {requests['ok']}  failed {requests['failed']}  (errors: {errors})",
     ]
     for kind, sample in requests["error_samples"].items():
@@ -123,3 +125,10 @@ def format_report(report: dict[str, Any]) -> str:
         + f", {client['loop']}"
     )
     return "\n".join(lines) + "\n"
+
+
+def _model(report: dict[str, Any]) -> str:
+    if report["model"]:
+        return str(report["model"])
+    replay = report["load"].get("replay")
+    return f"as recorded in {replay}" if replay else "(server default)"

@@ -11,12 +11,14 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from streamapi.bench.client import Connection, discover_model
 from streamapi.bench.config import BenchConfig, Target, resolve_target
+from streamapi.bench.replay import Scheduled, schedule
 from streamapi.bench.report import build_report
 from streamapi.bench.stats import RequestRecord, Stats
 
@@ -35,16 +37,25 @@ class Payloads:
         self._target = target
         self._model = model
         self._random = random.Random(config.seed)
+        self._head = self._head_for(target.path)
+
+    def _head_for(self, path: str) -> bytes:
         head = [
-            f"POST {target.path} HTTP/1.1",
-            f"Host: {target.host_header}",
+            f"POST {path} HTTP/1.1",
+            f"Host: {self._target.host_header}",
             "User-Agent: streamapi-bench",
             "Accept: text/event-stream",
             "Content-Type: application/json",
         ]
-        if config.api_key:
-            head.append(f"Authorization: Bearer {config.api_key}")
-        self._head = ("\r\n".join(head) + "\r\nContent-Length: ").encode()
+        if self._config.api_key:
+            head.append(f"Authorization: Bearer {self._config.api_key}")
+        return ("\r\n".join(head) + "\r\nContent-Length: ").encode()
+
+    def recorded(self, request: Scheduled) -> bytes:
+        """A recorded request's bytes: its endpoint under the target's base, its body."""
+        head = self._head_for(self._target.base_path + request.endpoint)
+        encoded = orjson.dumps({**request.body, **self._config.extra_body})
+        return head + str(len(encoded)).encode() + b"\r\n\r\n" + encoded
 
     def next(self) -> bytes:
         config, rng = self._config, self._random
@@ -70,11 +81,18 @@ class Payloads:
 class Runner:
     """Issues the requests, on a closed loop (``concurrency``) or an open one (``rate``)."""
 
-    def __init__(self, config: BenchConfig, target: Target, model: str | None) -> None:
+    def __init__(
+        self,
+        config: BenchConfig,
+        target: Target,
+        model: str | None,
+        replay: list[Scheduled] | None = None,
+    ) -> None:
         self.config = config
         self.target = target
         self.stats = Stats()
         self._payloads = Payloads(config, target, model)
+        self._replay = replay
         self._limit = config.requests if config.requests is not None else sys.maxsize
         self._issued = 0
         self._open = 0
@@ -104,10 +122,19 @@ class Runner:
         guard_s = (config.duration_s or 0) + config.ramp_up_s + config.timeout_s + 10
         if config.requests is not None and config.duration_s is None:
             guard_s = math.inf
+        if self._replay is not None and config.duration_s is None:
+            # A replay is bounded by its cassette: its last arrival, then one request's time.
+            last_s = self._replay[-1].at_s if self._replay else 0.0
+            guard_s = last_s + config.timeout_s + 10
         self._sample(self.started)
         self._progress_handle = asyncio.get_running_loop().call_later(1.0, self._progress)
         try:
-            load = self._closed_loop() if config.rate is None else self._open_loop()
+            if self._replay is not None:
+                load = self._replay_loop(self._replay)
+            elif config.rate is None:
+                load = self._closed_loop()
+            else:
+                load = self._open_loop()
             task = asyncio.ensure_future(load)
             done, _ = await asyncio.wait([task], timeout=None if guard_s == math.inf else guard_s)
             if not done:
@@ -185,9 +212,40 @@ class Runner:
             for connection in idle:
                 connection.close()
 
-    async def _pooled(self, idle: list[Connection], limit: asyncio.Semaphore | None) -> None:
+    async def _replay_loop(self, requests: list[Scheduled]) -> None:
+        """Each recorded request at its (scaled) recorded time, whatever is still open."""
+        config = self.config
+        idle: list[Connection] = []
+        limit = asyncio.Semaphore(config.concurrency) if config.concurrency else None
+        tasks: set[asyncio.Task[None]] = set()
         try:
-            connection = await self._one(idle.pop() if idle else None)
+            for request in requests:
+                delay = min(self.started + request.at_s, self._stop_at) - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if limit is not None:
+                    await limit.acquire()
+                if not self._take():
+                    if limit is not None:
+                        limit.release()
+                    break
+                payload = self._payloads.recorded(request)
+                task = asyncio.ensure_future(self._pooled(idle, limit, payload))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for connection in idle:
+                connection.close()
+
+    async def _pooled(
+        self, idle: list[Connection], limit: asyncio.Semaphore | None, payload: bytes | None = None
+    ) -> None:
+        try:
+            connection = await self._one(idle.pop() if idle else None, payload)
             if connection is not None:
                 idle.append(connection)
         finally:
@@ -200,11 +258,15 @@ class Runner:
         self._issued += 1
         return True
 
-    async def _one(self, connection: Connection | None) -> Connection | None:
-        """One request, on ``connection`` or a new one; the connection if reusable."""
+    async def _one(
+        self, connection: Connection | None, payload: bytes | None = None
+    ) -> Connection | None:
+        """One request (``payload``, else a generated one), on ``connection`` or a new one;
+        the connection if reusable."""
         config = self.config
         request = RequestRecord(measured=time.perf_counter() - self.started >= config.warmup_s)
-        payload = self._payloads.next()
+        if payload is None:
+            payload = self._payloads.next()
         if connection is None or connection.closed:
             try:
                 connection = await self._connect()
@@ -279,8 +341,16 @@ class Runner:
 def run(config: BenchConfig, *, loop: str = "auto") -> dict[str, Any]:
     """Run the load ``config`` describes and return the report (``--json``'s document)."""
     target = resolve_target(config.url, config.route)
-    model = config.model if config.model is not None else discover_model(target, config.api_key)
-    runner = Runner(config, target, model)
+    replay = None
+    if config.replay is not None:
+        # Read first: a cassette that cannot be read fails before any load.
+        replay = schedule(Path(config.replay), speed=config.replay_speed, model=config.model)
+        model = config.model  # each request keeps its recorded model unless --model is given
+    elif config.model is not None:
+        model = config.model
+    else:
+        model = discover_model(target, config.api_key)
+    runner = Runner(config, target, model, replay)
     loop_factory, loop_name = _loop_factory(loop)
     before = resource.getrusage(resource.RUSAGE_SELF)
     with asyncio.Runner(loop_factory=loop_factory) as asyncio_runner:
