@@ -10,7 +10,7 @@ import resource
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,18 +179,33 @@ class Runner:
 
     async def _open_loop(self) -> None:
         config = self.config
-        assert config.rate is not None
+        rate = config.rate
+        assert rate is not None
         rng = random.Random(config.seed + 1)
+
+        def arrivals() -> Iterator[tuple[float, bytes | None]]:
+            arrival = time.perf_counter()
+            while True:
+                arrival += rng.expovariate(rate) if config.arrival == "poisson" else 1 / rate
+                yield arrival, None
+
+        await self._arrivals(arrivals())
+
+    async def _replay_loop(self, requests: list[Scheduled]) -> None:
+        """Each recorded request at its (scaled) recorded time, whatever is still open."""
+        await self._arrivals(
+            (self.started + request.at_s, self._payloads.recorded(request)) for request in requests
+        )
+
+    async def _arrivals(self, arrivals: Iterator[tuple[float, bytes | None]]) -> None:
+        """A request at each arrival (``perf_counter`` time, payload or None for a generated
+        one), however many are still open: the open loop and a replay."""
+        config = self.config
         idle: list[Connection] = []
         limit = asyncio.Semaphore(config.concurrency) if config.concurrency else None
         tasks: set[asyncio.Task[None]] = set()
-        arrival = time.perf_counter()
         try:
-            while True:
-                if config.arrival == "poisson":
-                    arrival += rng.expovariate(config.rate)
-                else:
-                    arrival += 1 / config.rate
+            for arrival, payload in arrivals:
                 # A long gap between arrivals must not outlast --duration.
                 delay = min(arrival, self._stop_at) - time.perf_counter()
                 if delay > 0:
@@ -201,35 +216,6 @@ class Runner:
                     if limit is not None:
                         limit.release()
                     break
-                task = asyncio.ensure_future(self._pooled(idle, limit))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for connection in idle:
-                connection.close()
-
-    async def _replay_loop(self, requests: list[Scheduled]) -> None:
-        """Each recorded request at its (scaled) recorded time, whatever is still open."""
-        config = self.config
-        idle: list[Connection] = []
-        limit = asyncio.Semaphore(config.concurrency) if config.concurrency else None
-        tasks: set[asyncio.Task[None]] = set()
-        try:
-            for request in requests:
-                delay = min(self.started + request.at_s, self._stop_at) - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if limit is not None:
-                    await limit.acquire()
-                if not self._take():
-                    if limit is not None:
-                        limit.release()
-                    break
-                payload = self._payloads.recorded(request)
                 task = asyncio.ensure_future(self._pooled(idle, limit, payload))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
