@@ -426,3 +426,16 @@ async def test_journal_records_document_every_field(client: httpx.AsyncClient) -
     (entry,) = await journal(client)
     document = (await client.get("/openapi.json")).json()
     assert set(entry) == set(document["components"]["schemas"]["JournalRecord"]["properties"])
+
+
+async def test_the_journal_counts_every_token_of_a_stream_whose_tokens_share_writes(
+    client: httpx.AsyncClient,
+) -> None:
+    # No fault: the journal counts tokens as the engine hands them over together.
+    body = chat("tell me about tides", stream=True, max_tokens=120, ignore_eos=True)
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    (entry,) = await journal(client)
+    assert (entry["outcome"], entry["fault"]) == ("completed", None)
+    assert entry["completion_tokens"] == 120
+    assert 0 <= entry["ttft_ms"] <= entry["duration_ms"]

@@ -384,9 +384,10 @@ def test_the_per_token_histogram_renders_as_prometheus_clients_would(
     assert lines(ours_registry) == lines(theirs_registry)
 
 
+@pytest.mark.parametrize("journal", [False, True])
 @pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
 async def test_tokens_ready_together_share_a_write_and_paced_ones_do_not(
-    serve: Serve, route: str
+    serve: Serve, route: str, journal: bool
 ) -> None:
     # An engine with steps of no length has every token ready at once: they go
     # out in a few writes, each holding many events. A paced engine's tokens
@@ -398,7 +399,12 @@ async def test_tokens_ready_together_share_a_write_and_paced_ones_do_not(
         body["messages"] = [{"role": "user", "content": QUESTION}]
     texts = []
     for itl in (0, 1):
-        server = await serve(Settings(time_to_first_token_ms=0, inter_token_latency_ms=itl))
+        # The journal (on with an admin key) counts every token, and must not stop
+        # ready ones from sharing a write.
+        admin_key = "k" if journal else None
+        server = await serve(
+            Settings(time_to_first_token_ms=0, inter_token_latency_ms=itl, admin_key=admin_key)
+        )
         exchange = server.exchange(body)
         exchange.path = route
         (done,) = await server.all(exchange)

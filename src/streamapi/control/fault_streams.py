@@ -148,3 +148,41 @@ class FaultedStream:
             pending.cancel()
             await asyncio.gather(pending, return_exceptions=True)
         await aclose_iterator(self._inner)
+
+
+class CountedStream:
+    """One choice's deltas counted for the journal, when the request has no fault at all.
+
+    Nothing can fire between two tokens, so the engine's ready tokens are handed
+    on together (``take_ready``, when the engine has it) and share a write, as
+    they do with no journal at all; ``FaultedStream`` waits for each delta alone.
+    """
+
+    def __init__(self, inner: AsyncIterator[TokenDelta], watch: Watch) -> None:
+        self._inner = inner
+        self._watch = watch
+        ready: Callable[[], list[TokenDelta]] | None = getattr(inner, "take_ready", None)
+        if ready is not None:
+            self._ready = ready
+            self.take_ready = self._take_ready
+
+    def __aiter__(self) -> CountedStream:
+        return self
+
+    async def __anext__(self) -> TokenDelta:
+        delta = await anext(self._inner)
+        if delta.is_token:
+            self._watch.token(asyncio.get_running_loop().time())
+        return delta
+
+    def _take_ready(self) -> list[TokenDelta]:
+        ready = self._ready()
+        if ready:
+            now = asyncio.get_running_loop().time()
+            for delta in ready:
+                if delta.is_token:
+                    self._watch.token(now)
+        return ready
+
+    async def aclose(self) -> None:
+        await aclose_iterator(self._inner)

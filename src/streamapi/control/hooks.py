@@ -34,7 +34,7 @@ from streamapi import scope_keys
 from streamapi.control.dropped_response import DroppedResponse
 from streamapi.control.fault_errors import ErrorContext, status_error
 from streamapi.control.fault_frames import watch_frames
-from streamapi.control.fault_streams import FaultedStream, Watch
+from streamapi.control.fault_streams import CountedStream, FaultedStream, Watch
 from streamapi.control.journal import Journal, JournalEntry
 from streamapi.control.ratelimit import RateLimiter
 from streamapi.control.rules import ENDPOINT_PATHS, Facts, Matched, RuleBook, parse_rules
@@ -360,7 +360,10 @@ class ControlPlan:
             admission.ended = True
 
         watch.on_drop = ended
-        admission.streams[:] = [FaultedStream(stream, watch) for stream in admission.streams]
+        # A fault counts tokens as they are framed, so it takes each delta alone; the
+        # journal's count alone does not, and ready tokens then share writes.
+        wrap = FaultedStream if watch.faults.faults else CountedStream
+        admission.streams[:] = [wrap(stream, watch) for stream in admission.streams]
 
     def frames(self, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The stream's frames, with the frame-level faults applied."""
