@@ -90,7 +90,7 @@ def _id(block: Block) -> str:
 def test_readme_has_the_two_commands() -> None:
     readme = README.read_text()
     assert "pip install . && streamapi serve" in readme
-    assert 'pip install ".[test]" && pytest' in readme
+    assert 'pip install -c requirements/ci.lock ".[test]" && pytest' in readme
 
 
 def test_readme_stays_a_front_page() -> None:

@@ -25,5 +25,6 @@ async def test_docs_pages_fetch_only_local_files_open_without_a_key(
         assert reference.startswith("/"), f"{page} fetches {reference} from elsewhere"
         asset = await client.get(reference)
         assert asset.status_code == 200, reference
-        assert len(asset.content) > 1000, reference
+        # The file itself (fastapi-offline 1.7.0's favicon is 412 bytes), not a page about it.
+        assert len(asset.content) > 100 and not asset.content.lstrip().startswith(b"<"), reference
     assert "https://" not in html and "http://" not in html

@@ -27,6 +27,8 @@ pytestmark = pytest.mark.e2e
 
 FAST_PACING = ("--time-to-first-token-ms", "5", "--inter-token-latency-ms", "0")
 MODEL = "sim-small"
+# A Claude-named model that no provider lists, so no client warns that it is retired.
+CLAUDE_MODEL = "claude-sim"
 # A looping agent would make 50 requests; one tool call and the output tool take 2.
 REQUEST_LIMIT = 5
 
@@ -86,7 +88,7 @@ async def test_pydantic_ai_agent_with_a_tool_and_an_output_type_finishes(
 async def test_anthropic_sdk_counts_tokens_as_messages_usage_does(server: ServerProcess) -> None:
     """Issue 16 item 14: POST /v1/messages/count_tokens was a 404 in OpenAI's shape."""
     request: dict[str, Any] = {
-        "model": "claude-sonnet-4-5",
+        "model": CLAUDE_MODEL,
         "system": "Answer in one line.",
         "messages": [{"role": "user", "content": "What is the capital of Norway?"}],
     }
@@ -104,12 +106,11 @@ async def test_anthropic_sdk_counts_tokens_as_messages_usage_does(server: Server
 async def test_pydantic_ai_anthropic_agent_fits_its_max_tokens_and_finishes(
     server: ServerProcess,
 ) -> None:
-    """Issue 16 items 8 and 1: pydantic-ai asks claude-sonnet-4-5 for max_tokens 64000 (400
-    under the old 8192-token context), and its tool choice {"type": "any"} looped."""
+    """Issue 16 items 8 and 1: pydantic-ai asks a Claude model for its whole output limit
+    (16384 tokens for a name it does not know, 64000 for Sonnet 4.5: a 400 under the old
+    8192-token context), and its tool choice {"type": "any"} looped."""
     async with AsyncAnthropic(base_url=server.base_url, api_key="unused") as client:
-        model = AnthropicModel(
-            "claude-sonnet-4-5", provider=AnthropicProvider(anthropic_client=client)
-        )
+        model = AnthropicModel(CLAUDE_MODEL, provider=AnthropicProvider(anthropic_client=client))
         result = await facts_agent(model).run(
             "How many people live in Oslo?", usage_limits=UsageLimits(request_limit=REQUEST_LIMIT)
         )

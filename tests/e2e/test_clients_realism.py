@@ -23,6 +23,8 @@ from pydantic import BaseModel
 from pydantic_ai import Agent, NativeOutput, PromptedOutput
 from pydantic_ai.models.anthropic import AnthropicModel
 from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
+from pydantic_ai.profiles import merge_profile
+from pydantic_ai.profiles.anthropic import AnthropicModelProfile, anthropic_model_profile
 from pydantic_ai.providers.anthropic import AnthropicProvider
 from pydantic_ai.providers.openai import OpenAIProvider
 
@@ -41,6 +43,9 @@ pytestmark = [
 ]
 
 FAST_PACING = ("--time-to-first-token-ms", "5", "--inter-token-latency-ms", "0")
+# Model names no provider lists, so no client warns that they are retired; each is a vision
+# model by the default --vision-model-pattern ("claude", "vision").
+CLAUDE_MODEL = "claude-sim"
 PIXEL = (
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwAB"
     "BAEAWjR2ZQAAAABJRU5ErkJggg=="
@@ -90,7 +95,13 @@ async def test_pydantic_ai_anthropic_native_output(server: ServerProcess) -> Non
     """Item 10: output_config.format was ignored, so the answer was prose."""
     async with AsyncAnthropic(api_key="unused", base_url=server.base_url) as client:
         provider = AnthropicProvider(anthropic_client=client)
-        model = AnthropicModel("claude-sonnet-4-5", provider=provider)
+        # A name no provider lists (so none warns that it is retired), with the structured
+        # outputs pydantic-ai enables only for the Claude models it knows.
+        profile = merge_profile(
+            anthropic_model_profile(CLAUDE_MODEL),
+            AnthropicModelProfile(supports_json_schema_output=True),
+        )
+        model = AnthropicModel(CLAUDE_MODEL, provider=provider, profile=profile)
         agent = Agent(model, output_type=NativeOutput(Person))
         result = await agent.run("Who is Grace Hopper?")
     assert isinstance(result.output, Person)
@@ -102,8 +113,8 @@ async def test_pydantic_ai_anthropic_native_output(server: ServerProcess) -> Non
 
 def providers(server: ServerProcess) -> list[dict[str, Any]]:
     return [
-        {"model": "openai/gpt-4o-mini", "api_base": f"{server.base_url}/v1"},
-        {"model": "anthropic/claude-sonnet-4-5", "api_base": server.base_url},
+        {"model": "openai/gpt-sim-vision", "api_base": f"{server.base_url}/v1"},
+        {"model": f"anthropic/{CLAUDE_MODEL}", "api_base": server.base_url},
     ]
 
 

@@ -149,7 +149,19 @@ def _broken_openai(client: openai.OpenAI) -> tuple[str, str]:
     with pytest.raises(openai.APIError) as caught:
         for chunk in stream:
             text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
-    return text, caught.value.message
+    return text, _server_message(caught.value)
+
+
+def _server_message(error: openai.APIError | anthropic.APIStatusError) -> str:
+    """The error's text as the server wrote it: an SDK may add a request id or other
+    per-request details to its own message (anthropic 2.17 does), so that is not compared."""
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else None
+        if isinstance(message, str):
+            return message
+    return error.message
 
 
 def _broken_anthropic(client: anthropic.Anthropic) -> tuple[str, str]:
@@ -164,7 +176,7 @@ def _broken_anthropic(client: anthropic.Anthropic) -> tuple[str, str]:
     ):
         for piece in stream.text_stream:
             text += piece
-    return text, caught.value.message
+    return text, _server_message(caught.value)
 
 
 def _see(gateway: ServerProcess) -> Seen:

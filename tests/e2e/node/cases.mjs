@@ -4,7 +4,8 @@
 // tests/e2e/test_node_clients.py asserts on each case.
 
 export const MODEL = "sim-small";
-export const CLAUDE_MODEL = "claude-sonnet-4-5";
+// A Claude-named model that no provider lists, so no client warns that it is retired.
+export const CLAUDE_MODEL = "claude-sim";
 
 /** The server's root URL, the script's one argument (e.g. http://127.0.0.1:8000). */
 export function baseUrl() {
