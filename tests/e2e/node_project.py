@@ -79,9 +79,16 @@ def run_json(command: list[str], *, env: dict[str, str] | None = None) -> Any:
         check=False,
         env=env,
     )
-    try:
-        return json.loads(done.stdout)
-    except json.JSONDecodeError:
+    # The JSON is the whole output, or its last line: a client may print notes of its own
+    # before it (the AI SDK
+    # says how to turn its warnings off, on stdout, the first time it warns).
+    lines = done.stdout.strip().splitlines() or [""]
+    for text in (done.stdout, lines[-1]):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            continue
+    else:
         pytest.fail(
             f"{' '.join(command)} exited {done.returncode} without JSON:\n"
             f"stdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-4000:]}"
