@@ -80,8 +80,7 @@ def run_json(command: list[str], *, env: dict[str, str] | None = None) -> Any:
         env=env,
     )
     # The JSON is the whole output, or its last line: a client may print notes of its own
-    # before it (the AI SDK
-    # says how to turn its warnings off, on stdout, the first time it warns).
+    # before it (the AI SDK says how to turn its warnings off, on stdout, when it first warns).
     lines = done.stdout.strip().splitlines() or [""]
     for text in (done.stdout, lines[-1]):
         try:
