@@ -224,7 +224,8 @@ async def test_a_killed_process_s_leases_lapse_within_the_ttl(redis_server: Redi
     )
     try:
         assert holder.stdout is not None
-        assert (await holder.stdout.readline()).strip() == b"held"
+        async with asyncio.timeout(60):  # a holder that died before it held fails, not hangs
+            assert (await holder.stdout.readline()).strip() == b"held"
         observer = _redis(redis_server)
         await observer.start()
         try:
@@ -233,7 +234,8 @@ async def test_a_killed_process_s_leases_lapse_within_the_ttl(redis_server: Redi
             await asyncio.sleep(1.3)
             assert await observer.leases.count("k") == 2
             holder.send_signal(signal.SIGKILL)
-            await holder.wait()
+            async with asyncio.timeout(30):
+                await holder.wait()
             for _ in range(50):  # the TTL is 1 s; 5 s at most
                 if not await observer.leases.count():
                     break
@@ -245,7 +247,8 @@ async def test_a_killed_process_s_leases_lapse_within_the_ttl(redis_server: Redi
     finally:
         if holder.returncode is None:
             holder.kill()
-            await holder.wait()
+            async with asyncio.timeout(30):
+                await holder.wait()
 
 
 # A process holding two leases of TTL 1 s, until it is killed.
