@@ -146,9 +146,10 @@ class MessageParam(Request):
 
     @model_validator(mode="after")
     def _check_content(self) -> MessageParam:
-        # An assistant's null content is an empty reply, as chat takes it.
-        if self.content is None and self.role != "assistant":
-            raise ValueError(f"a {self.role} message needs content")
+        # An assistant's null content is an empty reply, as chat takes it; a system
+        # turn may carry settings alone (the beta's per-turn output_config).
+        if self.content is None and self.role == "user":
+            raise ValueError("a user message needs content")
         if self.role == "system" and not isinstance(self.content, str):
             for block in self.content or ():
                 if not isinstance(block, TextBlock):
