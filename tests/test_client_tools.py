@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
 from anthropic.types.beta import BetaMessage
+from asgi_lifespan import LifespanManager
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response, ResponseApplyPatchToolCall
 from openai.types.responses.response_apply_patch_tool_call import OperationCreateFile
 from openai.types.responses.response_output_item import LocalShellCall
 
+from streamapi.app import create_app
+from streamapi.settings import Settings
 from tests.test_responses_messages import named_events
 
 RESPONSES = "/v1/responses"
@@ -404,3 +408,36 @@ async def test_chat_custom_tools_are_called_as_custom_calls(client: httpx.AsyncC
     ]
     assert calls[0]["type"] == "custom" and calls[0]["custom"]["name"] == "note"
     assert "".join(c["custom"]["input"] for c in calls) == call.custom.input
+
+
+async def test_rules_script_custom_and_builtin_calls(tmp_path: Path) -> None:
+    """A rule's string arguments are a custom tool's raw input; an object, a built-in's."""
+    patch = "*** Begin Patch\n*** Add File: hello.txt\n+hello\n*** End Patch\n"
+    rules = {
+        "rules": [
+            {
+                "match": {"tool_name": "apply_patch", "user": "patch"},
+                "respond": {"tool_calls": [{"name": "apply_patch", "arguments": patch}]},
+            },
+            {
+                "match": {"tool_name": "shell"},
+                "respond": {"tool_calls": [{"name": "shell", "arguments": {"commands": ["ls"]}}]},
+            },
+        ]
+    }
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(rules))
+    app = create_app(Settings(time_to_first_token_ms=0, inter_token_latency_ms=0, rules_file=path))
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://t") as c,
+    ):
+        body = {"input": "Write the patch", "tools": [APPLY_PATCH]}
+        events = await _stream(c, body)
+        assert (
+            next(d for n, d in events if n == "response.custom_tool_call_input.done")["input"]
+            == patch
+        )
+        shell = (await c.post(RESPONSES, json={"input": "ls", "tools": [{"type": "shell"}]})).json()
+        assert shell["output"][0]["type"] == "shell_call"
+        assert shell["output"][0]["action"]["commands"] == ["ls"]
