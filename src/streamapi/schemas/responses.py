@@ -324,7 +324,7 @@ class AllowedToolsChoice(Request):
 class HostedToolChoice(Request):
     """A hosted tool (or an MCP server's): the simulator never calls those, so ``auto``."""
 
-    type: Literal[(*HOSTED_TOOL_TYPES, "mcp")]  # type: ignore[valid-type]
+    type: Literal[(*HOSTED_TOOL_TYPES, "computer_use")]  # type: ignore[valid-type]
 
 
 ToolChoiceParam = Annotated[
