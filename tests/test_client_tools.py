@@ -481,3 +481,37 @@ async def test_mid_conversation_tool_changes_add_and_withdraw_tools(
     assert await status(turn(withdraw), "Read") == 400
     bad = {"type": "tool_addition", "tool": {"type": "tool_definition", "definition": {"x": 1}}}
     assert await status(turn(bad), "Read") == 400
+
+
+async def test_a_deferred_responses_tool_is_callable_once_the_conversation_loads_it(
+    client: httpx.AsyncClient,
+) -> None:
+    deploy = {
+        "type": "function",
+        "name": "deploy",
+        "defer_loading": True,
+        "parameters": {"type": "object"},
+        "strict": False,
+    }
+    lint = {"type": "function", "name": "lint", "parameters": {"type": "object"}, "strict": False}
+    search = {"type": "tool_search", "execution": "client"}
+
+    async def status(items: list[dict[str, Any]], name: str) -> int:
+        body = {
+            "input": [{"role": "user", "content": "Ship it"}, *items],
+            "tools": [deploy, search],
+            "tool_choice": {"type": "function", "name": name},
+        }
+        return (await client.post(RESPONSES, json=body)).status_code
+
+    found = {
+        "type": "tool_search_output",
+        "execution": "client",
+        "call_id": "ts_1",
+        "tools": [deploy],
+    }
+    more = {"type": "additional_tools", "role": "developer", "tools": [lint]}
+    assert await status([], "deploy") == 400
+    assert await status([found], "deploy") == 200
+    assert await status([], "lint") == 400
+    assert await status([more], "lint") == 200
