@@ -18,6 +18,7 @@ Every request is bounded by ``--timeout-s``; a case that passes it is reported a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -30,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from launch import HOST, start_streamapi, stop
+from launch import start_streamapi, stop
 
 RULE_REGEX = "^(a+)+$"
 CHAT = "/v1/chat/completions"
+# Hostile requests are answered unpaced, so each case ends when the server's work does.
+INSTANT = {"x-streamapi-ttft-ms": "0", "x-streamapi-itl-ms": "0"}
 Case = tuple[str, str, dict[str, Any]]
 
 
@@ -91,13 +94,16 @@ def cases() -> list[Case]:
         ("defs-fan-out-8^6", CHAT, _chat(response_format=_schema_format(_fan_out(8, 6)))),
         ("20k-properties", CHAT, _chat(response_format=_schema_format(
             {"type": "object", "properties": many}))),
-        ("2000-tools", CHAT, _chat(tools=_tools(2000, 10))),
+        ("2000-tools", CHAT, _chat(tools=_tools(2000, 4))),
         ("ref-#-required", CHAT, _chat(response_format=_schema_format(
             {"type": "object", "properties": {"self": {"$ref": "#"}}, "required": ["self"]}))),
-        ("rule-regex-25-chars", CHAT, _chat(messages=[{"role": "user", "content": "a" * 24 + "!"}])),
+        ("rule-regex-25-chars", CHAT, _chat(messages=[
+            {"role": "user", "content": "a" * 24 + "!"}])),
         ("embeddings-2048x8192", "/v1/embeddings",
          {"model": "sim-small", "input": [f"text {i}" for i in range(2048)], "dimensions": 8192}),
         ("n16-top-logprobs-20", CHAT, _chat(n=16, logprobs=True, top_logprobs=20)),
+        # Not hostile: a plain answer of 130,000 tokens, for scale (its plan is made at once).
+        ("(control) 130k-token answer", CHAT, _chat(max_tokens=130_000, ignore_eos=True)),
     ]  # fmt: skip
 
 
@@ -112,12 +118,17 @@ def watch(base: str, itl_ms: float) -> None:
             {"role": "user", "content": "Explain queues"}])
     ).encode()  # fmt: skip
     headers = {"x-streamapi-itl-ms": str(itl_ms), "x-streamapi-ttft-ms": "0"}
-    with httpx.Client(base_url=str(url), timeout=30) as client:
+    # No read timeout: a stall of any length is what this measures.
+    timeout = httpx.Timeout(10.0, read=None)
+    with httpx.Client(base_url=str(url), timeout=timeout) as client:
         while True:
-            with client.stream("POST", CHAT, content=body, headers=headers) as response:
-                for chunk in response.iter_raw():
-                    if chunk:
-                        print(f"{time.monotonic():.6f}", flush=True)
+            try:
+                with client.stream("POST", CHAT, content=body, headers=headers) as response:
+                    for chunk in response.iter_raw():
+                        if chunk:
+                            print(f"{time.monotonic():.6f}", flush=True)
+            except httpx.TransportError:
+                time.sleep(0.1)  # the server is gone or restarting: the gap shows it
 
 
 class Watcher:
@@ -153,7 +164,7 @@ class Watcher:
         window = [before[-1]] if before else []
         window += [t for t in times if start < t <= end]
         window += [t for t in times if t > end][:1]
-        gaps = [b - a for a, b in zip(window, window[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(window)]
         return round(1000 * max(gaps, default=0.0), 1)
 
     def stop(self) -> None:
@@ -173,12 +184,19 @@ def _fire(
     client: httpx.Client, path: str, body: dict[str, Any], timeout_s: float
 ) -> tuple[str, int]:
     try:
-        response = client.post(path, json=body, timeout=timeout_s)
+        response = client.post(path, json=body, headers=INSTANT, timeout=timeout_s)
     except httpx.TimeoutException:
         return f"timeout>{timeout_s:g}s", 0
     except httpx.TransportError as exc:
         return type(exc).__name__, 0
-    return str(response.status_code), len(response.content)
+    status = str(response.status_code)
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            status += f" {error.get('code') or error.get('type')}"
+        except (ValueError, KeyError, TypeError):
+            pass
+    return status, len(response.content)
 
 
 def run(options: argparse.Namespace) -> list[dict[str, Any]]:
@@ -203,9 +221,8 @@ def run(options: argparse.Namespace) -> list[dict[str, Any]]:
                 # The stream's own pace, with nothing else going on: the floor of every gap.
                 idle_start = time.monotonic()
                 time.sleep(1.0)
-                results.append(
-                    _row("(idle stream)", "-", 0, watcher.largest_gap_ms(idle_start, time.monotonic()), 0, 0)
-                )  # fmt: skip
+                idle_gap = watcher.largest_gap_ms(idle_start, time.monotonic())
+                results.append(_row("(idle stream)", "-", 0, idle_gap, 0, 0))
                 for name, path, body in chosen:
                     rss = _rss_mb(process.pid)
                     start = time.monotonic()

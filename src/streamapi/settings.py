@@ -274,6 +274,34 @@ class Settings(BaseSettings):
     max_n: int = Field(
         default=16, ge=1, le=128, description="Largest accepted n (choices per request)."
     )
+    max_tools: int = Field(
+        default=128,
+        ge=1,
+        le=100_000,
+        description="Most tools one request may offer (OpenAI's documented limit); more gets "
+        "400 too_many_tools before any schema is checked.",
+    )
+    max_schema_properties: int = Field(
+        default=5000,
+        ge=1,
+        le=1_000_000,
+        description="Most properties the JSON Schemas of one request (tools, response format) "
+        "may declare between them (OpenAI's limit for one structured-output schema); more gets "
+        "400 schema_too_large. Each costs about half a millisecond of CPU to check.",
+    )
+    max_embedding_floats: int = Field(
+        default=2048 * 1536,
+        ge=1,
+        description="Most numbers one embeddings request may ask for: inputs x dimensions "
+        "(default: 2,048 inputs of 1,536 dimensions); more gets 400.",
+    )
+    max_top_logprobs_total: int = Field(
+        default=100,
+        ge=0,
+        description="Largest n x top_logprobs (alternatives listed at each token, summed "
+        "over a request's choices); more gets 400. n=16 with top_logprobs=20 would list 336 "
+        "log probabilities per token.",
+    )
     max_request_body_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=1024,

@@ -44,7 +44,8 @@ from streamapi.schemas.anthropic import (
     ToolUseBlock,
 )
 from streamapi.serving.generation import Admission, Generation, Job
-from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
+from streamapi.serving.request_limits import check_anthropic_metadata
+from streamapi.serving.schema_checks import SchemaChecks, check_tool_choice
 from streamapi.serving.usage import Usage
 from streamapi.text.tokenizer import TOKENS_PER_MESSAGE, count_chat_tokens, count_tokens
 
@@ -70,6 +71,7 @@ class MessageService:
     def prepare(self, request: MessageCreateRequest) -> MessageJob:
         """Check everything that can fail before the first byte."""
         generation = self._generation
+        check_anthropic_metadata(request.metadata)
         model = generation.resolve_model(request.model)
         messages, cached_messages = _conversation(
             request.system,
@@ -78,8 +80,10 @@ class MessageService:
         )
         if request.model_extra and request.model_extra.get("cache_control"):
             cached_messages = len(messages)  # automatic caching: the whole prompt
+        checks = SchemaChecks.of(generation.settings)
+        checks.tool_count(len(request.tools or ()), param="tools")
         tools = tuple(
-            tool_spec(t.name, t.description, t.input_schema, param=f"tools[{i}].input_schema")
+            checks.tool(t.name, t.description, t.input_schema, param=f"tools[{i}].input_schema")
             for i, t in enumerate(request.tools or ())
         )
         choice = request.tool_choice
@@ -110,7 +114,7 @@ class MessageService:
             tools=tools,
             tool_choice=tool_choice,
             parallel_tool_calls=not (choice and choice.disable_parallel_tool_use),
-            output_format=_output_format(request),
+            output_format=_output_format(request, checks),
             reasoning=generation.reasons(model, asked),
         )
         job = generation.job([template], id_prefix="msg_")
@@ -302,7 +306,7 @@ def _breakpoint_tokens(job: Job, messages: tuple[PromptMessage, ...], upto: int 
     )
 
 
-def _output_format(request: MessageCreateRequest) -> OutputFormat:
+def _output_format(request: MessageCreateRequest, checks: SchemaChecks) -> OutputFormat:
     """Structured outputs: ``output_config.format``, or the beta's ``output_format``."""
     if request.output_config is not None and request.output_config.format is not None:
         schema, param = request.output_config.format.schema_, "output_config.format.schema"
@@ -310,7 +314,7 @@ def _output_format(request: MessageCreateRequest) -> OutputFormat:
         schema, param = request.output_format.schema_, "output_format.schema"
     else:
         return OutputFormat()
-    check_schema(schema, param=param)
+    checks.schema(schema, param=param)
     return OutputFormat("json_schema", schema)
 
 

@@ -1,52 +1,252 @@
 """Checks on the tools and JSON Schemas a request brings, before any byte is sent.
 
 Every ``$ref`` must point inside its schema: nothing is ever fetched from elsewhere.
+A client's schema is untrusted input, so the checks are bounded: a request offers at
+most ``max_tools`` tools, its schemas hold at most ``max_schema_properties`` properties
+between them and nest at most ``MAX_SCHEMA_DEPTH`` deep, and these are counted in one
+linear walk before the (costlier) meta-schema check. A schema no finite value can
+satisfy (one that requires itself, as ``{"$ref": "#"}`` required does) is refused with
+the path where it loops, never generated.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from jsonschema import SchemaError, validators
 
 from streamapi.engines.protocol import ToolSpec
 from streamapi.errors import InvalidRequestError
+from streamapi.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_SCHEMA_DEPTH: Final = 64
+"""Deepest nesting of JSON objects and arrays in one schema document."""
+MAX_REF_CHAIN: Final = 64
+"""Longest chain of ``$ref``s one value may need (a model nested in a model...)."""
+_MAX_WALK = 128  # nested schemas the satisfiability walk follows, $refs included
 
 
-def check_schema(schema: Mapping[str, Any], *, param: str) -> None:
-    """400 naming the problem when ``schema`` is not a valid JSON Schema.
+class SchemaChecks:
+    """The checks of one request's tools and schemas, whose properties are counted together."""
 
-    Every ``$ref`` must point inside the schema: nothing is fetched from elsewhere.
-    """
-    try:
-        validators.validator_for(schema).check_schema(dict(schema))
-    except SchemaError as exc:
-        where = "/".join(str(p) for p in exc.path)
-        detail = f" at '{where}'" if where else ""
-        raise InvalidRequestError(
-            f"Invalid JSON Schema{detail}: {exc.message}", param=param
-        ) from None
-    for ref in _refs(schema):
-        if not _resolves(schema, ref):
-            raise InvalidRequestError(
-                f"Invalid JSON Schema: the reference '{ref}' does not point inside the schema.",
-                param=param,
+    def __init__(self, *, max_tools: int, max_properties: int) -> None:
+        self._max_tools = max_tools
+        self._properties_left = max_properties
+        self._max_properties = max_properties
+
+    @classmethod
+    def of(cls, settings: Settings) -> SchemaChecks:
+        """A request's checks with the server's limits."""
+        return cls(max_tools=settings.max_tools, max_properties=settings.max_schema_properties)
+
+    def tool_count(self, count: int, *, param: str) -> None:
+        """400 when a request offers more tools than ``max_tools``."""
+        if count > self._max_tools:
+            _refuse(
+                f"Too many tools: {count}; a request may offer at most {self._max_tools}.",
+                param,
+                code="too_many_tools",
             )
 
+    def schema(self, schema: Mapping[str, Any], *, param: str) -> None:
+        """400 naming the problem when ``schema`` is not a valid JSON Schema, is too large,
+        or can have no finite value."""
+        refs = self._walk(schema, param)
+        try:
+            validators.validator_for(schema).check_schema(dict(schema))
+        except SchemaError as exc:
+            where = "/".join(str(p) for p in exc.path)
+            detail = f" at '{where}'" if where else ""
+            raise InvalidRequestError(
+                f"Invalid JSON Schema{detail}: {exc.message}", param=param
+            ) from None
+        except RecursionError:  # the depth limit keeps this out of reach; still a 400
+            _refuse("Invalid JSON Schema: it nests too deeply to check.", param)
+        for ref in refs:
+            if _target(schema, ref) is None:
+                raise InvalidRequestError(
+                    f"Invalid JSON Schema: the reference '{ref}' does not point inside the schema.",
+                    param=param,
+                )
+        _Satisfiable(schema, param).check()
 
-def _refs(node: Any) -> list[str]:
-    if isinstance(node, Mapping):
-        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
-        return found + [ref for value in node.values() for ref in _refs(value)]
-    if isinstance(node, list):
-        return [ref for value in node for ref in _refs(value)]
-    return []
+    def tool(
+        self,
+        name: str,
+        description: str | None,
+        parameters: Mapping[str, Any] | None,
+        *,
+        param: str,
+    ) -> ToolSpec:
+        """A checked tool definition."""
+        schema = parameters if parameters is not None else {"type": "object", "properties": {}}
+        self.schema(schema, param=param)
+        return ToolSpec(name=name, description=description or "", parameters=schema)
+
+    def _walk(self, schema: Mapping[str, Any], param: str) -> list[str]:
+        """Every ``$ref`` of ``schema``, counting its properties and depth (iteratively:
+        no recursion for a hostile document to exhaust)."""
+        refs: list[str] = []
+        stack: list[tuple[Any, int]] = [(schema, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > MAX_SCHEMA_DEPTH:
+                _refuse(
+                    f"Invalid JSON Schema: it nests deeper than {MAX_SCHEMA_DEPTH} levels.",
+                    param,
+                    code="schema_too_deep",
+                )
+            if isinstance(node, Mapping):
+                ref = node.get("$ref")
+                if isinstance(ref, str):
+                    refs.append(ref)
+                properties = node.get("properties")
+                if isinstance(properties, Mapping):
+                    self._properties_left -= len(properties)
+                    if self._properties_left < 0:
+                        _refuse(
+                            "Too many properties in the request's JSON Schemas: at most "
+                            f"{self._max_properties} in all.",
+                            param,
+                            code="schema_too_large",
+                        )
+                stack.extend((value, depth + 1) for value in node.values())
+            elif isinstance(node, list):
+                stack.extend((value, depth + 1) for value in node)
+        return refs
 
 
-def _resolves(root: Mapping[str, Any], ref: str) -> bool:
+class _Satisfiable:
+    """Whether a schema has a finite value: no required ``$ref`` loop, no required ``false``.
+
+    A value is finite when every property it must have, every item it must hold and
+    every ``allOf`` part is; a schema with a choice (``anyOf``, a ``null`` type,
+    optional properties, ``minItems`` 0) can always stop there. Each ``$ref`` target
+    is decided once, so a fan-out of ``$defs`` costs its size, not its expansion.
+    """
+
+    def __init__(self, root: Mapping[str, Any], param: str) -> None:
+        self._root = root
+        self._param = param
+        self._decided: dict[str, bool] = {}
+        self._open: list[str] = []  # the $refs being decided, outermost first
+
+    def check(self) -> None:
+        if not self._finite(self._root, "#", 0):
+            _refuse(
+                "Invalid JSON Schema: no finite value satisfies it (a value it requires "
+                "requires itself, or is `false`).",
+                self._param,
+            )
+
+    def _finite(self, node: Any, path: str, depth: int) -> bool:
+        if node is False:
+            return False
+        if not isinstance(node, Mapping):
+            return True
+        if depth > _MAX_WALK:
+            _refuse(
+                f"Invalid JSON Schema at '{path}': its values nest deeper than {_MAX_WALK}.",
+                self._param,
+                code="schema_too_deep",
+            )
+        depth += 1
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not self._ref_finite(ref, path, depth):
+            return False
+        for part in node.get("allOf", ()) if isinstance(node.get("allOf"), list) else ():
+            if not self._finite(part, f"{path}/allOf", depth):
+                return False
+        for key in ("anyOf", "oneOf"):
+            branches = node.get(key)
+            if (
+                isinstance(branches, list)
+                and branches
+                and not any(self._finite(b, f"{path}/{key}", depth) for b in branches)
+            ):
+                return False
+        if "enum" in node or "const" in node:
+            return True
+        kinds = _kinds(node)
+        if kinds - {"object", "array"}:
+            return True  # a scalar type can always end here
+        if "object" in kinds and self._object_finite(node, path, depth):
+            return True
+        return "array" in kinds and self._array_finite(node, path, depth)
+
+    def _object_finite(self, node: Mapping[str, Any], path: str, depth: int) -> bool:
+        properties = node.get("properties")
+        required = node.get("required")
+        if not isinstance(properties, Mapping) or not isinstance(required, list):
+            return True
+        return all(
+            self._finite(properties[name], f"{path}/properties/{name}", depth)
+            for name in required
+            if isinstance(name, str) and name in properties
+        )
+
+    def _array_finite(self, node: Mapping[str, Any], path: str, depth: int) -> bool:
+        wanted = node.get("minItems", 0)
+        if not isinstance(wanted, int) or wanted <= 0:
+            return True
+        prefix = node.get("prefixItems")
+        prefix = prefix if isinstance(prefix, list) else []
+        for index, item in enumerate(prefix[:wanted]):
+            if not self._finite(item, f"{path}/prefixItems/{index}", depth):
+                return False
+        if wanted > len(prefix):
+            return self._finite(node.get("items", True), f"{path}/items", depth)
+        return True
+
+    def _ref_finite(self, ref: str, path: str, depth: int) -> bool:
+        if ref in self._decided:
+            return self._decided[ref]
+        if ref in self._open:
+            loop = " -> ".join([*self._open[self._open.index(ref) :], ref])
+            _refuse(
+                f"Invalid JSON Schema at '{path}': it requires itself ({loop}), so no finite "
+                "value satisfies it; make the recursion optional (not required, minItems 0, "
+                "or a null branch).",
+                self._param,
+            )
+        if len(self._open) >= MAX_REF_CHAIN:
+            _refuse(
+                f"Invalid JSON Schema at '{path}': its references nest deeper than "
+                f"{MAX_REF_CHAIN}.",
+                self._param,
+                code="schema_too_deep",
+            )
+        target = _target(self._root, ref)
+        self._open.append(ref)
+        try:
+            finite = target is None or self._finite(target, ref, depth)
+        finally:
+            self._open.pop()
+        self._decided[ref] = finite
+        return finite
+
+
+def _kinds(node: Mapping[str, Any]) -> set[str]:
+    declared = node.get("type")
+    if isinstance(declared, str):
+        return {declared}
+    if isinstance(declared, list) and declared:
+        return {str(t) for t in declared}
+    if "properties" in node:
+        return {"object"}
+    if "items" in node or "prefixItems" in node:
+        return {"array"}
+    return {"string"}
+
+
+def _target(root: Mapping[str, Any], ref: str) -> Any:
+    """What a local ``$ref`` points at in ``root``; None if it points nowhere (or elsewhere)."""
     if not ref.startswith("#"):
-        return False
+        return None
     node: Any = root
     for part in ref[1:].split("/")[1:]:
         part = part.replace("~1", "/").replace("~0", "~")
@@ -55,17 +255,14 @@ def _resolves(root: Mapping[str, Any], ref: str) -> bool:
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
-            return False
-    return True
+            return None
+    return node
 
 
-def tool_spec(
-    name: str, description: str | None, parameters: Mapping[str, Any] | None, *, param: str
-) -> ToolSpec:
-    """A checked tool definition."""
-    schema = parameters if parameters is not None else {"type": "object", "properties": {}}
-    check_schema(schema, param=param)
-    return ToolSpec(name=name, description=description or "", parameters=schema)
+def _refuse(message: str, param: str, *, code: str | None = None) -> None:
+    # One line for the operator: the request gets the whole message.
+    logger.info("refused a JSON Schema at %s: %s", param, message)
+    raise InvalidRequestError(message, param=param, code=code)
 
 
 def check_tool_choice(tools: Sequence[ToolSpec], choice: str, *, param: str) -> None:

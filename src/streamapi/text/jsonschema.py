@@ -437,10 +437,7 @@ _CATEGORY = {
 }
 
 
-_FORMATS = frozenset(
-    ("date", "date-time", "time", "email", "uri", "url", "uuid", "ipv4", "ipv6", "hostname")
-    + ("duration",)
-)
+_FORMATS = frozenset("date date-time time email uri url uuid ipv4 ipv6 hostname duration".split())
 
 
 def _count(value: object, default: int) -> int:
