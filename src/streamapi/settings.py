@@ -25,6 +25,7 @@ from streamapi.cassettes import (
 )
 from streamapi.fault_grammar import FaultSyntaxError, parse_fault_choices
 from streamapi.keys import KeyRing, load_keys
+from streamapi.linear_regex import RegexError, compile_linear
 from streamapi.routes_file import RoutesTable, load_routes
 
 LatencyProfile = Literal["default", "instant", "8b-1gpu", "70b-8gpu"]
@@ -543,8 +544,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_pattern(cls, pattern: str) -> str:
         try:
-            re.compile(pattern)
-        except re.error as exc:
+            compile_linear(pattern)
+        except RegexError as exc:
             raise ValueError(f"not a regular expression: {exc}") from None
         return pattern
 
