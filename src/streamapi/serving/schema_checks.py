@@ -25,9 +25,9 @@ logger = logging.getLogger(__name__)
 
 MAX_SCHEMA_DEPTH: Final = 64
 """Deepest nesting of JSON objects and arrays in one schema document."""
-MAX_REF_CHAIN: Final = 64
-"""Longest chain of ``$ref``s one value may need (a model nested in a model...)."""
 _MAX_WALK = 128  # nested schemas the satisfiability walk follows, $refs included
+_MAX_STEPS = 100_000  # $ref targets it decides: each once, unless loops reopen them
+_NO_LOOP = 1 << 30
 
 
 class SchemaChecks:
@@ -125,8 +125,10 @@ class _Satisfiable:
 
     A value is finite when every property it must have, every item it must hold and
     every ``allOf`` part is; a schema with a choice (``anyOf``, a ``null`` type,
-    optional properties, ``minItems`` 0) can always stop there. Each ``$ref`` target
-    is decided once, so a fan-out of ``$defs`` costs its size, not its expansion.
+    optional properties, ``minItems`` 0) can stop at a finite branch. A ``$ref``
+    met again while it is being decided closes a loop: that way has no finite
+    value. Each target is decided once (unless a loop through an outer one leaves it
+    open), so a fan-out of ``$defs`` costs its size, not its expansion.
     """
 
     def __init__(self, root: Mapping[str, Any], param: str) -> None:
@@ -134,12 +136,20 @@ class _Satisfiable:
         self._param = param
         self._decided: dict[str, bool] = {}
         self._open: list[str] = []  # the $refs being decided, outermost first
+        self._lowest_loop = _NO_LOOP  # the outermost open $ref a loop went back to
+        self._loop: str | None = None  # the first loop met, for the message
+        self._steps = 0
 
     def check(self) -> None:
-        if not self._finite(self._root, "#", 0):
+        if not self._ref_finite("#", "#", 0):
+            why = (
+                f"it requires itself ({self._loop})"
+                if self._loop is not None
+                else "a value it requires is `false`"
+            )
             _refuse(
-                "Invalid JSON Schema: no finite value satisfies it (a value it requires "
-                "requires itself, or is `false`).",
+                f"Invalid JSON Schema: no finite value satisfies it: {why}. Make the "
+                "recursion optional (not required, minItems 0, or a null branch).",
                 self._param,
             )
 
@@ -206,27 +216,31 @@ class _Satisfiable:
         if ref in self._decided:
             return self._decided[ref]
         if ref in self._open:
-            loop = " -> ".join([*self._open[self._open.index(ref) :], ref])
+            at = self._open.index(ref)
+            self._lowest_loop = min(self._lowest_loop, at)
+            if self._loop is None:
+                self._loop = " -> ".join([*self._open[at:], ref]) + f", at '{path}'"
+            return False
+        self._steps += 1
+        if self._steps > _MAX_STEPS:
             _refuse(
-                f"Invalid JSON Schema at '{path}': it requires itself ({loop}), so no finite "
-                "value satisfies it; make the recursion optional (not required, minItems 0, "
-                "or a null branch).",
+                "Invalid JSON Schema: its references are too intricate to check.",
                 self._param,
+                code="schema_too_large",
             )
-        if len(self._open) >= MAX_REF_CHAIN:
-            _refuse(
-                f"Invalid JSON Schema at '{path}': its references nest deeper than "
-                f"{MAX_REF_CHAIN}.",
-                self._param,
-                code="schema_too_deep",
-            )
-        target = _target(self._root, ref)
+        target = self._root if ref == "#" else _target(self._root, ref)
+        position = len(self._open)
+        outer_loop, self._lowest_loop = self._lowest_loop, _NO_LOOP
         self._open.append(ref)
         try:
             finite = target is None or self._finite(target, ref, depth)
         finally:
             self._open.pop()
-        self._decided[ref] = finite
+        # Settled unless it was false only through a loop to a $ref still open outside.
+        if finite or self._lowest_loop >= position:
+            self._decided[ref] = finite
+        lowest = self._lowest_loop if self._lowest_loop < position else _NO_LOOP
+        self._lowest_loop = min(outer_loop, lowest)
         return finite
 
 
