@@ -2,10 +2,13 @@
 
 Starts `streamapi serve` on 127.0.0.1 (a rules file with the regex rule ``^(a+)+$``),
 keeps one paced stream open from a separate watcher process (one event every
-``--itl-ms``), and fires each hostile case of issue 26 in turn beside it. For each
-case it prints the status, the response's size, the largest gap between two reads
-of the concurrent stream while the case ran (the stall it caused; the stream's own
-pace is the floor) and the server's resident memory before and after.
+``--itl-ms``), and fires each hostile case of issue 26 in turn beside it, as a client
+of a default server would: streamed at the server's pace and read up to its first
+token (its checks and planning are done by then), or read whole for the embeddings
+and log-probability cases (``--unpaced``: every answer whole, sent at once). For each
+case it prints the status, the bytes read, the largest gap between two reads of the
+concurrent stream while the case ran (the stall it caused; the stream's own pace is
+the floor) and the server's resident memory after minus before.
 
     python bench/hostile.py            # every case, a table
     python bench/hostile.py --json     # the same as JSON
@@ -35,8 +38,13 @@ from launch import start_streamapi, stop
 
 RULE_REGEX = "^(a+)+$"
 CHAT = "/v1/chat/completions"
-# Hostile requests are answered unpaced, so each case ends when the server's work does.
+# With --unpaced, hostile requests are answered at once: each case then also pays for
+# sending its whole answer, however long, in one burst.
 INSTANT = {"x-streamapi-ttft-ms": "0", "x-streamapi-itl-ms": "0"}
+# Cases whose answer is read whole; the others are streamed at the server's own pace and
+# read up to their first token (admission, where a request's checks and planning happen,
+# is over by then), unless --unpaced.
+WHOLE = {"embeddings-2048x8192", "n16-top-logprobs-20"}
 Case = tuple[str, str, dict[str, Any]]
 
 
@@ -181,22 +189,45 @@ def _rss_mb(pid: int) -> float:
 
 
 def _fire(
-    client: httpx.Client, path: str, body: dict[str, Any], timeout_s: float
+    client: httpx.Client, path: str, body: dict[str, Any], timeout_s: float, *, head: bool
 ) -> tuple[str, int]:
     try:
+        if head:
+            return _head(client, path, body | {"stream": True}, timeout_s)
         response = client.post(path, json=body, headers=INSTANT, timeout=timeout_s)
     except httpx.TimeoutException:
         return f"timeout>{timeout_s:g}s", 0
     except httpx.TransportError as exc:
         return type(exc).__name__, 0
-    status = str(response.status_code)
-    if response.status_code >= 400:
-        try:
-            error = response.json()["error"]
-            status += f" {error.get('code') or error.get('type')}"
-        except (ValueError, KeyError, TypeError):
-            pass
+    status = _status(response) if response.status_code >= 400 else str(response.status_code)
     return status, len(response.content)
+
+
+def _head(
+    client: httpx.Client, path: str, body: dict[str, Any], timeout_s: float
+) -> tuple[str, int]:
+    """Stream ``body`` at the server's pace: the status, and the bytes up to the first token."""
+    with client.stream("POST", path, json=body, timeout=timeout_s) as response:
+        if response.status_code != 200:
+            response.read()
+            return _status(response), len(response.content)
+        read = b""
+        for chunk in response.iter_raw():
+            read += chunk
+            if read.count(b"data: ") >= 2:  # the role chunk, then the first token
+                break
+        return "200 (streamed)", len(read)
+
+
+def _status(response: httpx.Response) -> str:
+    status = str(response.status_code)
+    try:
+        # A stream's refusal is one SSE event (its status says what it is).
+        error = json.loads(response.text.removeprefix("data: "))["error"]
+        status += f" {error.get('code') or error.get('type')}"
+    except (ValueError, KeyError, TypeError):
+        pass
+    return status
 
 
 def run(options: argparse.Namespace) -> list[dict[str, Any]]:
@@ -226,7 +257,8 @@ def run(options: argparse.Namespace) -> list[dict[str, Any]]:
                 for name, path, body in chosen:
                     rss = _rss_mb(process.pid)
                     start = time.monotonic()
-                    status, size = _fire(client, path, body, options.timeout_s)
+                    head = not options.unpaced and name not in WHOLE
+                    status, size = _fire(client, path, body, options.timeout_s, head=head)
                     end = time.monotonic()
                     time.sleep(0.2)  # the first read after the answer closes the window
                     gap = watcher.largest_gap_ms(start, end)
@@ -270,6 +302,9 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="run only this case (repeatable)")
     parser.add_argument(
         "--server-option", action="append", default=[], help="an extra `serve` option"
+    )
+    parser.add_argument(
+        "--unpaced", action="store_true", help="read every answer whole, sent at once"
     )
     parser.add_argument("--json", action="store_true", help="print JSON, not a table")
     options = parser.parse_args()

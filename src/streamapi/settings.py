@@ -144,13 +144,13 @@ class Settings(BaseSettings):
     )
     reasoning_model_pattern: str = Field(
         default=r"(?i)(reason|think|\br1\b|^o[1-9])",
-        description="Models whose name matches this regular expression reason before "
-        "answering; requests can also ask (reasoning_effort, reasoning, thinking).",
+        description="Models whose name matches this regular expression (RE2 syntax) reason "
+        "before answering; requests can also ask (reasoning_effort, reasoning, thinking).",
     )
     vision_model_pattern: str = Field(
         default=r"(?i)(vision|gpt-4o|gpt-4\.1|gpt-4-turbo|gpt-5|claude|gemini|llava|pixtral|"
         r"[-_.]vl\b|qwen.*vl)",
-        description="Models whose name matches this regular expression read images "
+        description="Models whose name matches this regular expression (RE2 syntax) read images "
         "(image_url parts in chat, input_image in Responses, image blocks in Messages); "
         "each image counts 85 prompt tokens at detail 'low', else 765. Other models answer "
         "400 to an image.",

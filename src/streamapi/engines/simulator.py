@@ -95,18 +95,19 @@ class SimulatorEngine:
         scheduler.check_capacity()
         if _plans_long(request):
             return PlannedInThread(self, request)
-        return self.submit(request, self.plan(request).deltas)
+        sequence = self.sequence(request)
+        scheduler.submit(sequence)
+        return sequence
 
-    def submit(self, request: GenerationRequest, deltas: list[TokenDelta]) -> ScheduledSequence:
-        """Queue the planned ``deltas`` of ``request`` (``RateLimitError`` if it is full)."""
-        sequence = ScheduledSequence(
+    def sequence(self, request: GenerationRequest) -> ScheduledSequence:
+        """``request``'s planned sequence, not queued yet; it touches no event loop, so a
+        worker thread can build it."""
+        return ScheduledSequence(
             self._scheduler,
-            deltas=deltas,
+            deltas=self.plan(request).deltas,
             prompt=chat_prompt_tokens((m.role, m.content) for m in request.messages),
             pace=_pace(request),
         )
-        self._scheduler.submit(sequence)
-        return sequence
 
     async def start(self) -> None:
         """Start the step loop on the running event loop (idempotent)."""
@@ -152,9 +153,10 @@ class PlannedInThread:
         """Plan off the event loop, then queue (``RateLimitError`` if the queue filled)."""
         if self._sequence is not None or self._closed:
             return
-        plan = await asyncio.to_thread(self._engine.plan, self._request)
+        sequence = await asyncio.to_thread(self._engine.sequence, self._request)
         if not self._closed:
-            self._sequence = self._engine.submit(self._request, plan.deltas)
+            self._engine.scheduler.submit(sequence)
+            self._sequence = sequence
 
     def __aiter__(self) -> PlannedInThread:
         return self
