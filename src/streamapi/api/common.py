@@ -239,9 +239,15 @@ _BYTES_ON_THE_LOOP = 256 * 1024
 async def prepared(request: Request, service: GenerationService[M, J], parsed: M) -> J:
     """``service.prepare(parsed)``: on the event loop for a small body, else in a thread."""
     body = await request.body()  # read already: Starlette keeps it
-    if len(body) <= _BYTES_ON_THE_LOOP and body.count(b"{") <= _OBJECTS_ON_THE_LOOP:
+    if is_small(body):
         return service.prepare(parsed)
     return await asyncio.to_thread(service.prepare, parsed)
+
+
+def is_small(body: bytes | str) -> bool:
+    """Whether preparing a request of this body is cheap enough for the event loop."""
+    objects = body.count(b"{") if isinstance(body, bytes) else body.count("{")
+    return len(body) <= _BYTES_ON_THE_LOOP and objects <= _OBJECTS_ON_THE_LOOP
 
 
 async def respond(
