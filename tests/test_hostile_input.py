@@ -478,3 +478,25 @@ def test_model_patterns_must_be_re2() -> None:
 
     with pytest.raises(ValidationError, match="RE2 syntax"):
         Settings(vision_model_pattern=r"(gpt)\1")
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$ref": "#"},
+        {"$defs": {"a": {"allOf": [{"$ref": "#/$defs/a"}]}}, "allOf": [{"$ref": "#/$defs/a"}]},
+        {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"},
+        SELF_REQUIRED,
+        {"$ref": "#/nowhere/0/x"},
+    ],
+    ids=["ref-root", "allOf-loop", "ref-loop", "required-self", "dangling"],
+)
+def test_the_generator_ends_on_loops_it_is_given_unchecked(schema: dict[str, Any]) -> None:
+    # A schema read from a prompt is not checked: the generator must end on its own.
+    import random
+
+    from streamapi.text.jsonschema import MAX_NESTING, SchemaGenerator
+
+    value = SchemaGenerator(schema, random.Random(0)).generate()
+    text = json.dumps(value)
+    assert text.count("{") <= MAX_NESTING + 1

@@ -138,7 +138,10 @@ class SchemaGenerator:
             options = schema["enum"]
             return self._rng.choice(options) if isinstance(options, list) and options else None
         if "allOf" in schema:
-            return self._value(self._merge(schema), name=name, depth=depth + 1)
+            merged = self._merge(schema)
+            # A part that brings an allOf of its own is a level deeper (an allOf that
+            # refers to itself would otherwise merge forever).
+            return self._value(merged, name=name, depth=depth + ("allOf" in merged))
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 branches = list(schema[key])
@@ -153,7 +156,7 @@ class SchemaGenerator:
             return self._object(schema, depth)
         if kind == "array":
             return self._array(schema, name, depth)
-        if kind == "string" or kind not in ("integer", "number", "boolean", "null"):
+        if kind not in ("integer", "number", "boolean", "null"):
             return self._string(schema, name)
         budget.charge(1)
         if kind == "integer":
