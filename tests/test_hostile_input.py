@@ -500,3 +500,34 @@ def test_the_generator_ends_on_loops_it_is_given_unchecked(schema: dict[str, Any
     value = SchemaGenerator(schema, random.Random(0)).generate()
     text = json.dumps(value)
     assert text.count("{") <= MAX_NESTING + 1
+
+
+@pytest.mark.parametrize(
+    ("schema", "why"),
+    [
+        (
+            {"type": "string", "minLength": 5, "maxLength": 2},
+            "minLength 5 is more than maxLength 2",
+        ),
+        ({"type": "array", "minItems": 3, "maxItems": 1}, "minItems 3 is more than maxItems 1"),
+        ({"type": "integer", "minimum": 0.2, "maximum": 0.8}, "no integer lies within"),
+        ({"type": "number", "exclusiveMinimum": 1, "maximum": 1}, "no number lies within"),
+        ({"enum": []}, "its enum is empty"),
+    ],
+)
+async def test_a_required_value_no_value_satisfies_is_a_400(
+    client: httpx.AsyncClient, schema: dict[str, Any], why: str
+) -> None:
+    response = await client.post(
+        URL, json=chat(response_format=_json_schema(_object(schema))), headers=JSON_HEADERS
+    )
+    assert response.status_code == 400, response.text[:300]
+    error = response.json()["error"]
+    assert error["param"] == "response_format.json_schema.schema"
+    assert f"at '#/properties/value', {why}" in error["message"]
+    # Optional, or with a way out, it is answered.
+    maybe = {"anyOf": [schema, {"type": "null"}]}
+    response = await client.post(
+        URL, json=chat(response_format=_json_schema(_object(maybe))), headers=JSON_HEADERS
+    )
+    assert response.status_code == 200, response.text[:300]

@@ -12,6 +12,7 @@ the path where it loops, never generated.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -121,7 +122,9 @@ class SchemaChecks:
 
 
 class _Satisfiable:
-    """Whether a schema has a finite value: no required ``$ref`` loop, no required ``false``.
+    """Whether a schema has a finite value: no required ``$ref`` loop, nothing required that
+    no value satisfies (``false``, an empty ``enum``, ``minLength`` over ``maxLength``,
+    ``minItems`` over ``maxItems``, ``minimum`` over ``maximum``).
 
     A value is finite when every property it must have, every item it must hold and
     every ``allOf`` part is; a schema with a choice (``anyOf``, a ``null`` type,
@@ -138,15 +141,15 @@ class _Satisfiable:
         self._open: list[str] = []  # the $refs being decided, outermost first
         self._lowest_loop = _NO_LOOP  # the outermost open $ref a loop went back to
         self._loop: str | None = None  # the first loop met, for the message
+        self._impossible: str | None = None  # the first unsatisfiable part met, likewise
         self._steps = 0
 
     def check(self) -> None:
         if not self._ref_finite("#", "#", 0):
-            why = (
-                f"it requires itself ({self._loop})"
-                if self._loop is not None
-                else "a value it requires is `false`"
-            )
+            if self._loop is not None:
+                why = f"it requires itself ({self._loop})"
+            else:
+                why = self._impossible or "a value it requires is `false`"
             _refuse(
                 f"Invalid JSON Schema: no finite value satisfies it: {why}. Make the "
                 "recursion optional (not required, minItems 0, or a null branch).",
@@ -179,14 +182,38 @@ class _Satisfiable:
                 and not any(self._finite(b, f"{path}/{key}", depth) for b in branches)
             ):
                 return False
-        if "enum" in node or "const" in node:
+        if "const" in node:
             return True
-        kinds = _kinds(node)
-        if kinds - {"object", "array"}:
-            return True  # a scalar type can always end here
-        if "object" in kinds and self._object_finite(node, path, depth):
-            return True
-        return "array" in kinds and self._array_finite(node, path, depth)
+        if "enum" in node:
+            options = node["enum"]
+            some = not isinstance(options, list) or bool(options)
+            return self._possible(some, path, "its enum is empty")
+        # Scalar types first: they end here without looking further.
+        kinds = sorted(_kinds(node), key=lambda kind: kind in ("object", "array"))
+        return any(self._kind_finite(kind, node, path, depth) for kind in kinds)
+
+    def _kind_finite(self, kind: str, node: Mapping[str, Any], path: str, depth: int) -> bool:
+        if kind == "object":
+            return self._object_finite(node, path, depth)
+        if kind == "array":
+            low, high = node.get("minItems", 0), node.get("maxItems")
+            fits = not _numbers(low, high) or low <= high
+            if not self._possible(fits, path, f"minItems {low} is more than maxItems {high}"):
+                return False
+            return self._array_finite(node, path, depth)
+        if kind == "string":
+            low, high = node.get("minLength", 0), node.get("maxLength")
+            fits = not _numbers(low, high) or low <= high
+            return self._possible(fits, path, f"minLength {low} is more than maxLength {high}")
+        if kind in ("number", "integer"):
+            fits = _in_range(node, integer=kind == "integer")
+            return self._possible(fits, path, f"no {kind} lies within its bounds")
+        return True
+
+    def _possible(self, possible: bool, path: str, why: str) -> bool:
+        if not possible and self._impossible is None:
+            self._impossible = f"at '{path}', {why}"
+        return possible
 
     def _object_finite(self, node: Mapping[str, Any], path: str, depth: int) -> bool:
         properties = node.get("properties")
@@ -242,6 +269,43 @@ class _Satisfiable:
         lowest = self._lowest_loop if self._lowest_loop < position else _NO_LOOP
         self._lowest_loop = min(outer_loop, lowest)
         return finite
+
+
+def _numbers(*values: object) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+def _in_range(node: Mapping[str, Any], *, integer: bool) -> bool:
+    """Whether a number (an integer) lies within the node's bounds, draft 4's booleans too."""
+    low, high = _number(node.get("minimum")), _number(node.get("maximum"))
+    low_open = high_open = False
+    above, below = node.get("exclusiveMinimum"), node.get("exclusiveMaximum")
+    if isinstance(above, bool):
+        low_open = above
+    elif (bound := _number(above)) is not None and (low is None or bound >= low):
+        low, low_open = bound, True
+    if isinstance(below, bool):
+        high_open = below
+    elif (bound := _number(below)) is not None and (high is None or bound <= high):
+        high, high_open = bound, True
+    if low is None or high is None:
+        return True
+    if integer:
+        first = math.floor(low) + 1 if low_open and low == math.floor(low) else math.ceil(low)
+        last = math.ceil(high) - 1 if high_open and high == math.ceil(high) else math.floor(high)
+        return first <= last
+    return low < high or (low == high and not (low_open or high_open))
+
+
+def _number(value: object) -> float | None:
+    """A finite bound, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past any float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _kinds(node: Mapping[str, Any]) -> set[str]:

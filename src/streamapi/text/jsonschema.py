@@ -447,7 +447,9 @@ def _count(value: object, default: int) -> int:
     """A schema's count keyword (``minItems``, ``minLength``...), or ``default`` if it is none."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return default
-    return max(0, int(value)) if math.isfinite(value) else default
+    if isinstance(value, float) and not math.isfinite(value):
+        return default
+    return max(0, int(value))
 
 
 def _kind(schema: Mapping[str, Any]) -> str:
