@@ -14,6 +14,8 @@ the floor) and the server's resident memory after minus before.
     python bench/hostile.py --json     # the same as JSON
     python bench/hostile.py --only minitems-1e6 --only 2000-tools
 
+It exits non-zero if a case gets no answer or a 5xx; timing is printed, never judged.
+
 The server is pinned to core 0 and the watcher to core 1 when the machine has two.
 Every request is bounded by ``--timeout-s``; a case that passes it is reported as such.
 """
@@ -313,6 +315,12 @@ def main() -> None:
         return
     results = run(options)
     print(json.dumps(results, indent=2) if options.json else table(results))
+    # Every case must get an answer, and never a server error: a stall is printed, not judged.
+    failed = [
+        r["case"] for r in results[1:] if not r["status"][:1].isdigit() or r["status"][0] == "5"
+    ]
+    if failed:
+        raise SystemExit(f"no answer, or a server error, for: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
