@@ -8,6 +8,7 @@ import random
 import pytest
 
 from streamapi.engines.protocol import GenerationRequest, PromptMessage
+from streamapi.engines.scheduler import ScheduledSequence
 from streamapi.engines.simulator import SimulatorEngine
 from streamapi.text.tokenizer import count_chat_tokens, count_tokens, tokenize
 from streamapi.text.writer import find_subject, key_terms, write_answer
@@ -168,3 +169,25 @@ async def test_closing_the_stream_early_stops_it() -> None:
     assert first.text
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
+
+
+async def test_a_long_answer_is_planned_off_the_loop_and_streams_the_same() -> None:
+    # Over 2,048 tokens with ignore_eos: planned in a worker thread when the stream opens.
+    long = request(seed=1, max_tokens=3000, ignore_eos=True)
+    engine = SimulatorEngine()
+    stream = engine.stream(long)
+    assert not isinstance(stream, ScheduledSequence)
+    deltas = [d async for d in stream]
+    assert [d.text for d in deltas] == engine.plan(long).tokens
+    assert deltas[-1].finish_reason == "length"
+    await engine.aclose()
+
+
+async def test_a_long_answer_closed_before_it_opens_never_queues() -> None:
+    engine = SimulatorEngine()
+    stream = engine.stream(request(seed=1, max_tokens=3000, ignore_eos=True))
+    await stream.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+    assert engine.scheduler.running == 0
+    await engine.aclose()

@@ -25,6 +25,7 @@ from streamapi.cassettes import (
 )
 from streamapi.fault_grammar import FaultSyntaxError, parse_fault_choices
 from streamapi.keys import KeyRing, load_keys
+from streamapi.linear_regex import RegexError, compile_linear
 from streamapi.routes_file import RoutesTable, load_routes
 
 LatencyProfile = Literal["default", "instant", "8b-1gpu", "70b-8gpu"]
@@ -143,13 +144,13 @@ class Settings(BaseSettings):
     )
     reasoning_model_pattern: str = Field(
         default=r"(?i)(reason|think|\br1\b|^o[1-9])",
-        description="Models whose name matches this regular expression reason before "
-        "answering; requests can also ask (reasoning_effort, reasoning, thinking).",
+        description="Models whose name matches this regular expression (RE2 syntax) reason "
+        "before answering; requests can also ask (reasoning_effort, reasoning, thinking).",
     )
     vision_model_pattern: str = Field(
         default=r"(?i)(vision|gpt-4o|gpt-4\.1|gpt-4-turbo|gpt-5|claude|gemini|llava|pixtral|"
         r"[-_.]vl\b|qwen.*vl)",
-        description="Models whose name matches this regular expression read images "
+        description="Models whose name matches this regular expression (RE2 syntax) read images "
         "(image_url parts in chat, input_image in Responses, image blocks in Messages); "
         "each image counts 85 prompt tokens at detail 'low', else 765. Other models answer "
         "400 to an image.",
@@ -273,6 +274,34 @@ class Settings(BaseSettings):
     )
     max_n: int = Field(
         default=16, ge=1, le=128, description="Largest accepted n (choices per request)."
+    )
+    max_tools: int = Field(
+        default=128,
+        ge=1,
+        le=100_000,
+        description="Most tools one request may offer (OpenAI's documented limit); more gets "
+        "400 too_many_tools before any schema is checked.",
+    )
+    max_schema_properties: int = Field(
+        default=5000,
+        ge=1,
+        le=1_000_000,
+        description="Most properties the JSON Schemas of one request (tools, response format) "
+        "may declare between them (OpenAI's limit for one structured-output schema); more gets "
+        "400 schema_too_large. Each costs about half a millisecond of CPU to check.",
+    )
+    max_embedding_floats: int = Field(
+        default=2048 * 1536,
+        ge=1,
+        description="Most numbers one embeddings request may ask for: inputs x dimensions "
+        "(default: 2,048 inputs of 1,536 dimensions); more gets 400.",
+    )
+    max_top_logprobs_total: int = Field(
+        default=100,
+        ge=0,
+        description="Largest n x top_logprobs (alternatives listed at each token, summed "
+        "over a request's choices); more gets 400. n=16 with top_logprobs=20 would list 336 "
+        "log probabilities per token.",
     )
     max_request_body_bytes: int = Field(
         default=4 * 1024 * 1024,
@@ -515,8 +544,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_pattern(cls, pattern: str) -> str:
         try:
-            re.compile(pattern)
-        except re.error as exc:
+            compile_linear(pattern)
+        except RegexError as exc:
             raise ValueError(f"not a regular expression: {exc}") from None
         return pattern
 

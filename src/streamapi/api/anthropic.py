@@ -10,6 +10,7 @@ from streamapi.api.common import (
     RequestOnlyRoute,
     check_model_access,
     json_response,
+    prepared,
     read_json,
     refuse_early,
     refuse_if_draining,
@@ -86,6 +87,6 @@ async def count_message_tokens(request: Request) -> Response:
     payload = await read_json(request)
     # Anthropic's count takes no max_tokens: one leaves the whole context to the prompt.
     parsed = validate(MessageCreateRequest, {**payload, "max_tokens": 1, "stream": False})
-    job = state["messages"].prepare(parsed).job
+    job = (await prepared(request, state["messages"], parsed)).job
     check_model_access(request, job.model)
     return json_response({"input_tokens": job.prompt_tokens})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -13,7 +15,6 @@ from streamapi.api.common import (
     AppStateDep,
     RequestOnlyRoute,
     check_model_access,
-    json_response,
     principal_of,
     read_json,
     refuse_early,
@@ -143,7 +144,11 @@ async def create_embedding(request: Request, state: AppStateDep) -> Response:
     embedding_request = validate(EmbeddingRequest, await read_json(request))
     model = state["generation"].resolve_model(embedding_request.model)
     check_model_access(request, model)
-    return json_response(state["embeddings"].create(embedding_request))
+    service = state["embeddings"]
+    service.check(embedding_request)  # its 400s, before any work
+    # Thousands of vectors take seconds of CPU to draw and encode: not on the event loop.
+    body = await asyncio.to_thread(lambda: orjson.dumps(service.create(embedding_request)))
+    return Response(body, media_type="application/json")
 
 
 @router.get("/v1/models", response_model=ModelList, summary="List the served models")

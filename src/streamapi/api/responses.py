@@ -15,6 +15,7 @@ from streamapi.api.common import (
     RequestOnlyRoute,
     check_model_access,
     json_response,
+    prepared,
     principal_of,
     read_json,
     refuse_early,
@@ -75,7 +76,7 @@ async def create_response(request: Request) -> Response:
 async def _start_background(request: Request, state: AppState, parsed: ResponseRequest) -> Response:
     """Admit the job now (refusals are statuses), run it on its own, answer at once."""
     service = state["responses"]
-    response = service.prepare(parsed)
+    response = await prepared(request, service, parsed)
     check_model_access(request, response.job.model)
     plan = await state["control"].plan(request, response.job, streamed=True)
     lease = await state["limiter"].take(principal_of(request))

@@ -28,7 +28,13 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from streamapi import scope_keys
-from streamapi.api.common import AppState, check_principal_access, refuse_if_draining, validate
+from streamapi.api.common import (
+    AppState,
+    check_principal_access,
+    is_small,
+    refuse_if_draining,
+    validate,
+)
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.keys import Principal
 from streamapi.schemas.responses import ResponseRequest
@@ -87,7 +93,10 @@ async def _turn(
             and session.get(parsed.previous_response_id) is None
         ):
             await service.load(parsed.previous_response_id)
-        response = service.prepare(parsed, session=session)
+        if is_small(message):
+            response = service.prepare(parsed, session=session)
+        else:  # checking its schemas may take seconds of CPU: not on the event loop
+            response = await asyncio.to_thread(service.prepare, parsed, session=session)
         check_principal_access(principal, response.job.model)
         lease = await state["limiter"].take(principal)
         admission = await state["generation"].admit(

@@ -33,6 +33,13 @@ from pydantic import (
 
 from streamapi.engines.protocol import GenerationRequest, Script, ScriptedToolCall
 from streamapi.fault_grammar import FaultSyntaxError, parse_faults
+from streamapi.linear_regex import (
+    LinearMatch,
+    LinearPattern,
+    RegexError,
+    compile_linear,
+    search as linear_search,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +81,8 @@ class TextMatch(BaseModel):
             raise ValueError("give exactly one of contains, equals or regex")
         if self.regex is not None:
             try:
-                re.compile(self.regex)
-            except re.error as exc:
+                compile_linear(self.regex)
+            except RegexError as exc:
                 raise ValueError(f"invalid regular expression {self.regex!r}: {exc}") from None
         return self
 
@@ -88,11 +95,11 @@ class TextMatch(BaseModel):
             return text == self.equals
         return self.captures(text) is not None
 
-    def captures(self, text: str | None) -> re.Match[str] | None:
-        """The regex's match in ``text`` (None for the other kinds)."""
+    def captures(self, text: str | None) -> LinearMatch | None:
+        """The regex's match in ``text`` (None for the other kinds), in linear time (RE2)."""
         if self.regex is None or text is None:
             return None
-        return re.search(self.regex, text)  # re caches compiled patterns
+        return linear_search(self.regex, text)  # compiled once, cached
 
 
 def _as(kind: str) -> Callable[[Any], Any]:
@@ -280,7 +287,7 @@ class Rule(BaseModel):
     @model_validator(mode="after")
     def _check_templates(self) -> Rule:
         pattern = None if self.match.user is None else self.match.user.regex
-        compiled = None if pattern is None else re.compile(pattern)
+        compiled = None if pattern is None else compile_linear(pattern)
         for where, text in self._templates():
             for name in _TEMPLATE_VARIABLE.findall(text):
                 problem = _variable_problem(name, compiled)
@@ -303,7 +310,7 @@ class Rule(BaseModel):
         return found
 
 
-def _variable_problem(name: str, user_regex: re.Pattern[str] | None) -> str | None:
+def _variable_problem(name: str, user_regex: LinearPattern | None) -> str | None:
     if name in _PLAIN_VARIABLES or (name.startswith("header.") and len(name) > 7):
         return None
     if name.startswith("match."):

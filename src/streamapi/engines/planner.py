@@ -39,7 +39,7 @@ from streamapi.text.instructions import (
     prompted_format,
     without_length_instructions,
 )
-from streamapi.text.jsonschema import SchemaGenerator
+from streamapi.text.jsonschema import GenerationBudget, SchemaGenerator
 from streamapi.text.logprobs import logprob, top_logprobs
 from streamapi.text.tokenizer import tokenize
 from streamapi.text.writer import (
@@ -71,6 +71,8 @@ _WORDS = re.compile(r"[A-Za-z][a-z]*|[A-Z]+(?![a-z])|\d+")
 # ``final_result_<Type>``; the Agents SDK and others use similar words): once a
 # result is in, a required call goes there first.
 _OUTPUT_TOOL = re.compile(r"^(final|output|answer|respond|submit)", re.IGNORECASE)
+# A schema value's budget when nothing caps the answer (an engine with no context length).
+_UNCAPPED_TOKENS = 131_072
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,11 @@ class Planner:
         question = _question(request.messages)
         script = request.script
         calls = choose_tools(request) if script is None else []
+        # One budget for every value this answer generates from a client's schema:
+        # work in proportion to max_tokens, whatever the schema asks for.
+        budget = GenerationBudget.for_tokens(
+            request.max_tokens if request.max_tokens is not None else _UNCAPPED_TOKENS
+        )
         deltas: list[TokenDelta] = []
         if script is not None and script.reasoning is not None:
             deltas += [TokenDelta(t, channel="reasoning") for t in tokenize(script.reasoning)]
@@ -116,10 +123,10 @@ class Planner:
         finish: FinishReason = "stop"
         matched: str | None = None
         if calls:
-            deltas += _tool_call_deltas(calls, request, rng)
+            deltas += _tool_call_deltas(calls, request, rng, budget)
             finish = "tool_calls"
         else:
-            text = self._answer(request, question, rng) if script is None else script.text
+            text = self._answer(request, question, rng, budget) if script is None else script.text
             if not _fixed_length(request):
                 text, matched = _cut_at_stop(text, request.stop)
             # Only what max_tokens lets through, and one more to tell "length"
@@ -136,6 +143,8 @@ class Planner:
         if request.max_tokens is not None and len(deltas) > request.max_tokens:
             deltas = deltas[: request.max_tokens]
             finish, matched = "length", None
+        elif budget.spent:  # a value cut short by its budget is never finished as whole
+            finish, matched = "length", None
         elif request.max_tokens is not None and len(deltas) == request.max_tokens:
             # A real engine that is stopped by the limit reports "length" even
             # when the answer would have ended on that very token.
@@ -147,17 +156,23 @@ class Planner:
         deltas[-1] = replace(deltas[-1], finish_reason=finish, matched_stop=matched)
         return AnswerPlan(deltas)
 
-    def _answer(self, request: GenerationRequest, question: str, rng: random.Random) -> str:
+    def _answer(
+        self,
+        request: GenerationRequest,
+        question: str,
+        rng: random.Random,
+        budget: GenerationBudget,
+    ) -> str:
         fmt = request.output_format
         if fmt.type == "json_schema" and fmt.schema is not None:
             hints = _hints(question)
             return json.dumps(
-                SchemaGenerator(fmt.schema, rng, hints).generate(), ensure_ascii=False
+                SchemaGenerator(fmt.schema, rng, hints, budget).generate(), ensure_ascii=False
             )
         instructions = _instructions(request.messages)
         prompted = prompted_format(instructions, json_mode=fmt.type == "json_object")
         if prompted is not None:
-            value = SchemaGenerator(prompted.schema, rng, _hints(question)).generate()
+            value = SchemaGenerator(prompted.schema, rng, _hints(question), budget).generate()
             if prompted.markdown:
                 return f"```json\n{json.dumps(value, ensure_ascii=False, indent=2)}\n```"
             return json.dumps(value, ensure_ascii=False)
@@ -274,20 +289,25 @@ def _names(tool: ToolSpec, question: str, *, terms_needed: int = 2) -> bool:
 
 
 def _tool_call_deltas(
-    calls: list[ToolSpec], request: GenerationRequest, rng: random.Random
+    calls: list[ToolSpec], request: GenerationRequest, rng: random.Random, budget: GenerationBudget
 ) -> list[TokenDelta]:
     hints = _hints(_question(request.messages))
+    # Tokens past max_tokens (and the one that tells "length") are cut anyway.
+    limit = None if request.max_tokens is None else request.max_tokens + 1
     deltas: list[TokenDelta] = []
     for index, tool in enumerate(calls):
         call_id = f"call_{rng.getrandbits(96):024x}"
         if tool.format is not None:
-            text = freeform_input(tool.format, rng, hints)  # a custom tool's raw input
+            text = freeform_input(tool.format, rng, hints, budget)  # a custom tool's raw input
         else:
-            arguments = SchemaGenerator(tool.parameters or {"type": "object"}, rng, hints)
-            text = json.dumps(arguments.generate(), ensure_ascii=False)
+            parameters = tool.parameters or {"type": "object"}
+            arguments = SchemaGenerator(parameters, rng, hints, budget).generate()
+            text = json.dumps(arguments, ensure_ascii=False)
         start = ToolCallStart(index, call_id, tool.name)
         deltas.append(TokenDelta("", channel="tool_call", tool_call=start, tool_index=index))
-        deltas += [TokenDelta(t, channel="tool_call", tool_index=index) for t in tokenize(text)]
+        deltas += [
+            TokenDelta(t, channel="tool_call", tool_index=index) for t in tokenize(text, limit)
+        ]
     return deltas
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Final, cast
 
 from streamapi.engines.planner import AnswerPlan, Planner
-from streamapi.engines.protocol import GenerationRequest
+from streamapi.engines.protocol import GenerationRequest, TokenDelta
 from streamapi.engines.scheduler import BatchModel, Pace, ScheduledSequence, Scheduler
 from streamapi.metrics import Metrics
 from streamapi.settings import Settings
@@ -82,20 +83,31 @@ class SimulatorEngine:
         """Everything ``stream`` will send, decided up front."""
         return self._planner.plan(request)
 
-    def stream(self, request: GenerationRequest) -> ScheduledSequence:
-        """Admit ``request`` now (``RateLimitError`` if the queue is full); its token stream."""
+    def stream(self, request: GenerationRequest) -> ScheduledSequence | PlannedInThread:
+        """Admit ``request`` now (``RateLimitError`` if the queue is full); its token stream.
+
+        A long answer (``_plans_long``) is planned in a worker thread when the
+        stream opens, not here on the event loop: its plan costs ~9 us a token.
+        """
         scheduler = self._scheduler
         scheduler.start()
         # Refuse before writing an answer that would be thrown away.
         scheduler.check_capacity()
-        sequence = ScheduledSequence(
-            scheduler,
+        if _plans_long(request):
+            return PlannedInThread(self, request)
+        sequence = self.sequence(request)
+        scheduler.submit(sequence)
+        return sequence
+
+    def sequence(self, request: GenerationRequest) -> ScheduledSequence:
+        """``request``'s planned sequence, not queued yet; it touches no event loop, so a
+        worker thread can build it."""
+        return ScheduledSequence(
+            self._scheduler,
             deltas=self.plan(request).deltas,
             prompt=chat_prompt_tokens((m.role, m.content) for m in request.messages),
             pace=_pace(request),
         )
-        scheduler.submit(sequence)
-        return sequence
 
     async def start(self) -> None:
         """Start the step loop on the running event loop (idempotent)."""
@@ -104,6 +116,65 @@ class SimulatorEngine:
     async def aclose(self) -> None:
         """Stop the step loop; sequences still open end with an error."""
         await self._scheduler.aclose()
+
+
+# Answers planned on the event loop are at most this many tokens long; a longer one
+# (ignore_eos, a structured output or tool arguments from a client's schema) is
+# planned in a thread, so no request holds up the other streams for its planning.
+_PLAN_ON_THE_LOOP_TOKENS = 2048
+
+
+def _plans_long(request: GenerationRequest) -> bool:
+    """Whether the answer may be longer than ``_PLAN_ON_THE_LOOP_TOKENS``: prose answers are
+    a few hundred tokens whatever max_tokens says, unless it is imposed or comes from a
+    schema."""
+    tokens = request.output_tokens if request.output_tokens is not None else request.max_tokens
+    if tokens is None or tokens <= _PLAN_ON_THE_LOOP_TOKENS:
+        return False
+    return (
+        request.ignore_eos
+        or request.output_tokens is not None
+        or request.output_format.type != "text"
+        or bool(request.tools)
+    )
+
+
+class PlannedInThread:
+    """A sequence whose plan is made in a worker thread when it opens (at admission, or at
+    its first delta if never opened); then it is the ``ScheduledSequence``."""
+
+    def __init__(self, engine: SimulatorEngine, request: GenerationRequest) -> None:
+        self._engine = engine
+        self._request = request
+        self._sequence: ScheduledSequence | None = None
+        self._closed = False
+
+    async def open(self) -> None:
+        """Plan off the event loop, then queue (``RateLimitError`` if the queue filled)."""
+        if self._sequence is not None or self._closed:
+            return
+        sequence = await asyncio.to_thread(self._engine.sequence, self._request)
+        if not self._closed:
+            self._engine.scheduler.submit(sequence)
+            self._sequence = sequence
+
+    def __aiter__(self) -> PlannedInThread:
+        return self
+
+    async def __anext__(self) -> TokenDelta:
+        if self._sequence is None:
+            await self.open()
+        if self._sequence is None:  # closed
+            raise StopAsyncIteration
+        return await self._sequence.__anext__()
+
+    def take_ready(self) -> list[TokenDelta]:
+        return [] if self._sequence is None else self._sequence.take_ready()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._sequence is not None:
+            await self._sequence.aclose()
 
 
 class SchedulerLatency:

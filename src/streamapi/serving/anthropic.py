@@ -55,7 +55,8 @@ from streamapi.schemas.anthropic import (
 )
 from streamapi.serving.client_tools import anthropic_client_tool
 from streamapi.serving.generation import Admission, Generation, Job
-from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
+from streamapi.serving.request_limits import check_anthropic_metadata
+from streamapi.serving.schema_checks import SchemaChecks, check_tool_choice
 from streamapi.serving.usage import Usage
 from streamapi.text.tokenizer import TOKENS_PER_MESSAGE, count_chat_tokens, count_tokens
 
@@ -85,6 +86,7 @@ class MessageService:
     def prepare(self, request: MessageCreateRequest) -> MessageJob:
         """Check everything that can fail before the first byte."""
         generation = self._generation
+        check_anthropic_metadata(request.metadata)
         model = generation.resolve_model(request.model)
         messages, cached_messages, changes = _conversation(
             request.system,
@@ -93,7 +95,9 @@ class MessageService:
         )
         if request.model_extra and request.model_extra.get("cache_control"):
             cached_messages = len(messages)  # automatic caching: the whole prompt
-        tools = _tools(request, changes)
+        checks = SchemaChecks.of(generation.settings)
+        checks.tool_count(len(request.tools or ()), param="tools")
+        tools = _tools(request, changes, checks)
         choice = request.tool_choice
         if choice is None:
             tool_choice = "auto" if tools else "none"
@@ -122,7 +126,7 @@ class MessageService:
             tools=tools,
             tool_choice=tool_choice,
             parallel_tool_calls=not (choice and choice.disable_parallel_tool_use),
-            output_format=_output_format(request),
+            output_format=_output_format(request, checks),
             reasoning=generation.reasons(model, asked),
         )
         job = generation.job([template], id_prefix="msg_")
@@ -333,7 +337,7 @@ def _breakpoint_tokens(job: Job, messages: tuple[PromptMessage, ...], upto: int 
     )
 
 
-def _output_format(request: MessageCreateRequest) -> OutputFormat:
+def _output_format(request: MessageCreateRequest, checks: SchemaChecks) -> OutputFormat:
     """Structured outputs: ``output_config.format``, or the beta's ``output_format``."""
     if request.output_config is not None and request.output_config.format is not None:
         schema, param = request.output_config.format.schema_, "output_config.format.schema"
@@ -341,7 +345,7 @@ def _output_format(request: MessageCreateRequest) -> OutputFormat:
         schema, param = request.output_format.schema_, "output_format.schema"
     else:
         return OutputFormat()
-    check_schema(schema, param=param)
+    checks.schema(schema, param=param)
     return OutputFormat("json_schema", schema)
 
 
@@ -383,7 +387,9 @@ _TOOL_CHANGES = frozenset({"tool_addition", "tool_removal"})
 _TOOL: TypeAdapter[Tool | VersionedTool] = TypeAdapter(AnyTool)
 
 
-def _tools(request: MessageCreateRequest, changes: _ToolChanges) -> tuple[ToolSpec, ...]:
+def _tools(
+    request: MessageCreateRequest, changes: _ToolChanges, checks: SchemaChecks
+) -> tuple[ToolSpec, ...]:
     """The tools the engine may call: the client's own, and Anthropic's client tools.
 
     A ``defer_loading`` tool is callable once a ``tool_reference`` block (or a
@@ -400,7 +406,7 @@ def _tools(request: MessageCreateRequest, changes: _ToolChanges) -> tuple[ToolSp
             if tool.defer_loading and tool.name not in loaded:
                 continue
             param = f"tools[{index}].input_schema"
-            specs.append(tool_spec(tool.name, tool.description, tool.input_schema, param=param))
+            specs.append(checks.tool(tool.name, tool.description, tool.input_schema, param=param))
             continue
         known = anthropic_client_tool(tool.type)
         if known is not None and not (tool.defer_loading and tool.name not in loaded):

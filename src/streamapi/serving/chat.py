@@ -39,7 +39,8 @@ from streamapi.schemas.openai import (
     TextContentPart,
 )
 from streamapi.serving.generation import Admission, Generation, Job
-from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
+from streamapi.serving.request_limits import check_metadata, check_top_logprobs
+from streamapi.serving.schema_checks import SchemaChecks, check_tool_choice
 from streamapi.serving.usage import Transcript, Usage
 
 
@@ -73,10 +74,20 @@ class ChatService:
             raise InvalidRequestError(
                 "top_logprobs is only allowed when logprobs is true.", param="top_logprobs"
             )
+        if request.logprobs and request.top_logprobs:
+            check_top_logprobs(
+                request.n or 1,
+                request.top_logprobs,
+                limit=generation.settings.max_top_logprobs_total,
+                param="top_logprobs",
+            )
+        check_metadata((request.model_extra or {}).get("metadata"))
         model = generation.resolve_model(request.model)
         if request.tools is not None and not request.tools:
             raise InvalidRequestError("tools must not be an empty array.", param="tools")
-        tools = tuple(_tool(t, i) for i, t in enumerate(request.tools or ()))
+        checks = SchemaChecks.of(generation.settings)
+        checks.tool_count(len(request.tools or ()), param="tools")
+        tools = tuple(_tool(t, i, checks) for i, t in enumerate(request.tools or ()))
         choice = _tool_choice(request.tool_choice, has_tools=bool(tools))
         check_tool_choice(tools, choice, param="tool_choice")
         effort = request.reasoning_effort
@@ -96,7 +107,7 @@ class ChatService:
             tools=tools,
             tool_choice=choice,
             parallel_tool_calls=request.parallel_tool_calls is not False,
-            output_format=_output_format(request),
+            output_format=_output_format(request, checks),
             length_instructions=not request.prompt_form,
             reasoning=generation.reasons(model, None if effort is None else effort != "none"),
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
@@ -368,11 +379,11 @@ def _logprobs(deltas: list[TokenDelta]) -> dict[str, Any]:
     }
 
 
-def _tool(tool: ChatFunctionTool | ChatCustomTool, index: int) -> ToolSpec:
+def _tool(tool: ChatFunctionTool | ChatCustomTool, index: int, checks: SchemaChecks) -> ToolSpec:
     if isinstance(tool, ChatFunctionTool):
         function = tool.function
         param = f"tools[{index}].function.parameters"
-        return tool_spec(function.name, function.description, function.parameters, param=param)
+        return checks.tool(function.name, function.description, function.parameters, param=param)
     custom = tool.custom
     fmt: dict[str, Any] = {"type": "text"}
     if custom.format is not None and custom.format.grammar is not None:
@@ -392,10 +403,10 @@ def _tool_choice(choice: object, *, has_tools: bool) -> str:
     return str(choice)
 
 
-def _output_format(request: ChatCompletionRequest) -> OutputFormat:
+def _output_format(request: ChatCompletionRequest, checks: SchemaChecks) -> OutputFormat:
     fmt = request.response_format
     if isinstance(fmt, ResponseFormatJSONSchema) and fmt.json_schema.schema_ is not None:
-        check_schema(fmt.json_schema.schema_, param="response_format.json_schema.schema")
+        checks.schema(fmt.json_schema.schema_, param="response_format.json_schema.schema")
         return OutputFormat("json_schema", fmt.json_schema.schema_)
     if isinstance(fmt, ResponseFormatJSONObject | ResponseFormatJSONSchema):
         return OutputFormat("json_object")

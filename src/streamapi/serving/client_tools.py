@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamapi.engines.protocol import ToolSpec
-from streamapi.serving.schema_checks import tool_spec
+from streamapi.serving.schema_checks import SchemaChecks
 
 _COMMANDS = {
     "type": "array",
@@ -79,7 +79,7 @@ class ToolBook:
         return self.item_types.get(name, "function_call")
 
 
-def responses_tools(tools: list[Any], loaded: Sequence[Any] = ()) -> ToolBook:
+def responses_tools(tools: list[Any], checks: SchemaChecks, loaded: Sequence[Any] = ()) -> ToolBook:
     """The engine's tools for a Responses ``tools`` list (``schemas.responses`` models).
 
     A ``defer_loading`` tool is left out until the conversation loads it: ``loaded``
@@ -102,7 +102,7 @@ def responses_tools(tools: list[Any], loaded: Sequence[Any] = ()) -> ToolBook:
             return
         seen.add(tool.name)
         if tool.type == "function":
-            specs.append(tool_spec(tool.name, tool.description, tool.parameters, param=param))
+            specs.append(checks.tool(tool.name, tool.description, tool.parameters, param=param))
         else:
             fmt = tool.format.model_dump(exclude_none=True) if tool.format else {"type": "text"}
             specs.append(ToolSpec(tool.name, tool.description or "", {}, format=fmt))

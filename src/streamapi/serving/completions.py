@@ -17,6 +17,7 @@ from streamapi.errors import InvalidRequestError
 from streamapi.schemas.openai import CompletionRequest
 from streamapi.serving.chat import render_error, usage_dict
 from streamapi.serving.generation import Admission, Generation, Job
+from streamapi.serving.request_limits import check_top_logprobs
 from streamapi.serving.usage import Usage
 from streamapi.text.logprobs import logprob, top_logprobs
 from streamapi.text.tokenizer import count_tokens, tokenize
@@ -54,6 +55,13 @@ class CompletionService:
             )
         if request.best_of is not None and request.best_of < n:
             raise InvalidRequestError("best_of must be at least n.", param="best_of")
+        if request.logprobs:
+            check_top_logprobs(
+                n,
+                request.logprobs,
+                limit=generation.settings.max_top_logprobs_total,
+                param="logprobs",
+            )
         model = generation.resolve_model(request.model)
         prompts = _prompts(request.prompt)
         templates = [

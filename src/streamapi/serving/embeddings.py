@@ -18,6 +18,7 @@ from typing import Any
 from streamapi.errors import InvalidRequestError
 from streamapi.schemas.openai import EmbeddingRequest
 from streamapi.serving.generation import Generation
+from streamapi.serving.request_limits import check_embedding_floats
 from streamapi.text.tokenizer import count_tokens
 
 _MAX_INPUTS = 2048
@@ -29,8 +30,17 @@ class EmbeddingService:
     def __init__(self, generation: Generation) -> None:
         self._generation = generation
 
+    def check(self, request: EmbeddingRequest) -> None:
+        """400 for a request ``create`` would refuse, at no cost: call it on the event loop."""
+        settings = self._generation.settings
+        self._generation.resolve_model(request.model)
+        inputs = _inputs(request.input)
+        dimensions = request.dimensions or settings.embedding_dimensions
+        check_embedding_floats(len(inputs), dimensions, limit=settings.max_embedding_floats)
+
     def create(self, request: EmbeddingRequest) -> dict[str, Any]:
         """The embeddings of every input, with usage."""
+        self.check(request)
         settings = self._generation.settings
         model = self._generation.resolve_model(request.model)
         inputs = _inputs(request.input)

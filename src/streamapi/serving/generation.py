@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -21,6 +20,7 @@ from streamapi.errors import (
     ServiceUnavailableError,
 )
 from streamapi.lifecycle import DRAIN_EXPIRED, Lifecycle
+from streamapi.linear_regex import search as linear_search
 from streamapi.metrics import Metrics
 from streamapi.serving.schema_checks import tool_schema
 from streamapi.serving.stream_errors import render_stream_error
@@ -136,7 +136,7 @@ class Generation:
         if asked is not None:
             return asked
         return self.settings.reasoning or bool(
-            re.search(self.settings.reasoning_model_pattern, model)
+            linear_search(self.settings.reasoning_model_pattern, model)
         )
 
     def image_tokens(self, model: str, detail: str | None, *, param: str) -> int:
@@ -153,7 +153,7 @@ class Generation:
                 "text only: it does not accept images.",
                 param=param,
             )
-        if not re.search(self.settings.vision_model_pattern, model):
+        if not linear_search(self.settings.vision_model_pattern, model):
             raise InvalidRequestError(
                 f"The model '{model}' only reads text: it does not accept images. "
                 "Models whose name matches --vision-model-pattern do.",

@@ -65,7 +65,8 @@ from streamapi.schemas.responses import (
 from streamapi.serving import compaction
 from streamapi.serving.client_tools import ToolBook, builtin_action, responses_tools
 from streamapi.serving.generation import Admission, Generation, Job
-from streamapi.serving.schema_checks import check_schema, check_tool_choice
+from streamapi.serving.request_limits import check_metadata
+from streamapi.serving.schema_checks import SchemaChecks, check_tool_choice
 from streamapi.serving.stream_errors import GenerationFailed
 from streamapi.serving.usage import Usage
 from streamapi.state.base import ResponseStorage, StateUnavailableError
@@ -182,6 +183,7 @@ class ResponseService:
         responses, which a later turn of the same connection may continue.
         """
         generation = self._generation
+        check_metadata(request.metadata)
         model = generation.resolve_model(request.model)
         history, call_names = self._history(request.previous_response_id, session)
         loaded: list[Any] = []
@@ -196,7 +198,9 @@ class ResponseService:
         ]
         if request.instructions:
             messages.insert(0, PromptMessage("system", request.instructions))
-        book = responses_tools(request.tools or [], loaded)
+        checks = SchemaChecks.of(generation.settings)
+        checks.tool_count(len(request.tools or ()), param="tools")
+        book = responses_tools(request.tools or [], checks, loaded)
         tools = book.specs
         choice = request.tool_choice
         tool_choice = _tool_choice(choice, called=bool(tools), offered=bool(request.tools))
@@ -212,7 +216,7 @@ class ResponseService:
             tools=tools,
             tool_choice=tool_choice,
             parallel_tool_calls=request.parallel_tool_calls is not False,
-            output_format=_output_format(request),
+            output_format=_output_format(request, checks),
             reasoning=generation.reasons(model, None if effort is None else effort != "none"),
         )
         job = generation.job([template], id_prefix="resp_")
@@ -870,10 +874,10 @@ def _text(content: str | list[Any] | None) -> str:
     return "\n".join(texts)
 
 
-def _output_format(request: ResponseRequest) -> OutputFormat:
+def _output_format(request: ResponseRequest, checks: SchemaChecks) -> OutputFormat:
     fmt = request.text.format if request.text else None
     if isinstance(fmt, TextFormatJSONSchema):
-        check_schema(fmt.schema_, param="text.format.schema")
+        checks.schema(fmt.schema_, param="text.format.schema")
         return OutputFormat("json_schema", fmt.schema_)
     if isinstance(fmt, TextFormatJSONObject):
         return OutputFormat("json_object")

@@ -24,7 +24,8 @@ from lark.grammar import Rule
 from lark.lexer import PatternStr, TerminalDef
 from lark.load_grammar import load_grammar
 
-from streamapi.text.jsonschema import SchemaGenerator
+from streamapi.linear_regex import RegexError, compile_linear
+from streamapi.text.jsonschema import GenerationBudget, SchemaGenerator
 
 # Past this depth a rule takes its cheapest alternative, so recursion ends.
 _MAX_DEPTH = 12
@@ -32,23 +33,36 @@ _FALLBACKS = ("notes.txt", "x", "0", "a", "")
 _FILE_RULE = re.compile(r"(?i)file|path")
 
 
-def freeform_input(fmt: Mapping[str, Any], rng: random.Random, hints: Sequence[str]) -> str:
-    """A custom tool call's input for ``fmt`` (a Responses ``format``), from ``hints``."""
+def freeform_input(
+    fmt: Mapping[str, Any],
+    rng: random.Random,
+    hints: Sequence[str],
+    budget: GenerationBudget | None = None,
+) -> str:
+    """A custom tool call's input for ``fmt`` (a Responses ``format``), from ``hints``;
+    a value generated for a regular expression spends ``budget`` (the answer's)."""
     words = [h for h in hints if h.strip()]
     if fmt.get("type") != "grammar":
         return " ".join(words[:6]) or "Done."
     definition = str(fmt.get("definition", ""))
     if fmt.get("syntax") == "regex":
-        return _regex_value(definition, rng, words, file_like=False)
+        return _regex_value(definition, rng, words, budget, file_like=False)
     try:
-        return _LarkSentence(definition, rng, words).text()
+        return _LarkSentence(definition, rng, words, budget).text()
     except (LarkError, RecursionError, KeyError):
         return " ".join(words[:6])
 
 
 class _LarkSentence:
-    def __init__(self, definition: str, rng: random.Random, hints: Sequence[str]) -> None:
+    def __init__(
+        self,
+        definition: str,
+        rng: random.Random,
+        hints: Sequence[str],
+        budget: GenerationBudget | None,
+    ) -> None:
         self._rng = rng
+        self._budget = budget
         grammar, _ = load_grammar(definition, "<tool grammar>", [], False)  # type: ignore[no-untyped-call]
         terminals, rules, _ = grammar.compile(["start"], set())
         self._terminals: dict[str, TerminalDef] = {t.name: t for t in terminals}
@@ -98,24 +112,33 @@ class _LarkSentence:
         if isinstance(pattern, PatternStr):
             return str(pattern.value)
         file_like = bool(_FILE_RULE.search(rule))
-        return _regex_value(pattern.to_regexp(), self._rng, self._hints, file_like=file_like)
+        return _regex_value(
+            pattern.to_regexp(), self._rng, self._hints, self._budget, file_like=file_like
+        )
 
 
 def _regex_value(
-    expression: str, rng: random.Random, hints: Sequence[str], *, file_like: bool
+    expression: str,
+    rng: random.Random,
+    hints: Sequence[str],
+    budget: GenerationBudget | None,
+    *,
+    file_like: bool,
 ) -> str:
     """The first candidate ``expression`` matches whole (the request's words, then stock
-    ones), else a string generated from it."""
+    ones), else a string generated from it. The client's expression runs in RE2, in time
+    linear in the candidate (Python's ``re`` could backtrack for seconds on the loop)."""
     try:
-        compiled = re.compile(expression)
-    except re.error:
+        compiled = compile_linear(f"^(?:{expression})$")
+    except RegexError:
         return hints[0] if hints else ""
     words = [h.lower() for h in hints[:3]]
     candidates = (
         [f"{w}.txt" for w in words] if file_like else [" ".join(hints[:4]), *hints[:3], *words]
     )
     for candidate in (*candidates, *_FALLBACKS):
-        if compiled.fullmatch(candidate):
+        if compiled.search(candidate):
             return candidate
-    value = SchemaGenerator({"type": "string", "pattern": expression}, rng, hints).generate()
-    return value if isinstance(value, str) and compiled.fullmatch(value) else ""
+    schema = {"type": "string", "pattern": expression}
+    value = SchemaGenerator(schema, rng, hints, budget).generate()
+    return value if isinstance(value, str) and compiled.search(value) else ""

@@ -8,6 +8,13 @@ regular-expression generator), common ``format``s, ``anyOf``/``oneOf``/``allOf``
 and local ``$ref``s (``#/$defs/...``, ``#/definitions/...``, ``#``), recursive
 ones included. Strings are drawn from the conversation (``hints``) so that,
 say, a ``location`` argument names the city the user asked about.
+
+The work is bounded whatever the schema asks (a client's schema is untrusted
+input): a ``GenerationBudget`` caps the characters of all values one answer
+generates (``minItems``, ``minLength``, ``pattern`` repeats and fan-outs of
+required ``$defs`` included), ``multipleOf`` is computed arithmetically, and
+nesting (``$ref`` chains included) stops at ``MAX_NESTING``. A value cut short by
+its budget is longer than the answer's token limit, so it is never sent whole.
 """
 
 from __future__ import annotations
@@ -28,6 +35,13 @@ Schema = Mapping[str, Any] | bool
 
 # Past this depth, recursive schemas get their smallest valid value.
 _MAX_DEPTH = 6
+MAX_NESTING = 64
+"""Values nest (``$ref`` chains included) at most this deep; deeper gets ``null``. Checked
+schemas never reach it (serving/schema_checks.py refuses a required self-reference)."""
+MAX_TOKEN_CHARS = 8
+"""The longest token the tokenizer makes (text/tokenizer.py), in characters."""
+# A repeat of more than this many is one sample repeated: as valid, and linear.
+_SAMPLED_REPEATS = 16
 _PLACE_WORDS = ("city", "location", "place", "country", "region", "destination", "origin")
 _TEXT_WORDS = ("description", "summary", "text", "content", "reason", "answer", "message", "note")
 # Optional properties are filled this often, above depth _DEEP (and half as often below).
@@ -49,12 +63,53 @@ _NUMBER_WINDOWS: tuple[tuple[tuple[str, ...], tuple[float, float]], ...] = (
 )
 
 
-class SchemaGenerator:
-    """Generates values for one root schema; ``hints`` are words to use in strings."""
+class GenerationBudget:
+    """Characters the values of one answer may still take; shared by all of its values.
 
-    def __init__(self, root: Schema, rng: random.Random, hints: Sequence[str] = ()) -> None:
+    Every generated node is charged at most what it takes serialised (at least
+    one character), so a spent budget means the serialised values are longer
+    than the characters it started with.
+    """
+
+    def __init__(self, chars: int) -> None:
+        self.left = chars
+
+    @classmethod
+    def for_tokens(cls, tokens: int) -> GenerationBudget:
+        """Enough for ``tokens`` tokens and one more (to tell "length" from "stop"): no
+        token is longer than ``MAX_TOKEN_CHARS``, so a value cut short still fills them."""
+        return cls((max(0, tokens) + 1) * MAX_TOKEN_CHARS)
+
+    @property
+    def spent(self) -> bool:
+        """Whether a value was cut short (or would be)."""
+        return self.left <= 0
+
+    def charge(self, chars: int) -> None:
+        self.left -= max(1, chars)
+
+
+# Without a token limit (a caller's own use): as much as a 128k-token answer.
+_UNLIMITED = 131_072
+
+
+class SchemaGenerator:
+    """Generates values for one root schema; ``hints`` are words to use in strings.
+
+    ``budget`` bounds the work (a fresh one for a 128k-token answer if not given);
+    when it is spent, the value is cut short (``budget.spent`` says so).
+    """
+
+    def __init__(
+        self,
+        root: Schema,
+        rng: random.Random,
+        hints: Sequence[str] = (),
+        budget: GenerationBudget | None = None,
+    ) -> None:
         self._root = root
         self._rng = rng
+        self.budget = budget or GenerationBudget.for_tokens(_UNLIMITED)
         self._hints = [h for h in hints if h] or ["example"]
         # Strings take the hints in turn, from a seeded start: distinct where possible.
         self._turn = rng.randrange(len(self._hints))
@@ -64,18 +119,29 @@ class SchemaGenerator:
         return self._value(self._root, name="", depth=0)
 
     def _value(self, schema: Schema, *, name: str, depth: int) -> Any:
+        budget = self.budget
+        if budget.spent or depth > MAX_NESTING:
+            budget.charge(4)  # null
+            return None
         if schema is True or schema == {}:
             return self._string({}, name)
         if schema is False or not isinstance(schema, Mapping):
+            budget.charge(4)
             return None
         if "$ref" in schema:
             return self._value(self._resolve(schema["$ref"]), name=name, depth=depth + 1)
         if "const" in schema:
+            budget.charge(1)
             return schema["const"]
         if "enum" in schema:
-            return self._rng.choice(list(schema["enum"]))
+            budget.charge(1)
+            options = schema["enum"]
+            return self._rng.choice(options) if isinstance(options, list) and options else None
         if "allOf" in schema:
-            return self._value(self._merge(schema), name=name, depth=depth)
+            merged = self._merge(schema)
+            # A part that brings an allOf of its own is a level deeper (an allOf that
+            # refers to itself would otherwise merge forever).
+            return self._value(merged, name=name, depth=depth + ("allOf" in merged))
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 branches = list(schema[key])
@@ -90,6 +156,9 @@ class SchemaGenerator:
             return self._object(schema, depth)
         if kind == "array":
             return self._array(schema, name, depth)
+        if kind not in ("integer", "number", "boolean", "null"):
+            return self._string(schema, name)
+        budget.charge(1)
         if kind == "integer":
             return self._integer(schema, name)
         if kind == "number":
@@ -107,9 +176,14 @@ class SchemaGenerator:
         # Models fill most optional fields (instructor's Iterable[...] is one optional
         # list): most near the top, fewer deep down, so recursive schemas still end.
         keep = _KEEP_OPTIONAL if depth < _DEEP else 0.5
+        budget = self.budget
+        budget.charge(2)
         for prop, sub in properties.items():
+            if budget.spent:
+                break
             optional_kept = depth < _MAX_DEPTH and self._rng.random() < keep
             if prop in required or optional_kept:
+                budget.charge(len(prop))
                 value[prop] = self._value(sub, name=prop, depth=depth + 1)
         if not value and properties and depth < _MAX_DEPTH:
             # An object of optional fields only is never answered empty.
@@ -120,8 +194,12 @@ class SchemaGenerator:
     def _array(self, schema: Mapping[str, Any], name: str, depth: int) -> list[Any]:
         prefix: Sequence[Schema] = schema.get("prefixItems", ())
         items: Schema = schema.get("items", True)
-        low = int(schema.get("minItems", 0))
-        high = int(schema.get("maxItems", max(low, len(prefix), 3)))
+        budget = self.budget
+        budget.charge(2)
+        # Never more items than the budget has characters: each takes one at least.
+        low = min(_count(schema.get("minItems"), 0), max(0, budget.left))
+        high = _count(schema.get("maxItems"), max(low, len(prefix), 3))
+        high = min(high, max(low, budget.left))
         if depth >= _MAX_DEPTH:
             high = low
         count = self._rng.randint(max(low, min(1, high)), max(low, high))
@@ -129,8 +207,9 @@ class SchemaGenerator:
         singular = name[:-1] if name.endswith("s") else name
         values: list[Any] = []
         attempts = 0
-        while len(values) < count and attempts < count * 10:
+        while len(values) < count and attempts < count * 10 and not budget.spent:
             attempts += 1
+            budget.charge(1)  # the comma
             sub = prefix[len(values)] if len(values) < len(prefix) else items
             value = self._value(sub, name=singular, depth=depth + 1)
             if schema.get("uniqueItems") and value in values:
@@ -153,7 +232,7 @@ class SchemaGenerator:
     def _number(self, schema: Mapping[str, Any], name: str) -> float:
         low, low_open, high, high_open = _bounds(schema, _window(name, integer=False))
         step = schema.get("multipleOf")
-        if isinstance(step, (int, float)) and step > 0:
+        if isinstance(step, (int, float)) and not isinstance(step, bool) and step > 0:
             return self._multiple(step, low, low_open, high)
         value = round(self._rng.uniform(low, high), 2)
         if (low_open and value <= low) or (high_open and value >= high) or not low <= value <= high:
@@ -161,11 +240,17 @@ class SchemaGenerator:
         return value
 
     def _multiple(self, step: float, low: float, low_open: bool, high: float) -> float:
-        first = math.ceil(low / step)
+        try:
+            first = math.ceil(low / step)
+            last = max(first, math.floor(high / step))
+        except (OverflowError, ValueError):  # a step so small that low / step is infinite
+            return low if not low_open else (low + high) / 2
         first += 1 if low_open and first * step == low else 0
-        last = max(first, math.floor(high / step))
+        last = max(first, last)
         decimals = max(0, -math.floor(math.log10(step))) + 2
-        candidates = list(range(first, last + 1))[:64]
+        # The first 64 multiples, counted arithmetically: a tiny step over a wide
+        # range has billions of them.
+        candidates = list(range(first, min(last, first + 63) + 1))
         self._rng.shuffle(candidates)
         for k in candidates:
             value = round(k * step, decimals)
@@ -175,21 +260,37 @@ class SchemaGenerator:
         return round(first * step, decimals)
 
     def _string(self, schema: Mapping[str, Any], name: str) -> str:
+        budget = self.budget
         pattern = schema.get("pattern")
         if isinstance(pattern, str):
             text = self._from_pattern(pattern)
         else:
             text = self._formatted(schema.get("format")) or self._word_for(name)
-        low = int(schema.get("minLength", 0))
+        # Never longer than the budget has characters left.
+        room = max(0, budget.left)
+        low = min(_count(schema.get("minLength"), 0), room)
         high = schema.get("maxLength")
         if len(text) < low:
             text += "x" * (low - len(text))
         if isinstance(high, int) and len(text) > high:
-            text = text[:high]
+            text = text[: max(0, high)]
+        text = text[: max(room, 1)]
+        budget.charge(len(text) + 2)
         return text
 
     def _formatted(self, fmt: object) -> str | None:
         rng = self._rng
+        if not isinstance(fmt, str) or fmt not in _FORMATS:
+            # The same draws as below without building the strings (most strings have no
+            # format): equal seeds still give equal answers, at a fifth of the cost.
+            for low, high in ((1, 12), (1, 28), (0, 23)):
+                rng.randint(low, high)
+            rng.choice((0, 15, 30, 45))
+            rng.getrandbits(128)
+            for low, high in ((1, 254), (1, 65535), (1, 59)):
+                rng.randint(low, high)
+            self._turn += 4  # the four slugs
+            return None
         day = f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
         clock = f"{rng.randint(0, 23):02d}:{rng.choice((0, 15, 30, 45)):02d}:00"
         formats = {
@@ -231,23 +332,29 @@ class SchemaGenerator:
     def _from_pattern(self, pattern: str) -> str:
         try:
             parsed = sre_parse.parse(pattern)
-        except re.error:
+        except (re.error, RecursionError, OverflowError):
             return self._rng.choice(self._hints)
-        return _Regex(self._rng).emit(parsed)
+        return _Regex(self._rng, max(1, self.budget.left)).emit(parsed)
 
-    def _resolve(self, ref: str) -> Schema:
-        if not ref.startswith("#"):
+    def _resolve(self, ref: object) -> Schema:
+        if not isinstance(ref, str) or not ref.startswith("#"):
             return True  # remote references are not fetched; anything goes
         node: Any = self._root
         for part in ref[1:].split("/")[1:]:
             part = part.replace("~1", "/").replace("~0", "~")
-            node = node[int(part)] if isinstance(node, list) else node.get(part, True)
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif isinstance(node, Mapping):
+                node = node.get(part, True)
+            else:
+                return True  # a reference that points nowhere: anything goes
         return node  # type: ignore[no-any-return]
 
     def _merge(self, schema: Mapping[str, Any]) -> dict[str, Any]:
         merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
         for part in schema["allOf"]:
-            resolved = self._resolve(part["$ref"]) if "$ref" in part else part
+            is_ref = isinstance(part, Mapping) and "$ref" in part
+            resolved = self._resolve(part["$ref"]) if is_ref else part
             if not isinstance(resolved, Mapping):
                 continue
             for key, value in resolved.items():
@@ -261,13 +368,22 @@ class SchemaGenerator:
 
 
 class _Regex:
-    """Emits one string matching a parsed regular expression."""
+    """Emits one string matching a parsed regular expression, of at most ``limit`` characters
+    (past it, the string is cut short)."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, limit: int) -> None:
         self._rng = rng
+        self._left = limit
 
     def emit(self, parsed: Any) -> str:
-        return "".join(self._node(op, arg) for op, arg in parsed)
+        parts: list[str] = []
+        for op, arg in parsed:
+            if self._left <= 0:
+                break
+            text = self._node(op, arg)
+            self._left -= len(text)
+            parts.append(text)
+        return "".join(parts)
 
     def _node(self, op: Any, arg: Any) -> str:
         c = sre_constants
@@ -282,7 +398,16 @@ class _Regex:
         if op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
             low, high, sub = arg
             high = min(high, low + 3) if high is not c.MAXREPEAT else low + 3
-            return "".join(self.emit(sub) for _ in range(self._rng.randint(low, high)))
+            times = self._rng.randint(low, high)
+            if times <= _SAMPLED_REPEATS:
+                return "".join(self.emit(sub) for _ in range(times))
+            # Many repeats (a{1000000}): one sample, repeated as far as the limit goes.
+            left = self._left
+            sample = self.emit(sub)
+            self._left = left
+            if not sample:
+                return ""
+            return sample * min(times, left // len(sample) + 1)
         if op is c.SUBPATTERN:
             return self.emit(arg[-1])
         if op is c.BRANCH:
@@ -313,6 +438,18 @@ _CATEGORY = {
     sre_constants.CATEGORY_NOT_WORD: "-",
     sre_constants.CATEGORY_NOT_SPACE: "s",
 }
+
+
+_FORMATS = frozenset("date date-time time email uri url uuid ipv4 ipv6 hostname duration".split())
+
+
+def _count(value: object, default: int) -> int:
+    """A schema's count keyword (``minItems``, ``minLength``...), or ``default`` if it is none."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    if isinstance(value, float) and not math.isfinite(value):
+        return default
+    return max(0, int(value))
 
 
 def _kind(schema: Mapping[str, Any]) -> str:
