@@ -16,6 +16,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import HTMLResponse
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from streamapi import __version__, api
 from streamapi.api import admin, dashboard
@@ -197,6 +198,11 @@ def create_app(
     app.add_middleware(ControlMiddleware, control=control)
     # Outermost, so that a request's arrival is stamped before anything else runs.
     app.add_middleware(RequestMiddleware, metrics=metrics)
+    if settings.forwarded_allow_ips:
+        # uvicorn's own, applied here rather than by uvicorn (serve turns its copy off)
+        # so that every way of running the app trusts the same proxies, and no others:
+        # uvicorn's default trusts loopback, where any local process can forge the header.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     _document_extra_schemas(app)
     _add_redoc(app)
     return app

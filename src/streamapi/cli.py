@@ -122,6 +122,8 @@ def _uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
         # Sans-I/O core (its legacy API, uvicorn's "auto", is deprecated).
         ws="websockets-sansio",
         timeout_keep_alive=int(settings.keep_alive_timeout_s),
+        # The app applies X-Forwarded-For itself, from --forwarded-allow-ips only.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(
             settings.shutdown_grace_period_s + _UVICORN_SHUTDOWN_MARGIN_S
         ),

@@ -346,7 +346,16 @@ class Settings(BaseSettings):
     )
     cors_allow_origins: list[str] = Field(
         default=[],
-        description="Origins allowed by CORS ('*' for any); empty turns CORS off.",
+        description="Origins allowed by CORS ('*' for any); empty turns CORS off. A request "
+        "whose Origin header names another origin gets 403 before any work (browsers send "
+        "Origin; SDKs and curl do not).",
+    )
+    forwarded_allow_ips: list[str] = Field(
+        default=[],
+        description="Addresses (or networks, or '*') of the proxies trusted to set "
+        "X-Forwarded-For and X-Forwarded-Proto, as uvicorn's --forwarded-allow-ips: with auth "
+        "off, rate limits count per client address, taken from X-Forwarded-For only when the "
+        "connection comes from one of these. Empty: trust none, not even loopback.",
     )
 
     # --- streaming and lifecycle ---------------------------------------------
@@ -454,15 +463,16 @@ class Settings(BaseSettings):
     rate_limit_requests_per_minute: int = Field(
         default=0,
         ge=0,
-        description="Requests per minute allowed to each API key (each client address for "
-        "requests without one) and model, as a token bucket; beyond it 429 with Retry-After. "
+        description="Requests per minute allowed to each API key by name (with auth off, each "
+        "client address) and model, as a token bucket; beyond it 429 with Retry-After. "
         "0: no limit.",
     )
     rate_limit_tokens_per_minute: int = Field(
         default=0,
         ge=0,
         description="Tokens per minute (prompt plus max_tokens, or what the context leaves) "
-        "allowed to each API key (or client address) and model, as a token bucket; beyond "
+        "allowed to each API key by name (with auth off, each client address) and model, as a "
+        "token bucket; beyond "
         "it 429 with Retry-After. 0: no limit.",
     )
     admin_key: SecretStr | None = Field(

@@ -378,12 +378,17 @@ class ControlPlan:
 
 
 def identify(request: Request) -> str:
-    """Who a request counts against: a hash of its API key (never the key), else its address."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    key = token.strip() if scheme.lower() == "bearer" else ""
-    key = key or request.headers.get("x-api-key", "").strip()
-    if key:
-        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    """Who a request counts against: its authenticated key's name, else its client address.
+
+    Never a header the client chose: with keys on, ``AuthMiddleware`` has put the
+    key that authenticated in the scope (whichever header carried it), so a second,
+    junk key in the other header cannot mint a fresh bucket. With auth off it is
+    the peer's address, which ``X-Forwarded-For`` replaces only when the peer is a
+    proxy named in ``--forwarded-allow-ips``.
+    """
+    principal = scope_keys.state_of(request.scope).get(scope_keys.PRINCIPAL)
+    if principal is not None:
+        return f"key:{principal.name}"
     client = request.client
     return f"addr:{client.host if client is not None else 'unknown'}"
 

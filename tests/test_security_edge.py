@@ -1,0 +1,141 @@
+"""The hostile-input pass of issue 26 at the edge: identity, tenants, the journal, browsers.
+
+Each test replays one row of the attack and checks it gets a bounded answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from streamapi.app import create_app
+from streamapi.control.ratelimit import _MAX_BUCKETS, RateLimiter
+from streamapi.errors import RateLimitError
+from streamapi.settings import Settings
+
+CHAT = {"model": "sim", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+JSON = {"Accept": "application/json"}
+
+
+def _settings(**fields: Any) -> Settings:
+    return Settings(
+        time_to_first_token_ms=0,
+        inter_token_latency_ms=0,
+        served_model_names=["sim"],
+        **fields,
+    )
+
+
+@asynccontextmanager
+async def serve(
+    settings: Settings, client: tuple[str, int] = ("127.0.0.1", 50000)
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app, client=client),
+            base_url="http://test",
+        ) as http,
+    ):
+        yield http
+
+
+async def _statuses(http: httpx.AsyncClient, headers_of: Any, count: int) -> list[int]:
+    return [
+        (
+            await http.post("/v1/chat/completions", json=CHAT, headers={**JSON, **headers_of()})
+        ).status_code
+        for _ in range(count)
+    ]
+
+
+# --- one identity per request -------------------------------------------------------
+
+
+async def test_a_junk_bearer_beside_a_valid_x_api_key_counts_against_the_key() -> None:
+    settings = _settings(api_keys=["sk-real"], rate_limit_requests_per_minute=5)
+    async with serve(settings) as http:
+        statuses = await _statuses(
+            http,
+            lambda: {"x-api-key": "sk-real", "Authorization": f"Bearer junk-{uuid.uuid4()}"},
+            20,
+        )
+        # The same key in the other header is the same identity.
+        other_header = await http.post(
+            "/v1/chat/completions", json=CHAT, headers={**JSON, "Authorization": "Bearer sk-real"}
+        )
+    assert statuses == [200] * 5 + [429] * 15
+    assert other_header.status_code == 429
+
+
+async def test_two_keys_have_two_buckets() -> None:
+    settings = _settings(api_keys=["sk-a", "sk-b"], rate_limit_requests_per_minute=1)
+    async with serve(settings) as http:
+        a = await _statuses(http, lambda: {"Authorization": "Bearer sk-a"}, 2)
+        b = await _statuses(http, lambda: {"x-api-key": "sk-b"}, 2)
+    assert a == b == [200, 429]
+
+
+async def test_with_auth_off_a_rotating_key_or_forwarded_for_is_still_one_address() -> None:
+    settings = _settings(rate_limit_requests_per_minute=5)
+    async with serve(settings) as http:
+        statuses = await _statuses(
+            http,
+            lambda: {
+                "Authorization": f"Bearer junk-{uuid.uuid4()}",
+                "X-Forwarded-For": f"10.0.{uuid.uuid4().int % 250}.1",
+            },
+            10,
+        )
+    assert statuses == [200] * 5 + [429] * 5
+
+
+async def test_forwarded_for_counts_only_from_a_trusted_proxy() -> None:
+    settings = _settings(rate_limit_requests_per_minute=1, forwarded_allow_ips=["127.0.0.1"])
+    async with serve(settings) as proxied:
+        # Behind the trusted proxy: each forwarded client has its own bucket.
+        first = await _statuses(proxied, lambda: {"X-Forwarded-For": "203.0.113.1"}, 2)
+        second = await _statuses(proxied, lambda: {"X-Forwarded-For": "203.0.113.2"}, 1)
+    async with serve(settings, client=("192.0.2.9", 40000)) as direct:
+        # Not from the proxy: the header is ignored, the peer is the identity.
+        spoofed = await _statuses(
+            direct, lambda: {"X-Forwarded-For": f"203.0.113.{uuid.uuid4().int % 250}"}, 2
+        )
+    assert first == [200, 429]
+    assert second == [200]
+    assert spoofed == [200, 429]
+
+
+def test_past_the_bucket_cap_the_least_recently_used_go_first() -> None:
+    now = [1000.0]
+    limiter = RateLimiter(requests_per_minute=1, clock=lambda: now[0])
+    limiter.admit("oldest", "m", 0)
+    limiter.admit("recent", "m", 0)
+    for number in range(_MAX_BUCKETS - 2):
+        limiter.admit(f"new-{number}", "m", 0)
+    # "recent" is used again (refused: its bucket is empty), so "oldest" is the first out.
+    with pytest.raises(RateLimitError):
+        limiter.admit("recent", "m", 0)
+    limiter.admit("one-more", "m", 0)
+    limiter.admit("oldest", "m", 0)  # forgotten past the cap: a fresh bucket
+    assert len(limiter._buckets) == _MAX_BUCKETS
+
+
+def test_buckets_full_again_are_forgotten_by_the_next_new_identity() -> None:
+    now = [1000.0]
+    limiter = RateLimiter(requests_per_minute=2, clock=lambda: now[0])
+    for number in range(100):
+        limiter.admit(f"old-{number}", "m", 0)
+    limiter.admit("busy", "m", 0)
+    now[0] += 61  # every bucket has refilled
+    limiter.admit("busy", "m", 0)
+    limiter.admit("newcomer", "m", 0)
+    # Only the two in use remain: the full ones went, each once.
+    assert [identity for identity, _ in limiter._buckets] == ["busy", "newcomer"]
