@@ -5,6 +5,7 @@ Each test replays one row of the attack and checks it gets a bounded answer.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from starlette.testclient import TestClient
 
 from streamapi.app import create_app
 from streamapi.control.ratelimit import _MAX_BUCKETS, RateLimiter
@@ -24,12 +26,8 @@ JSON = {"Accept": "application/json"}
 
 
 def _settings(**fields: Any) -> Settings:
-    return Settings(
-        time_to_first_token_ms=0,
-        inter_token_latency_ms=0,
-        served_model_names=["sim"],
-        **fields,
-    )
+    instant: dict[str, Any] = {"time_to_first_token_ms": 0, "inter_token_latency_ms": 0}
+    return Settings(**{**instant, "served_model_names": ["sim"], **fields})
 
 
 @asynccontextmanager
@@ -139,3 +137,91 @@ def test_buckets_full_again_are_forgotten_by_the_next_new_identity() -> None:
     limiter.admit("newcomer", "m", 0)
     # Only the two in use remain: the full ones went, each once.
     assert [identity for identity, _ in limiter._buckets] == ["busy", "newcomer"]
+
+
+# --- tenants kept apart -------------------------------------------------------------
+
+KEY_A = {"Authorization": "Bearer sk-a", **JSON}
+KEY_B = {"x-api-key": "sk-b", **JSON}
+RESPONSES = "/v1/responses"
+
+
+async def test_a_stored_response_is_its_keys_alone() -> None:
+    settings = _settings(api_keys=["sk-a", "sk-b"], inter_token_latency_ms=20)
+    async with serve(settings) as http:
+        mine = await http.post(
+            RESPONSES, json={"input": "Remember: cobalt.", "max_output_tokens": 5}, headers=KEY_A
+        )
+        response_id = mine.json()["id"]
+        assert (await http.get(f"{RESPONSES}/{response_id}", headers=KEY_A)).status_code == 200
+        read = await http.get(f"{RESPONSES}/{response_id}", headers=KEY_B)
+        continued = await http.post(
+            RESPONSES,
+            json={"input": "The word?", "previous_response_id": response_id},
+            headers=KEY_B,
+        )
+        compacted = await http.post(
+            f"{RESPONSES}/compact",
+            json={"model": "sim", "previous_response_id": response_id},
+            headers=KEY_B,
+        )
+        # A background run: another key can neither see, follow nor cancel it.
+        run = await http.post(
+            RESPONSES,
+            json={"input": "hi", "background": True, "max_output_tokens": 500},
+            headers=KEY_A,
+        )
+        run_id = run.json()["id"]
+        cancelled = await http.post(f"{RESPONSES}/{run_id}/cancel", headers=KEY_B)
+        followed = await http.get(f"{RESPONSES}/{run_id}?stream=true", headers=KEY_B)
+        polled = await http.get(f"{RESPONSES}/{run_id}", headers=KEY_B)
+        own_cancel = await http.post(f"{RESPONSES}/{run_id}/cancel", headers=KEY_A)
+        own_continue = await http.post(
+            RESPONSES,
+            json={
+                "input": "The word?",
+                "previous_response_id": response_id,
+                "max_output_tokens": 5,
+            },
+            headers=KEY_A,
+        )
+    # As an unknown id is answered: nothing says the id exists.
+    for answer in (read, cancelled, followed, polled):
+        assert answer.status_code == 404
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+        assert "No response with id" in answer.json()["error"]["message"]
+    assert continued.status_code == compacted.status_code == 400
+    assert continued.json()["error"]["code"] == "previous_response_not_found"
+    assert compacted.json()["error"]["code"] == "previous_response_not_found"
+    assert own_cancel.status_code == 200
+    assert own_continue.status_code == 200
+
+
+def test_a_websocket_turn_cannot_continue_another_keys_response() -> None:
+    settings = _settings(api_keys=["sk-a", "sk-b"])
+    with TestClient(create_app(settings)) as test_client:
+        made = test_client.post(RESPONSES, json={"input": "Remember: ember."}, headers=KEY_A)
+        response_id = made.json()["id"]
+        with test_client.websocket_connect(RESPONSES, headers={"x-api-key": "sk-b"}) as socket:
+            socket.send_text(
+                json.dumps(
+                    {"type": "response.create", "input": "?", "previous_response_id": response_id}
+                )
+            )
+            refused = json.loads(socket.receive_text())
+        with test_client.websocket_connect(RESPONSES, headers={"x-api-key": "sk-a"}) as socket:
+            socket.send_text(
+                json.dumps(
+                    {"type": "response.create", "input": "?", "previous_response_id": response_id}
+                )
+            )
+            own = json.loads(socket.receive_text())
+    assert refused["error"]["code"] == "previous_response_not_found"
+    assert own["type"] == "response.created"
+
+
+async def test_with_auth_off_everyone_is_one_tenant() -> None:
+    async with serve(_settings()) as http:
+        made = await http.post(RESPONSES, json={"input": "hi"})
+        read = await http.get(f"{RESPONSES}/{made.json()['id']}", headers={"x-api-key": "any"})
+    assert read.status_code == 200

@@ -277,6 +277,11 @@ def principal_of(request: Request) -> Principal | None:
     return principal if isinstance(principal, Principal) else None
 
 
+def owner_of(principal: Principal | None) -> str | None:
+    """The tenant a request acts for: its key's name; None (one tenant) with auth off."""
+    return None if principal is None else principal.name
+
+
 def check_model_access(request: Request, model: str) -> None:
     """404 ``model_not_found`` when the caller's key may not use ``model``.
 

@@ -28,7 +28,13 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from streamapi import scope_keys
-from streamapi.api.common import AppState, check_principal_access, refuse_if_draining, validate
+from streamapi.api.common import (
+    AppState,
+    check_principal_access,
+    owner_of,
+    refuse_if_draining,
+    validate,
+)
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.keys import Principal
 from streamapi.schemas.responses import ResponseRequest
@@ -81,7 +87,7 @@ async def _turn(
         previous_id = previous if isinstance(previous, str) else None
         refuse_if_draining(state["lifecycle"])
         parsed = validate(ResponseRequest, body)
-        service = state["responses"]
+        service = state["responses"].for_owner(owner_of(principal))
         if (
             parsed.previous_response_id is not None
             and session.get(parsed.previous_response_id) is None

@@ -79,6 +79,8 @@ class StoredResponse:
     body: dict[str, Any]
     messages: tuple[PromptMessage, ...]
     call_names: dict[str, str]
+    owner: str | None = None
+    """The name of the API key that made it; None with auth off (one tenant)."""
 
 
 class ResponseStore:
@@ -136,14 +138,32 @@ class ResponseJob:
     call_names: dict[str, str]
     store: bool
     background: bool = False
+    owner: str | None = None
+    """The name of the API key asking; None with auth off."""
 
 
 class ResponseService:
-    """Serves ``/v1/responses``."""
+    """Serves ``/v1/responses``, for one tenant at a time (``for_owner``).
 
-    def __init__(self, generation: Generation, store: ResponseStore) -> None:
+    A stored Response belongs to the API key that made it: asked for by another
+    key (to read it, continue it or compact it), it is not found, as an unknown
+    id is, so a key learns nothing of another's responses.
+    """
+
+    def __init__(
+        self, generation: Generation, store: ResponseStore, owner: str | None = None
+    ) -> None:
         self._generation = generation
         self._store = store
+        self._owner = owner
+
+    def for_owner(self, owner: str | None) -> ResponseService:
+        """This service as the key named ``owner`` sees it (None: auth is off)."""
+        return ResponseService(self._generation, self._store, owner)
+
+    def owns(self, owner: str | None) -> bool:
+        """Whether something made by ``owner`` is this tenant's."""
+        return owner == self._owner
 
     async def load(self, response_id: str) -> None:
         """Make ``response_id`` available to ``prepare`` (the shared store's copy)."""
@@ -152,7 +172,7 @@ class ResponseService:
     async def retrieve(self, response_id: str) -> dict[str, Any] | None:
         await self._store.load(response_id)
         stored = self._store.get(response_id)
-        return None if stored is None else stored.body
+        return None if stored is None or not self.owns(stored.owner) else stored.body
 
     def prepare(
         self, request: ResponseRequest, *, session: ResponseStore | None = None
@@ -215,6 +235,7 @@ class ResponseService:
             call_names=call_names,
             store=store,
             background=background,
+            owner=self._owner,
         )
 
     def compact(self, request: CompactRequest) -> dict[str, Any]:
@@ -285,7 +306,7 @@ class ResponseService:
             return (), {}
         previous = session.get(previous_id) if session is not None else None
         previous = previous or self._store.get(previous_id)
-        if previous is None:
+        if previous is None or not self.owns(previous.owner):
             raise PreviousResponseNotFoundError(
                 f"Previous response with id '{previous_id}' not found.",
                 param="previous_response_id",
@@ -374,7 +395,7 @@ class ResponseService:
                     )
                 )
         conversation = tuple(m for m in response.messages if m.role != "system")
-        stored = StoredResponse(body, (*conversation, *said), names)
+        stored = StoredResponse(body, (*conversation, *said), names, response.owner)
         if response.store:
             await self._store.keep(body["id"], stored)
         elif session is not None:
@@ -396,6 +417,7 @@ def _frozen(stored: StoredResponse) -> dict[str, Any]:
             for m in stored.messages
         ],
         "call_names": stored.call_names,
+        "owner": stored.owner,
     }
 
 
@@ -410,7 +432,7 @@ def _thawed(data: dict[str, Any]) -> StoredResponse:
         )
         for m in data["messages"]
     )
-    return StoredResponse(data["body"], messages, dict(data["call_names"]))
+    return StoredResponse(data["body"], messages, dict(data["call_names"]), data.get("owner"))
 
 
 _ITEM_KINDS = {"content": "message", "reasoning": "reasoning", "tool_call": "function_call"}
