@@ -5,6 +5,7 @@ Each test replays one row of the attack and checks it gets a bounded answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -15,11 +16,14 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from streamapi.app import create_app
 from streamapi.control.ratelimit import _MAX_BUCKETS, RateLimiter
 from streamapi.errors import RateLimitError
 from streamapi.settings import Settings
+from tests.asgi_driver import post_scope, samples
+from tests.virtual_time import virtual_time
 
 CHAT = {"model": "sim", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 JSON = {"Accept": "application/json"}
@@ -225,3 +229,153 @@ async def test_with_auth_off_everyone_is_one_tenant() -> None:
         made = await http.post(RESPONSES, json={"input": "hi"})
         read = await http.get(f"{RESPONSES}/{made.json()['id']}", headers={"x-api-key": "any"})
     assert read.status_code == 200
+
+
+# --- auth before everything that records ----------------------------------------------
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_requests_without_a_key_and_preflights_are_counted_not_journaled() -> None:
+    settings = _settings(api_keys=["sk-a"], admin_key="admin")
+    async with serve(settings) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"x-api-key": "nope"}):
+            refused = await http.post("/v1/chat/completions", json=CHAT, headers=headers)
+            assert refused.status_code == 401
+        await http.options("/v1/chat/completions")
+        served = await http.post("/v1/chat/completions", json=CHAT, headers=KEY_A)
+        journal = await http.get(
+            "/admin/journal", headers={"Authorization": "Bearer admin", "x-api-key": "sk-a"}
+        )
+        metrics = (await http.get("/metrics")).text
+    assert served.status_code == 200
+    entries = journal.json()["entries"]
+    assert [(e["method"], e["status"], e["key_name"]) for e in entries] == [("POST", 200, "key-1")]
+    assert _sample(metrics, "streamapi_unjournaled_requests_total", reason="unauthenticated") == 3
+    assert _sample(metrics, "streamapi_unjournaled_requests_total", reason="preflight") == 1
+
+
+def _events_scope(headers: dict[str, str]) -> dict[str, Any]:
+    scope = post_scope("/dashboard/events", headers)
+    return {**scope, "method": "GET", "raw_path": b"/dashboard/events"}
+
+
+async def _subscribe(
+    app: Any, headers: dict[str, str], ticks: list[int], leave: asyncio.Event
+) -> int:
+    """Hold /dashboard/events open, counting its tick events, until ``leave``."""
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif b"event: tick" in message.get("body", b""):
+            ticks.append(1)
+
+    await app(_events_scope(headers), receive, send)
+    return status
+
+
+async def test_dashboard_events_are_read_once_per_tick_for_all_and_capped() -> None:
+    settings = _settings(dashboard_max_subscribers=3)
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        feed = manager._state["dashboard"]
+        with virtual_time():
+            leave = asyncio.Event()
+            counts: list[list[int]] = [[], [], []]
+            watchers = [
+                asyncio.create_task(_subscribe(manager.app, {}, ticks, leave)) for ticks in counts
+            ]
+            for _ in range(1_000):  # virtual seconds, bounded
+                if min(len(ticks) for ticks in counts) >= 10:
+                    break
+                await asyncio.sleep(0.1)
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
+            ) as http:
+                one_too_many = await http.get("/dashboard/events")
+            leave.set()
+            statuses = await asyncio.gather(*watchers)
+            readings = feed.readings
+    assert statuses == [200, 200, 200]
+    assert one_too_many.status_code == 429
+    assert one_too_many.json()["error"]["code"] == "too_many_dashboard_subscribers"
+    # Three subscribers, one reading per tick: no more readings than one of them saw.
+    assert readings <= max(len(ticks) for ticks in counts) + 1
+    assert feed.subscribers == 0
+
+
+async def test_with_api_keys_the_dashboard_events_need_the_admin_key() -> None:
+    async with serve(_settings(api_keys=["sk-a"])) as http:
+        no_admin = await http.get("/dashboard/events", headers=KEY_A)
+    async with serve(_settings(api_keys=["sk-a"], admin_key="admin")) as http:
+        tenant_only = await http.get("/dashboard/events", headers=KEY_A)
+    assert no_admin.status_code == 403
+    assert no_admin.json()["error"]["code"] == "admin_key_required"
+    assert tenant_only.status_code == 401
+    assert tenant_only.json()["error"]["code"] == "invalid_admin_key"
+
+
+# --- browsers cannot drive a keyless local server -------------------------------------
+
+
+async def test_a_page_from_another_origin_is_refused_before_any_work() -> None:
+    plain = json.dumps(CHAT).encode()
+    async with serve(_settings(admin_key="admin")) as http:
+        # What a page's fetch(..., {mode: "no-cors"}) sends: no preflight.
+        refused = await http.post(
+            "/v1/chat/completions",
+            content=plain,
+            headers={"Origin": "https://evil.example", "Content-Type": "text/plain"},
+        )
+        ws_style = await http.get("/v1/models", headers={"Origin": "null"})
+        own_page = await http.post(
+            "/v1/chat/completions", json=CHAT, headers={"Origin": "http://test", **JSON}
+        )
+        no_origin = await http.post("/v1/chat/completions", json=CHAT, headers=JSON)
+        journal = await http.get("/admin/journal", headers={"Authorization": "Bearer admin"})
+        metrics = (await http.get("/metrics")).text
+    assert refused.status_code == ws_style.status_code == 403
+    # The chat route's dialect: one SSE error event for a client that did not ask for JSON.
+    envelope = json.loads(refused.text.removeprefix("data: ").strip())
+    assert envelope["error"]["type"] == "permission_error"
+    assert envelope["error"]["code"] == ws_style.json()["error"]["code"] == "origin_not_allowed"
+    assert own_page.status_code == no_origin.status_code == 200
+    assert len(journal.json()["entries"]) == 2
+    assert _sample(metrics, "streamapi_unjournaled_requests_total", reason="origin") == 2
+
+
+async def test_an_origin_cors_allows_is_served() -> None:
+    settings = _settings(cors_allow_origins=["https://app.example"])
+    async with serve(settings) as http:
+        allowed = await http.post(
+            "/v1/chat/completions", json=CHAT, headers={"Origin": "https://app.example", **JSON}
+        )
+        other = await http.post(
+            "/v1/chat/completions", json=CHAT, headers={"Origin": "https://evil.example", **JSON}
+        )
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert other.status_code == 403
+
+
+def test_a_websocket_from_another_origin_is_closed_at_the_handshake() -> None:
+    with TestClient(create_app(_settings())) as test_client:
+        with (
+            pytest.raises(WebSocketDisconnect) as refused,
+            test_client.websocket_connect(RESPONSES, headers={"Origin": "https://evil.example"}),
+        ):
+            pass
+        with test_client.websocket_connect(RESPONSES) as socket:
+            socket.send_text(json.dumps({"type": "response.create", "input": "hi"}))
+            served = json.loads(socket.receive_text())
+    assert refused.value.code == 1008
+    assert served["type"] == "response.created"

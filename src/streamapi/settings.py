@@ -493,7 +493,15 @@ class Settings(BaseSettings):
         default=True,
         description="Serve the live dashboard and playground at /dashboard (engine, request "
         "waterfall with --admin-key, latency histograms, a chat playground, admin controls). "
-        "Its page and files hold no data; its live events need the admin key when one is set.",
+        "Its page and files hold no data; its live events need the admin key when one is set "
+        "(and with API keys on, one must be set).",
+    )
+    dashboard_max_subscribers: int = Field(
+        default=16,
+        ge=1,
+        le=10_000,
+        description="Most /dashboard/events streams open at once; one more gets 429. The "
+        "numbers are read once per tick for all of them.",
     )
 
     @field_validator("fault_kinds")

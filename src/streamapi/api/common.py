@@ -15,6 +15,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.responses import Response
 
 from streamapi import scope_keys, sse
+from streamapi.api.dashboard_feed import DashboardFeed
 from streamapi.concurrency import ConcurrencyLimiter
 from streamapi.control.hooks import Control
 from streamapi.errors import (
@@ -81,6 +82,7 @@ class AppState(TypedDict):
     messages: MessageService
     control: Control
     shared: SharedState
+    dashboard: DashboardFeed
     started_at: int
 
 
