@@ -379,3 +379,36 @@ def test_a_websocket_from_another_origin_is_closed_at_the_handshake() -> None:
             served = json.loads(socket.receive_text())
     assert refused.value.code == 1008
     assert served["type"] == "response.created"
+
+
+# --- the WebSocket's per-message limit and idle timeout -------------------------------
+
+
+def test_a_websocket_message_over_the_body_limit_is_a_413_error_event() -> None:
+    settings = _settings(max_request_body_bytes=2048)
+    with (
+        TestClient(create_app(settings)) as test_client,
+        test_client.websocket_connect(RESPONSES) as socket,
+    ):
+        big = {"type": "response.create", "input": "x" * 4096}
+        socket.send_text(json.dumps(big))
+        refused = json.loads(socket.receive_text())
+        # The connection is still usable.
+        socket.send_text(json.dumps({"type": "response.create", "input": "hi"}))
+        served = json.loads(socket.receive_text())
+    assert refused["status"] == 413
+    assert refused["error"]["code"] == "request_too_large"
+    assert served["type"] == "response.created"
+
+
+def test_an_idle_websocket_is_told_and_closed() -> None:
+    settings = _settings(websocket_idle_timeout_s=0.2)
+    with (
+        TestClient(create_app(settings)) as test_client,
+        test_client.websocket_connect(RESPONSES) as socket,
+    ):
+        told = json.loads(socket.receive_text())
+        with pytest.raises(WebSocketDisconnect) as closed:
+            socket.receive_text()
+    assert (told["status"], told["error"]["code"]) == (408, "websocket_idle_timeout")
+    assert closed.value.code == 1000

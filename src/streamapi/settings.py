@@ -379,6 +379,32 @@ class Settings(BaseSettings):
         description="Idle keep-alive connections are closed after this many seconds (set it "
         "above a load balancer's idle timeout).",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A connection must deliver a request's headers within this many seconds "
+        "of opening (or of a keep-alive request's first byte), else 408 and it is closed "
+        "(slowloris). 0: no deadline.",
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A request's whole body must arrive within this many seconds of its "
+        "headers, else the connection is closed. 0: no deadline.",
+    )
+    max_connections: int = Field(
+        default=10_000,
+        ge=0,
+        description="Most open connections per worker (WebSockets included until they "
+        "upgrade); one more gets 503 and is closed before anything is read. 0: no cap.",
+    )
+    websocket_idle_timeout_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A Responses WebSocket with no turn running and no message from its "
+        "client for this many seconds gets an error event (websocket_idle_timeout) and is "
+        "closed. 0: never.",
+    )
     shutdown_grace_period_s: float = Field(
         default=30.0,
         ge=0,

@@ -13,6 +13,11 @@ same socket continues one with ``previous_response_id`` while a new connection
 cannot (``previous_response_not_found``). A turn that fails forgets the response
 it tried to continue, so a client that retries starts a clean chain.
 
+Each message is held to ``--max-request-body-bytes`` as an HTTP body is (an
+``error`` with status 413, the connection kept); a connection with no turn
+running and no message for ``--websocket-idle-timeout-s`` gets an ``error``
+(``websocket_idle_timeout``, status 408) and is closed.
+
 The API key is checked at the handshake (``middleware.AuthMiddleware``). Test
 control (rules, faults, rate limits of ``--rules-file``) applies to HTTP
 requests only.
@@ -35,7 +40,12 @@ from streamapi.api.common import (
     refuse_if_draining,
     validate,
 )
-from streamapi.errors import APIError, InvalidRequestError
+from streamapi.errors import (
+    APIError,
+    InvalidRequestError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+)
 from streamapi.keys import Principal
 from streamapi.schemas.responses import ResponseRequest
 from streamapi.serving.responses import ResponseStore, json_event
@@ -56,10 +66,28 @@ async def responses_websocket(websocket: WebSocket) -> None:
     principal = scope_keys.state_of(websocket.scope).get(scope_keys.PRINCIPAL)
     await websocket.accept()
     session = ResponseStore(SESSION_CAPACITY)
+    settings = state["settings"]
+    idle_s = settings.websocket_idle_timeout_s or None
     try:
-        # Ends when the client closes the socket (or the server drains).
+        # Ends when the client closes the socket (or the server drains, or it idles).
         while not state["lifecycle"].draining:
-            message = await websocket.receive_text()
+            try:
+                message = await asyncio.wait_for(websocket.receive_text(), idle_s)
+            except TimeoutError:
+                await websocket.send_text(_error_message(_idle(settings.websocket_idle_timeout_s)))
+                await websocket.close(code=1000, reason="Idle for too long.")
+                return
+            if len(message.encode()) > settings.max_request_body_bytes:
+                # HTTP's 413, per message; the connection stays usable.
+                await websocket.send_text(
+                    _error_message(
+                        RequestTooLargeError(
+                            "The message is larger than the limit of "
+                            f"{settings.max_request_body_bytes} bytes."
+                        )
+                    )
+                )
+                continue
             await _turn(
                 websocket,
                 state,
@@ -119,6 +147,13 @@ async def _turn(
         finally:
             lifecycle.request_finished()
             metrics.streams_in_flight.dec()
+
+
+def _idle(timeout_s: float) -> APIError:
+    return RequestTimeoutError(
+        f"No message for {timeout_s:g} s: the connection is closed; open a new one to continue.",
+        code="websocket_idle_timeout",
+    )
 
 
 def _create_event(message: str) -> dict[str, Any]:
