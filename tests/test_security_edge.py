@@ -412,3 +412,91 @@ def test_an_idle_websocket_is_told_and_closed() -> None:
             socket.receive_text()
     assert (told["status"], told["error"]["code"]) == (408, "websocket_idle_timeout")
     assert closed.value.code == 1000
+
+
+# --- stores capped by bytes ---------------------------------------------------------
+
+
+async def test_stored_responses_are_capped_by_bytes_least_recently_used_first() -> None:
+    # Each of these responses weighs ~8.8 KB (its input is kept as its conversation):
+    # four fit in 40 KB.
+    settings = _settings(responses_store_max_bytes=40_000)
+    padding = "word " * 1_500
+    async with serve(settings) as http:
+
+        async def make(number: int) -> str:
+            made = await http.post(
+                RESPONSES, json={"input": f"{number} {padding}", "max_output_tokens": 3}
+            )
+            response_id: str = made.json()["id"]
+            return response_id
+
+        async def status(response_id: str) -> int:
+            return (await http.get(f"{RESPONSES}/{response_id}")).status_code
+
+        ids = [await make(number) for number in range(4)]
+        assert await status(ids[0]) == 200  # used: now the most recent
+        ids.append(await make(4))
+        after_fifth = [await status(rid) for rid in ids]
+        ids += [await make(number) for number in range(5, 12)]
+        last_four = [await status(rid) for rid in ids[-4:]]
+        older = [await status(rid) for rid in ids[:-4]]
+        too_big = await http.post(
+            RESPONSES, json={"input": "word " * 10_000, "max_output_tokens": 3}
+        )
+        unstored = await status(too_big.json()["id"])
+    # The fifth pushed out the least recently used (the second), not the first.
+    assert after_fifth == [200, 404, 200, 200, 200]
+    assert last_four == [200] * 4
+    assert older == [404] * len(older)
+    # One larger than the whole budget is answered, not stored.
+    assert too_big.status_code == 200
+    assert unstored == 404
+
+
+async def test_a_background_runs_kept_events_stay_within_their_budget() -> None:
+    budget = 30_000
+    settings = _settings(background_events_max_bytes=budget, tokens_per_event=1)
+    async with serve(settings) as http:
+        run = await http.post(
+            RESPONSES, json={"input": "hi", "background": True, "max_output_tokens": 1_000}
+        )
+        run_id = run.json()["id"]
+        for _ in range(2_000):
+            if (await http.get(f"{RESPONSES}/{run_id}")).json()["status"] == "completed":
+                break
+            await asyncio.sleep(0.01)
+        replay = await http.get(f"{RESPONSES}/{run_id}?stream=true")
+    frames = [f for f in replay.text.split("\n\n") if f.startswith("event: ")]
+    events = [json.loads(f.split("data: ", 1)[1]) for f in frames]
+    kinds = [e["type"] for e in events]
+    # Every delta kept was kept within the budget (counting all the events before it);
+    # the events after are the ones that carry the run's state, always kept.
+    sizes = [len(f.encode()) + 2 for f in frames]
+    last_delta = max(i for i, kind in enumerate(kinds) if kind.endswith(".delta"))
+    assert sum(sizes[: last_delta + 1]) <= budget
+    assert not any(kind.endswith(".delta") for kind in kinds[last_delta + 1 :])
+    # Deltas past the budget were not kept; the whole text is still in the .done event
+    # and the final Response.
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    done = next(e["text"] for e in events if e["type"] == "response.output_text.done")
+    final = events[-1]["response"]["output"][-1]["content"][0]["text"]
+    assert kinds[-1] == "response.completed"
+    assert done == final
+    assert len(deltas) < len(done)
+    assert done.startswith(deltas)
+
+
+async def test_the_journal_is_capped_by_bytes() -> None:
+    settings = _settings(admin_key="admin", journal_max_bytes=20_000)
+    long_question = "why " * 2_000
+    async with serve(settings) as http:
+        for _ in range(40):
+            chat = {**CHAT, "messages": [{"role": "user", "content": long_question}]}
+            assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
+        listed = await http.get("/admin/journal", headers={"Authorization": "Bearer admin"})
+    entries = listed.json()["entries"]
+    # Each entry holds 500 characters of the question and some overhead: ~1 KB.
+    assert 10 <= len(entries) < 40
+    assert entries[-1]["id"] == 40
+    assert all(len(entry["user"]) == 500 for entry in entries)

@@ -117,10 +117,17 @@ def create_app(
         response_service = ResponseService(
             generation,
             ResponseStore(
-                settings.responses_store_size, None if redis is None else redis.responses
+                settings.responses_store_size,
+                None if redis is None else redis.responses,
+                max_bytes=settings.responses_store_max_bytes,
             ),
         )
-        background = BackgroundRuns(response_service, lifecycle, settings.responses_store_size)
+        background = BackgroundRuns(
+            response_service,
+            lifecycle,
+            settings.responses_store_size,
+            max_event_bytes=settings.background_events_max_bytes,
+        )
         feed = DashboardFeed(
             metrics=metrics,
             control=control,

@@ -161,7 +161,22 @@ class Settings(BaseSettings):
         default=1000,
         ge=0,
         description="Responses kept in memory for previous_response_id and GET "
-        "/v1/responses/{id}; the oldest are dropped first. 0 stores none.",
+        "/v1/responses/{id}; the least recently used are dropped first. 0 stores none.",
+    )
+    responses_store_max_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=0,
+        description="Bytes the stored Responses may hold in this process (each counted as "
+        "its JSON); past it the least recently used are dropped, and one larger alone is not "
+        "stored. 0: only the count caps them.",
+    )
+    background_events_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="Bytes of events the background Responses keep for replay (GET "
+        "?stream=true), all runs together; past it finished runs' events are forgotten "
+        "first, then running runs stop keeping text deltas (the .done events and the final "
+        "Response still carry all of it). 0: no cap.",
     )
 
     # --- engine model: latency ------------------------------------------------
@@ -514,6 +529,13 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="Requests kept in the admin API's journal (with --admin-key); the "
         "oldest are dropped first.",
+    )
+    journal_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="Bytes the journal may hold in this process (an estimate per entry; "
+        "texts a client makes long are cut to 1,000 characters); past it the oldest entries "
+        "are dropped. 0: only --journal-size caps it.",
     )
     dashboard: bool = Field(
         default=True,

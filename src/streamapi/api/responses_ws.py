@@ -54,8 +54,10 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
-# A connection's store: false responses it may continue (oldest dropped first).
+# A connection's store: false responses it may continue (least recently used dropped
+# first), by count and by bytes.
 SESSION_CAPACITY = 64
+SESSION_MAX_BYTES = 16 * 1024 * 1024
 # HTTP-only fields: the socket is the stream, and a turn runs while it is open.
 _FORBIDDEN = ("stream", "stream_options", "background")
 
@@ -65,7 +67,7 @@ async def responses_websocket(websocket: WebSocket) -> None:
     state: AppState = websocket.scope["state"]
     principal = scope_keys.state_of(websocket.scope).get(scope_keys.PRINCIPAL)
     await websocket.accept()
-    session = ResponseStore(SESSION_CAPACITY)
+    session = ResponseStore(SESSION_CAPACITY, max_bytes=SESSION_MAX_BYTES)
     settings = state["settings"]
     idle_s = settings.websocket_idle_timeout_s or None
     try:

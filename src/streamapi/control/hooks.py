@@ -76,7 +76,11 @@ class Control:
             shared=None if self.shared is None else self.shared.buckets,
         )
         self.journal = (
-            Journal(settings.journal_size, None if self.shared is None else self.shared.journal)
+            Journal(
+                settings.journal_size,
+                None if self.shared is None else self.shared.journal,
+                max_bytes=settings.journal_max_bytes,
+            )
             if settings.admin_key is not None
             else None
         )

@@ -15,6 +15,7 @@ background runs (``serving.response_runs``).
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -55,6 +56,8 @@ from streamapi.serving.usage import Usage
 from streamapi.state.base import ResponseStorage, StateUnavailableError
 from streamapi.text.tokenizer import count_chat_tokens
 
+logger = logging.getLogger(__name__)
+
 Encode = Callable[[str, dict[str, Any]], bytes]
 """How one event leaves: an SSE frame, a WebSocket message, or a background run's log."""
 
@@ -84,15 +87,25 @@ class StoredResponse:
 
 
 class ResponseStore:
-    """The last ``capacity`` responses, oldest dropped first.
+    """At most ``capacity`` responses and ``max_bytes`` of them, least recently used
+    dropped first.
 
-    With a ``shared`` store (``--state-url``) responses are kept there, for
-    every process; this one's memory then only holds what ``load`` fetched.
+    A response's bytes are those of its JSON (its body and the conversation it
+    continues). One larger than ``max_bytes`` alone is not kept. With a ``shared``
+    store (``--state-url``) responses are kept there, for every process (Redis's own
+    memory settings bound it); this one's memory then only holds what ``load`` fetched.
     """
 
-    def __init__(self, capacity: int, shared: ResponseStorage | None = None) -> None:
+    def __init__(
+        self, capacity: int, shared: ResponseStorage | None = None, *, max_bytes: int = 0
+    ) -> None:
         self._capacity = capacity
+        self._max_bytes = max_bytes
+        """0: no cap but the count."""
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self.bytes = 0
+        """What the responses kept here weigh, as JSON."""
         self.shared = shared
 
     async def load(self, response_id: str) -> None:
@@ -114,18 +127,36 @@ class ResponseStore:
             await self.shared.put(response_id, _frozen(stored))
 
     def get(self, response_id: str) -> StoredResponse | None:
-        return self._items.get(response_id)
+        stored = self._items.get(response_id)
+        if stored is not None:
+            self._items.move_to_end(response_id)  # used: the last to go
+        return stored
 
     def discard(self, response_id: str) -> None:
         self._items.pop(response_id, None)
+        self.bytes -= self._sizes.pop(response_id, 0)
 
     def put(self, response_id: str, stored: StoredResponse) -> None:
         if self._capacity == 0:
             return
+        size = len(orjson.dumps(_frozen(stored)))
+        self.discard(response_id)
+        if self._max_bytes and size > self._max_bytes:
+            logger.warning(
+                "Response %s not stored: its %d bytes exceed the store's %d",
+                response_id,
+                size,
+                self._max_bytes,
+            )
+            return
         self._items[response_id] = stored
-        self._items.move_to_end(response_id)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
+        self._sizes[response_id] = size
+        self.bytes += size
+        while len(self._items) > self._capacity or (
+            self._max_bytes and self.bytes > self._max_bytes
+        ):
+            oldest, _ = self._items.popitem(last=False)
+            self.bytes -= self._sizes.pop(oldest)
 
 
 @dataclass(frozen=True, slots=True)
