@@ -42,7 +42,8 @@ class JournalEntry:
     model: str | None = None
     stream: bool | None = None
     identity: str | None = None
-    """``key:<hash>`` of the request's API key (never the key), else ``addr:<client>``."""
+    """``key:<name>`` of the request's authenticated key (never the key), else
+    ``addr:<client>`` (``hooks.identify``)."""
     key_name: str | None = None
     """The name of the API key it came with (with --api-key), never the key."""
     user: str | None = None
