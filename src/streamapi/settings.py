@@ -410,8 +410,8 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=10_000,
         ge=0,
-        description="Most open connections per worker (WebSockets included until they "
-        "upgrade); one more gets 503 and is closed before anything is read. 0: no cap.",
+        description="Most open connections per worker, WebSockets included; one more gets "
+        "503 and is closed before anything is read. 0: no cap.",
     )
     websocket_idle_timeout_s: float = Field(
         default=300.0,
