@@ -500,3 +500,23 @@ async def test_the_journal_is_capped_by_bytes() -> None:
     assert 10 <= len(entries) < 40
     assert entries[-1]["id"] == 40
     assert all(len(entry["user"]) == 500 for entry in entries)
+
+
+def test_websocket_turns_count_against_the_rate_limits() -> None:
+    settings = _settings(api_keys=["sk-a"], rate_limit_requests_per_minute=2)
+    with (
+        TestClient(create_app(settings)) as test_client,
+        test_client.websocket_connect(RESPONSES, headers={"x-api-key": "sk-a"}) as socket,
+    ):
+        firsts = []
+        for _ in range(3):
+            socket.send_text(json.dumps({"type": "response.create", "input": "hi"}))
+            first = json.loads(socket.receive_text())
+            firsts.append(first)
+            while first["type"] not in {"error", "response.completed"}:
+                first = json.loads(socket.receive_text())
+        # The same key over HTTP shares the bucket.
+        http = test_client.post(RESPONSES, json={"input": "hi"}, headers=KEY_A)
+    assert [f["type"] for f in firsts] == ["response.created", "response.created", "error"]
+    assert (firsts[2]["status"], firsts[2]["error"]["code"]) == (429, "rate_limit_exceeded")
+    assert http.status_code == 429

@@ -18,8 +18,9 @@ Each message is held to ``--max-request-body-bytes`` as an HTTP body is (an
 running and no message for ``--websocket-idle-timeout-s`` gets an ``error``
 (``websocket_idle_timeout``, status 408) and is closed.
 
-The API key is checked at the handshake (``middleware.AuthMiddleware``). Test
-control (rules, faults, rate limits of ``--rules-file``) applies to HTTP
+The API key is checked at the handshake (``middleware.AuthMiddleware``). Each
+turn counts against the rate limits and the concurrency caps as an HTTP request
+does; the rest of test control (rules, faults, the journal) applies to HTTP
 requests only.
 """
 
@@ -40,6 +41,7 @@ from streamapi.api.common import (
     refuse_if_draining,
     validate,
 )
+from streamapi.control.hooks import identify
 from streamapi.errors import (
     APIError,
     InvalidRequestError,
@@ -125,6 +127,8 @@ async def _turn(
             await service.load(parsed.previous_response_id)
         response = service.prepare(parsed, session=session)
         check_principal_access(principal, response.job.model)
+        # Each turn counts against the rate limits as an HTTP request does (429 error).
+        await state["control"].count(identify(websocket.scope), response.job)
         lease = await state["limiter"].take(principal)
         admission = await state["generation"].admit(
             response.job, arrived_at=asyncio.get_running_loop().time(), lease=lease
