@@ -421,9 +421,12 @@ async def test_a_cassette_holds_no_key_wherever_the_key_was(tmp_path: Path) -> N
         "api_keys": [client_key, anthropic_key],
         "record_redact_headers": ["x-request-id"],
         "record_redact_paths": ["messages.*.name"],
+        "admin_key": "admin-0005",
     }
     async with gateway(tmp_path, upstream={}, **settings) as gw:
-        pasted = [{"role": "user", "content": f"my keys: {UP_KEY}", "name": body_key}]
+        # The server's own keys pasted into a prompt too (sent upstream as they are).
+        keys = f"{UP_KEY} {client_key} {anthropic_key} admin-0005"
+        pasted = [{"role": "user", "content": f"my keys: {keys}", "name": body_key}]
         sent = await gw.client.post(
             "/v1/chat/completions",
             json={**chat(), "messages": pasted, "api_key": body_key, "user": "u1"},
@@ -438,7 +441,7 @@ async def test_a_cassette_holds_no_key_wherever_the_key_was(tmp_path: Path) -> N
         assert via_anthropic.status_code == 200, via_anthropic.text
     text = cassette(tmp_path).read_text()
     assert len(read_cassette(cassette(tmp_path))) == 2
-    for secret in (UP_KEY, client_key, anthropic_key, body_key, "req-1"):
+    for secret in (UP_KEY, client_key, anthropic_key, body_key, "req-1", "admin-0005"):
         assert secret not in text
     assert "Bearer" not in text
     assert "[redacted]" in text

@@ -170,6 +170,20 @@ async def test_a_per_key_cap_holds_across_both(redis_server: RedisServer) -> Non
         assert admitted.status_code == 200
 
 
+async def test_a_shared_stored_response_is_its_keys_alone_on_every_process(
+    redis_server: RedisServer,
+) -> None:
+    settings = _settings(redis_server, api_keys=["sk-a", "sk-b"])
+    key_a, key_b = {"x-api-key": "sk-a"}, {"x-api-key": "sk-b"}
+    async with _apps(settings, settings) as (a, b):
+        made = await a.post("/v1/responses", json={"input": "hi"}, headers=key_a)
+        url = f"/v1/responses/{made.json()['id']}"
+        own = await b.get(url, headers=key_a)
+        other = await b.get(url, headers=key_b)
+    assert own.status_code == 200
+    assert other.status_code == 404
+
+
 async def test_redis_lost_fails_open_and_fast_and_admin_writes_get_503(
     redis_server: RedisServer,
 ) -> None:

@@ -16,10 +16,12 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import HTMLResponse
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from streamapi import __version__, api
 from streamapi.api import admin, dashboard
 from streamapi.api.common import AppState
+from streamapi.api.dashboard_feed import DashboardFeed
 from streamapi.concurrency import ConcurrencyLimiter
 from streamapi.control.control_middleware import ControlMiddleware
 from streamapi.control.hooks import Control
@@ -33,6 +35,7 @@ from streamapi.middleware import (
     DOCS_ASSETS,
     AuthMiddleware,
     BodyLimitMiddleware,
+    OriginMiddleware,
     RequestMiddleware,
 )
 from streamapi.schemas import anthropic, openai, responses
@@ -114,10 +117,23 @@ def create_app(
         response_service = ResponseService(
             generation,
             ResponseStore(
-                settings.responses_store_size, None if redis is None else redis.responses
+                settings.responses_store_size,
+                None if redis is None else redis.responses,
+                max_bytes=settings.responses_store_max_bytes,
             ),
         )
-        background = BackgroundRuns(response_service, lifecycle, settings.responses_store_size)
+        background = BackgroundRuns(
+            response_service,
+            lifecycle,
+            settings.responses_store_size,
+            max_event_bytes=settings.background_events_max_bytes,
+        )
+        feed = DashboardFeed(
+            metrics=metrics,
+            control=control,
+            lifecycle=lifecycle,
+            max_subscribers=settings.dashboard_max_subscribers,
+        )
         try:
             yield AppState(
                 settings=settings,
@@ -138,9 +154,11 @@ def create_app(
                 messages=MessageService(generation),
                 control=control,
                 shared=shared,
+                dashboard=feed,
                 started_at=int(time.time()),
             )
         finally:
+            await feed.aclose()
             # Before the engine closes: a background run must not outlive the app.
             await background.aclose()
             if publisher is not None:
@@ -175,15 +193,24 @@ def create_app(
         metrics.error(error.type, error.code, in_stream=False)
 
     install_error_handlers(app, api.ERROR_DIALECTS, on_error=count_error)
+    # Outermost last. A request meets, in order: the proxy headers (when trusted), its
+    # arrival and id, the browser-origin check, CORS, auth, the journal and rate-limit
+    # headers, the body limit. Auth before the journal: what has no valid key is never
+    # journaled (a stranger cannot push real entries out), only counted.
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
         dialects=api.ERROR_DIALECTS,
         on_error=count_error,
     )
+    app.add_middleware(ControlMiddleware, control=control)
     # Inside CORS, so that a 401 carries CORS headers and preflights need no key.
     app.add_middleware(
-        AuthMiddleware, keys=settings.keys, dialects=api.ERROR_DIALECTS, on_error=count_error
+        AuthMiddleware,
+        keys=settings.keys,
+        dialects=api.ERROR_DIALECTS,
+        metrics=metrics,
+        on_error=count_error,
     )
     if settings.cors_allow_origins:
         app.add_middleware(
@@ -194,9 +221,21 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["x-request-id", "request-id", "retry-after", "retry-after-ms"],
         )
-    app.add_middleware(ControlMiddleware, control=control)
-    # Outermost, so that a request's arrival is stamped before anything else runs.
+    app.add_middleware(
+        OriginMiddleware,
+        allow_origins=settings.cors_allow_origins,
+        dialects=api.ERROR_DIALECTS,
+        metrics=metrics,
+        on_error=count_error,
+    )
+    # Outermost (but for the proxy headers), so that a request's arrival is stamped
+    # before anything else runs.
     app.add_middleware(RequestMiddleware, metrics=metrics)
+    if settings.forwarded_allow_ips:
+        # uvicorn's own, applied here rather than by uvicorn (serve turns its copy off)
+        # so that every way of running the app trusts the same proxies, and no others:
+        # uvicorn's default trusts loopback, where any local process can forge the header.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     _document_extra_schemas(app)
     _add_redoc(app)
     return app

@@ -32,6 +32,7 @@ from streamapi.app import create_app
 from streamapi.cassettes import CassetteError, read_cassette, write_atomic
 from streamapi.control.cassette_rules import cassette_rules, dump_rules
 from streamapi.control.rules import RulesError, load_rules
+from streamapi.edge import edge_protocol
 from streamapi.lifecycle import Lifecycle
 from streamapi.settings import Settings
 from streamapi.state import PER_WORKER, check_reachable
@@ -121,7 +122,18 @@ def _uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
         # The Responses API's WebSocket mode, on the websockets library's
         # Sans-I/O core (its legacy API, uvicorn's "auto", is deprecated).
         ws="websockets-sansio",
+        # Over this a message is not even read: the connection closes (1009). Under it
+        # the app answers one over --max-request-body-bytes with a 413 error event.
+        ws_max_size=2 * settings.max_request_body_bytes,
+        # Header and body deadlines and a connection cap, which uvicorn lacks.
+        http=edge_protocol(
+            header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            max_connections=settings.max_connections,
+        ),
         timeout_keep_alive=int(settings.keep_alive_timeout_s),
+        # The app applies X-Forwarded-For itself, from --forwarded-allow-ips only.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(
             settings.shutdown_grace_period_s + _UVICORN_SHUTDOWN_MARGIN_S
         ),

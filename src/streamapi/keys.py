@@ -47,6 +47,8 @@ class KeyRing:
     """Known key digests and their principals; empty means auth is off."""
 
     entries: tuple[tuple[bytes, Principal], ...] = field(default=())
+    known: tuple[SecretStr, ...] = field(default=(), repr=False)
+    """The keys given in plain (not as a digest): what a cassette must scrub."""
 
     @property
     def enabled(self) -> bool:
@@ -98,20 +100,23 @@ class KeysFileError(ValueError):
 def load_keys(keys: Sequence[SecretStr], path: Path | None) -> KeyRing:
     """The keys of the settings (named ``key-1``...) and of the keys file."""
     entries: list[tuple[bytes, Principal]] = []
+    known = list(keys)
     for number, key in enumerate(keys, start=1):
         secret = key.get_secret_value()
         if not secret:
             raise ValueError(f"api_keys[{number - 1}] is empty")
         entries.append((hashlib.sha256(secret.encode()).digest(), Principal(f"key-{number}")))
     if path is not None:
-        entries += _read_file(path)
+        from_file = _read_file(path)
+        entries += [(digest, principal) for digest, principal, _ in from_file]
+        known += [key for _, _, key in from_file if key is not None]
     digests = [digest for digest, _ in entries]
     if len(set(digests)) != len(digests):
         raise ValueError("the same API key is given twice")
-    return KeyRing(tuple(entries))
+    return KeyRing(tuple(entries), tuple(known))
 
 
-def _read_file(path: Path) -> list[tuple[bytes, Principal]]:
+def _read_file(path: Path) -> list[tuple[bytes, Principal, SecretStr | None]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -137,6 +142,7 @@ def _read_file(path: Path) -> list[tuple[bytes, Principal]]:
                 None if entry.models is None else frozenset(entry.models),
                 entry.max_concurrent_requests,
             ),
+            entry.key,
         )
         for entry in parsed.keys
     ]

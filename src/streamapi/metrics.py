@@ -305,6 +305,14 @@ class Metrics:
             ("operation",),
             registry=registry,
         )
+        self._unjournaled = Counter(
+            "streamapi_unjournaled_requests",
+            "Requests answered before the journal and any work, by reason: unauthenticated "
+            "(no valid API key), preflight (OPTIONS), origin (a browser Origin that CORS does "
+            "not allow).",
+            ("reason",),
+            registry=registry,
+        )
         self._upstream_retries = Counter(
             "streamapi_upstream_retries",
             "Upstream requests retried before the first byte.",
@@ -347,6 +355,10 @@ class Metrics:
     def request(self, route: str, method: str, status: int) -> None:
         """Count one HTTP request by the route template that answered it."""
         self._requests.labels(route, method, str(status)).inc()
+
+    def unjournaled(self, reason: str) -> None:
+        """Count one request answered before the journal: unauthenticated, preflight, origin."""
+        self._unjournaled.labels(reason).inc()
 
     def upstream_request(self, upstream: str, status: int) -> None:
         """Count one answer of an upstream engine (upstream names come from the routes file)."""

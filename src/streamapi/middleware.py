@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware: arrival time and request counts, request ids, auth, the body size limit.
+"""Pure-ASGI middleware: arrival time and request counts, request ids, browser origins, auth,
+the body size limit.
 
 Pure ASGI rather than ``BaseHTTPMiddleware`` so nothing sits between a stream
 and the socket: the send wrapper only touches the response's start message.
@@ -20,6 +21,7 @@ from streamapi.errors import (
     APIError,
     AuthenticationError,
     ErrorDialects,
+    PermissionDeniedError,
     RequestTooLargeError,
     render,
 )
@@ -53,6 +55,10 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "OPTIONS":
+            # CORS preflights are answered before the journal (or refused as any
+            # method is): counted here, so that they show somewhere.
+            self.metrics.unjournaled("preflight")
         state = scope.setdefault("state", {})
         state[scope_keys.ARRIVED_AT] = asyncio.get_running_loop().time()
         sent = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
@@ -162,6 +168,72 @@ OPEN_PATHS = frozenset(
 OPEN_PREFIXES = (f"{DOCS_ASSETS}/", f"{DASHBOARD_ASSETS}/")
 
 
+class OriginMiddleware:
+    """Refuses a browser's request from an origin CORS does not allow: 403, before any work.
+
+    Browsers send ``Origin`` on cross-origin requests, ``text/plain`` "simple"
+    POSTs included, which they send without a preflight: CORS only hides the
+    answer from the page, after the server has done the work. So a page on any
+    site could drive a keyless server on the user's machine. Here such a
+    request is refused before auth, the journal or the body. The server's own
+    pages (``Origin`` naming the ``Host`` it was reached at) and the origins of
+    ``--cors-allow-origins`` pass; SDKs and curl send no ``Origin`` and are not
+    affected. A WebSocket handshake from a refused origin is closed (HTTP 403).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allow_origins: list[str],
+        dialects: ErrorDialects,
+        metrics: Metrics,
+        on_error: Callable[[APIError], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.allow_any = "*" in allow_origins
+        self.allow_origins = frozenset(o.rstrip("/").lower() for o in allow_origins)
+        self.dialects = dialects
+        self.metrics = metrics
+        self.on_error = on_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.allow_any:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if origin is None or self._allowed(origin.rstrip("/").lower(), headers):
+            await self.app(scope, receive, send)
+            return
+        self.metrics.unjournaled("origin")
+        logger.info(
+            "%s %s -> 403 (origin not allowed)", scope.get("method", "WEBSOCKET"), scope["path"]
+        )
+        error = PermissionDeniedError(
+            "Requests from this origin are not allowed: a browser page may call this server "
+            "only from an origin in --cors-allow-origins.",
+            code="origin_not_allowed",
+        )
+        if self.on_error is not None:
+            self.on_error(error)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "Origin not allowed."})
+            return
+        dialect = self.dialects.for_request(
+            scope["method"], scope["path"], headers.get("accept", "")
+        )
+        response = render(error, dialect, scope_keys.state_of(scope).get(scope_keys.REQUEST_ID))
+        await response(scope, receive, send)
+
+    def _allowed(self, origin: str, headers: Headers) -> bool:
+        if origin in self.allow_origins:
+            return True
+        # Same origin: the server's own pages (the dashboard, /docs) call it.
+        _, _, host = origin.partition("://")
+        return bool(host) and host == headers.get("host", "").lower()
+
+
 class AuthMiddleware:
     """Checks the API key on every route but ``OPEN_PATHS``, ``OPEN_PREFIXES`` and CORS
     preflights.
@@ -180,11 +252,13 @@ class AuthMiddleware:
         *,
         keys: KeyRing,
         dialects: ErrorDialects,
+        metrics: Metrics | None = None,
         on_error: Callable[[APIError], None] | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
         self.dialects = dialects
+        self.metrics = metrics
         self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -214,6 +288,8 @@ class AuthMiddleware:
             logger.info(
                 "%s %s -> 401 (%s key)", scope["method"], scope["path"], "wrong" if sent else "no"
             )
+            if self.metrics is not None:
+                self.metrics.unjournaled("unauthenticated")
             if self.on_error is not None:
                 self.on_error(error)
             dialect = self.dialects.for_request(
@@ -230,6 +306,8 @@ class AuthMiddleware:
         principal = self._principal(Headers(scope=scope))
         if principal is None:
             logger.info("WEBSOCKET %s -> 403 (no valid key)", scope["path"])
+            if self.metrics is not None:
+                self.metrics.unjournaled("unauthenticated")
             if self.on_error is not None:
                 self.on_error(AuthenticationError("Missing or incorrect API key."))
             await send({"type": "websocket.close", "code": 1008, "reason": "Invalid API key."})

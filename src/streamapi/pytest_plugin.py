@@ -285,6 +285,8 @@ def _start_thread(values: dict[str, Any], admin_key: str) -> tuple[str, Callable
         log_config=None,  # the test process's logging stays as it is
         access_log=False,
         ws="websockets-sansio",  # the Responses API's WebSocket mode, as serve runs it
+        # As serve: the app applies X-Forwarded-For, from --forwarded-allow-ips only.
+        proxy_headers=False,
         lifespan="on",
         timeout_graceful_shutdown=int(_STOP_TIMEOUT_S / 2),
     )

@@ -162,7 +162,22 @@ class Settings(BaseSettings):
         default=1000,
         ge=0,
         description="Responses kept in memory for previous_response_id and GET "
-        "/v1/responses/{id}; the oldest are dropped first. 0 stores none.",
+        "/v1/responses/{id}; the least recently used are dropped first. 0 stores none.",
+    )
+    responses_store_max_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=0,
+        description="Bytes the stored Responses may hold in this process (each counted as "
+        "its JSON); past it the least recently used are dropped, and one larger alone is not "
+        "stored. 0: only the count caps them.",
+    )
+    background_events_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="Bytes of events the background Responses keep for replay (GET "
+        "?stream=true), all runs together; past it finished runs' events are forgotten "
+        "first, then running runs stop keeping text deltas (the .done events and the final "
+        "Response still carry all of it). 0: no cap.",
     )
 
     # --- engine model: latency ------------------------------------------------
@@ -375,7 +390,16 @@ class Settings(BaseSettings):
     )
     cors_allow_origins: list[str] = Field(
         default=[],
-        description="Origins allowed by CORS ('*' for any); empty turns CORS off.",
+        description="Origins allowed by CORS ('*' for any); empty turns CORS off. A request "
+        "whose Origin header names another origin gets 403 before any work (browsers send "
+        "Origin; SDKs and curl do not).",
+    )
+    forwarded_allow_ips: list[str] = Field(
+        default=[],
+        description="Addresses (or networks, or '*') of the proxies trusted to set "
+        "X-Forwarded-For and X-Forwarded-Proto, as uvicorn's --forwarded-allow-ips: with auth "
+        "off, rate limits count per client address, taken from X-Forwarded-For only when the "
+        "connection comes from one of these. Empty: trust none, not even loopback.",
     )
 
     # --- streaming and lifecycle ---------------------------------------------
@@ -398,6 +422,32 @@ class Settings(BaseSettings):
         le=3600,
         description="Idle keep-alive connections are closed after this many seconds (set it "
         "above a load balancer's idle timeout).",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A connection must deliver a request's headers within this many seconds "
+        "of opening (or of a keep-alive request's first byte), else 408 and it is closed "
+        "(slowloris). 0: no deadline.",
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A request's whole body must arrive within this many seconds of its "
+        "headers, else the connection is closed. 0: no deadline.",
+    )
+    max_connections: int = Field(
+        default=10_000,
+        ge=0,
+        description="Most open connections per worker, WebSockets included; one more gets "
+        "503 and is closed before anything is read. 0: no cap.",
+    )
+    websocket_idle_timeout_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A Responses WebSocket with no turn running and no message from its "
+        "client for this many seconds gets an error event (websocket_idle_timeout) and is "
+        "closed. 0: never.",
     )
     shutdown_grace_period_s: float = Field(
         default=30.0,
@@ -483,15 +533,16 @@ class Settings(BaseSettings):
     rate_limit_requests_per_minute: int = Field(
         default=0,
         ge=0,
-        description="Requests per minute allowed to each API key (each client address for "
-        "requests without one) and model, as a token bucket; beyond it 429 with Retry-After. "
+        description="Requests per minute allowed to each API key by name (with auth off, each "
+        "client address) and model, as a token bucket; beyond it 429 with Retry-After. "
         "0: no limit.",
     )
     rate_limit_tokens_per_minute: int = Field(
         default=0,
         ge=0,
         description="Tokens per minute (prompt plus max_tokens, or what the context leaves) "
-        "allowed to each API key (or client address) and model, as a token bucket; beyond "
+        "allowed to each API key by name (with auth off, each client address) and model, as a "
+        "token bucket; beyond "
         "it 429 with Retry-After. 0: no limit.",
     )
     admin_key: SecretStr | None = Field(
@@ -508,11 +559,26 @@ class Settings(BaseSettings):
         description="Requests kept in the admin API's journal (with --admin-key); the "
         "oldest are dropped first.",
     )
+    journal_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="Bytes the journal may hold in this process (an estimate per entry; "
+        "texts a client makes long are cut to 1,000 characters); past it the oldest entries "
+        "are dropped. 0: only --journal-size caps it.",
+    )
     dashboard: bool = Field(
         default=True,
         description="Serve the live dashboard and playground at /dashboard (engine, request "
         "waterfall with --admin-key, latency histograms, a chat playground, admin controls). "
-        "Its page and files hold no data; its live events need the admin key when one is set.",
+        "Its page and files hold no data; its live events need the admin key when one is set "
+        "(and with API keys on, one must be set).",
+    )
+    dashboard_max_subscribers: int = Field(
+        default=16,
+        ge=1,
+        le=10_000,
+        description="Most /dashboard/events streams open at once; one more gets 429. The "
+        "numbers are read once per tick for all of them.",
     )
 
     @field_validator("fault_kinds")

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.e2e
 
 ADMIN_KEY = "e2e-admin"
+# The rate-limited server's API keys: limits count per key with keys on (per client
+# address with auth off).
+LIMITED_KEYS = ("sk-a", "sk-b", "sk-c")
 FAST = ("--time-to-first-token-ms", "5", "--inter-token-latency-ms", "1")
 FAULT = "X-Streamapi-Fault"
 RULES = r"""
@@ -111,7 +114,8 @@ def admin(server: ServerProcess, method: str, path: str, **kwargs: Any) -> Any:
     response = httpx.request(
         method,
         f"{server.base_url}/admin{path}",
-        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        # An API key too, for the servers that have API keys on (ignored by the others).
+        headers={"Authorization": f"Bearer {ADMIN_KEY}", "x-api-key": LIMITED_KEYS[0]},
         timeout=10,
         **kwargs,
     )
@@ -624,6 +628,8 @@ def limited(module_server_factory: ServerFactory) -> ServerProcess:
         "6000",
         "--admin-key",
         ADMIN_KEY,
+        "--api-keys",
+        ",".join(LIMITED_KEYS),
     )
 
 

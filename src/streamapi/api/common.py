@@ -15,6 +15,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.responses import Response
 
 from streamapi import scope_keys, sse
+from streamapi.api.dashboard_feed import DashboardFeed
 from streamapi.concurrency import ConcurrencyLimiter
 from streamapi.control.hooks import Control
 from streamapi.errors import (
@@ -81,6 +82,7 @@ class AppState(TypedDict):
     messages: MessageService
     control: Control
     shared: SharedState
+    dashboard: DashboardFeed
     started_at: int
 
 
@@ -297,6 +299,11 @@ def principal_of(request: Request) -> Principal | None:
     """The caller's key (``AuthMiddleware``), or None when auth is off."""
     principal = scope_keys.state_of(request.scope).get(scope_keys.PRINCIPAL)
     return principal if isinstance(principal, Principal) else None
+
+
+def owner_of(principal: Principal | None) -> str | None:
+    """The tenant a request acts for: its key's name; None (one tenant) with auth off."""
+    return None if principal is None else principal.name
 
 
 def check_model_access(request: Request, model: str) -> None:

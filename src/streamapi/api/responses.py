@@ -15,6 +15,7 @@ from streamapi.api.common import (
     RequestOnlyRoute,
     check_model_access,
     json_response,
+    owner_of,
     prepared,
     principal_of,
     read_json,
@@ -27,6 +28,7 @@ from streamapi.api.common import (
 from streamapi.errors import InvalidRequestError, NotFoundError
 from streamapi.schemas.responses import CompactRequest, ResponseRequest
 from streamapi.serving.response_runs import Run
+from streamapi.serving.responses import ResponseService
 
 router = APIRouter(route_class=RequestOnlyRoute)
 
@@ -66,16 +68,23 @@ async def create_response(request: Request) -> Response:
     state = state_of(request)
     refuse_early(request, state)
     parsed = validate(ResponseRequest, await read_json(request))
+    service = _service(request, state)
     if parsed.previous_response_id is not None:
-        await state["responses"].load(parsed.previous_response_id)
+        await service.load(parsed.previous_response_id)
     if parsed.background:
-        return await _start_background(request, state, parsed)
-    return await respond(request, state, state["responses"], parsed, streamed=bool(parsed.stream))
+        return await _start_background(request, state, service, parsed)
+    return await respond(request, state, service, parsed, streamed=bool(parsed.stream))
 
 
-async def _start_background(request: Request, state: AppState, parsed: ResponseRequest) -> Response:
+def _service(request: Request, state: AppState) -> ResponseService:
+    """The Responses service as the caller's key sees it: its own stored responses only."""
+    return state["responses"].for_owner(owner_of(principal_of(request)))
+
+
+async def _start_background(
+    request: Request, state: AppState, service: ResponseService, parsed: ResponseRequest
+) -> Response:
     """Admit the job now (refusals are statuses), run it on its own, answer at once."""
-    service = state["responses"]
     response = await prepared(request, service, parsed)
     check_model_access(request, response.job.model)
     plan = await state["control"].plan(request, response.job, streamed=True)
@@ -125,9 +134,10 @@ async def compact_response(request: Request) -> Response:
     state = state_of(request)
     refuse_early(request, state)
     parsed = validate(CompactRequest, await read_json(request))
+    service = _service(request, state)
     if parsed.previous_response_id is not None:
-        await state["responses"].load(parsed.previous_response_id)
-    return json_response(state["responses"].compact(parsed))
+        await service.load(parsed.previous_response_id)
+    return json_response(service.compact(parsed))
 
 
 @router.get(
@@ -141,17 +151,22 @@ async def compact_response(request: Request) -> Response:
     responses={404: ERRORS[404], 400: ERRORS[400]},
 )
 async def retrieve_response(
-    response_id: str, state: AppStateDep, stream: bool = False, starting_after: int | None = None
+    request: Request,
+    response_id: str,
+    state: AppStateDep,
+    stream: bool = False,
+    starting_after: int | None = None,
 ) -> Response:
-    run = state["background"].get(response_id)
+    service = _service(request, state)
+    run = _run(state, service, response_id)
     if stream:
         if run is None:
-            await _stored(state, response_id)  # 404 if unknown
+            await _stored(service, response_id)  # 404 if unknown
             raise InvalidRequestError(
                 "Only background responses can be streamed again.", param="stream"
             )
         return _follow(state, run, -1 if starting_after is None else starting_after)
-    return json_response(run.body if run is not None else await _stored(state, response_id))
+    return json_response(run.body if run is not None else await _stored(service, response_id))
 
 
 @router.post(
@@ -163,18 +178,25 @@ async def retrieve_response(
     ),
     responses={404: ERRORS[404], 400: ERRORS[400]},
 )
-async def cancel_response(response_id: str, state: AppStateDep) -> Response:
-    run = state["background"].get(response_id)
+async def cancel_response(request: Request, response_id: str, state: AppStateDep) -> Response:
+    service = _service(request, state)
+    run = _run(state, service, response_id)
     if run is None:
-        await _stored(state, response_id)  # 404 if unknown
+        await _stored(service, response_id)  # 404 if unknown
         raise InvalidRequestError(
             "Only background responses can be cancelled.", param="response_id"
         )
     return json_response(await state["background"].cancel(run))
 
 
-async def _stored(state: AppState, response_id: str) -> dict[str, Any]:
-    body = await state["responses"].retrieve(response_id)
+def _run(state: AppState, service: ResponseService, response_id: str) -> Run | None:
+    """The caller's background run ``response_id``; another key's is unknown to it."""
+    run = state["background"].get(response_id)
+    return run if run is not None and service.owns(run.response.owner) else None
+
+
+async def _stored(service: ResponseService, response_id: str) -> dict[str, Any]:
+    body = await service.retrieve(response_id)
     if body is None:
         raise NotFoundError(f"No response with id '{response_id}' is stored.", param="response_id")
     return body

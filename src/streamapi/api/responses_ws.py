@@ -13,8 +13,14 @@ same socket continues one with ``previous_response_id`` while a new connection
 cannot (``previous_response_not_found``). A turn that fails forgets the response
 it tried to continue, so a client that retries starts a clean chain.
 
-The API key is checked at the handshake (``middleware.AuthMiddleware``). Test
-control (rules, faults, rate limits of ``--rules-file``) applies to HTTP
+Each message is held to ``--max-request-body-bytes`` as an HTTP body is (an
+``error`` with status 413, the connection kept); a connection with no turn
+running and no message for ``--websocket-idle-timeout-s`` gets an ``error``
+(``websocket_idle_timeout``, status 408) and is closed.
+
+The API key is checked at the handshake (``middleware.AuthMiddleware``). Each
+turn counts against the rate limits and the concurrency caps as an HTTP request
+does; the rest of test control (rules, faults, the journal) applies to HTTP
 requests only.
 """
 
@@ -32,10 +38,17 @@ from streamapi.api.common import (
     AppState,
     check_principal_access,
     is_small,
+    owner_of,
     refuse_if_draining,
     validate,
 )
-from streamapi.errors import APIError, InvalidRequestError
+from streamapi.control.hooks import identify
+from streamapi.errors import (
+    APIError,
+    InvalidRequestError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+)
 from streamapi.keys import Principal
 from streamapi.schemas.responses import ResponseRequest
 from streamapi.serving.responses import ResponseStore, json_event
@@ -44,8 +57,10 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
-# A connection's store: false responses it may continue (oldest dropped first).
+# A connection's store: false responses it may continue (least recently used dropped
+# first), by count and by bytes.
 SESSION_CAPACITY = 64
+SESSION_MAX_BYTES = 16 * 1024 * 1024
 # HTTP-only fields: the socket is the stream, and a turn runs while it is open.
 _FORBIDDEN = ("stream", "stream_options", "background")
 
@@ -55,11 +70,29 @@ async def responses_websocket(websocket: WebSocket) -> None:
     state: AppState = websocket.scope["state"]
     principal = scope_keys.state_of(websocket.scope).get(scope_keys.PRINCIPAL)
     await websocket.accept()
-    session = ResponseStore(SESSION_CAPACITY)
+    session = ResponseStore(SESSION_CAPACITY, max_bytes=SESSION_MAX_BYTES)
+    settings = state["settings"]
+    idle_s = settings.websocket_idle_timeout_s or None
     try:
-        # Ends when the client closes the socket (or the server drains).
+        # Ends when the client closes the socket (or the server drains, or it idles).
         while not state["lifecycle"].draining:
-            message = await websocket.receive_text()
+            try:
+                message = await asyncio.wait_for(websocket.receive_text(), idle_s)
+            except TimeoutError:
+                await websocket.send_text(_error_message(_idle(settings.websocket_idle_timeout_s)))
+                await websocket.close(code=1000, reason="Idle for too long.")
+                return
+            if len(message.encode()) > settings.max_request_body_bytes:
+                # HTTP's 413, per message; the connection stays usable.
+                await websocket.send_text(
+                    _error_message(
+                        RequestTooLargeError(
+                            "The message is larger than the limit of "
+                            f"{settings.max_request_body_bytes} bytes."
+                        )
+                    )
+                )
+                continue
             await _turn(
                 websocket,
                 state,
@@ -87,7 +120,7 @@ async def _turn(
         previous_id = previous if isinstance(previous, str) else None
         refuse_if_draining(state["lifecycle"])
         parsed = validate(ResponseRequest, body)
-        service = state["responses"]
+        service = state["responses"].for_owner(owner_of(principal))
         if (
             parsed.previous_response_id is not None
             and session.get(parsed.previous_response_id) is None
@@ -98,6 +131,8 @@ async def _turn(
         else:  # checking its schemas may take seconds of CPU: not on the event loop
             response = await asyncio.to_thread(service.prepare, parsed, session=session)
         check_principal_access(principal, response.job.model)
+        # Each turn counts against the rate limits as an HTTP request does (429 error).
+        await state["control"].count(identify(websocket.scope), response.job)
         lease = await state["limiter"].take(principal)
         admission = await state["generation"].admit(
             response.job, arrived_at=asyncio.get_running_loop().time(), lease=lease
@@ -122,6 +157,13 @@ async def _turn(
         finally:
             lifecycle.request_finished()
             metrics.streams_in_flight.dec()
+
+
+def _idle(timeout_s: float) -> APIError:
+    return RequestTimeoutError(
+        f"No message for {timeout_s:g} s: the connection is closed; open a new one to continue.",
+        code="websocket_idle_timeout",
+    )
 
 
 def _create_event(message: str) -> dict[str, Any]:

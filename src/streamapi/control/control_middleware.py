@@ -33,9 +33,12 @@ class ControlMiddleware:
         endpoint = ENDPOINT_PATHS.get(scope.get("path", ""))
         journal = self.control.journal
         # Without a journal or limits there is nothing to add: stay out of every send.
+        # Preflights are not journaled (auth, outside this layer, already keeps out
+        # requests without a valid key): RequestMiddleware counts them.
         if (
             scope["type"] != "http"
             or endpoint is None
+            or scope["method"] == "OPTIONS"
             or (journal is None and not self.control.limiter.enabled)
         ):
             await self.app(scope, receive, send)

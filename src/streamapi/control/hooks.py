@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -76,7 +76,11 @@ class Control:
             shared=None if self.shared is None else self.shared.buckets,
         )
         self.journal = (
-            Journal(settings.journal_size, None if self.shared is None else self.shared.journal)
+            Journal(
+                settings.journal_size,
+                None if self.shared is None else self.shared.journal,
+                max_bytes=settings.journal_max_bytes,
+            )
             if settings.admin_key is not None
             else None
         )
@@ -114,15 +118,10 @@ class Control:
             principal = state.get(scope_keys.PRINCIPAL)
             entry.key_name = None if principal is None else principal.name
         if self.limiter.enabled:
-            identity = identify(request)
+            identity = identify(request.scope)
             if entry is not None:
                 entry.identity = identity
-            cost = job.prompt_tokens + sum(choice.max_tokens or 0 for choice in job.choices)
-            state[scope_keys.RATELIMIT_HEADERS] = (
-                self.limiter.admit(identity, job.model, cost)
-                if self.shared is None
-                else await self.limiter.admit_shared(identity, job.model, cost)
-            )
+            state[scope_keys.RATELIMIT_HEADERS] = await self.count(identity, job)
         faults = self._header_faults(request)
         matched = self.rules.match(facts) if self.shared is None else await self._match(facts)
         if entry is not None and matched is not None:
@@ -163,6 +162,16 @@ class Control:
             else None,
             timing=self._timing(matched),
         )
+
+    async def count(self, identity: str, job: Job) -> dict[str, str]:
+        """Count ``job`` against ``identity``'s rate limits: the ``x-ratelimit-*`` headers,
+        or ``RateLimitError``. The Responses WebSocket counts each turn here too."""
+        if not self.limiter.enabled:
+            return {}
+        cost = job.prompt_tokens + sum(choice.max_tokens or 0 for choice in job.choices)
+        if self.shared is None:
+            return self.limiter.admit(identity, job.model, cost)
+        return await self.limiter.admit_shared(identity, job.model, cost)
 
     async def _match(self, facts: Facts) -> Matched | None:
         """``RuleBook.match`` with the sequence counters in the shared store.
@@ -377,15 +386,20 @@ class ControlPlan:
             return DroppedResponse()
 
 
-def identify(request: Request) -> str:
-    """Who a request counts against: a hash of its API key (never the key), else its address."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    key = token.strip() if scheme.lower() == "bearer" else ""
-    key = key or request.headers.get("x-api-key", "").strip()
-    if key:
-        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    client = request.client
-    return f"addr:{client.host if client is not None else 'unknown'}"
+def identify(scope: Mapping[str, Any]) -> str:
+    """Who a request counts against: its authenticated key's name, else its client address.
+
+    Never a header the client chose: with keys on, ``AuthMiddleware`` has put the
+    key that authenticated in the scope (whichever header carried it), so a second,
+    junk key in the other header cannot mint a fresh bucket. With auth off it is
+    the peer's address, which ``X-Forwarded-For`` replaces only when the peer is a
+    proxy named in ``--forwarded-allow-ips``.
+    """
+    principal = scope_keys.state_of(scope).get(scope_keys.PRINCIPAL)
+    if principal is not None:
+        return f"key:{principal.name}"
+    client = scope.get("client")
+    return f"addr:{client[0] if client else 'unknown'}"
 
 
 def _scripted(job: Job, matched: Matched | None) -> Job:

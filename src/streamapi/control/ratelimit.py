@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from streamapi.errors import RateLimitError, format_duration
 from streamapi.state.base import Bucket, RateBuckets
 
-# Past this many buckets, full ones are forgotten (a full bucket is a fresh one).
+# Past this many buckets the least recently used are forgotten: full ones first (a
+# full bucket is a fresh one), and past the cap the oldest anyway, so memory is bounded.
 _MAX_BUCKETS = 10_000
 
 
@@ -70,7 +72,10 @@ class RateLimiter:
         self.shared = shared
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
-        self._buckets: dict[tuple[str, str], tuple[TokenBucket | None, TokenBucket | None]] = {}
+        # Least recently used first: expiry looks at the front only.
+        self._buckets: OrderedDict[
+            tuple[str, str], tuple[TokenBucket | None, TokenBucket | None]
+        ] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -149,24 +154,30 @@ class RateLimiter:
     ) -> tuple[TokenBucket | None, TokenBucket | None]:
         key = (identity, model)
         pair = self._buckets.get(key)
-        if pair is None:
-            if len(self._buckets) >= _MAX_BUCKETS:
-                self._forget_full(now)
-            rpm, tpm = self.requests_per_minute, self.tokens_per_minute
-            pair = (
-                TokenBucket(rpm, float(rpm), now) if rpm else None,
-                TokenBucket(tpm, float(tpm), now) if tpm else None,
-            )
-            self._buckets[key] = pair
+        if pair is not None:
+            self._buckets.move_to_end(key)
+            return pair
+        self._expire(now)
+        rpm, tpm = self.requests_per_minute, self.tokens_per_minute
+        pair = (
+            TokenBucket(rpm, float(rpm), now) if rpm else None,
+            TokenBucket(tpm, float(tpm), now) if tpm else None,
+        )
+        self._buckets[key] = pair
         return pair
 
-    def _forget_full(self, now: float) -> None:
-        for key, pair in list(self._buckets.items()):
-            for bucket in pair:
-                if bucket is not None:
-                    bucket.refill(now)
-            if all(b is None or b.level >= b.limit for b in pair):
-                del self._buckets[key]
+    def _expire(self, now: float) -> None:
+        """Forget the least recently used buckets that are full again, and past the cap
+        the least recently used whatever their level: each bucket is dropped at most
+        once, so a new identity costs O(1) amortised, never a sweep of them all."""
+        while self._buckets:
+            key, pair = next(iter(self._buckets.items()))
+            full = all(
+                b is None or b.level + (now - b.updated) * b.limit / 60 >= b.limit for b in pair
+            )
+            if not full and len(self._buckets) < _MAX_BUCKETS:
+                return
+            del self._buckets[key]
 
     @staticmethod
     def _refusal(

@@ -75,10 +75,13 @@ async def start_engine(
 
 
 def _redactor(settings: Settings) -> Redactor:
-    """The built-in redactions, the settings' own, and every upstream key as a secret."""
+    """The built-in redactions, the settings' own, and as secrets every upstream key and the
+    server's own keys (its clients' API keys and the admin key), wherever they appear: a
+    client may paste its key into a prompt, which then goes upstream."""
     keys = [config.key(os.environ) for config in settings.routes.upstreams.values()]
+    own = [*settings.keys.known, *([settings.admin_key] if settings.admin_key else [])]
     return Redactor.with_extra(
         settings.record_redact_headers,
         settings.record_redact_paths,
-        [key.get_secret_value() for key in keys if key is not None],
+        [key.get_secret_value() for key in [*keys, *own] if key is not None],
     )

@@ -10,6 +10,13 @@ after sequence number ``N`` and follows the rest as they come. A client that
 leaves a stream leaves the run going: only ``POST /v1/responses/{id}/cancel``
 stops it.
 
+A run keeps its events as SSE frames for replay, within a byte budget shared by
+every run (``--background-events-max-bytes``): past it the finished runs' events
+are forgotten first, oldest first (their Responses stay in the store), and then a
+running run stops keeping its text and argument deltas. A follower, live or
+replaying, then gets the ``*.done`` events and the terminal Response, which carry
+the whole text: memory stays bounded however long a run is.
+
 Each run counts as a request in flight, so the shutdown drain waits for it
 within the grace period and then ends it (``response.failed``,
 ``server_shutting_down``); the app's lifespan cancels whatever is left
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,9 +44,14 @@ _TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
 class Run:
     """One background response: its events so far and its latest Response object."""
 
-    def __init__(self, response: ResponseJob) -> None:
+    def __init__(self, response: ResponseJob, budget: EventBudget | None = None) -> None:
         self.response = response
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[bytes] = []
+        """Its events as SSE frames, for replay."""
+        self.bytes = 0
+        self.deltas_dropped = 0
+        """Delta events not kept: the budget was spent."""
+        self._budget = budget
         self.body = response_body(response, "queued", output=[], usage=None)
         self.finished = False
         self.task: asyncio.Task[None] | None = None
@@ -54,7 +66,12 @@ class Run:
 
     def record(self, kind: str, payload: dict[str, Any]) -> bytes:
         """Keep one event (``serving.responses.Encode``); nothing is sent from here."""
-        self.events.append((kind, payload))
+        frame = sse_event(kind, payload)
+        if self._budget is None or self._budget.take(self, len(frame), kind.endswith(".delta")):
+            self.events.append(frame)
+            self.bytes += len(frame)
+        else:
+            self.deltas_dropped += 1
         snapshot = payload.get("response")
         if isinstance(snapshot, dict):
             self.body = snapshot
@@ -87,7 +104,7 @@ class Run:
         while True:
             changed = self._changed
             while index < len(self.events):
-                yield sse_event(*self.events[index])
+                yield self.events[index]
                 index += 1
             if self.finished:
                 break
@@ -99,21 +116,65 @@ class Run:
         self._changed = asyncio.Event()
 
 
-class BackgroundRuns:
-    """The background runs: running ones, and the last ``capacity`` finished ones."""
+class EventBudget:
+    """The bytes every run's kept events may hold together; 0 is no cap."""
 
-    def __init__(self, service: ResponseService, lifecycle: Lifecycle, capacity: int) -> None:
+    def __init__(self, max_bytes: int, runs: OrderedDict[str, Run]) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._runs = runs
+        # Finished runs in the order they finished: the first to forget, each once.
+        self._finished: deque[Run] = deque()
+
+    def finished(self, run: Run) -> None:
+        self._finished.append(run)
+
+    def take(self, run: Run, size: int, droppable: bool) -> bool:
+        """Count ``size`` more bytes of ``run``'s events, or say not to keep them.
+
+        Over the budget, finished runs' events are forgotten first, oldest
+        first; an event that is still over is kept only if it is not a delta
+        (the events that carry a run's state must all be kept).
+        """
+        if self.max_bytes:
+            while self.bytes + size > self.max_bytes and self._finished:
+                oldest = self._finished.popleft()
+                if self._runs.pop(oldest.id, None) is oldest:
+                    self.forget(oldest)
+            if droppable and self.bytes + size > self.max_bytes:
+                return False
+        self.bytes += size
+        return True
+
+    def forget(self, run: Run) -> None:
+        self.bytes -= run.bytes
+        run.bytes = 0
+
+
+class BackgroundRuns:
+    """The background runs: running ones, and the last ``capacity`` finished ones, whose
+    events together stay under ``max_event_bytes``."""
+
+    def __init__(
+        self,
+        service: ResponseService,
+        lifecycle: Lifecycle,
+        capacity: int,
+        *,
+        max_event_bytes: int = 0,
+    ) -> None:
         self._service = service
         self._lifecycle = lifecycle
         self._capacity = capacity
         self._runs: OrderedDict[str, Run] = OrderedDict()
+        self.budget = EventBudget(max_event_bytes, self._runs)
 
     def get(self, response_id: str) -> Run | None:
         return self._runs.get(response_id)
 
     def start(self, response: ResponseJob, admission: Admission) -> Run:
         """Run ``response`` on its own task; ``admission`` is closed when it ends."""
-        run = Run(response)
+        run = Run(response, self.budget)
         self._runs[run.id] = run
         self._forget_finished()
         self._lifecycle.request_started()
@@ -150,6 +211,7 @@ class BackgroundRuns:
                 logger.exception("Closing background response %s failed", run.id)
             self._lifecycle.request_finished()
             run.finish()
+            self.budget.finished(run)
 
     def _forget_finished(self) -> None:
         if len(self._runs) <= self._capacity:
@@ -157,4 +219,4 @@ class BackgroundRuns:
         for response_id in [rid for rid, run in self._runs.items() if run.finished]:
             if len(self._runs) <= self._capacity:
                 return
-            del self._runs[response_id]
+            self.budget.forget(self._runs.pop(response_id))

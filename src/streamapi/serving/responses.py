@@ -16,6 +16,7 @@ background runs (``serving.response_runs``).
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -72,6 +73,8 @@ from streamapi.serving.usage import Usage
 from streamapi.state.base import ResponseStorage, StateUnavailableError
 from streamapi.text.tokenizer import count_chat_tokens
 
+logger = logging.getLogger(__name__)
+
 Encode = Callable[[str, dict[str, Any]], bytes]
 """How one event leaves: an SSE frame, a WebSocket message, or a background run's log."""
 
@@ -96,18 +99,30 @@ class StoredResponse:
     body: dict[str, Any]
     messages: tuple[PromptMessage, ...]
     call_names: dict[str, str]
+    owner: str | None = None
+    """The name of the API key that made it; None with auth off (one tenant)."""
 
 
 class ResponseStore:
-    """The last ``capacity`` responses, oldest dropped first.
+    """At most ``capacity`` responses and ``max_bytes`` of them, least recently used
+    dropped first.
 
-    With a ``shared`` store (``--state-url``) responses are kept there, for
-    every process; this one's memory then only holds what ``load`` fetched.
+    A response's bytes are those of its JSON (its body and the conversation it
+    continues). One larger than ``max_bytes`` alone is not kept. With a ``shared``
+    store (``--state-url``) responses are kept there, for every process (Redis's own
+    memory settings bound it); this one's memory then only holds what ``load`` fetched.
     """
 
-    def __init__(self, capacity: int, shared: ResponseStorage | None = None) -> None:
+    def __init__(
+        self, capacity: int, shared: ResponseStorage | None = None, *, max_bytes: int = 0
+    ) -> None:
         self._capacity = capacity
+        self._max_bytes = max_bytes
+        """0: no cap but the count."""
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self.bytes = 0
+        """What the responses kept here weigh, as JSON."""
         self.shared = shared
 
     async def load(self, response_id: str) -> None:
@@ -129,18 +144,36 @@ class ResponseStore:
             await self.shared.put(response_id, _frozen(stored))
 
     def get(self, response_id: str) -> StoredResponse | None:
-        return self._items.get(response_id)
+        stored = self._items.get(response_id)
+        if stored is not None:
+            self._items.move_to_end(response_id)  # used: the last to go
+        return stored
 
     def discard(self, response_id: str) -> None:
         self._items.pop(response_id, None)
+        self.bytes -= self._sizes.pop(response_id, 0)
 
     def put(self, response_id: str, stored: StoredResponse) -> None:
         if self._capacity == 0:
             return
+        size = len(orjson.dumps(_frozen(stored)))
+        self.discard(response_id)
+        if self._max_bytes and size > self._max_bytes:
+            logger.warning(
+                "Response %s not stored: its %d bytes exceed the store's %d",
+                response_id,
+                size,
+                self._max_bytes,
+            )
+            return
         self._items[response_id] = stored
-        self._items.move_to_end(response_id)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
+        self._sizes[response_id] = size
+        self.bytes += size
+        while len(self._items) > self._capacity or (
+            self._max_bytes and self.bytes > self._max_bytes
+        ):
+            oldest, _ = self._items.popitem(last=False)
+            self.bytes -= self._sizes.pop(oldest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,14 +189,32 @@ class ResponseJob:
     tools: ToolBook = field(default_factory=ToolBook)
     encrypted_reasoning: bool = False
     """``include`` asked for ``reasoning.encrypted_content``."""
+    owner: str | None = None
+    """The name of the API key asking; None with auth off."""
 
 
 class ResponseService:
-    """Serves ``/v1/responses``."""
+    """Serves ``/v1/responses``, for one tenant at a time (``for_owner``).
 
-    def __init__(self, generation: Generation, store: ResponseStore) -> None:
+    A stored Response belongs to the API key that made it: asked for by another
+    key (to read it, continue it or compact it), it is not found, as an unknown
+    id is, so a key learns nothing of another's responses.
+    """
+
+    def __init__(
+        self, generation: Generation, store: ResponseStore, owner: str | None = None
+    ) -> None:
         self._generation = generation
         self._store = store
+        self._owner = owner
+
+    def for_owner(self, owner: str | None) -> ResponseService:
+        """This service as the key named ``owner`` sees it (None: auth is off)."""
+        return ResponseService(self._generation, self._store, owner)
+
+    def owns(self, owner: str | None) -> bool:
+        """Whether something made by ``owner`` is this tenant's."""
+        return owner == self._owner
 
     async def load(self, response_id: str) -> None:
         """Make ``response_id`` available to ``prepare`` (the shared store's copy)."""
@@ -172,7 +223,7 @@ class ResponseService:
     async def retrieve(self, response_id: str) -> dict[str, Any] | None:
         await self._store.load(response_id)
         stored = self._store.get(response_id)
-        return None if stored is None else stored.body
+        return None if stored is None or not self.owns(stored.owner) else stored.body
 
     def prepare(
         self, request: ResponseRequest, *, session: ResponseStore | None = None
@@ -236,6 +287,7 @@ class ResponseService:
             background=background,
             tools=book,
             encrypted_reasoning="reasoning.encrypted_content" in (request.include or ()),
+            owner=self._owner,
         )
 
     def compact(self, request: CompactRequest) -> dict[str, Any]:
@@ -306,7 +358,7 @@ class ResponseService:
             return (), {}
         previous = session.get(previous_id) if session is not None else None
         previous = previous or self._store.get(previous_id)
-        if previous is None:
+        if previous is None or not self.owns(previous.owner):
             raise PreviousResponseNotFoundError(
                 f"Previous response with id '{previous_id}' not found.",
                 param="previous_response_id",
@@ -393,7 +445,7 @@ class ResponseService:
                     PromptMessage("assistant", f"{call.name}({call.arguments})", tool_calls=(call,))
                 )
         conversation = tuple(m for m in response.messages if m.role != "system")
-        stored = StoredResponse(body, (*conversation, *said), names)
+        stored = StoredResponse(body, (*conversation, *said), names, response.owner)
         if response.store:
             await self._store.keep(body["id"], stored)
         elif session is not None:
@@ -415,6 +467,7 @@ def _frozen(stored: StoredResponse) -> dict[str, Any]:
             for m in stored.messages
         ],
         "call_names": stored.call_names,
+        "owner": stored.owner,
     }
 
 
@@ -429,7 +482,7 @@ def _thawed(data: dict[str, Any]) -> StoredResponse:
         )
         for m in data["messages"]
     )
-    return StoredResponse(data["body"], messages, dict(data["call_names"]))
+    return StoredResponse(data["body"], messages, dict(data["call_names"]), data.get("owner"))
 
 
 _ITEM_KINDS = {"content": "message", "reasoning": "reasoning"}

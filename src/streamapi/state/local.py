@@ -23,7 +23,8 @@ from streamapi.state.base import (
     process_id,
 )
 
-# Past this many buckets, full ones are forgotten (a full bucket is a fresh one).
+# Past this many buckets the least recently used are forgotten: full ones first (a
+# full bucket is a fresh one), and past the cap the oldest anyway, so memory is bounded.
 _MAX_BUCKETS = 10_000
 
 
@@ -45,7 +46,10 @@ class LocalBuckets:
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._buckets: dict[tuple[str, str], tuple[_Level | None, _Level | None]] = {}
+        # Least recently used first: expiry looks at the front only.
+        self._buckets: OrderedDict[tuple[str, str], tuple[_Level | None, _Level | None]] = (
+            OrderedDict()
+        )
 
     async def take(
         self,
@@ -86,23 +90,30 @@ class LocalBuckets:
     ) -> tuple[_Level | None, _Level | None]:
         key = (identity, model)
         pair = self._buckets.get(key)
-        if pair is None or tuple(0 if b is None else b.limit for b in pair) != limits:
-            if pair is None and len(self._buckets) >= _MAX_BUCKETS:
-                self._forget_full(now)
-            pair = (
-                _Level(limits[0], now) if limits[0] else None,
-                _Level(limits[1], now) if limits[1] else None,
-            )
-            self._buckets[key] = pair
+        if pair is not None and tuple(0 if b is None else b.limit for b in pair) == limits:
+            self._buckets.move_to_end(key)
+            return pair
+        if pair is None:
+            self._expire(now)
+        pair = (
+            _Level(limits[0], now) if limits[0] else None,
+            _Level(limits[1], now) if limits[1] else None,
+        )
+        self._buckets[key] = pair
+        self._buckets.move_to_end(key)
         return pair
 
-    def _forget_full(self, now: float) -> None:
-        for key, pair in list(self._buckets.items()):
-            for level in pair:
-                if level is not None:
-                    level.refill(now)
-            if all(b is None or b.level >= b.limit for b in pair):
-                del self._buckets[key]
+    def _expire(self, now: float) -> None:
+        """Forget the least recently used buckets that are full again, and past the cap
+        the least recently used whatever their level: O(1) amortised per new identity."""
+        while self._buckets:
+            key, pair = next(iter(self._buckets.items()))
+            full = all(
+                b is None or b.level + (now - b.updated) * b.limit / 60 >= b.limit for b in pair
+            )
+            if not full and len(self._buckets) < _MAX_BUCKETS:
+                return
+            del self._buckets[key]
 
 
 class LocalLeases:
