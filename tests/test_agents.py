@@ -14,6 +14,7 @@ from asgi_lifespan import LifespanManager
 
 from streamapi.app import create_app
 from streamapi.settings import Settings
+from tests.sse_helpers import chunks
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
@@ -308,7 +309,7 @@ async def test_a_messages_tool_loop_ends_with_an_answer(
 
 # --- smolagents: results as user text, tool_choice required ----------------------------------
 
-SMOLAGENTS_TOOLS = [
+SMOLAGENTS_TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
         "function": {
@@ -451,3 +452,124 @@ async def test_a_tool_result_rule_matches_results_followed_by_text(rules_file: P
         assert observed.json()["choices"][0]["message"]["content"].startswith(
             "The tool says Sunny, 21 C"
         )
+
+
+# --- DSPy: output fields defined in words ------------------------------------------------------
+
+DSPY_SYSTEM = """Your input fields are:
+1. `question` (str): 
+2. `trajectory` (str):
+Your output fields are:
+1. `next_thought` (str): 
+2. `next_tool_name` (Literal['get_weather', 'finish']): 
+3. `next_tool_args` (dict[str, Any]):
+All interactions will be structured in the following way, with the appropriate values filled in.
+
+[[ ## question ## ]]
+{question}
+
+[[ ## trajectory ## ]]
+{trajectory}
+
+[[ ## next_thought ## ]]
+{next_thought}
+
+[[ ## next_tool_name ## ]]
+{next_tool_name}        # note: the value you produce must exactly match (no extra characters) one of: get_weather; finish
+
+[[ ## next_tool_args ## ]]
+{next_tool_args}        # note: the value you produce must adhere to the JSON schema: {"type": "object", "additionalProperties": true}
+
+[[ ## completed ## ]]
+In adhering to this structure, your objective is: 
+        Given the fields `question`, produce the fields `answer`.
+        When selecting the next_tool_name and its next_tool_args, the tool must be one of:
+
+        (1) get_weather, whose description is <desc>Get the weather in a city.</desc>. It takes arguments {'city': {'type': 'string'}}.
+        (2) finish, whose description is <desc>Marks the task as complete.</desc>. It takes arguments {}.
+        When providing `next_tool_args`, the value inside the field must be in JSON format"""  # noqa: E501
+DSPY_ASK = (
+    "Respond with the corresponding output fields, starting with the field "
+    "`[[ ## next_thought ## ]]`, then `[[ ## next_tool_name ## ]]` (must be formatted as a "
+    "valid Python Literal['get_weather', 'finish']), then `[[ ## next_tool_args ## ]]` (must "
+    "be formatted as a valid Python dict[str, Any]), and then ending with the marker for "
+    "`[[ ## completed ## ]]`."
+)
+
+
+def sections(text: str) -> dict[str, str]:
+    """An answer's ``[[ ## field ## ]]`` sections, as DSPy's ChatAdapter parses them."""
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("[[ ## ") and line.endswith(" ## ]]"):
+            current = line[6:-6]
+            found[current] = []
+        elif current is not None:
+            found[current].append(line)
+    return {name: "\n".join(lines).strip() for name, lines in found.items()}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_dspy_react_calls_the_tool_then_finishes(
+    client: httpx.AsyncClient, stream: bool
+) -> None:
+    async def step(trajectory: str) -> dict[str, str]:
+        user = (
+            f"[[ ## question ## ]]\nWhat is the weather in Paris?\n\n"
+            f"[[ ## trajectory ## ]]\n{trajectory}\n\n{DSPY_ASK}"
+        )
+        body = {
+            "messages": [
+                {"role": "system", "content": DSPY_SYSTEM},
+                {"role": "user", "content": user},
+            ],
+            "seed": 2,
+            "stream": stream,
+        }
+        response = await client.post(CHAT, json=body)
+        if stream:
+            text = "".join(
+                c["choices"][0]["delta"].get("content") or "" for c in chunks(response.text)
+            )
+        else:
+            text = response.json()["choices"][0]["message"]["content"]
+        assert text.rstrip().endswith("[[ ## completed ## ]]")
+        return sections(text)
+
+    first = await step("")
+    assert set(first) == {"next_thought", "next_tool_name", "next_tool_args", "completed"}
+    assert first["next_tool_name"] == "get_weather"
+    assert json.loads(first["next_tool_args"]) == {"city": "Paris"}
+    trajectory = (
+        f"[[ ## thought_0 ## ]]\n{first['next_thought']}\n\n[[ ## tool_name_0 ## ]]\n"
+        f"get_weather\n\n[[ ## tool_args_0 ## ]]\n{first['next_tool_args']}\n\n"
+        "[[ ## observation_0 ## ]]\nSunny, 21 C"
+    )
+    second = await step(trajectory)
+    assert second["next_tool_name"] == "finish"
+    assert json.loads(second["next_tool_args"]) == {}
+
+
+async def test_dspy_fields_are_answered_each_by_its_type(client: httpx.AsyncClient) -> None:
+    system = (
+        "Your input fields are:\n1. `text` (str):\nYour output fields are:\n"
+        "1. `keywords` (list[str]): \n2. `positive` (bool): \n3. `score` (float):\n"
+        "All interactions will be structured in the following way, with the appropriate "
+        "values filled in.\n\n[[ ## text ## ]]\n{text}\n\n[[ ## keywords ## ]]\n{keywords}\n\n"
+        "[[ ## positive ## ]]\n{positive}\n\n[[ ## score ## ]]\n{score}\n\n[[ ## completed ## ]]"
+    )
+    user = (
+        "[[ ## text ## ]]\nI love Lisbon in the spring.\n\nRespond with the corresponding "
+        "output fields, starting with the field `[[ ## keywords ## ]]`, then `[[ ## positive ## "
+        "]]`, then `[[ ## score ## ]]`, and then ending with the marker for "
+        "`[[ ## completed ## ]]`."
+    )
+    body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+    answer = sections(
+        (await client.post(CHAT, json=body)).json()["choices"][0]["message"]["content"]
+    )
+    assert list(answer) == ["keywords", "positive", "score", "completed"]
+    assert "Lisbon" in json.loads(answer["keywords"])
+    assert answer["positive"] in ("True", "False")
+    assert 0 <= float(answer["score"]) <= 1

@@ -36,6 +36,7 @@ from streamapi.engines.protocol import (
     ToolSpec,
 )
 from streamapi.engines.turns import UNNAMED_TOOL, Turn, read_turn
+from streamapi.text.fields import FieldForm, field_form, write_fields
 from streamapi.text.instructions import (
     Length,
     asked_length,
@@ -169,6 +170,9 @@ class Planner:
             return json.dumps(
                 SchemaGenerator(fmt.schema, rng, hints).generate(), ensure_ascii=False
             )
+        form = _field_form(request.messages)
+        if form is not None:
+            return write_fields(form, rng)
         instructions = _instructions(request.messages, question)
         prompted = prompted_format(instructions, json_mode=fmt.type == "json_object")
         if prompted is not None:
@@ -377,6 +381,15 @@ def _with_answer(arguments: object, tool: ToolSpec, turn: Turn, rng: random.Rand
     filled = {**arguments, fields[0]: answer}
     # The schema may bound the field (maxLength, a pattern): then the generated value stays.
     return filled if Draft202012Validator(tool.parameters).is_valid(filled) else arguments
+
+
+def _field_form(messages: tuple[PromptMessage, ...]) -> FieldForm | None:
+    """The field sections the system message and the last user message ask for (DSPy's)."""
+    last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+    if last_user is None:
+        return None
+    system = "\n".join(m.content for m in messages if m.role in ("system", "developer"))
+    return field_form(system, last_user.content)
 
 
 def _hints(question: str) -> list[str]:

@@ -26,6 +26,12 @@ _REQUEST_TAGS = frozenset(
 )
 # Harness lines that only announce what follows (smolagents' "New task:").
 _ANNOUNCEMENTS = re.compile(r"^\s*(?:new task|task|user request|request)\s*:\s*$", re.I | re.M)
+# DSPy's ChatAdapter frames a request in field markers, and closes it asking for its own:
+# the words are the fields' values.
+_FIELD_MARKER = re.compile(r"^\s*\[\[ ## \w+ ## \]\]\s*$", re.MULTILINE)
+_FIELDS_ASKED = re.compile(
+    r"Respond with the corresponding output fields.*?\[\[ ## completed ## \]\]`\.?", re.DOTALL
+)
 # A tool's result sent as a user message's text: smolagents' "Observation:" (and its
 # error report "Call id: ...\nError: ..."), ReAct-style transcripts' "Observation:".
 _OBSERVATION = re.compile(
@@ -59,6 +65,7 @@ def user_words(text: str) -> str:
             break
         text = stripped
     text = _ANNOUNCEMENTS.sub("", text)
+    text = _FIELD_MARKER.sub("", _FIELDS_ASKED.sub("", text))
     return "\n".join(line.rstrip() for line in text.strip().splitlines() if line.strip())
 
 
