@@ -57,7 +57,7 @@ async def test_a_repeated_response_reads_its_instructions_and_tools_from_the_cac
 
 def claude_code_turn(*history: dict[str, Any]) -> dict[str, Any]:
     """A Claude Code request: breakpoints on the system prompt and the last message."""
-    system = copy.deepcopy(SYSTEM)
+    system: list[dict[str, Any]] = copy.deepcopy(SYSTEM)
     system[-1]["text"] += LONG_SYSTEM
     system[-1]["cache_control"] = EPHEMERAL
     messages = copy.deepcopy(list(history))
