@@ -573,3 +573,15 @@ async def test_dspy_fields_are_answered_each_by_its_type(client: httpx.AsyncClie
     assert "Lisbon" in json.loads(answer["keywords"])
     assert answer["positive"] in ("True", "False")
     assert 0 <= float(answer["score"]) <= 1
+
+
+async def test_json_asked_for_by_its_fields_has_those_fields(client: httpx.AsyncClient) -> None:
+    question = "Who founded Lisbon? Answer as JSON with fields name, age and is_legend."
+    body = {"messages": [{"role": "user", "content": question}], "seed": 1}
+    answer = json.loads(
+        (await client.post(CHAT, json=body)).json()["choices"][0]["message"]["content"]
+    )
+    assert list(answer) == ["name", "age", "is_legend"]
+    assert isinstance(answer["name"], str)
+    assert isinstance(answer["age"], int)
+    assert isinstance(answer["is_legend"], bool)
