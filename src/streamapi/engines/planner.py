@@ -36,6 +36,7 @@ from streamapi.engines.protocol import (
     ToolSpec,
 )
 from streamapi.engines.turns import UNNAMED_TOOL, Turn, read_turn
+from streamapi.text.edits import asks_for_edit_blocks, files_in_chat, write_edit
 from streamapi.text.fields import FieldForm, field_form, write_fields
 from streamapi.text.instructions import (
     Length,
@@ -173,6 +174,12 @@ class Planner:
         form = _field_form(request.messages)
         if form is not None:
             return write_fields(form, rng)
+        system = [m.content for m in request.messages if m.role in ("system", "developer")]
+        if asks_for_edit_blocks(system):
+            users = [m.content for m in request.messages if m.role == "user"]
+            edit = write_edit(question, files_in_chat(users))
+            if edit is not None:
+                return edit
         instructions = _instructions(request.messages, question)
         prompted = prompted_format(instructions, json_mode=fmt.type == "json_object")
         if prompted is not None:
