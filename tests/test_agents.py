@@ -644,6 +644,26 @@ async def test_aider_edit_requests_get_blocks_that_apply(client: httpx.AsyncClie
     assert apply_blocks(answer, {})["notes.md"].startswith("<!-- Requested: Create notes.md")
 
 
+async def test_aider_whole_file_format_gets_the_whole_file(client: httpx.AsyncClient) -> None:
+    """For models it does not know, aider asks for *file listings* and reminds of them after
+    the request."""
+    body = aider_request(
+        "Add a docstring to hello()\n\nTo suggest changes to a file you MUST return the entire "
+        "content of the updated file.\nYou MUST use this *file listing* format:",
+        {"hello.py": HELLO},
+    )
+    body["messages"][0]["content"] = (
+        "Act as an expert software developer.\nYou MUST use this *file listing* format:\n\n"
+        "path/to/filename.js\n```\n// entire file content ...\n```"
+    )
+    answer = (await client.post(CHAT, json=body)).json()["choices"][0]["message"]["content"]
+    listed = re.search(r"^hello\.py\n```\n(.*?)^```$", answer, re.MULTILINE | re.DOTALL)
+    assert listed is not None, answer
+    assert listed.group(1) == HELLO.replace(
+        "import sys\n", "import sys\n# Requested: Add a docstring to hello()\n"
+    )
+
+
 async def test_aider_questions_get_prose(client: httpx.AsyncClient) -> None:
     body = aider_request("Why is hello() printing to stdout?", {"hello.py": HELLO})
     answer = (await client.post(CHAT, json=body)).json()["choices"][0]["message"]["content"]
