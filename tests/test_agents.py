@@ -687,8 +687,7 @@ async def test_codex_context_messages_are_not_the_request(client: httpx.AsyncCli
     context = [
         "# AGENTS.md instructions for /repo\n\n<INSTRUCTIONS>\nRun the shell tool to test; "
         "update the plan often.\n</INSTRUCTIONS>",
-        "<environment_context>\n  <cwd>/repo</cwd>\n  <shell>bash</shell>\n"
-        "</environment_context>",
+        "<environment_context>\n  <cwd>/repo</cwd>\n  <shell>bash</shell>\n</environment_context>",
     ]
     items: list[dict[str, Any]] = [
         {"type": "message", "role": "developer", "content": "You are Codex, a coding agent."},
