@@ -122,16 +122,18 @@ class MessageService:
             reasoning=generation.reasons(model, asked),
         )
         job = generation.job([template], id_prefix="msg_")
-        points = boundaries(model, tools, messages)
         # Tools come first in the prompt, then the messages (the system prompt first).
         marks = [
             Breakpoint(i, _ttl_s(t)) for i, t in enumerate(request.tools or ()) if _cache_control(t)
         ]
         marks += [Breakpoint(len(tools) + count - 1, ttl) for count, ttl in marked if count]
         automatic = (request.model_extra or {}).get("cache_control")
-        if automatic and points:
-            marks.append(Breakpoint(len(points) - 1, _ttl_s(automatic)))  # the whole prompt
-        return MessageJob(job, tuple(points), tuple(marks))
+        last = len(tools) + len(messages) - 1
+        if automatic and last >= 0:
+            marks.append(Breakpoint(last, _ttl_s(automatic)))  # the whole prompt
+        if not marks:
+            return MessageJob(job)  # no caching asked for: no need to measure the prompt
+        return MessageJob(job, tuple(boundaries(model, tools, messages)), tuple(marks))
 
     def _cache_use(self, message: MessageJob) -> tuple[int, int]:
         """Tokens read from and written to the prompt cache by this request, now."""
