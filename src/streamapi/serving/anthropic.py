@@ -48,6 +48,7 @@ from streamapi.serving.prompt_cache import (
     TTL_S,
     Boundary,
     Breakpoint,
+    CacheUse,
     PromptCache,
     boundaries,
     minimum_cacheable_tokens,
@@ -135,7 +136,7 @@ class MessageService:
             return MessageJob(job)  # no caching asked for: no need to measure the prompt
         return MessageJob(job, tuple(boundaries(model, tools, messages)), tuple(marks))
 
-    def _cache_use(self, message: MessageJob) -> tuple[int, int]:
+    def _cache_use(self, message: MessageJob) -> CacheUse:
         """Tokens read from and written to the prompt cache by this request, now."""
         minimum = minimum_cacheable_tokens(message.job.model)
         return self._cache.use(message.cache_points, message.cache_marks, minimum)
@@ -190,7 +191,7 @@ class _Block:
 class _Blocks:
     """Builds one message's content blocks and their events."""
 
-    def __init__(self, job: Job, cache: tuple[int, int] = (0, 0)) -> None:
+    def __init__(self, job: Job, cache: CacheUse) -> None:
         self._job = job
         self._cache = cache
         self._block: _Block | None = None
@@ -248,14 +249,20 @@ class _Blocks:
             "content": list(self.content),
             "stop_reason": self.stop_reason,
             "stop_sequence": self.stop_sequence,
-            "usage": self.usage_body(),
+            "usage": {**self.usage_body(), "cache_creation": self._cache_creation()},
         }
+
+    def _cache_creation(self) -> dict[str, int]:
+        """What was written, by lifetime (the Message's ``usage.cache_creation``)."""
+        written = self.usage_body()["cache_creation_input_tokens"]
+        hour = min(self._cache.written_1h, written)
+        return {"ephemeral_5m_input_tokens": written - hour, "ephemeral_1h_input_tokens": hour}
 
     def usage_body(self) -> dict[str, int]:
         """Anthropic's usage: ``input_tokens`` are the prompt tokens neither read nor written."""
         usage = self.usage
-        read = min(self._cache[0], usage.prompt_tokens)
-        written = min(self._cache[1], usage.prompt_tokens - read)
+        read = min(self._cache.read, usage.prompt_tokens)
+        written = min(self._cache.written, usage.prompt_tokens - read)
         return {
             "input_tokens": usage.prompt_tokens - read - written,
             "output_tokens": usage.completion_tokens,
