@@ -1,4 +1,4 @@
-"""smolagents and DSPy, unchanged and unscripted, against a real ``streamapi serve``.
+"""smolagents (ToolCallingAgent, CodeAgent) and DSPy, unscripted, against `streamapi serve`.
 
 Each agent must finish on the simulator alone, in a bounded number of requests. These
 frameworks are not among the test extras (their CI runs, pinned, are the CLI tests'
@@ -56,6 +56,33 @@ def test_smolagents_tool_calling_agent_finishes_with_the_tools_result(
         answer = agent.run("What is the weather in Paris?")
     assert answer == "Sunny, 21 C in Paris"
     assert len(requests) == 2  # get_weather, then final_answer
+
+
+def test_smolagents_code_agent_finishes_with_the_tools_result(server: ServerProcess) -> None:
+    smolagents: Any = pytest.importorskip("smolagents")
+    requests: list[httpx.Request] = []
+
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city.
+
+        Args:
+            city: The city name.
+        """
+        return f"Sunny, 21 C in {city}"
+
+    with httpx.Client(event_hooks={"request": [requests.append]}) as http:
+        model = smolagents.OpenAIServerModel(
+            model_id="sim-small",
+            api_base=f"{server.base_url}/v1",
+            api_key="unused",
+            client_kwargs={"http_client": http},
+        )
+        agent = smolagents.CodeAgent(
+            tools=[smolagents.tool(get_weather)], model=model, max_steps=6, verbosity_level=0
+        )
+        answer = agent.run("What is the weather in Paris?")
+    assert answer == "Sunny, 21 C in Paris"
+    assert len(requests) == 2  # get_weather in code, then final_answer
 
 
 def test_dspy_predict_chain_of_thought_react_and_streamify_finish(server: ServerProcess) -> None:
