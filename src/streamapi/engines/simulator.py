@@ -105,7 +105,10 @@ class SimulatorEngine:
         return ScheduledSequence(
             self._scheduler,
             deltas=self.plan(request).deltas,
-            prompt=chat_prompt_tokens((m.role, m.content) for m in request.messages),
+            prompt=chat_prompt_tokens(
+                ((m.role, m.content) for m in request.messages),
+                tools=(tool.prompt_text for tool in request.tools),
+            ),
             pace=_pace(request),
         )
 

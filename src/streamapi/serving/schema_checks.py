@@ -356,11 +356,3 @@ def check_tool_choice(tools: Sequence[ToolSpec], choice: str, *, param: str) -> 
             f"tool_choice names the function '{choice}', which is not among the tools.",
             param=param,
         )
-
-
-def tool_schema(tool: ToolSpec) -> dict[str, Any]:
-    """The tool as the prompt carries it (what its tokens are counted on)."""
-    schema = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
-    if tool.format is not None:
-        schema["format"] = tool.format  # a custom tool's grammar is part of the prompt
-    return schema

@@ -93,8 +93,54 @@ def prompted_format(instructions: Sequence[str], *, json_mode: bool) -> Prompted
     if schema is None and example is not None:
         schema = schema_of_example(example)
     if schema is None:
+        schema = _schema_of_named_fields(instructions)
+    if schema is None:
         return None
     return PromptedFormat(schema, markdown=any(_ASKS_FOR_MARKDOWN.search(t) for t in instructions))
+
+
+# "as JSON with fields name, age and city", "JSON with the keys `title` and `summary`":
+# the names after the word, up to the end of the sentence.
+_NAMED_FIELDS = re.compile(
+    r"\bjson\b[^.\n]{0,60}?\b(?:fields?|keys?|properties|attributes|members)\b\s*:?\s*"
+    r"([^.\n]{1,300})",
+    re.IGNORECASE,
+)
+_FIELD_NAME = re.compile(r"[`'\"]?([A-Za-z_][\w-]{0,63})[`'\"]?")
+_NOT_NAMES = frozenset("and or the a an with of for each named called as only".split())
+_INTEGER_NAMES = frozenset("age year count number quantity population total id rank".split())
+_NUMBER_NAMES = frozenset(
+    "price cost amount score rating confidence probability latitude longitude percent".split()
+)
+
+
+def _schema_of_named_fields(instructions: Sequence[str]) -> dict[str, Any] | None:
+    """The object a prompt asks for by its fields' names, every field required; None if
+    it names none. A name says its type where it can (``age``, ``price``, ``is_open``)."""
+    for text in reversed(instructions):  # the user's own words win
+        found = _NAMED_FIELDS.search(text[:_MAX_SCAN_CHARS])
+        if found is None:
+            continue
+        names = [
+            name for name in _FIELD_NAME.findall(found.group(1)) if name.lower() not in _NOT_NAMES
+        ]
+        if not names:
+            continue
+        properties = {name: _named_type(name) for name in dict.fromkeys(names)}
+        return {"type": "object", "properties": properties, "required": list(properties)}
+    return None
+
+
+def _named_type(name: str) -> dict[str, Any]:
+    lowered = name.lower()
+    if lowered.startswith(("is_", "has_", "can_")):
+        return {"type": "boolean"}
+    last = re.split(r"[_-]", lowered)[-1]
+    if last in _INTEGER_NAMES:
+        return {"type": "integer", "minimum": 0}
+    if last in _NUMBER_NAMES:
+        return {"type": "number"}
+    return {"type": "string"}
 
 
 def schema_of_example(value: Any) -> dict[str, Any]:
@@ -172,8 +218,10 @@ _NUMBERS = {
     "one hundred": 100,
 }
 _COUNT = r"(\d{1,4}|" + "|".join(sorted(map(re.escape, _NUMBERS), key=len, reverse=True)) + r")"
-_WORDS_ASKED = re.compile(rf"\b{_COUNT}[ -]words?\b", re.IGNORECASE)
-_SENTENCES_ASKED = re.compile(rf"\b{_COUNT}[ -]sentences?\b", re.IGNORECASE)
+# "one short sentence", "a single plain sentence": a word may say what kind.
+_KIND = r"(?:(?:short|brief|simple|single|concise|plain|clear|complete|full)\s+)?"
+_WORDS_ASKED = re.compile(rf"\b{_COUNT}[ -]{_KIND}words?\b", re.IGNORECASE)
+_SENTENCES_ASKED = re.compile(rf"\b{_COUNT}[ -]{_KIND}sentences?\b", re.IGNORECASE)
 _BRIEF_ASKED = re.compile(
     r"\b(?:be|keep (?:it|this|the answer|your answer|your reply)|answer|reply|respond)"
     r"\s+(?:very\s+)?(?:brief|short|concise|succinct)(?:ly)?\b"
@@ -211,7 +259,7 @@ def _count(spelled: str) -> int:
 
 _LENGTH_PHRASE = re.compile(
     r"(?:\b(?:in|with|using|within|under|at most|no more than|fewer than|less than)\s+)?"
-    rf"\b{_COUNT}[ -](?:words?|sentences?)\b|{_BRIEF_ASKED.pattern}",
+    rf"\b{_COUNT}[ -]{_KIND}(?:words?|sentences?)\b|{_BRIEF_ASKED.pattern}",
     re.IGNORECASE,
 )
 # What is left of a clause that only asked for a length ("Answer in one sentence.").
