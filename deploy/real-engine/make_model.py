@@ -45,9 +45,19 @@ END_OF_TURN = "<|im_end|>"
 CONTROL = ("<|endoftext|>", "<|im_start|>", END_OF_TURN)
 ADDED = ("<tool_call>", "</tool_call>")
 # Logit biases (natural-log odds over a near-uniform spread of ~1,000 tokens).
-EOT_BIAS = 4.5  # an answer ends by itself after ~40 tokens on average
-QUOTE_BIAS = 4.0  # a JSON string closes after a few tokens
-NEVER = -30.0  # the other control tokens and the tool-call tags, unless a grammar forces them
+EOT_BIAS = 2.9  # an answer ends by itself after some tens of tokens
+QUOTE_BIAS = 2.5  # a JSON string closes after a few tokens
+# llama.cpp lets a required tool call come after some text (its grammar is "any text up to
+# <tool_call>, then calls"): a likely <tool_call> token makes the call come soon, and lets
+# an answer with tools on offer call one of its own accord.
+TOOL_CALL_BIAS = 3.5
+# A call opens with "<tool_call>" and a newline (llama.cpp's grammar and its lazy trigger
+# want both; the pair cannot be one token, or llama.cpp refuses the trigger): a likely
+# newline makes the pair come soon enough.
+NEWLINE = "\u010a"  # "\n" in the byte-level spelling
+NEWLINE_BIAS = 3.0
+NEVER = -30.0  # the other control tokens and tags (a grammar spells them when it must)
+# and every token that is not printable ASCII: the text stays valid UTF-8 token by token
 BIAS_DIM_VALUE = 6.0
 # Qwen 2.5's chat template (Apache-2.0), with its default system prompt shortened.
 CHAT_TEMPLATE = """{%- if tools %}
@@ -105,6 +115,23 @@ CHAT_TEMPLATE = """{%- if tools %}
     {{- '<|im_start|>assistant\\n' }}
 {%- endif %}
 """
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level spelling: each byte as one printable character (the inverse map)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    chars, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(char): byte for byte, char in zip(printable, chars, strict=True)}
+
+
+def _is_plain_text(token: str, alphabet: dict[str, int]) -> bool:
+    data = bytes(alphabet[char] for char in token)
+    return all(32 <= byte < 127 or byte in (9, 10) for byte in data)
 
 
 def train_tokenizer() -> tuple[list[str], list[str]]:
@@ -176,9 +203,15 @@ def write(path: Path) -> None:
     types += [gguf.TokenType.CONTROL] * len(CONTROL) + [gguf.TokenType.USER_DEFINED] * len(ADDED)
     ids = {token: i for i, token in enumerate(tokens)}
     bias = np.zeros(len(tokens), dtype=np.float32)
+    alphabet = _byte_level_alphabet()
+    for i, token in enumerate(tokens[:regular]):
+        if not _is_plain_text(token, alphabet):
+            bias[i] = NEVER
     for token in (*CONTROL, *ADDED):
         bias[ids[token]] = NEVER
     bias[ids[END_OF_TURN]] = EOT_BIAS
+    bias[ids["<tool_call>"]] = TOOL_CALL_BIAS
+    bias[ids[NEWLINE]] = NEWLINE_BIAS
     bias[ids['"']] = QUOTE_BIAS
     tensors = weights(np.random.default_rng(SEED), len(tokens), bias)
 
