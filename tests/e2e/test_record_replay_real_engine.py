@@ -74,7 +74,8 @@ def _stream(client: openai.OpenAI) -> tuple[tuple[str, str | None, Any], float, 
 def _tool_loop(client: openai.OpenAI) -> list[Any]:
     messages: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
     seen: list[Any] = []
-    for turn, choice in enumerate(("required", "none")):
+    choices: list[Any] = ["required", "none"]
+    for turn, choice in enumerate(choices):
         answer = client.chat.completions.create(
             model=MODEL, messages=messages, tools=[WEATHER], tool_choice=choice, seed=12,
             max_tokens=400,
@@ -173,9 +174,6 @@ def test_record_a_real_engine_stop_it_replay_and_the_sdks_see_the_same(
     stream = exchanges[0]
     first_event_s = stream.events[0].offset_ms / 1000
     end_s = stream.end_offset_ms / 1000
-    print(f"recorded: first event {first_event_s:.3f} s, end {end_s:.3f} s; client "
-          f"{recorded.first_content_s:.3f}/{recorded.stream_s:.3f} s; replayed "
-          f"{replayed.first_content_s:.3f}/{replayed.stream_s:.3f} s")  # fmt: skip
     assert replayed.first_content_s >= 0.9 * first_event_s
     assert replayed.stream_s >= 0.9 * end_s
     assert replayed.stream_s <= 1.1 * end_s + 0.25
