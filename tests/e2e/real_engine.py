@@ -150,3 +150,21 @@ def start_llama_server(log_dir: Path, *extra: str) -> LlamaServer:
     server = LlamaServer(binary, model, log_dir / "llama-server.log", free_port(), extra)
     server.start()
     return server
+
+
+def calling_seed(client: Any, model: str, messages: Any, tools: Any, max_tokens: int) -> int:
+    """The first seed (from 10) whose ``tool_choice: required`` answer makes its call
+    within ``max_tokens``: llama.cpp lets the tiny model write text first, and how long
+    depends on the model, whose vocabulary depends on the Python that made it."""
+    for seed in range(10, 60):
+        answer = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            tools=tools,
+            tool_choice="required",
+            seed=seed,
+            max_tokens=max_tokens,
+        )
+        if answer.choices[0].finish_reason == "tool_calls":
+            return seed
+    pytest.fail(f"no seed in 10..59 made a required tool call within {max_tokens} tokens")

@@ -32,7 +32,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamapi.cassettes import read_cassette
 from tests.e2e.conftest import FAST_PACING, HOST, ServerFactory, ServerProcess, free_port
-from tests.e2e.real_engine import MODEL as LLAMA_MODEL, LlamaServer, start_llama_server
+from tests.e2e.real_engine import (
+    MODEL as LLAMA_MODEL,
+    LlamaServer,
+    calling_seed,
+    start_llama_server,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -337,9 +342,11 @@ def test_a_required_tool_call_and_the_tool_result_turn(
 ) -> None:
     question: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
     # llama.cpp lets text come before a required call (its grammar: any text up to
-    # "<tool_call>\n", then calls); this seed's call comes well within max_tokens.
-    body: Any = {"tools": [WEATHER], "tool_choice": "required", "seed": 12, "max_tokens": 400}
+    # "<tool_call>\n", then calls): a seed whose call comes within max_tokens.
     with upstream.direct() as direct, gpt(gateway) as client:
+        seed = calling_seed(direct, upstream.model, question, [WEATHER], 400)
+        body: Any = {"tools": [WEATHER], "tool_choice": "required", "seed": seed,
+                     "max_tokens": 400}  # fmt: skip
         reference = direct.chat.completions.create(model=upstream.model, messages=question, **body)
         first = client.chat.completions.create(model="gw", messages=question, **body)
         streamed_calls = [

@@ -21,7 +21,7 @@ import pytest
 
 from streamapi.cassettes import read_cassette
 from tests.e2e.conftest import ServerFactory, ServerProcess
-from tests.e2e.real_engine import MODEL, LlamaServer, start_llama_server
+from tests.e2e.real_engine import MODEL, LlamaServer, calling_seed, start_llama_server
 
 pytestmark = pytest.mark.e2e
 
@@ -71,13 +71,16 @@ def _stream(client: openai.OpenAI) -> tuple[tuple[str, str | None, Any], float, 
     return (text, finish, chunks[-1].usage), first or 0.0, took
 
 
-def _tool_loop(client: openai.OpenAI) -> list[Any]:
-    messages: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
+TOOL_QUESTION: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _tool_loop(client: openai.OpenAI, seed: int) -> list[Any]:
+    messages: list[Any] = list(TOOL_QUESTION)
     seen: list[Any] = []
     choices: list[Any] = ["required", "none"]
     for turn, choice in enumerate(choices):
         answer = client.chat.completions.create(
-            model=MODEL, messages=messages, tools=[WEATHER], tool_choice=choice, seed=12,
+            model=MODEL, messages=messages, tools=[WEATHER], tool_choice=choice, seed=seed,
             max_tokens=400,
         )  # fmt: skip
         message = answer.choices[0].message
@@ -106,7 +109,7 @@ def _broken(client: openai.OpenAI, engine: LlamaServer | None) -> tuple[str, str
     return text, caught.value.message
 
 
-def _see(gateway: ServerProcess, engine: LlamaServer | None) -> Seen:
+def _see(gateway: ServerProcess, engine: LlamaServer | None, seed: int) -> Seen:
     client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=KEY, max_retries=0)
     claude = anthropic.Anthropic(base_url=gateway.base_url, api_key=KEY, max_retries=0)
     with client, claude:
@@ -116,7 +119,7 @@ def _see(gateway: ServerProcess, engine: LlamaServer | None) -> Seen:
         )
         block = message.content[0]
         assert isinstance(block, anthropic.types.TextBlock)
-        tool_loop = _tool_loop(client)
+        tool_loop = _tool_loop(client, seed)
         broken = _broken(client, engine)
     return Seen(
         stream=stream,
@@ -145,7 +148,9 @@ def test_record_a_real_engine_stop_it_replay_and_the_sdks_see_the_same(
         tapes = tmp_path / "tapes"
         common = ("--routes-file", str(routes), "--api-keys", KEY)
         recording = server_factory(*common, "--record-dir", str(tapes))
-        recorded = _see(recording, engine)
+        with openai.OpenAI(base_url=engine.base_url, api_key="unused", max_retries=0) as direct:
+            seed = calling_seed(direct, MODEL, TOOL_QUESTION, [WEATHER], 400)
+        recorded = _see(recording, engine, seed)
         recording.stop()
     finally:
         engine.stop()
@@ -156,7 +161,7 @@ def test_record_a_real_engine_stop_it_replay_and_the_sdks_see_the_same(
         *common, "--replay-dir", str(tapes), "--replay-ordered",
         "--replay-match", "endpoint,model,last_user_message,tool_names,params",
     )  # fmt: skip
-    replayed = _see(replaying, None)
+    replayed = _see(replaying, None, seed)
 
     assert replayed.stream == recorded.stream
     assert recorded.stream[1] == "length" and recorded.stream[2].completion_tokens == 300
