@@ -262,7 +262,8 @@ def test_a_stop_sequence_ends_the_answer_where_the_upstream_found_it(
     upstream: Upstream, gateway: ServerProcess
 ) -> None:
     # The tiny model's answers may end after a few tokens: ignore_eos makes them long
-    # enough. Not on the simulator, which then ignores stop too (unlike vLLM and llama.cpp).
+    # enough. Not on the simulator, which then ignores stop too, by design (docs/api/
+    # chat-completions.md), where vLLM and llama.cpp still stop.
     long = LONG if upstream.kind == "llama-server" else {}
     with upstream.direct() as direct, gpt(gateway) as client:
         free = direct.chat.completions.create(
