@@ -26,7 +26,11 @@ else
     work="$dest/src"
     rm -rf "$work"
     mkdir -p "$work"
-    "$python" -m pip download --quiet --no-binary :all: --no-deps --dest "$work" \
+    # The sdist only (its vendored llama.cpp), with pip's ordinary client: PYTHON's own
+    # pip, else pip3 (a venv made by uv has no pip).
+    pip=("$python" -m pip)
+    "$python" -m pip --version >/dev/null 2>&1 || pip=(pip3)
+    "${pip[@]}" download --quiet --no-binary :all: --no-deps --dest "$work" \
         "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
     tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
     src="$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)"
