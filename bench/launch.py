@@ -111,3 +111,57 @@ def start_redis(directory: Path, *, timeout_s: float = 10.0) -> tuple[subprocess
     process.kill()
     process.wait(timeout=10)
     raise SystemExit(f"redis-server did not answer within {timeout_s:g} s")
+
+
+def real_engine_dir() -> Path:
+    """Where deploy/real-engine/build.sh put llama-server and the tiny model."""
+    configured = os.environ.get("STREAMAPI_REAL_ENGINE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "streamapi-real-engine"
+
+
+def start_llama_server(
+    *,
+    slots: int = 8,
+    context: int = 4096,
+    threads: int = 1,
+    log: Path | None = None,
+    timeout_s: float = 60.0,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """llama.cpp's llama-server with the tiny model on a free loopback port; its root URL.
+
+    It serves the model as ``tiny-random-llama``. The binary and model come from
+    ``real_engine_dir()`` (deploy/real-engine/build.sh makes both).
+    """
+    folder = real_engine_dir()
+    binary, model = folder / "bin" / "llama-server", folder / "tiny.gguf"
+    if not (binary.is_file() and model.is_file()):
+        raise SystemExit(f"no llama-server or model in {folder}: run deploy/real-engine/build.sh")
+    port = free_port()
+    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    try:
+        process = subprocess.Popen(
+            [
+                str(binary), "-m", str(model), "--host", HOST, "--port", str(port),
+                "-a", "tiny-random-llama", "-c", str(context), "-np", str(slots),
+                "--kv-unified", "-t", str(threads), "--metrics",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    finally:
+        if log is not None and not isinstance(out, int):
+            out.close()
+    base = f"http://{HOST}:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"llama-server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=10)
+    raise SystemExit(f"llama-server did not start within {timeout_s:g} s")

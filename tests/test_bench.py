@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -386,3 +388,37 @@ def test_bench_replay_names_a_corrupt_cassette_and_sends_nothing(
     code = bench.main(["--url", _closed_port_url(), "--replay", str(tape), "--no-progress"])
     assert code == 2
     assert f"cassette {tape}, line 2: not JSON" in capsys.readouterr().err
+
+
+class _ClosesAfterEachStream(socketserver.StreamRequestHandler):
+    """Answers one streamed chat request per connection, then closes it, as llama.cpp's
+    llama-server does (whatever its Keep-Alive header says)."""
+
+    def handle(self) -> None:
+        length = 0
+        while (line := self.rfile.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        self.rfile.read(length)
+        body = b"".join(_chunk(_event(p)) for p in (ROLE, TOKEN, FINISH, USAGE))
+        head = SSE_HEAD.replace(b"\r\n\r\n", b"\r\nkeep-alive: timeout=5, max=100\r\n\r\n")
+        self.wfile.write(head + body + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+
+def test_a_server_that_closes_each_connection_after_its_stream_costs_no_failed_request() -> None:
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _ClosesAfterEachStream) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            config = bench.BenchConfig(
+                url=f"http://127.0.0.1:{server.server_address[1]}",
+                model="m",
+                concurrency=1,
+                requests=6,
+                progress=False,
+            )
+            report = bench.run(config, loop="asyncio")
+        finally:
+            server.shutdown()
+    assert report["requests"]["ok"] == 6
+    assert report["requests"]["failed"] == 0

@@ -153,6 +153,9 @@ SERVE_OPTIONS = {f"--{name.replace('_', '-')}" for name in Settings.model_fields
     f"--no-{name.replace('_', '-')}" for name in _bool_fields()
 }
 ENVIRONMENT = {f"STREAMAPI_{name.upper()}" for name in Settings.model_fields}
+# Not settings: what the test suite and deploy/real-engine/build.sh read (each must be
+# read by one of them, see the test below).
+DEVELOPMENT_ENVIRONMENT = {"STREAMAPI_REAL_ENGINE_DIR", "STREAMAPI_REQUIRE_REAL_ENGINE"}
 # Words in the text that are not options of one command: the negation prefix, a
 # placeholder, and the options of the commands the blocks run besides `streamapi serve`.
 NOT_SERVE_OPTIONS = {"--no-", "--option", "--help", "--version"}
@@ -184,7 +187,15 @@ def _other_commands_options() -> set[str]:
 def test_every_environment_variable_named_is_a_setting() -> None:
     for page in EVERY_PAGE:
         for name in re.findall(r"STREAMAPI_[A-Z0-9_]+", page.read_text()):
-            assert name in ENVIRONMENT, f"{page.relative_to(ROOT)} names {name}: no such setting"
+            assert name in ENVIRONMENT | DEVELOPMENT_ENVIRONMENT, (
+                f"{page.relative_to(ROOT)} names {name}: no such setting"
+            )
+    readers = [
+        ROOT / "tests" / "e2e" / "real_engine.py",
+        ROOT / "deploy" / "real-engine" / "build.sh",
+    ]
+    read = "".join(path.read_text() for path in readers)
+    assert all(name in read for name in DEVELOPMENT_ENVIRONMENT)
 
 
 def test_every_serve_option_in_a_command_is_a_setting() -> None:

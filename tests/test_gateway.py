@@ -49,15 +49,28 @@ QUESTION: Any = [{"role": "user", "content": "Explain DNS caching"}]
 
 @dataclass
 class Recorder:
-    """Wraps the upstream app to keep the headers of every request it got."""
+    """Wraps the upstream app to keep the headers and JSON body of every request it got."""
 
     app: ASGIApp
     headers: list[dict[str, str]] = field(default_factory=list)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        body = bytearray()
+
+        async def receive_and_keep() -> Any:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.extend(message.get("body", b""))
+                if not message.get("more_body"):
+                    self.bodies.append(json.loads(body or b"{}"))
+            return message
+
+        await self.app(scope, receive_and_keep, send)
 
 
 @dataclass
@@ -395,6 +408,44 @@ async def test_logprobs_stay_aligned_with_tokens(tmp_path: Path) -> None:
         ).json()
     assert through["choices"][0]["logprobs"] == direct["choices"][0]["logprobs"]
     assert len(through["choices"][0]["logprobs"]["content"]) == 12
+
+
+SAMPLING = ("temperature", "top_p", "top_k")
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        # 1.0 is OpenAI's default, not the upstream's (llama.cpp samples at 0.8 when
+        # told nothing): an explicit 1.0 must reach it as the client set it.
+        ({"temperature": 1.0, "top_p": 1.0}, {"temperature": 1.0, "top_p": 1.0}),
+        ({"temperature": 0.0, "top_k": 0}, {"temperature": 0.0, "top_k": 0}),
+        # Unset stays unset, so the upstream's own defaults apply.
+        ({}, {}),
+    ],
+)
+async def test_the_sampling_parameters_the_client_set_and_only_those_reach_the_upstream(
+    tmp_path: Path, given: dict[str, Any], sent: dict[str, Any]
+) -> None:
+    # The Responses API has no top_k.
+    no_top_k = {k: v for k, v in given.items() if k != "top_k"}
+    async with rig(tmp_path) as r:
+        client = gpt(r)
+        await client.chat.completions.create(
+            model="gw-small", messages=QUESTION, max_tokens=5, extra_body=given
+        )
+        await client.completions.create(
+            model="gw-small", prompt="Explain DNS caching", max_tokens=5, extra_body=given
+        )
+        await claude(r).messages.create(
+            model="gw-small", messages=QUESTION, max_tokens=5, extra_body=given
+        )
+        await client.responses.create(
+            model="gw-small", input="Explain DNS caching", max_output_tokens=16, **no_top_k
+        )
+    got = [{k: body[k] for k in SAMPLING if k in body} for body in r.recorder.bodies]
+    responses_sent = {k: v for k, v in sent.items() if k != "top_k"}
+    assert got == [sent, sent, sent, responses_sent]
 
 
 async def test_n_choices_are_separate_upstream_requests_and_usage_sums_them(

@@ -57,6 +57,12 @@ class Connection(asyncio.Protocol):
         self._keep_alive = True
         self._sse: SSEParser | None = None
         self._error_body = b""
+        self.served = 0
+        """Responses this connection carried to their end."""
+        self.stale = False
+        """The server had closed this kept-alive connection before the request's answer
+        began (llama.cpp's llama-server closes one after every stream): the request
+        should be sent again on a new connection, and is not counted."""
 
     # asyncio callbacks
 
@@ -67,10 +73,24 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._request is not None:
+            if self._closed_before_answer():
+                return
             self._fail("disconnected", f"connection lost mid-response: {exc or 'closed'}")
+
+    def _closed_before_answer(self) -> bool:
+        """Whether a reused connection was closed before any byte of the answer (then
+        the request is to be sent again, see ``stale``)."""
+        if self.served == 0 or self._state != _HEAD or self._buffer:
+            return False
+        self.stale = True
+        self.closed = True
+        self._complete()
+        return True
 
     def eof_received(self) -> bool | None:
         if self._request is not None:
+            if self._closed_before_answer():
+                return None
             if self._state == _UNTIL_EOF:
                 self._finish()
             else:
@@ -288,6 +308,7 @@ class Connection(asyncio.Protocol):
     def _finish(self) -> None:
         request = self._request
         assert request is not None
+        self.served += 1
         if self._status != 200:
             self._mark(f"http_{self._status}", self._error_body.decode(errors="replace"))
         elif not request.done:

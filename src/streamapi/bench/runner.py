@@ -278,6 +278,11 @@ class Runner:
                 timer.cancel()
         finally:
             self._open -= 1
+        if connection.stale:
+            # Closed by the server while idle, before this request was answered: send it
+            # again on a new connection (a new connection is never stale).
+            self._connections.discard(connection)
+            return await self._one(None, payload)
         self.stats.record(request)
         if connection.closed:
             self._connections.discard(connection)

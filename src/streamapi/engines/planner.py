@@ -273,7 +273,12 @@ def _brief(
 
 def is_greedy(request: GenerationRequest) -> bool:
     """Whether sampling keeps only the most likely token: temperature 0, top_k 1, top_p ~0."""
-    return request.temperature == 0 or request.top_k == 1 or request.top_p <= GREEDY_TOP_P
+    top_p = request.top_p
+    return (
+        request.temperature == 0
+        or request.top_k == 1
+        or (top_p is not None and top_p <= GREEDY_TOP_P)
+    )
 
 
 def _fixed_length(request: GenerationRequest) -> int | None:

@@ -140,10 +140,15 @@ class GenerationRequest:
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    """Sample from the k most likely tokens; 0 (or vLLM's -1) samples from all."""
+    temperature: float | None = None
+    """None: the client did not set it, so the engine's own default applies (the
+    simulator's is 1; llama.cpp's 0.8; vLLM's the model's generation config). An upstream
+    gets exactly what the client set, 1.0 included, and nothing when it set nothing."""
+    top_p: float | None = None
+    """None: unset, as ``temperature``."""
+    top_k: int | None = None
+    """Sample from the k most likely tokens; 0 (or vLLM's -1) samples from all; None:
+    unset, as ``temperature``."""
     choice_index: int = 0
     ignore_eos: bool = False
     tools: tuple[ToolSpec, ...] = ()

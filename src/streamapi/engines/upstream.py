@@ -520,9 +520,9 @@ class _Translator:
 def chat_payload(request: GenerationRequest) -> dict[str, Any]:
     """The upstream's streamed chat request for one choice.
 
-    Only what the client set is sent (``temperature`` and ``top_p`` when not
-    the default 1, ``top_k`` when set), so the upstream's own defaults (a model's generation
-    config in vLLM) still apply to the rest.
+    Only what the client set is sent, exactly as it set it (an explicit
+    ``temperature`` of 1 included: llama.cpp's own default is 0.8), so the
+    upstream's own defaults (a model's generation config in vLLM) apply to the rest.
     """
     payload: dict[str, Any] = {
         "model": request.model,
@@ -538,12 +538,12 @@ def chat_payload(request: GenerationRequest) -> dict[str, Any]:
     if request.seed is not None:
         # Each choice is its own upstream request: distinct seeds keep n choices distinct.
         payload["seed"] = request.seed + request.choice_index
-    if request.temperature != 1.0:
+    if request.temperature is not None:
         payload["temperature"] = request.temperature
-    if request.top_p != 1.0:
+    if request.top_p is not None:
         payload["top_p"] = request.top_p
-    if request.top_k > 0:
-        payload["top_k"] = request.top_k  # vLLM's extra parameter
+    if request.top_k is not None:
+        payload["top_k"] = request.top_k  # vLLM's and llama.cpp's extra parameter
     if request.ignore_eos:
         payload["ignore_eos"] = True
     if request.tools:

@@ -73,9 +73,9 @@ class CompletionService:
                 if isinstance(request.stop, str)
                 else tuple(request.stop or ()),
                 seed=request.seed,
-                temperature=1.0 if request.temperature is None else request.temperature,
-                top_p=1.0 if request.top_p is None else request.top_p,
-                top_k=max(0, request.top_k or 0),
+                temperature=request.temperature,
+                top_p=request.top_p,
+                top_k=request.top_k,
                 ignore_eos=bool(request.ignore_eos),
                 reasoning=False,
                 logprobs=request.logprobs,
