@@ -325,7 +325,7 @@ def measure_rss(streams: int, options: Sequence[str], log: Path) -> dict[str, ob
         peak = sampler.peak
     finally:
         code = stop(process)
-    result = {
+    result: dict[str, object] = {
         "streams": streams,
         "opened": good,
         "idle_rss_mib": round(idle / 1024, 1),
@@ -374,7 +374,9 @@ def measure_heap(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--streams", type=int, nargs="+", default=[500, 1000])
+    parser.add_argument(
+        "--streams", type=int, nargs="*", default=[500, 1000], help="RSS runs; none: no RSS run"
+    )
     parser.add_argument("--trace", type=int, default=500, help="streams traced; 0: none")
     parser.add_argument("--sites", type=int, default=20, help="allocation sites to list")
     parser.add_argument("--json", type=Path, help="also write the figures there")

@@ -7,9 +7,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html
 from fastapi_offline import FastAPIOffline
@@ -18,7 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import HTMLResponse
 
 from streamapi import __version__, api
-from streamapi.api import admin, dashboard
+from streamapi.api import admin
 from streamapi.api.common import AppState
 from streamapi.concurrency import ConcurrencyLimiter
 from streamapi.control.control_middleware import ControlMiddleware
@@ -45,6 +44,9 @@ from streamapi.serving.response_runs import BackgroundRuns
 from streamapi.serving.responses import ResponseService, ResponseStore
 from streamapi.settings import Settings
 from streamapi.state import create_state
+
+if TYPE_CHECKING:
+    import httpx
 
 # Documented in the OpenAPI schema although no route declares them as a body
 # or response model: routes parse their bodies themselves (to give each
@@ -163,6 +165,9 @@ def create_app(
     )
     routers = (*api.ROUTERS, admin.router) if settings.admin_key is not None else api.ROUTERS
     if settings.dashboard:
+        # Imported only when on: its static files and the metrics parser it reads with.
+        from streamapi.api import dashboard
+
         routers = (*routers, dashboard.router)
     # Added flat rather than with include_router: FastAPI matches an included
     # router by walking it again for every request, which cost /health a third

@@ -31,8 +31,6 @@ from pydantic_settings import CliApp
 
 from streamapi import __version__
 from streamapi.app import create_app
-from streamapi.cassettes import CassetteError, read_cassette, write_atomic
-from streamapi.control.cassette_rules import cassette_rules, dump_rules
 from streamapi.control.rules import RulesError, load_rules
 from streamapi.lifecycle import Lifecycle
 from streamapi.settings import Settings
@@ -153,6 +151,10 @@ def rules(args: list[str]) -> int:
 
 def cassette(args: list[str]) -> int:
     """``streamapi cassette to-rules FILE [-o OUT]``: one rule per recorded exchange."""
+    # Imported here, not by every server: PyYAML and the cassette code are this command's.
+    from streamapi.cassettes import CassetteError, read_cassette, write_atomic
+    from streamapi.control.cassette_rules import cassette_rules, dump_rules
+
     usage = "usage: streamapi cassette to-rules FILE [-o OUT]\n"
     if args[:1] != ["to-rules"] or len(args) not in (2, 4):
         sys.stderr.write(usage)

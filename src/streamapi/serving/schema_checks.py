@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jsonschema import SchemaError, validators
-
 from streamapi.engines.protocol import ToolSpec
 from streamapi.errors import InvalidRequestError
 
@@ -19,6 +17,10 @@ def check_schema(schema: Mapping[str, Any], *, param: str) -> None:
 
     Every ``$ref`` must point inside the schema: nothing is fetched from elsewhere.
     """
+    # Imported at the first schema: jsonschema (with attrs, referencing and
+    # rpds) is several MB of a server's idle memory that most never use.
+    from jsonschema import SchemaError, validators
+
     try:
         validators.validator_for(schema).check_schema(dict(schema))
     except SchemaError as exc:
