@@ -94,6 +94,28 @@ class ScheduledSequence:
     and works whether or not the iterator was ever started.
     """
 
+    __slots__ = (
+        "_error",
+        "_scheduler",
+        "_waiter",
+        "cached_tokens",
+        "consumed",
+        "deltas",
+        "enqueued_at",
+        "finish_reason",
+        "first_token_at",
+        "kv_tokens",
+        "next_due",
+        "pace",
+        "produced",
+        "prompt",
+        "prompt_tokens",
+        "scheduled_at",
+        "state",
+        "token_count",
+        "total",
+    )
+
     def __init__(
         self,
         scheduler: Scheduler,
