@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import math
 import random
 from collections import deque
 from dataclasses import dataclass, replace
+from typing import Final
 
 from streamapi.engines.prefix_cache import PrefixCache
 from streamapi.engines.protocol import FinishReason, TokenDelta
@@ -85,6 +87,10 @@ class Pace:
 
     ttft_s: float
     itl_s: float
+
+
+# What a sequence keeps in place of a delta it has handed on.
+_SPENT: Final = TokenDelta("")
 
 
 class ScheduledSequence:
@@ -167,6 +173,9 @@ class ScheduledSequence:
         index = self.consumed
         self.consumed += 1
         delta = self.deltas[index]
+        # Handed on: the sequence lets it go, so an open stream holds only the
+        # tokens still to come (a long answer is planned whole up front).
+        self.deltas[index] = _SPENT
         if index == 0 and self.cached_tokens:
             return replace(delta, cached_prompt_tokens=self.cached_tokens)
         return delta
@@ -182,6 +191,7 @@ class ScheduledSequence:
             return []
         self.consumed = end
         ready = self.deltas[start:end]
+        self.deltas[start:end] = itertools.repeat(_SPENT, end - start)
         if start == 0 and ready and self.cached_tokens:
             ready[0] = replace(ready[0], cached_prompt_tokens=self.cached_tokens)
         return ready
