@@ -168,6 +168,21 @@ async def _open_streams(
     return tasks, good
 
 
+async def _running(port: int) -> int:
+    """Requests the server's engine is running, from its /metrics: the streams it holds open."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+    text = (await reader.read()).decode(errors="replace")
+    writer.close()
+    return round(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("vllm:num_requests_running")
+        )
+    )
+
+
 async def _close(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
@@ -317,7 +332,10 @@ def measure_rss(streams: int, options: Sequence[str], log: Path) -> dict[str, ob
             tasks, good = await _open_streams(port, streams, 1.0)
             await asyncio.sleep(1.0)
             steady = rss_kib(process.pid)
+            running = await _running(port)
             await _close(tasks)
+            if running != good:
+                print(f"  the server runs {running} streams, not {good}", flush=True)
             return good, steady
 
         with PeakSampler(process.pid) as sampler:
@@ -360,15 +378,15 @@ def measure_heap(
         async def hold() -> tuple[tracemalloc.Snapshot, int]:
             tasks, good = await _open_streams(port, streams, 1.0)
             await asyncio.sleep(1.0)
-            # Blocks this loop while the server writes; the streams wait in the kernel.
+            running = await _running(port)
             busy = await asyncio.to_thread(_snapshot, process, directory)
             await _close(tasks)
+            print(f"traced run: {good} of {streams} streams opened, {running} running", flush=True)
             return busy, good
 
         busy, good = asyncio.run(hold())
     finally:
         stop(process)
-    print(f"traced run: {good} of {streams} streams opened", flush=True)
     return _table(idle, busy, max(good, 1), sites)
 
 
