@@ -4,8 +4,9 @@ A fresh interpreter builds the default app (but for the dashboard, which is on b
 default), starts it and serves one stream and one request with a tool, over ASGI; then
 its ``sys.modules`` must hold none of the code that belongs to settings left off:
 PyYAML (rules, routes and keys files), httpx (the routes file's upstreams), Redis
-(``--state-url``), the dashboard, the upstream, replay and cassette code. jsonschema
-comes with the first request that brings a schema, and not before.
+(``--state-url``), the dashboard, the admin API (``--admin-key``), the upstream, replay
+and cassette code. jsonschema comes with the first request that brings a schema, and
+not before.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ OFF_BY_DEFAULT = (
     "httpx",
     "redis",
     "streamapi.api.dashboard",
+    "streamapi.api.admin",
     "streamapi.engines.upstream",
     "streamapi.engines.replay",
     "streamapi.control.cassette_rules",

@@ -17,7 +17,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import HTMLResponse
 
 from streamapi import __version__, api
-from streamapi.api import admin
 from streamapi.api.common import AppState
 from streamapi.concurrency import ConcurrencyLimiter
 from streamapi.control.control_middleware import ControlMiddleware
@@ -163,7 +162,12 @@ def create_app(
         summary="OpenAI-compatible streaming LLM API server with an embedded simulator.",
         lifespan=lifespan,
     )
-    routers = (*api.ROUTERS, admin.router) if settings.admin_key is not None else api.ROUTERS
+    routers = api.ROUTERS
+    if settings.admin_key is not None:
+        # Imported only when on, as the dashboard below: the admin API's routes and models.
+        from streamapi.api import admin
+
+        routers = (*routers, admin.router)
     if settings.dashboard:
         # Imported only when on: its static files and the metrics parser it reads with.
         from streamapi.api import dashboard
