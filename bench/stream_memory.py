@@ -274,27 +274,20 @@ def _table(
     total = sum(busy_sizes.values()) - sum(idle_sizes.values())
     rows = []
     print(f"\nwhat each open stream holds (tracemalloc, {streams} streams open, live objects):")
-    print(f"  {'owner':<18} {'bytes/stream':>12} {'blocks/stream':>13} {'share':>6}   idle heap")
+    print(f"  {'owner':<18} {'bytes/stream':>12} {'blocks/stream':>13} {'share':>6}")
     for owner in owners:
         per = (busy_sizes[owner] - idle_sizes[owner]) / streams
         blocks = (busy_counts[owner] - idle_counts[owner]) / streams
         share = 100 * per * streams / total if total else 0.0
-        print(
-            f"  {owner:<18} {per:>12,.0f} {blocks:>13.1f} {share:>5.1f}%"
-            f"   {idle_sizes[owner] / 1024 / 1024:>6.2f} MiB"
-        )
+        print(f"  {owner:<18} {per:>12,.0f} {blocks:>13.1f} {share:>5.1f}%")
         rows.append(
             {
                 "owner": owner,
                 "bytes_per_stream": round(per),
                 "blocks_per_stream": round(blocks, 1),
-                "idle_mib": round(idle_sizes[owner] / 1024 / 1024, 2),
             }
         )
-    print(
-        f"  {'total':<18} {total / streams:>12,.0f}"
-        f"{'':>23}   {sum(idle_sizes.values()) / 1024 / 1024:>6.2f} MiB"
-    )
+    print(f"  {'total':<18} {total / streams:>12,.0f}")
     site_rows = sorted(
         ((site, busy_sites[site] - idle_sites[site]) for site in busy_sites),
         key=lambda item: item[1],
@@ -306,7 +299,6 @@ def _table(
     return {
         "streams": streams,
         "bytes_per_stream": round(total / streams),
-        "idle_traced_mib": round(sum(idle_sizes.values()) / 1024 / 1024, 2),
         "by_owner": rows,
         "sites": [{"site": s, "bytes_per_stream": round(n / streams)} for s, n in site_rows],
     }
