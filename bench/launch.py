@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -31,15 +31,17 @@ def start_streamapi(
     log: Path | None = None,
     timeout_s: float = 20.0,
     cpu: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A `streamapi serve` on a free loopback port with ``options``, once it is healthy.
 
     Settings come only from ``options``: STREAMAPI_* variables of the caller's
     environment are dropped. Output goes to ``log`` (or nowhere). ``cpu`` pins
-    the server to that core.
+    the server to that core; ``env`` adds variables to its environment.
     """
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMAPI_")}
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMAPI_")}
+    server_env |= env or {}
     command = [sys.executable, "-m", "streamapi", "serve", "--host", HOST, "--port", str(port)]
     out = log.open("wb") if log is not None else subprocess.DEVNULL
     try:
@@ -47,7 +49,7 @@ def start_streamapi(
             [*command, *options],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=server_env,
             preexec_fn=None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu})),
         )
     finally:

@@ -7,9 +7,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html
 from fastapi_offline import FastAPIOffline
@@ -19,7 +18,6 @@ from starlette.responses import HTMLResponse
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from streamapi import __version__, api
-from streamapi.api import admin, dashboard
 from streamapi.api.common import AppState
 from streamapi.api.dashboard_feed import DashboardFeed
 from streamapi.concurrency import ConcurrencyLimiter
@@ -48,6 +46,9 @@ from streamapi.serving.response_runs import BackgroundRuns
 from streamapi.serving.responses import ResponseService, ResponseStore
 from streamapi.settings import Settings
 from streamapi.state import create_state
+
+if TYPE_CHECKING:
+    import httpx
 
 # Documented in the OpenAPI schema although no route declares them as a body
 # or response model: routes parse their bodies themselves (to give each
@@ -179,8 +180,16 @@ def create_app(
         summary="OpenAI-compatible streaming LLM API server with an embedded simulator.",
         lifespan=lifespan,
     )
-    routers = (*api.ROUTERS, admin.router) if settings.admin_key is not None else api.ROUTERS
+    routers = api.ROUTERS
+    if settings.admin_key is not None:
+        # Imported only when on, as the dashboard below: the admin API's routes and models.
+        from streamapi.api import admin
+
+        routers = (*routers, admin.router)
     if settings.dashboard:
+        # Imported only when on: its static files and the metrics parser it reads with.
+        from streamapi.api import dashboard
+
         routers = (*routers, dashboard.router)
     # Added flat rather than with include_router: FastAPI matches an included
     # router by walking it again for every request, which cost /health a third

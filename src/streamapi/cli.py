@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import ctypes
@@ -16,6 +17,7 @@ import signal
 import socket
 import sys
 import tempfile
+import tracemalloc
 from multiprocessing import connection
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
@@ -29,8 +31,6 @@ from pydantic_settings import CliApp
 
 from streamapi import __version__
 from streamapi.app import create_app
-from streamapi.cassettes import CassetteError, read_cassette, write_atomic
-from streamapi.control.cassette_rules import cassette_rules, dump_rules
 from streamapi.control.rules import RulesError, load_rules
 from streamapi.edge import edge_protocol
 from streamapi.lifecycle import Lifecycle
@@ -107,7 +107,12 @@ def serve(args: list[str]) -> int:
         return _serve_workers(settings)
     lifecycle = Lifecycle()
     config = _uvicorn_config(settings, create_app(settings, lifecycle=lifecycle))
-    server = _Server(config, lifecycle=lifecycle, grace_period_s=settings.shutdown_grace_period_s)
+    server = _Server(
+        config,
+        lifecycle=lifecycle,
+        grace_period_s=settings.shutdown_grace_period_s,
+        tracemalloc_frames=settings.tracemalloc_frames,
+    )
     server.run()
     return 0 if server.started else 1
 
@@ -158,6 +163,10 @@ def rules(args: list[str]) -> int:
 
 def cassette(args: list[str]) -> int:
     """``streamapi cassette to-rules FILE [-o OUT]``: one rule per recorded exchange."""
+    # Imported here, not by every server: PyYAML and the cassette code are this command's.
+    from streamapi.cassettes import CassetteError, read_cassette, write_atomic
+    from streamapi.control.cassette_rules import cassette_rules, dump_rules
+
     usage = "usage: streamapi cassette to-rules FILE [-o OUT]\n"
     if args[:1] != ["to-rules"] or len(args) not in (2, 4):
         sys.stderr.write(usage)
@@ -285,6 +294,7 @@ def _worker(settings: Settings, index: int, port: int, parent: int, sock: socket
         lifecycle=lifecycle,
         grace_period_s=settings.shutdown_grace_period_s,
         worker=(index, settings.workers),
+        tracemalloc_frames=settings.tracemalloc_frames,
     )
     # uvicorn handles SIGINT itself; one arriving before its handlers are
     # installed would otherwise print a traceback for a normal stop.
@@ -435,11 +445,13 @@ class _Server(uvicorn.Server):
         lifecycle: Lifecycle,
         grace_period_s: float,
         worker: tuple[int, int] | None = None,
+        tracemalloc_frames: int = 0,
     ):
         super().__init__(config)
         self._lifecycle = lifecycle
         self._grace_period_s = grace_period_s
         self._worker = worker
+        self._tracemalloc_frames = tracemalloc_frames
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._lifecycle.begin_drain(self._grace_period_s)
@@ -452,6 +464,8 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             _settle_heap()
+            if self._tracemalloc_frames:
+                _dump_heap_on_signal(self._tracemalloc_frames)
             base = f"http://{_url_host(self.config.host)}:{self.config.port}"
             if self._worker is None:
                 logger.info("streamapi %s listening on %s", __version__, base)
@@ -483,6 +497,35 @@ def _settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(5000, 20, 20)
+
+
+def _dump_heap_on_signal(frames: int) -> None:
+    """``--tracemalloc-frames N``: trace allocations from now on; SIGUSR1 writes a snapshot.
+
+    A debugging aid for ``bench/stream_memory.py`` (docs/performance.md, "Memory
+    per stream"): nothing of it exists unless the setting is on, so the serving
+    path is the same either way. Tracing starts once the server has started (the
+    imports before it would take minutes to trace), so a snapshot holds what was
+    allocated since and is still alive. The snapshot goes to
+    ``$TMPDIR/streamapi-PID-N.tracemalloc`` (N counts from 1), written under
+    another name first and then renamed, so a reader never sees half a file.
+    """
+    loop = asyncio.get_running_loop()
+    count = 0
+    tracemalloc.start(frames)
+
+    def dump() -> None:
+        nonlocal count
+        count += 1
+        # What is alive, not what the collector has yet to free.
+        gc.collect()
+        path = Path(tempfile.gettempdir()) / f"streamapi-{os.getpid()}-{count}.tracemalloc"
+        partial = path.with_suffix(".partial")
+        tracemalloc.take_snapshot().dump(str(partial))
+        partial.rename(path)
+        logger.warning("tracemalloc snapshot written to %s", path)
+
+    loop.add_signal_handler(signal.SIGUSR1, dump)
 
 
 def _url_host(host: str) -> str:

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 
@@ -117,6 +116,9 @@ def load_keys(keys: Sequence[SecretStr], path: Path | None) -> KeyRing:
 
 
 def _read_file(path: Path) -> list[tuple[bytes, Principal, SecretStr | None]]:
+    # Imported here: only a server that reads a YAML file needs PyYAML in memory.
+    import yaml
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

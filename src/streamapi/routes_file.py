@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 
@@ -155,6 +154,9 @@ class RoutesFileError(ValueError):
 
 def load_routes(path: Path) -> RoutesTable:
     """Read and check a routes file (``.json`` is JSON, anything else YAML)."""
+    # Imported here: only a server that reads a YAML file needs PyYAML in memory.
+    import yaml
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -95,6 +95,15 @@ class Settings(BaseSettings):
         "Responses store, control state and concurrency caps (the caps and limits are per "
         "process unless --state-url shares them). 1 serves from this process alone.",
     )
+    tracemalloc_frames: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="A debugging aid: above 0, trace every allocation made once the server "
+        "has started (this many frames each) and, on each SIGUSR1, write a tracemalloc "
+        "snapshot of the live heap to streamapi-PID-N.tracemalloc in the temporary directory "
+        "($TMPDIR). Slows the server. bench/stream_memory.py reads them. 0: off.",
+    )
 
     # --- models ---------------------------------------------------------------
     served_model_names: list[str] = Field(

@@ -106,6 +106,8 @@ class FaultedStream:
     closes the engine's stream, whether or not this one was ever iterated.
     """
 
+    __slots__ = ("_inner", "_pending", "_watch")
+
     def __init__(self, inner: AsyncIterator[TokenDelta], watch: Watch) -> None:
         self._inner = inner
         self._watch = watch
@@ -157,6 +159,8 @@ class CountedStream:
     on together (``take_ready``, when the engine has it) and share a write, as
     they do with no journal at all; ``FaultedStream`` waits for each delta alone.
     """
+
+    __slots__ = ("_inner", "_ready", "_watch", "take_ready")
 
     def __init__(self, inner: AsyncIterator[TokenDelta], watch: Watch) -> None:
         self._inner = inner

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -365,6 +364,9 @@ def parse_rules(data: Any, *, source: str) -> list[Rule]:
 
 def parse_text(text: str, *, source: str, json_only: bool = False) -> Any:
     """YAML (or, with ``json_only``, JSON) text as data, or ``RulesError``."""
+    # Imported here: only a server that reads a YAML file needs PyYAML in memory.
+    import yaml
+
     try:
         return json.loads(text) if json_only else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import httpx
-
-from streamapi.cassettes import Matcher, Recorder, Redactor, parse_match_keys
-from streamapi.engines.dispatch import ModelDispatchEngine
 from streamapi.engines.protocol import Engine
-from streamapi.engines.replay import ReplayEngine
 from streamapi.engines.simulator import SimulatorEngine
-from streamapi.engines.upstream import UpstreamEngine
 from streamapi.metrics import Metrics
 from streamapi.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
+
+    from streamapi.cassettes import Redactor
 
 
 async def start_engine(
@@ -37,6 +37,13 @@ async def start_engine(
     table = settings.routes
     if not table.upstreams:
         return simulator
+    # Imported only for a routes file with upstreams: httpx (and what it pulls in),
+    # the upstream, replay and cassette code are megabytes a simulator never uses.
+    from streamapi.cassettes import Matcher, Recorder, parse_match_keys
+    from streamapi.engines.dispatch import ModelDispatchEngine
+    from streamapi.engines.replay import ReplayEngine
+    from streamapi.engines.upstream import UpstreamEngine
+
     transports = transports or {}
     redactor = _redactor(settings)
     recorder = None if settings.record_dir is None else Recorder(settings.record_dir, redactor)
@@ -78,6 +85,8 @@ def _redactor(settings: Settings) -> Redactor:
     """The built-in redactions, the settings' own, and as secrets every upstream key and the
     server's own keys (its clients' API keys and the admin key), wherever they appear: a
     client may paste its key into a prompt, which then goes upstream."""
+    from streamapi.cassettes import Redactor
+
     keys = [config.key(os.environ) for config in settings.routes.upstreams.values()]
     own = [*settings.keys.known, *([settings.admin_key] if settings.admin_key else [])]
     return Redactor.with_extra(

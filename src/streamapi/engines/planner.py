@@ -24,8 +24,6 @@ import re
 import secrets
 from dataclasses import dataclass, replace
 
-from jsonschema import Draft202012Validator
-
 from streamapi.engines.protocol import (
     FinishReason,
     GenerationRequest,
@@ -437,6 +435,9 @@ def _with_answer(arguments: object, tool: ToolSpec, turn: Turn, rng: random.Rand
         answer = write_brief(turn.question, rng, sentences=1)
     filled = {**arguments, fields[0]: answer}
     # The schema may bound the field (maxLength, a pattern): then the generated value stays.
+    # Imported here, as the schema checks do: most servers never load jsonschema.
+    from jsonschema import Draft202012Validator
+
     return filled if Draft202012Validator(tool.parameters).is_valid(filled) else arguments
 
 

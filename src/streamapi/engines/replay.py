@@ -88,6 +88,8 @@ def _miss_error(miss: Miss, model: str) -> ReplayMissError:
 class ReplayStream(UpstreamStream):
     """An ``UpstreamStream`` fed by one recorded exchange, at its recorded pace."""
 
+    __slots__ = ("_cassette", "_exchange", "_speed", "_start")
+
     def __init__(
         self,
         engine: UpstreamEngine,

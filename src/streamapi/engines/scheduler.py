@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import math
 import random
 from collections import deque
 from dataclasses import dataclass, replace
+from typing import Final
 
 from streamapi.engines.prefix_cache import PrefixCache
 from streamapi.engines.protocol import FinishReason, TokenDelta
@@ -87,12 +89,38 @@ class Pace:
     itl_s: float
 
 
+# What a sequence keeps in place of a delta it has handed on.
+_SPENT: Final = TokenDelta("")
+
+
 class ScheduledSequence:
     """One choice inside the engine, and the async iterator of its ``TokenDelta``s.
 
     ``aclose`` takes it out of the queue or the batch at once; it is idempotent
     and works whether or not the iterator was ever started.
     """
+
+    __slots__ = (
+        "_error",
+        "_scheduler",
+        "_waiter",
+        "cached_tokens",
+        "consumed",
+        "deltas",
+        "enqueued_at",
+        "finish_reason",
+        "first_token_at",
+        "kv_tokens",
+        "next_due",
+        "pace",
+        "produced",
+        "prompt",
+        "prompt_tokens",
+        "scheduled_at",
+        "state",
+        "token_count",
+        "total",
+    )
 
     def __init__(
         self,
@@ -145,6 +173,9 @@ class ScheduledSequence:
         index = self.consumed
         self.consumed += 1
         delta = self.deltas[index]
+        # Handed on: the sequence lets it go, so an open stream holds only the
+        # tokens still to come (a long answer is planned whole up front).
+        self.deltas[index] = _SPENT
         if index == 0 and self.cached_tokens:
             return replace(delta, cached_prompt_tokens=self.cached_tokens)
         return delta
@@ -160,6 +191,7 @@ class ScheduledSequence:
             return []
         self.consumed = end
         ready = self.deltas[start:end]
+        self.deltas[start:end] = itertools.repeat(_SPENT, end - start)
         if start == 0 and ready and self.cached_tokens:
             ready[0] = replace(ready[0], cached_prompt_tokens=self.cached_tokens)
         return ready

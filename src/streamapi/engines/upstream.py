@@ -146,6 +146,21 @@ class UpstreamEngine:
 class UpstreamStream:
     """One choice streamed from the upstream; an async iterator of ``TokenDelta``s."""
 
+    __slots__ = (
+        "_chunks",
+        "_closed",
+        "_decoder",
+        "_ended",
+        "_engine",
+        "_events",
+        "_opened",
+        "_pending",
+        "_request",
+        "_response",
+        "_tape",
+        "_translator",
+    )
+
     def __init__(self, engine: UpstreamEngine, request: GenerationRequest) -> None:
         self._engine = engine
         self._request = request
@@ -389,6 +404,17 @@ class UpstreamStream:
 
 class _Translator:
     """Upstream chat chunks to ``TokenDelta``s, and the choice's usage."""
+
+    __slots__ = (
+        "_arguments",
+        "_content",
+        "_matched_stop",
+        "_reasoning",
+        "_reported",
+        "_request",
+        "_tool_indexes",
+        "finish_reason",
+    )
 
     def __init__(self, request: GenerationRequest) -> None:
         self._request = request

@@ -192,6 +192,19 @@ class _Pending:
 class _ChunkWriter:
     """Encodes the chunks of one completion, grouping tokens into events."""
 
+    __slots__ = (
+        "_chat",
+        "_content",
+        "_custom_calls",
+        "_head",
+        "_pending",
+        "_per_event",
+        "_plain",
+        "_started",
+        "_templated",
+        "_usage",
+    )
+
     def __init__(self, chat: ChatJob, tokens_per_event: int) -> None:
         job = chat.job
         self._chat = chat

@@ -65,6 +65,8 @@ class Admission:
     counts as a client disconnect.
     """
 
+    __slots__ = ("_closed", "_lease", "_metrics", "arrived_at", "ended", "job", "streams")
+
     def __init__(
         self,
         job: Job,
@@ -326,6 +328,8 @@ class Generation:
 
 class _Stopwatch:
     """Times one request's tokens for the latency histograms, on the event loop's clock."""
+
+    __slots__ = ("_arrived_at", "_clock", "_last", "_metrics")
 
     def __init__(self, arrived_at: float, metrics: Metrics | None) -> None:
         self._arrived_at = arrived_at

@@ -16,8 +16,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from jsonschema import SchemaError, validators
-
 from streamapi.engines.protocol import ToolSpec
 from streamapi.errors import InvalidRequestError
 from streamapi.settings import Settings
@@ -56,6 +54,10 @@ class SchemaChecks:
     def schema(self, schema: Mapping[str, Any], *, param: str) -> None:
         """400 naming the problem when ``schema`` is not a valid JSON Schema, is too large,
         or can have no finite value."""
+        # Imported at the first schema: jsonschema (with attrs, referencing and rpds) is
+        # several MB of a server's idle memory that most never use.
+        from jsonschema import SchemaError, validators
+
         refs = self._walk(schema, param)
         try:
             validators.validator_for(schema).check_schema(dict(schema))
