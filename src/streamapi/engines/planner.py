@@ -32,6 +32,7 @@ from streamapi.engines.protocol import (
     ToolCallStart,
     ToolSpec,
 )
+from streamapi.text.freeform import freeform_input
 from streamapi.text.instructions import (
     Length,
     asked_length,
@@ -279,13 +280,14 @@ def _tool_call_deltas(
     deltas: list[TokenDelta] = []
     for index, tool in enumerate(calls):
         call_id = f"call_{rng.getrandbits(96):024x}"
-        arguments = SchemaGenerator(tool.parameters or {"type": "object"}, rng, hints).generate()
+        if tool.format is not None:
+            text = freeform_input(tool.format, rng, hints)  # a custom tool's raw input
+        else:
+            arguments = SchemaGenerator(tool.parameters or {"type": "object"}, rng, hints)
+            text = json.dumps(arguments.generate(), ensure_ascii=False)
         start = ToolCallStart(index, call_id, tool.name)
         deltas.append(TokenDelta("", channel="tool_call", tool_call=start, tool_index=index))
-        deltas += [
-            TokenDelta(t, channel="tool_call", tool_index=index)
-            for t in tokenize(json.dumps(arguments, ensure_ascii=False))
-        ]
+        deltas += [TokenDelta(t, channel="tool_call", tool_index=index) for t in tokenize(text)]
     return deltas
 
 

@@ -56,11 +56,17 @@ class PromptMessage:
 
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
-    """A function the model may call; ``parameters`` is its JSON Schema."""
+    """A function the model may call; ``parameters`` is its JSON Schema.
+
+    ``format`` is set for a free-form tool (OpenAI's custom tools): its call's
+    text is raw input in that format (``{"type": "text"}``, or a grammar with
+    ``syntax`` and ``definition``), not JSON arguments.
+    """
 
     name: str
     description: str = ""
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    format: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,8 @@
-"""The opaque ``encrypted_content`` of a compaction item (``POST /v1/responses/compact``).
+"""The opaque ``encrypted_content`` of compaction and reasoning items.
+
+A compaction item comes from ``POST /v1/responses/compact``; a reasoning item
+has one when a request's ``include`` asks for ``reasoning.encrypted_content``
+(as Codex does with ``store: false``), to hand the reasoning back later.
 
 OpenAI encrypts a compacted conversation so that only its own servers can read
 it back. The simulator has nothing to hide and does not summarise: the content
@@ -53,4 +57,22 @@ def decode(content: str) -> list[PromptMessage] | None:
             for m in payload
         ]
     except (binascii.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+REASONING_PREFIX = "streamapi.reasoning.v1."
+
+
+def encode_reasoning(text: str) -> str:
+    """The ``encrypted_content`` of a reasoning item that thought ``text``."""
+    return REASONING_PREFIX + base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def decode_reasoning(content: str) -> str | None:
+    """The reasoning ``encode_reasoning`` packed in ``content``; None if it is not ours."""
+    if not content.startswith(REASONING_PREFIX):
+        return None
+    try:
+        return base64.urlsafe_b64decode(content[len(REASONING_PREFIX) :]).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
         return None

@@ -15,6 +15,7 @@ background runs (``serving.response_runs``).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import OrderedDict
@@ -35,21 +36,35 @@ from streamapi.engines.protocol import (
 )
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.responses import (
+    AllowedToolsChoice,
+    ApplyPatchCallItem,
+    ApplyPatchCallOutputItem,
+    BuiltinToolChoice,
     CompactionItem,
     CompactRequest,
+    CustomToolCallItem,
+    CustomToolCallOutputItem,
     FunctionCallItem,
     FunctionCallOutputItem,
+    InputAudio,
+    InputFile,
     InputImage,
     InputText,
+    LocalShellCallItem,
+    LocalShellCallOutputItem,
     MessageItem,
     NamedFunctionChoice,
+    ReasoningItem,
     ResponseRequest,
+    ShellCallItem,
+    ShellCallOutputItem,
     TextFormatJSONObject,
     TextFormatJSONSchema,
 )
 from streamapi.serving import compaction
+from streamapi.serving.client_tools import ToolBook, builtin_action, responses_tools
 from streamapi.serving.generation import Admission, Generation, Job
-from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
+from streamapi.serving.schema_checks import check_schema, check_tool_choice
 from streamapi.serving.stream_errors import GenerationFailed
 from streamapi.serving.usage import Usage
 from streamapi.state.base import ResponseStorage, StateUnavailableError
@@ -136,6 +151,9 @@ class ResponseJob:
     call_names: dict[str, str]
     store: bool
     background: bool = False
+    tools: ToolBook = field(default_factory=ToolBook)
+    encrypted_reasoning: bool = False
+    """``include`` asked for ``reasoning.encrypted_content``."""
 
 
 class ResponseService:
@@ -175,16 +193,10 @@ class ResponseService:
         ]
         if request.instructions:
             messages.insert(0, PromptMessage("system", request.instructions))
-        tools = tuple(
-            tool_spec(t.name, t.description, t.parameters, param=f"tools[{i}].parameters")
-            for i, t in enumerate(request.tools or ())
-        )
+        book = responses_tools(request.tools or [])
+        tools = book.specs
         choice = request.tool_choice
-        tool_choice = (
-            choice.name
-            if isinstance(choice, NamedFunctionChoice)
-            else choice or ("auto" if tools else "none")
-        )
+        tool_choice = _tool_choice(choice, called=bool(tools), offered=bool(request.tools))
         check_tool_choice(tools, tool_choice, param="tool_choice")
         effort = request.reasoning.effort if request.reasoning else None
         template = GenerationRequest(
@@ -215,6 +227,8 @@ class ResponseService:
             call_names=call_names,
             store=store,
             background=background,
+            tools=book,
+            encrypted_reasoning="reasoning.encrypted_content" in (request.include or ()),
         )
 
     def compact(self, request: CompactRequest) -> dict[str, Any]:
@@ -365,13 +379,11 @@ class ResponseService:
         for item in builder.output:
             if item["type"] == "message":
                 said.append(PromptMessage("assistant", item["content"][0]["text"]))
-            elif item["type"] == "function_call":
-                names[item["call_id"]] = item["name"]
-                call = PromptToolCall(item["call_id"], item["name"], item["arguments"])
+            elif "call_id" in item:
+                call = _said_call(item)
+                names[call.id] = call.name
                 said.append(
-                    PromptMessage(
-                        "assistant", f"{item['name']}({item['arguments']})", tool_calls=(call,)
-                    )
+                    PromptMessage("assistant", f"{call.name}({call.arguments})", tool_calls=(call,))
                 )
         conversation = tuple(m for m in response.messages if m.role != "system")
         stored = StoredResponse(body, (*conversation, *said), names)
@@ -413,7 +425,18 @@ def _thawed(data: dict[str, Any]) -> StoredResponse:
     return StoredResponse(data["body"], messages, dict(data["call_names"]))
 
 
-_ITEM_KINDS = {"content": "message", "reasoning": "reasoning", "tool_call": "function_call"}
+_ITEM_KINDS = {"content": "message", "reasoning": "reasoning"}
+_ID_PREFIXES = {
+    "message": "msg_",
+    "reasoning": "rs_",
+    "function_call": "fc_",
+    "custom_tool_call": "ctc_",
+    "shell_call": "sh_",
+    "local_shell_call": "lsh_",
+    "apply_patch_call": "apc_",
+}
+# Calls whose items carry their action whole: nothing of them streams before it is known.
+_WHOLE_CALLS = frozenset({"shell_call", "local_shell_call", "apply_patch_call"})
 
 
 @dataclass(slots=True)
@@ -424,6 +447,8 @@ class _Item:
     texts: list[str] = field(default_factory=list)
     call_id: str = ""
     name: str = ""
+    namespace: str | None = None
+    encrypted: bool = False
 
     @property
     def text(self) -> str:
@@ -465,7 +490,13 @@ class _Builder:
             self._finish = delta.finish_reason
         if not delta.is_token:
             return []
-        kind = _ITEM_KINDS[delta.channel]
+        if delta.channel == "tool_call":
+            name = (
+                delta.tool_call.name if delta.tool_call else (self._item.name if self._item else "")
+            )
+            kind = self._response.tools.item_type(name)
+        else:
+            kind = _ITEM_KINDS[delta.channel]
         frames: list[bytes] = []
         if delta.tool_call is not None or self._item is None or self._item.kind != kind:
             frames += self.close_item()
@@ -492,7 +523,11 @@ class _Builder:
                     "response.reasoning_text.delta", **where, content_index=0, delta=delta.text
                 )
             )
-        else:
+        elif kind == "custom_tool_call":
+            frames.append(
+                self.event("response.custom_tool_call_input.delta", **where, delta=delta.text)
+            )
+        elif kind == "function_call":
             frames.append(
                 self.event("response.function_call_arguments.delta", **where, delta=delta.text)
             )
@@ -526,6 +561,26 @@ class _Builder:
             frames.append(
                 self.event("response.content_part.done", **where, content_index=0, part=part)
             )
+        elif item.kind == "custom_tool_call":
+            frames.append(
+                self.event("response.custom_tool_call_input.done", **where, input=item.text)
+            )
+        elif item.kind in _WHOLE_CALLS:
+            # Announced now that its action is known, as it is done.
+            opened = {**_item_body(item, "completed"), "status": "in_progress"}
+            frames.append(
+                self.event("response.output_item.added", output_index=item.index, item=opened)
+            )
+            if item.kind == "shell_call":
+                for number, command in enumerate(opened["action"]["commands"]):
+                    at = {"output_index": item.index, "command_index": number}
+                    frames.append(self.event("response.shell_call_command.added", **at, command=""))
+                    frames.append(
+                        self.event("response.shell_call_command.delta", **at, delta=command)
+                    )
+                    frames.append(
+                        self.event("response.shell_call_command.done", **at, command=command)
+                    )
         else:
             frames.append(
                 self.event(
@@ -555,11 +610,14 @@ class _Builder:
 
     def _open(self, kind: str, delta: TokenDelta) -> list[bytes]:
         index = len(self.output)
-        prefix = {"message": "msg_", "reasoning": "rs_", "function_call": "fc_"}[kind]
-        item = _Item(index, kind, f"{prefix}{uuid.uuid4().hex}")
+        item = _Item(index, kind, f"{_ID_PREFIXES[kind]}{uuid.uuid4().hex}")
         if delta.tool_call is not None:
             item.call_id, item.name = delta.tool_call.id, delta.tool_call.name
+            item.namespace = self._response.tools.namespaces.get(item.name)
+        item.encrypted = self._response.encrypted_reasoning
         self._item = item
+        if kind in _WHOLE_CALLS:
+            return []  # added when closed (close_item)
         frames = [
             self.event(
                 "response.output_item.added",
@@ -629,21 +687,58 @@ def _item_body(item: _Item, status: str) -> dict[str, Any]:
         }
     if item.kind == "reasoning":
         content = [{"type": "reasoning_text", "text": item.text}] if done else []
-        return {
+        body: dict[str, Any] = {
             "id": item.id,
             "type": "reasoning",
             "summary": [],
             "content": content,
             "status": status,
         }
-    return {
+        if item.encrypted:
+            body["encrypted_content"] = compaction.encode_reasoning(item.text) if done else None
+        return body
+    call: dict[str, Any] = {
         "id": item.id,
-        "type": "function_call",
+        "type": item.kind,
         "status": status,
         "call_id": item.call_id,
-        "name": item.name,
-        "arguments": item.text if done else "",
     }
+    if item.kind in _WHOLE_CALLS:
+        return {**call, **builtin_action(item.kind, item.text)}
+    call["name"] = item.name
+    if item.kind == "custom_tool_call":
+        call["input"] = item.text if done else ""
+    else:
+        call["arguments"] = item.text if done else ""
+    if item.namespace is not None:
+        call["namespace"] = item.namespace
+    return call
+
+
+def _said_call(item: dict[str, Any]) -> PromptToolCall:
+    """An output item's call as the conversation keeps it for ``previous_response_id``."""
+    kind = item["type"]
+    if kind == "function_call":
+        return PromptToolCall(item["call_id"], item["name"], item["arguments"])
+    if kind == "custom_tool_call":
+        return PromptToolCall(item["call_id"], item["name"], item["input"])
+    detail = item.get("action") or item.get("operation") or {}
+    return PromptToolCall(item["call_id"], kind.removesuffix("_call"), json.dumps(detail))
+
+
+def _tool_choice(choice: Any, *, called: bool, offered: bool) -> str:
+    """The engine's ``tool_choice`` for a Responses one."""
+    if isinstance(choice, NamedFunctionChoice):
+        return choice.name
+    if isinstance(choice, BuiltinToolChoice):
+        return choice.type
+    if isinstance(choice, AllowedToolsChoice):
+        choice = choice.mode
+    elif choice is not None and not isinstance(choice, str):
+        return "auto"  # a hosted tool's: the simulator never calls those
+    if choice == "required" and offered and not called:
+        return "auto"  # only hosted tools are offered, which the simulator never calls
+    return str(choice or ("auto" if called else "none"))
 
 
 def _output_text(text: str) -> dict[str, Any]:
@@ -657,8 +752,9 @@ def _input_messages(
 ) -> list[PromptMessage]:
     """The prompt messages of ``input``; ``call_names`` gains the calls it makes.
 
-    A function call's output must answer a call made earlier in the
-    conversation (as OpenAI checks it): one that answers nothing is a 400.
+    A tool call's output must answer a call made earlier in the conversation
+    (as OpenAI checks it): one that answers nothing is a 400. Hosted tools'
+    items and reasoning add nothing to the prompt.
     """
     if isinstance(value, str):
         return [PromptMessage("user", value)]
@@ -671,26 +767,46 @@ def _input_messages(
                 for part_index, part in enumerate(item.content or ())
                 if isinstance(part, InputImage)
             ]
-            text = _text(item.content, param=param)
+            text = _text(item.content)
             messages.append(
                 PromptMessage(item.role, text, images=len(images), image_tokens=sum(images))
             )
-        elif isinstance(item, FunctionCallItem):
-            call_names[item.call_id] = item.name
-            call = PromptToolCall(item.call_id, item.name, item.arguments)
-            messages.append(
-                PromptMessage("assistant", f"{item.name}({item.arguments})", tool_calls=(call,))
-            )
-        elif isinstance(item, FunctionCallOutputItem):
-            if item.call_id not in call_names:
+        elif isinstance(item, FunctionCallItem | CustomToolCallItem):
+            arguments = item.arguments if isinstance(item, FunctionCallItem) else item.input
+            messages.append(_call_message(call_names, item.call_id, item.name, arguments))
+        elif isinstance(item, LocalShellCallItem | ShellCallItem):
+            name = item.type.removesuffix("_call")
+            messages.append(_call_message(call_names, item.call_id, name, json.dumps(item.action)))
+        elif isinstance(item, ApplyPatchCallItem):
+            operation = json.dumps(item.operation)
+            messages.append(_call_message(call_names, item.call_id, "apply_patch", operation))
+        elif isinstance(
+            item,
+            FunctionCallOutputItem
+            | CustomToolCallOutputItem
+            | LocalShellCallOutputItem
+            | ShellCallOutputItem
+            | ApplyPatchCallOutputItem,
+        ):
+            call_id = item.id if isinstance(item, LocalShellCallOutputItem) else item.call_id
+            if call_id not in call_names:
                 raise InvalidRequestError(
-                    f"No tool call found for function call output with call_id {item.call_id}.",
+                    f"No tool call found for {item.type} with call_id {call_id}.",
                     param=f"input[{index}].call_id",
                 )
-            output = _text(item.output, param=f"input[{index}].output")
+            output = _call_output(item)
             messages.append(
-                PromptMessage("tool", output, call_names[item.call_id], tool_call_id=item.call_id)
+                PromptMessage("tool", output, call_names[call_id], tool_call_id=call_id)
             )
+        elif isinstance(item, ReasoningItem) and item.encrypted_content is not None:
+            if (
+                item.encrypted_content.startswith(compaction.REASONING_PREFIX)
+                and compaction.decode_reasoning(item.encrypted_content) is None
+            ):
+                raise InvalidRequestError(
+                    "The encrypted content of this reasoning item could not be verified.",
+                    param=f"input[{index}].encrypted_content",
+                )
         elif isinstance(item, CompactionItem):
             restored = compaction.decode(item.encrypted_content)
             if restored is None:
@@ -704,21 +820,41 @@ def _input_messages(
     return messages
 
 
-def _text(content: str | list[Any] | None, *, param: str) -> str:
+def _call_message(
+    call_names: dict[str, str], call_id: str, name: str, arguments: str
+) -> PromptMessage:
+    call_names[call_id] = name
+    call = PromptToolCall(call_id, name, arguments)
+    return PromptMessage("assistant", f"{name}({arguments})", tool_calls=(call,))
+
+
+def _call_output(item: Any) -> str:
+    """What a tool call's output item says, as text."""
+    if isinstance(item, ShellCallOutputItem):
+        return "\n".join(
+            "".join(str(part.get(key) or "") for key in ("stdout", "stderr"))
+            for part in item.output
+        )
+    if isinstance(item, ApplyPatchCallOutputItem):
+        return item.output or str(item.status or "completed")
+    return _text(item.output)
+
+
+def _text(content: str | list[Any] | None) -> str:
+    """The text of a message's (or an output's) content; a file or audio part is a note."""
     if content is None:
         return ""  # an assistant's null content: an empty reply
     if isinstance(content, str):
         return content
     texts = []
-    for index, part in enumerate(content):
-        if isinstance(part, InputImage):
-            continue  # counted by _input_messages, which refuses it for a text model
-        if not isinstance(part, InputText):
-            raise InvalidRequestError(
-                f"This model only reads text: '{part.type}' content is not supported.",
-                param=f"{param}[{index}].type",
-            )
-        texts.append(part.text)
+    for part in content:
+        if isinstance(part, InputText):
+            texts.append(part.text)
+        elif isinstance(part, InputFile):
+            texts.append(f"[file {part.filename or part.file_id or part.file_url or ''}]".strip())
+        elif isinstance(part, InputAudio):
+            texts.append("[audio]")
+        # images are counted by _input_messages, which refuses them for a text model
     return "\n".join(texts)
 
 
@@ -730,6 +866,16 @@ def _output_format(request: ResponseRequest) -> OutputFormat:
     if isinstance(fmt, TextFormatJSONObject):
         return OutputFormat("json_object")
     return OutputFormat()
+
+
+def _echoed_tool(tool: Any) -> dict[str, Any]:
+    # Open Responses requires description, parameters and strict on each echoed
+    # function: null where the request left them out.
+    echoed: dict[str, Any] = tool.model_dump(by_alias=True, exclude_none=True)
+    if tool.type == "function":
+        for key in ("description", "parameters", "strict"):
+            echoed.setdefault(key, None)
+    return echoed
 
 
 def _echo(request: ResponseRequest, *, tools_given: list[Any], tool_choice: Any) -> dict[str, Any]:
@@ -745,18 +891,7 @@ def _echo(request: ResponseRequest, *, tools_given: list[Any], tool_choice: Any)
         "tool_choice": tool_choice.model_dump()
         if hasattr(tool_choice, "model_dump")
         else (tool_choice or "auto"),
-        # Open Responses requires description, parameters and strict on each
-        # echoed tool: null where the request left them out.
-        "tools": [
-            {
-                "type": "function",
-                "name": t.name,
-                "description": t.description,
-                "parameters": t.parameters,
-                "strict": t.strict,
-            }
-            for t in tools_given
-        ],
+        "tools": [_echoed_tool(t) for t in tools_given],
         "text": {
             "format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}
         },
