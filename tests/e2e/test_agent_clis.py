@@ -316,7 +316,9 @@ def test_a_recorded_session_replays_offline_in_the_clis_next_run(
     recorded = run(clis, recording.base_url, first, "replay-me: make the file and show it")
     no_refusals(recording, recorded)
     assert (first.work / "replay-proof.txt").read_text().strip() == "replayed"
-    assert "The file says: replayed" in recorded.final_text, recorded.describe()
+    # The rule's answer quotes the command's output (Codex wraps it in its own lines).
+    assert recorded.final_text.startswith("The file says:"), recorded.describe()
+    assert "replayed" in recorded.final_text, recorded.describe()
     recording.stop()
     upstream.stop()  # from here on, nothing answers at the upstream's address
 
