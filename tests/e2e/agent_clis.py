@@ -199,7 +199,7 @@ def run_claude(
                 calls.append((block["name"], block.get("input")))
             if event.get("type") == "user" and block.get("type") == "tool_result":
                 results.append(block.get("content"))
-    final = next((e for e in reversed(events) if e.get("type") == "result"), {})
+    final: dict[str, Any] = next((e for e in reversed(events) if e.get("type") == "result"), {})
     return Session(
         returncode, events, calls, str(final.get("result") or ""), stderr,
         extra={"result": final, "tool_results": results},
