@@ -47,7 +47,8 @@ CHAT_TOOLS = [chat_tool("lookup_city", LOOKUP), chat_tool("final_result", ANSWER
 async def test_required_chat_calls_the_output_tool_after_a_result(
     client: httpx.AsyncClient,
 ) -> None:
-    ask = {"role": "user", "content": "Tell me a story"}
+    # The request names the lookup ("city"): it is called first, then the output tool.
+    ask = {"role": "user", "content": "Tell me a story about a city"}
     first = await client.post(
         CHAT, json={"model": "m", "messages": [ask], "tools": CHAT_TOOLS, "tool_choice": "required"}
     )

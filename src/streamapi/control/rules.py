@@ -31,8 +31,9 @@ from pydantic import (
     model_validator,
 )
 
-from streamapi.engines.protocol import GenerationRequest, Script, ScriptedToolCall
+from streamapi.engines.protocol import GenerationRequest, Script, ScriptedToolCall, last_user_turn
 from streamapi.fault_grammar import FaultSyntaxError, parse_faults
+from streamapi.text.harness import observation
 
 logger = logging.getLogger(__name__)
 
@@ -435,17 +436,19 @@ class Facts:
         cls, endpoint: str | None, request: GenerationRequest, headers: Mapping[str, str]
     ) -> Facts:
         messages = request.messages
-        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+        last_user = last_user_turn(messages)
         system = "\n".join(m.content for m in messages if m.role in ("system", "developer"))
+        user = messages[last_user].content if last_user >= 0 else None
+        results = [m.content for m in messages[last_user + 1 :] if m.role in ("tool", "function")]
+        reported = None if user is None else observation(user)
         return cls(
             endpoint=endpoint,
             model=request.model,
-            user=messages[last_user].content if last_user >= 0 else None,
+            user=user,
             system=system or None,
             tools=tuple(t.name for t in request.tools),
-            tool_results=tuple(
-                m.content for m in messages[last_user + 1 :] if m.role in ("tool", "function")
-            ),
+            # A user message that reports a result in words ("Observation: ...") is one too.
+            tool_results=tuple(results if reported is None else [*results, reported]),
             headers=headers,
             turn=sum(1 for m in messages if m.role == "assistant"),
         )

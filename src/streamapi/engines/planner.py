@@ -5,13 +5,14 @@ simulator will stream; pacing is the simulator's business. Every choice comes
 from a ``random.Random`` seeded by the request's seed, the conversation and the
 choice index, so equal requests get equal plans.
 
-Tool calls follow a documented rule (docs/api/chat-completions.md, "Tool calls"): ``tool_choice``
-``"none"`` never calls, a named function or ``"required"`` always calls, and
-``"auto"`` calls the tools the last user message names (with one tool offered, one
-key term of its description is enough). Once a tool's result is
-in, ``"required"`` calls another tool (an output tool such as pydantic-ai's
-``final_result`` first), as a real model does: repeating the answered call
-would loop a client's agent until its request limit.
+It plays an agent's model as a plausible one would (docs/simulator.md, "Agents"):
+it reads the latest turn (``turns.read_turn``: the user's own words, without the
+harness's tagged context, and the tool results since, in whatever form they came),
+calls at most the tools those words name (one, unless they name several and
+parallel calls are allowed), fills their arguments from those words, and once a
+tool's result is in, answers from it, or, when ``tool_choice`` requires a call,
+hands it to the final-answer tool (smolagents' ``final_answer``, pydantic-ai's
+``final_result``). So an agent's loop ends within a few turns.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import re
 import secrets
 from dataclasses import dataclass, replace
 
+from jsonschema import Draft202012Validator
+
 from streamapi.engines.protocol import (
     FinishReason,
     GenerationRequest,
@@ -32,6 +35,8 @@ from streamapi.engines.protocol import (
     ToolCallStart,
     ToolSpec,
 )
+from streamapi.engines.turns import UNNAMED_TOOL, Turn, read_turn
+from streamapi.text.fields import FieldForm, field_form, write_fields
 from streamapi.text.freeform import freeform_input
 from streamapi.text.instructions import (
     Length,
@@ -48,6 +53,7 @@ from streamapi.text.writer import (
     json_answer,
     key_terms,
     one_word,
+    proper_nouns,
     write_answer,
     write_brief,
     write_reasoning,
@@ -71,6 +77,15 @@ _WORDS = re.compile(r"[A-Za-z][a-z]*|[A-Z]+(?![a-z])|\d+")
 # ``final_result_<Type>``; the Agents SDK and others use similar words): once a
 # result is in, a required call goes there first.
 _OUTPUT_TOOL = re.compile(r"^(final|output|answer|respond|submit)", re.IGNORECASE)
+_OUTPUT_DESCRIBED = re.compile(
+    r"\bfinal\s+(?:answer|result|response|output)\b|\bends? this conversation\b", re.IGNORECASE
+)
+# An output tool's argument that carries the answer itself (smolagents' ``answer``).
+_ANSWER_FIELDS = frozenset(
+    "answer final_answer result output response text content message reply summary".split()
+)
+# How much of a tool's result an output tool's answer repeats.
+_ANSWER_CHARS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +118,10 @@ class Planner:
 
     def plan(self, request: GenerationRequest) -> AnswerPlan:
         rng = self._rng(request)
-        question = _question(request.messages)
+        turn = read_turn(request.messages)
+        question = turn.question
         script = request.script
-        calls = choose_tools(request) if script is None else []
+        calls = choose_tools(request, turn) if script is None else []
         deltas: list[TokenDelta] = []
         if script is not None and script.reasoning is not None:
             deltas += [TokenDelta(t, channel="reasoning") for t in tokenize(script.reasoning)]
@@ -116,10 +132,10 @@ class Planner:
         finish: FinishReason = "stop"
         matched: str | None = None
         if calls:
-            deltas += _tool_call_deltas(calls, request, rng)
+            deltas += _tool_call_deltas(calls, turn, rng)
             finish = "tool_calls"
         else:
-            text = self._answer(request, question, rng) if script is None else script.text
+            text = self._answer(request, turn, rng) if script is None else script.text
             if not _fixed_length(request):
                 text, matched = _cut_at_stop(text, request.stop)
             # Only what max_tokens lets through, and one more to tell "length"
@@ -147,14 +163,18 @@ class Planner:
         deltas[-1] = replace(deltas[-1], finish_reason=finish, matched_stop=matched)
         return AnswerPlan(deltas)
 
-    def _answer(self, request: GenerationRequest, question: str, rng: random.Random) -> str:
+    def _answer(self, request: GenerationRequest, turn: Turn, rng: random.Random) -> str:
+        question = turn.question
         fmt = request.output_format
         if fmt.type == "json_schema" and fmt.schema is not None:
             hints = _hints(question)
             return json.dumps(
                 SchemaGenerator(fmt.schema, rng, hints).generate(), ensure_ascii=False
             )
-        instructions = _instructions(request.messages)
+        form = _field_form(request.messages)
+        if form is not None:
+            return write_fields(form, rng)
+        instructions = _instructions(request.messages, question)
         prompted = prompted_format(instructions, json_mode=fmt.type == "json_object")
         if prompted is not None:
             value = SchemaGenerator(prompted.schema, rng, _hints(question)).generate()
@@ -168,7 +188,7 @@ class Planner:
         if wanted:
             min_chars = max(min_chars, wanted * _CHARS_PER_TOKEN_HEADROOM)
         length = asked_length(instructions) if request.length_instructions and not wanted else None
-        results = _tool_results(request.messages)
+        results = list(turn.results)
         images = _images(request.messages)
         if length is not None:
             return _brief(without_length_instructions(question), length, results, images, rng)
@@ -224,67 +244,101 @@ def _fixed_length(request: GenerationRequest) -> int | None:
     return request.max_tokens if request.ignore_eos else None
 
 
-def choose_tools(request: GenerationRequest) -> list[ToolSpec]:
-    """The tools this request calls, by the documented ``tool_choice`` rule."""
+def choose_tools(request: GenerationRequest, turn: Turn | None = None) -> list[ToolSpec]:
+    """The tools this request calls, by the documented ``tool_choice`` rule.
+
+    ``"auto"`` and ``"required"`` call the tools the user's own words name (several only
+    when they name several and parallel calls are allowed); once results are in, ``"auto"``
+    answers (or calls a named tool not answered yet) and ``"required"`` calls the output
+    tool. ``turn`` is ``read_turn(request.messages)``, when the caller has it.
+    """
     tools, choice = request.tools, request.tool_choice
     if not tools or choice == "none":
         return []
     if choice not in ("auto", "required"):
         return [t for t in tools if t.name == choice][:1]
-    last = request.messages[-1] if request.messages else None
-    question = last.content if last is not None and last.role == "user" else ""
+    turn = turn if turn is not None else read_turn(request.messages)
     # With one tool offered, a request that fits it (its name, or one of its
     # description's key terms) calls it, as a real model does: LlamaIndex's
     # structured prediction offers its output class as the one tool.
-    named = [t for t in tools if _names(t, question, terms_needed=1 if len(tools) == 1 else 2)]
+    needed = 1 if len(tools) == 1 else 2
+    named = _fewest(
+        [t for t in tools if _names(t, turn.question, terms_needed=needed)], turn.question
+    )
+    if turn.results:
+        answered = turn.answered
+        # A result of a call whose name is unknown might answer any tool: none is pending.
+        pending = [] if UNNAMED_TOOL in answered else [t for t in named if t.name not in answered]
+        if pending:
+            return pending[:1]
+        return [_next_required(tools, turn)] if choice == "required" else []
     if choice == "required" and not named:
-        named = [_next_required(tools, request.messages)]
+        outputs = [t for t in tools if _is_output_tool(t)]
+        named = outputs[:1] or [tools[0]]
     return named if request.parallel_tool_calls else named[:1]
 
 
-def _next_required(tools: tuple[ToolSpec, ...], messages: tuple[PromptMessage, ...]) -> ToolSpec:
-    """The tool a required choice calls when the conversation names none.
+def _fewest(named: list[ToolSpec], question: str) -> list[ToolSpec]:
+    """The named tools, less those another one names better: "search the web" names
+    ``WebSearch`` (web, search) rather than ``WebFetch`` (web)."""
+    stems = {w.lower()[:5] for w in _WORDS.findall(question) if len(w) >= 3}
+    matched = {
+        t.name: {w.lower()[:5] for w in _WORDS.findall(t.name) if w.lower()[:5] in stems}
+        for t in named
+    }
+    return [t for t in named if not any(matched[t.name] < matched[o.name] for o in named)]
 
-    The first tool, until results are in since the last user turn; then a tool
-    not answered yet, an output tool first. Only when every tool has its result
-    does it call the first output tool (or the first tool) again.
-    """
-    answered = {name for name, _ in _tool_results(messages)}
-    if not answered:
-        return tools[0]
-    fresh = [t for t in tools if t.name not in answered] or list(tools)
-    outputs = [t for t in fresh if _OUTPUT_TOOL.match(t.name)]
-    return (outputs or fresh)[0]
+
+def _is_output_tool(tool: ToolSpec) -> bool:
+    """Whether a tool hands the agent's final answer back (by its name or description)."""
+    return bool(_OUTPUT_TOOL.match(tool.name) or _OUTPUT_DESCRIBED.search(tool.description))
+
+
+def _next_required(tools: tuple[ToolSpec, ...], turn: Turn) -> ToolSpec:
+    """The tool a required choice calls once results are in: an output tool, else a tool
+    not answered yet, else the first tool."""
+    outputs = [t for t in tools if _is_output_tool(t)]
+    if outputs:
+        return outputs[0]
+    fresh = [t for t in tools if t.name not in turn.answered]
+    return (fresh or list(tools))[0]
 
 
 def _names(tool: ToolSpec, question: str, *, terms_needed: int = 2) -> bool:
-    """Whether ``question`` names the tool: its name, a word of it, or ``terms_needed`` of its
-    description's key terms."""
+    """Whether ``question`` names the tool: a word of its name that says what it is about, its
+    whole name with a key term of its description ("Read the file"), or ``terms_needed`` of
+    its description's key terms."""
     if not question:
         return False
-    lowered = question.lower()
-    if tool.name.lower() in lowered:
-        return True
     stems = {w.lower()[:5] for w in _WORDS.findall(question) if len(w) >= 3}
     name_words = [w.lower() for w in _WORDS.findall(tool.name) if len(w) >= 3]
-    if any(w[:5] in stems for w in name_words if w not in _GENERIC_VERBS):
+    specific = [w for w in name_words if w not in _GENERIC_VERBS]
+    whole = re.search(rf"(?<![\w-]){re.escape(tool.name)}(?![\w-])", question, re.IGNORECASE)
+    if whole and specific:
         return True
-    described = {w[:5] for w in key_terms(tool.description, "") if len(w) >= 5}
-    return len(described & stems) >= terms_needed
+    if any(w[:5] in stems for w in specific):
+        return True
+    described = {w.lower()[:5] for w in key_terms(tool.description, "") if len(w) >= 5}
+    hits = len(described & stems)
+    # A name that is only a verb ("Read", "Write") is named with what it acts on.
+    return hits >= (1 if whole else terms_needed)
 
 
-def _tool_call_deltas(
-    calls: list[ToolSpec], request: GenerationRequest, rng: random.Random
-) -> list[TokenDelta]:
-    hints = _hints(_question(request.messages))
+def _tool_call_deltas(calls: list[ToolSpec], turn: Turn, rng: random.Random) -> list[TokenDelta]:
+    results = " ".join(output for _, output in turn.results)
+    # Arguments come from the results when there are some (an output tool hands them on).
+    hints = list(dict.fromkeys([*_hints(results), *_hints(turn.question)]))
     deltas: list[TokenDelta] = []
     for index, tool in enumerate(calls):
         call_id = f"call_{rng.getrandbits(96):024x}"
         if tool.format is not None:
             text = freeform_input(tool.format, rng, hints)  # a custom tool's raw input
         else:
-            arguments = SchemaGenerator(tool.parameters or {"type": "object"}, rng, hints)
-            text = json.dumps(arguments.generate(), ensure_ascii=False)
+            schema = tool.parameters or {"type": "object"}
+            arguments = SchemaGenerator(schema, rng, hints).generate()
+            if _is_output_tool(tool):
+                arguments = _with_answer(arguments, tool, turn, rng)
+            text = json.dumps(arguments, ensure_ascii=False)
         start = ToolCallStart(index, call_id, tool.name)
         deltas.append(TokenDelta("", channel="tool_call", tool_call=start, tool_index=index))
         deltas += [TokenDelta(t, channel="tool_call", tool_index=index) for t in tokenize(text)]
@@ -305,44 +359,60 @@ def _scripted_call_deltas(
     return deltas
 
 
-def _hints(question: str) -> list[str]:
-    """Words a generated value may use: the question's proper nouns, then its key terms."""
-    words = re.findall(r"[^\W\d_][\w'-]*", question)
-    proper = [w for i, w in enumerate(words) if w[:1].isupper() and i > 0]
-    terms = key_terms(question, find_subject(question))
-    return list(dict.fromkeys([*proper, *terms]))
+def _with_answer(arguments: object, tool: ToolSpec, turn: Turn, rng: random.Random) -> object:
+    """An output tool's arguments with the answer in its answer field (``answer``,
+    ``result``...): the latest tool result, or else a one-sentence answer to the question."""
+    if not isinstance(arguments, dict):
+        return arguments
+    properties = tool.parameters.get("properties")
+    if not isinstance(properties, dict):
+        return arguments
+    fields = [
+        name
+        for name, schema in properties.items()
+        if name.lower() in _ANSWER_FIELDS
+        and isinstance(schema, dict)
+        and schema.get("type") in ("string", None)
+    ]
+    if not fields:
+        return arguments
+    if turn.results:
+        shown = " ".join(turn.results[-1][1].split())
+        answer = shown if len(shown) <= _ANSWER_CHARS else shown[: _ANSWER_CHARS - 3] + "..."
+    else:
+        answer = write_brief(turn.question, rng, sentences=1)
+    filled = {**arguments, fields[0]: answer}
+    # The schema may bound the field (maxLength, a pattern): then the generated value stays.
+    return filled if Draft202012Validator(tool.parameters).is_valid(filled) else arguments
 
 
-def _question(messages: tuple[PromptMessage, ...]) -> str:
-    for message in reversed(messages):
-        if message.role == "user":
-            return message.content
-    return messages[-1].content if messages else ""
-
-
-def _instructions(messages: tuple[PromptMessage, ...]) -> list[str]:
-    """What a prompt's form is read from: system and developer messages, then the last
-    user message (earlier turns and tool outputs are not instructions)."""
-    texts = [m.content for m in messages if m.role in ("system", "developer")]
+def _field_form(messages: tuple[PromptMessage, ...]) -> FieldForm | None:
+    """The field sections the system message and the last user message ask for (DSPy's)."""
     last_user = next((m for m in reversed(messages) if m.role == "user"), None)
-    return texts if last_user is None else [*texts, last_user.content]
+    if last_user is None:
+        return None
+    system = "\n".join(m.content for m in messages if m.role in ("system", "developer"))
+    return field_form(system, last_user.content)
+
+
+def _hints(question: str) -> list[str]:
+    """Words a generated value may use: the question's names, then its key terms."""
+    terms = key_terms(question, find_subject(question))
+    return list(dict.fromkeys([*proper_nouns(question), *terms]))
+
+
+def _instructions(messages: tuple[PromptMessage, ...], question: str) -> list[str]:
+    """What a prompt's form is read from: system and developer messages, then the user's
+    words of the turn (earlier turns, tool outputs and harness context are not
+    instructions)."""
+    texts = [m.content for m in messages if m.role in ("system", "developer")]
+    return [*texts, question] if question else texts
 
 
 def _images(messages: tuple[PromptMessage, ...]) -> int:
     """How many images the last user message holds."""
     last_user = next((m for m in reversed(messages) if m.role == "user"), None)
     return 0 if last_user is None else last_user.images
-
-
-def _tool_results(messages: tuple[PromptMessage, ...]) -> list[tuple[str, str]]:
-    """The tool outputs after the last user turn: the answers to the latest calls."""
-    results: list[tuple[str, str]] = []
-    for message in reversed(messages):
-        if message.role == "user":
-            break
-        if message.role in ("tool", "function"):
-            results.append((message.name or "tool", message.content))
-    return results[::-1]
 
 
 def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, str | None]:

@@ -13,7 +13,8 @@ all behind the same small protocol.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -52,6 +53,24 @@ class PromptMessage:
     text only."""
     image_tokens: int = 0
     """What those images count as prompt tokens (docs/simulator.md, "Images")."""
+    joins_tool_results: bool = False
+    """A user message sent in the same turn as the tool results just before it: an
+    Anthropic user turn holds ``tool_result`` blocks and then text (Claude Code adds
+    its reminders so). It opens no new turn: those results still answer the latest
+    calls (``last_user_turn``)."""
+
+
+def last_user_turn(messages: Sequence[PromptMessage]) -> int:
+    """The index of the last user message that opens a turn of its own; -1 if none does.
+
+    The tool results after it answer the calls made since; a user message that joins
+    tool results (``PromptMessage.joins_tool_results``) is part of their turn.
+    """
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message.role == "user" and not message.joins_tool_results:
+            return index
+    return -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +86,13 @@ class ToolSpec:
     description: str = ""
     parameters: Mapping[str, Any] = field(default_factory=dict)
     format: Mapping[str, Any] | None = None
+
+    @property
+    def prompt_text(self) -> str:
+        """The tool as the prompt holds it: its definition as JSON, ahead of the messages."""
+        return json.dumps(
+            {"name": self.name, "description": self.description, "parameters": self.parameters}
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,7 +91,10 @@ class SimulatorEngine:
         sequence = ScheduledSequence(
             scheduler,
             deltas=self.plan(request).deltas,
-            prompt=chat_prompt_tokens((m.role, m.content) for m in request.messages),
+            prompt=chat_prompt_tokens(
+                ((m.role, m.content) for m in request.messages),
+                tools=(tool.prompt_text for tool in request.tools),
+            ),
             pace=_pace(request),
         )
         scheduler.submit(sequence)

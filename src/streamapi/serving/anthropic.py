@@ -338,6 +338,7 @@ def _conversation(
         texts: list[str] = []
         calls: list[PromptToolCall] = []
         images = image_tokens = 0
+        results = False
         for block_index, block in enumerate(blocks):
             if isinstance(block, ImageBlock):
                 image_tokens += image_cost(f"messages[{index}].content[{block_index}].type")
@@ -349,6 +350,7 @@ def _conversation(
                 texts.append(f"{block.name}({json.dumps(block.input)})")
                 calls.append(PromptToolCall(block.id, block.name, json.dumps(block.input)))
             elif isinstance(block, ToolResultBlock):
+                results = True
                 content = block.content
                 result = (
                     content
@@ -376,6 +378,8 @@ def _conversation(
                     tool_calls=tuple(calls),
                     images=images,
                     image_tokens=image_tokens,
+                    # Text after tool results (Claude Code's reminders) is part of their turn.
+                    joins_tool_results=results and message.role == "user",
                 )
             )
         if marked:

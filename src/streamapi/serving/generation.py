@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 import uuid
@@ -22,7 +21,6 @@ from streamapi.errors import (
 )
 from streamapi.lifecycle import DRAIN_EXPIRED, Lifecycle
 from streamapi.metrics import Metrics
-from streamapi.serving.schema_checks import tool_schema
 from streamapi.serving.stream_errors import render_stream_error
 from streamapi.settings import Settings
 from streamapi.text.tokenizer import count_chat_tokens, count_tokens
@@ -184,7 +182,7 @@ class Generation:
             else [
                 count_chat_tokens(m.content for m in t.messages)
                 + sum(m.image_tokens for m in t.messages)
-                + sum(count_tokens(json.dumps(tool_schema(tool))) for tool in t.tools)
+                + sum(count_tokens(tool.prompt_text) for tool in t.tools)
                 for t in templates
             ]
         )

@@ -81,7 +81,3 @@ def check_tool_choice(tools: Sequence[ToolSpec], choice: str, *, param: str) -> 
             f"tool_choice names the function '{choice}', which is not among the tools.",
             param=param,
         )
-
-
-def tool_schema(tool: ToolSpec) -> dict[str, Any]:
-    return {"name": tool.name, "description": tool.description, "parameters": tool.parameters}

@@ -172,8 +172,10 @@ _NUMBERS = {
     "one hundred": 100,
 }
 _COUNT = r"(\d{1,4}|" + "|".join(sorted(map(re.escape, _NUMBERS), key=len, reverse=True)) + r")"
-_WORDS_ASKED = re.compile(rf"\b{_COUNT}[ -]words?\b", re.IGNORECASE)
-_SENTENCES_ASKED = re.compile(rf"\b{_COUNT}[ -]sentences?\b", re.IGNORECASE)
+# "one short sentence", "a single plain sentence": a word may say what kind.
+_KIND = r"(?:(?:short|brief|simple|single|concise|plain|clear|complete|full)\s+)?"
+_WORDS_ASKED = re.compile(rf"\b{_COUNT}[ -]{_KIND}words?\b", re.IGNORECASE)
+_SENTENCES_ASKED = re.compile(rf"\b{_COUNT}[ -]{_KIND}sentences?\b", re.IGNORECASE)
 _BRIEF_ASKED = re.compile(
     r"\b(?:be|keep (?:it|this|the answer|your answer|your reply)|answer|reply|respond)"
     r"\s+(?:very\s+)?(?:brief|short|concise|succinct)(?:ly)?\b"
@@ -211,7 +213,7 @@ def _count(spelled: str) -> int:
 
 _LENGTH_PHRASE = re.compile(
     r"(?:\b(?:in|with|using|within|under|at most|no more than|fewer than|less than)\s+)?"
-    rf"\b{_COUNT}[ -](?:words?|sentences?)\b|{_BRIEF_ASKED.pattern}",
+    rf"\b{_COUNT}[ -]{_KIND}(?:words?|sentences?)\b|{_BRIEF_ASKED.pattern}",
     re.IGNORECASE,
 )
 # What is left of a clause that only asked for a length ("Answer in one sentence.").

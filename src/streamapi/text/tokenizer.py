@@ -58,13 +58,19 @@ def count_chat_tokens(contents: Iterable[str]) -> int:
     return sum(count_tokens(text) + TOKENS_PER_MESSAGE for text in contents) + TOKENS_PER_REPLY
 
 
-def chat_prompt_tokens(messages: Iterable[tuple[str, str]]) -> list[str]:
-    """The prompt of a chat as tokens, framing included: ``count_chat_tokens`` of them.
+def chat_prompt_tokens(messages: Iterable[tuple[str, str]], tools: Iterable[str] = ()) -> list[str]:
+    """The prompt of a chat as tokens, framing included: ``count_chat_tokens`` of them,
+    after the tokens of ``tools`` (each tool's definition, as text).
 
+    Tools come first, then the messages (the system prompt first among them): the
+    order Anthropic documents for its prompt cache (tools, system, messages), so a
+    prefix cache reads a request's tools and system prompt from the request before.
     The framing tokens name the role, so a prefix cache tells a system prompt
     from the same text sent as a user message.
     """
     tokens: list[str] = []
+    for tool in tools:
+        tokens += tokenize(tool)
     for role, content in messages:
         tokens += [f"<|{role}|>", "<|content|>", *tokenize(content), "<|end|>"]
     return [*tokens, "<|assistant|>", "<|content|>", "<|reply|>"]

@@ -323,3 +323,30 @@ def image_note(images: int) -> str:
     if images == 1:
         return "The image you shared is a useful starting point."
     return f"The {images} images you shared are a useful starting point."
+
+
+def proper_nouns(text: str) -> list[str]:
+    """The names in ``text`` ("Paris", "New York"), in order, each once.
+
+    A capitalised word opening a sentence or a line is capitalised anyway: it counts only
+    when the next word is capitalised too ("New York"), and never when it is a question
+    word or another common word ("What", "The"). Consecutive capitalised words make one
+    name.
+    """
+    names: list[str] = []
+    for sentence in re.split(r"(?<=[.?!:;])\s+|\n+", text):
+        words = _WORD.findall(sentence)
+        run: list[str] = []
+        for index, word in enumerate([*words, ""]):
+            word = word.strip("'-")
+            capital = len(word) > 1 and word[:1].isupper() and word.lower() not in _STOPWORDS
+            opening = index == 0 and not (
+                len(words) > 1 and words[1][:1].isupper() and words[1].lower() not in _STOPWORDS
+            )
+            if capital and not opening:
+                run.append(word)
+                continue
+            if run:
+                names.append(" ".join(run))
+                run = []
+    return list(dict.fromkeys(names))

@@ -1,0 +1,77 @@
+"""The user's own words in a message, apart from what an agent harness added around them.
+
+Agent CLIs and frameworks wrap the user's request in context of their own: Claude
+Code adds ``<system-reminder>...</system-reminder>`` text (a list of its tools, the
+date, a reminder of the to-do list), Codex CLI sends ``<environment_context>`` and
+``<user_instructions>`` messages, smolagents opens a task with "New task:" and
+returns a tool's result as a user message "Observation: ...". A model answers the
+request, not the wrapping, so the simulator picks its subject and fills tool
+arguments from what is left once the tagged context is taken out; and a user
+message that only reports a tool's result is read as that result.
+"""
+
+from __future__ import annotations
+
+import re
+
+# A tagged block: ``<name ...>...</name>``. Only names a harness uses (a hyphen or an
+# underscore in them, or a known word) are context: a user's own ``<b>bold</b>`` is not.
+_TAGGED = re.compile(r"<([A-Za-z][\w:.-]*)(?:\s[^<>]*)?>(.*?)</\1\s*>", re.DOTALL)
+_CONTEXT_NAMES = frozenset(
+    "context environment instructions reminder system instructions_context".split()
+)
+# Tags that wrap the request itself (Cursor's ``<user_query>``): their content is kept.
+_REQUEST_TAGS = frozenset(
+    "user_query user_request user_message user_input query request task prompt".split()
+)
+# Harness lines that only announce what follows (smolagents' "New task:").
+_ANNOUNCEMENTS = re.compile(r"^\s*(?:new task|task|user request|request)\s*:\s*$", re.I | re.M)
+# DSPy's ChatAdapter frames a request in field markers, and closes it asking for its own:
+# the words are the fields' values.
+_FIELD_MARKER = re.compile(r"^\s*\[\[ ## \w+ ## \]\]\s*$", re.MULTILINE)
+_FIELDS_ASKED = re.compile(
+    r"Respond with the corresponding output fields.*?\[\[ ## completed ## \]\]`\.?", re.DOTALL
+)
+# A tool's result sent as a user message's text: smolagents' "Observation:" (and its
+# error report "Call id: ...\nError: ..."), ReAct-style transcripts' "Observation:".
+_OBSERVATION = re.compile(
+    r"^\s*(?:observations?|tool (?:result|output|response)s?|function (?:result|output)s?"
+    r"|call id)\s*:\s*",
+    re.IGNORECASE,
+)
+# Bounded work on hostile input: tags are looked for in this much of a message.
+_MAX_SCAN_CHARS = 200_000
+
+
+def _is_context(name: str) -> bool:
+    lowered = name.lower()
+    return "-" in lowered or "_" in lowered or lowered in _CONTEXT_NAMES
+
+
+def user_words(text: str) -> str:
+    """``text`` without the harness's tagged context and announcements; "" if nothing is left."""
+    text = text[:_MAX_SCAN_CHARS]
+
+    def replace(found: re.Match[str]) -> str:
+        name = found.group(1).lower()
+        if name in _REQUEST_TAGS:
+            return found.group(2)
+        return " " if _is_context(name) else found.group(0)
+
+    # Tags nest rarely and never deeply: a few passes take out the outer ones too.
+    for _ in range(3):
+        stripped = _TAGGED.sub(replace, text)
+        if stripped == text:
+            break
+        text = stripped
+    text = _ANNOUNCEMENTS.sub("", text)
+    text = _FIELD_MARKER.sub("", _FIELDS_ASKED.sub("", text))
+    return "\n".join(line.rstrip() for line in text.strip().splitlines() if line.strip())
+
+
+def observation(text: str) -> str | None:
+    """The tool result a user message reports in words ("Observation: ..."), or None."""
+    found = _OBSERVATION.match(text)
+    if found is None:
+        return None
+    return text[found.end() :].strip()
