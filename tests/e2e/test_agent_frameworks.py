@@ -80,7 +80,16 @@ def weather(city: str) -> str:
 # --- smolagents -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("agent_class", [ToolCallingAgent, CodeAgent])
+CODE_AGENT_UNFINISHED = pytest.mark.xfail(
+    strict=True,
+    reason="issue 25 item 2: the simulator does not yet answer CodeAgent's 'Thought: ... <code>"
+    "...</code>' format (it answers 'Paris'), so the agent runs out of steps",
+)
+
+
+@pytest.mark.parametrize(
+    "agent_class", [ToolCallingAgent, pytest.param(CodeAgent, marks=CODE_AGENT_UNFINISHED)]
+)
 def test_smolagents_agent_finishes_unscripted(
     server: ServerProcess, requests: list[dict[str, Any]], agent_class: Any
 ) -> None:
