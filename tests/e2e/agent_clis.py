@@ -2,7 +2,7 @@
 
 ``npm ci`` installs exactly what ``package-lock.json`` pins, once per session. Without
 ``npm`` (or ``node``) the tests skip, unless ``CI`` is set: on CI they fail. The canary
-points ``STREAMAPI_AGENT_CLIS_DIR`` at another install (a folder whose
+points ``AGENT_CLIS_DIR`` at another install (a folder whose
 ``node_modules/.bin`` holds ``claude`` and ``codex``, e.g. the newest versions:
 ``tests/e2e/agents/canary-versions.sh``), and nothing is installed.
 
@@ -29,7 +29,7 @@ from tests.e2e.node_project import node_binary
 AGENTS_DIR = Path(__file__).parent / "agents"
 INSTALL_TIMEOUT_S = 600.0
 SESSION_TIMEOUT_S = 180.0
-CANARY_ENV = "STREAMAPI_AGENT_CLIS_DIR"
+CANARY_ENV = "AGENT_CLIS_DIR"
 # Nothing listens on the discard port: a request that tries the internet fails at once.
 DEAD_PROXY = "http://127.0.0.1:9"
 ADMIN_KEY = "sk-admin-agent-clis"

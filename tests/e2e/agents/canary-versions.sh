@@ -18,4 +18,4 @@ npm install --no-audit --no-fund --loglevel error \
 echo "claude: $(HOME="$scratch" node_modules/.bin/claude --version)"
 echo "codex: $(HOME="$scratch" node_modules/.bin/codex --version 2>/dev/null)"
 cd "$repo"
-CI=true STREAMAPI_AGENT_CLIS_DIR="$scratch" pytest -rP tests/e2e/test_agent_clis.py "$@"
+CI=true AGENT_CLIS_DIR="$scratch" pytest -rP tests/e2e/test_agent_clis.py "$@"
