@@ -245,7 +245,7 @@ async def test_messages_tool_use_and_tool_result(client: httpx.AsyncClient) -> N
             400,
             "invalid_request_error",
         ),
-        (message(messages=[{"role": "system", "content": "hi"}]), 400, "invalid_request_error"),
+        (message(messages=[{"role": "tool", "content": "hi"}]), 400, "invalid_request_error"),
         (
             message(messages=[{"role": "user", "content": [{"type": "image", "source": {}}]}]),
             400,

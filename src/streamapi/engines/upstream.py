@@ -37,6 +37,7 @@ from streamapi.engines.protocol import (
     PromptMessage,
     TokenDelta,
     ToolCallStart,
+    ToolSpec,
     UsageReport,
 )
 from streamapi.engines.sse_decoder import SSEDecoder, SSEEvent
@@ -457,7 +458,13 @@ class _Translator:
         return deltas
 
     def _tool_call(self, call: Mapping[str, Any]) -> list[TokenDelta]:
-        function = call.get("function") or {}
+        # A custom tool's call carries "custom" with raw "input" instead of "arguments".
+        custom = call.get("custom")
+        function = (
+            {"name": custom.get("name"), "arguments": custom.get("input")}
+            if isinstance(custom, dict)
+            else call.get("function") or {}
+        )
         upstream_index = call.get("index")
         if not isinstance(upstream_index, int):
             upstream_index = len(self._tool_indexes)
@@ -540,17 +547,7 @@ def chat_payload(request: GenerationRequest) -> dict[str, Any]:
     if request.ignore_eos:
         payload["ignore_eos"] = True
     if request.tools:
-        payload["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": tool.name,
-                    "description": tool.description,
-                    "parameters": dict(tool.parameters),
-                },
-            }
-            for tool in request.tools
-        ]
+        payload["tools"] = [_tool(tool) for tool in request.tools]
         choice = request.tool_choice
         payload["tool_choice"] = (
             choice
@@ -574,6 +571,23 @@ def chat_payload(request: GenerationRequest) -> dict[str, Any]:
     if request.reasoning:
         payload["reasoning_effort"] = "medium"
     return payload
+
+
+def _tool(tool: ToolSpec) -> dict[str, Any]:
+    """A tool in chat's terms: a function, or a custom tool with its format."""
+    if tool.format is None:
+        function = {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": dict(tool.parameters),
+        }
+        return {"type": "function", "function": function}
+    fmt: dict[str, Any] = {"type": "text"}
+    if tool.format.get("type") == "grammar":
+        grammar = {"syntax": tool.format.get("syntax"), "definition": tool.format.get("definition")}
+        fmt = {"type": "grammar", "grammar": grammar}
+    custom = {"name": tool.name, "description": tool.description, "format": fmt}
+    return {"type": "custom", "custom": custom}
 
 
 def _message(message: PromptMessage) -> dict[str, Any]:

@@ -48,9 +48,35 @@ class FunctionDefinition(Request):
     strict: bool | None = None
 
 
-class ChatTool(Request):
+class ChatFunctionTool(Request):
     type: Literal["function"]
     function: FunctionDefinition
+
+
+class CustomFormatGrammar(Request):
+    definition: str
+    syntax: Literal["lark", "regex"]
+
+
+class CustomFormat(Request):
+    type: Literal["text", "grammar"]
+    grammar: CustomFormatGrammar | None = None
+
+
+class CustomDefinition(Request):
+    name: str = Field(pattern=_FUNCTION_NAME)
+    description: str | None = None
+    format: CustomFormat | None = None
+
+
+class ChatCustomTool(Request):
+    """A free-form tool: its call's ``input`` is raw text, in ``format`` when one is given."""
+
+    type: Literal["custom"]
+    custom: CustomDefinition
+
+
+ChatTool = Annotated[ChatFunctionTool | ChatCustomTool, Field(discriminator="type")]
 
 
 class NamedFunction(Request):
@@ -60,6 +86,26 @@ class NamedFunction(Request):
 class NamedToolChoice(Request):
     type: Literal["function"]
     function: NamedFunction
+
+
+class NamedCustomChoice(Request):
+    type: Literal["custom"]
+    custom: NamedFunction
+
+
+class AllowedTools(Request):
+    mode: Literal["auto", "required"]
+    tools: list[dict[str, Any]]
+
+
+class AllowedToolsChoice(Request):
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+
+ChatToolChoice = Annotated[
+    NamedToolChoice | NamedCustomChoice | AllowedToolsChoice, Field(discriminator="type")
+]
 
 
 class JSONSchemaFormat(Request):
@@ -109,9 +155,11 @@ class ImageContentPart(Request):
 
 
 class OtherContentPart(Request):
-    """An audio or file part: accepted by the schema, refused by the text-only engine."""
+    """An audio or file part, or a refusal: the simulator reads a note of it."""
 
     type: Literal["input_audio", "file", "refusal"]
+    refusal: str | None = None
+    file: dict[str, Any] | None = None
 
 
 ContentPart = Annotated[
@@ -124,10 +172,35 @@ class FunctionCall(Request):
     arguments: str
 
 
+class CustomCall(Request):
+    name: str
+    input: str
+
+
 class ToolCall(Request):
+    """A call made earlier: a function's (``function``) or a custom tool's (``custom``)."""
+
     id: str
-    type: Literal["function"] = "function"
-    function: FunctionCall
+    type: Literal["function", "custom"] = "function"
+    function: FunctionCall | None = None
+    custom: CustomCall | None = None
+
+    @model_validator(mode="after")
+    def _check_call(self) -> ToolCall:
+        if getattr(self, self.type) is None:
+            raise ValueError(f"a {self.type} tool call needs its '{self.type}' object")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.function.name if self.function else self.custom.name if self.custom else ""
+
+    @property
+    def arguments(self) -> str:
+        """A function's JSON arguments, or a custom tool's raw input."""
+        return (
+            self.function.arguments if self.function else self.custom.input if self.custom else ""
+        )
 
 
 class ChatMessage(Request):
@@ -178,7 +251,7 @@ class ChatCompletionRequest(Request):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[ChatTool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tool_choice: Literal["none", "auto", "required"] | ChatToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     reasoning_effort: str | None = Field(

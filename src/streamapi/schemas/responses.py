@@ -164,12 +164,16 @@ class HistoryItem(Request):
     simulator never ran the hosted tool they record).
     """
 
-    type: Literal[HISTORY_ITEM_TYPES]  # type: ignore[valid-type]
+    # An item reference may leave its type out.
+    type: Literal[HISTORY_ITEM_TYPES] = "item_reference"  # type: ignore[valid-type]
 
 
 class FunctionCallOutputItem(Request):
+    """A function's output; the SDK lets ``call_id`` go (a program's call): then ``name``."""
+
     type: Literal["function_call_output"]
-    call_id: str
+    call_id: str | None = None
+    name: str | None = None
     output: str | list[InputContent]
 
 

@@ -33,16 +33,24 @@ from streamapi.engines.protocol import (
     PromptMessage,
     PromptToolCall,
     TokenDelta,
+    ToolSpec,
 )
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.anthropic import (
+    ContextManagement,
+    DocumentBlock,
     ImageBlock,
     MessageCreateRequest,
     MessageParam,
+    SearchResultBlock,
+    ServerToolUseBlock,
     TextBlock,
+    Tool,
+    ToolReferenceBlock,
     ToolResultBlock,
     ToolUseBlock,
 )
+from streamapi.serving.client_tools import anthropic_client_tool
 from streamapi.serving.generation import Admission, Generation, Job
 from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
 from streamapi.serving.usage import Usage
@@ -59,6 +67,10 @@ class MessageJob:
     job: Job
     cache_breakpoint_tokens: int = 0
     """Prompt tokens up to the last ``cache_control`` breakpoint (0: none)."""
+    omit_thinking: bool = False
+    """``thinking.display`` is ``omitted``: thinking blocks carry no text."""
+    context_management: dict[str, Any] | None = None
+    """What the request's ``context_management`` edits applied (None: it had none)."""
 
 
 class MessageService:
@@ -71,17 +83,14 @@ class MessageService:
         """Check everything that can fail before the first byte."""
         generation = self._generation
         model = generation.resolve_model(request.model)
-        messages, cached_messages = _conversation(
+        messages, cached_messages, loaded = _conversation(
             request.system,
             request.messages,
             lambda param: generation.image_tokens(model, None, param=param),
         )
         if request.model_extra and request.model_extra.get("cache_control"):
             cached_messages = len(messages)  # automatic caching: the whole prompt
-        tools = tuple(
-            tool_spec(t.name, t.description, t.input_schema, param=f"tools[{i}].input_schema")
-            for i, t in enumerate(request.tools or ())
-        )
+        tools = _tools(request, loaded)
         choice = request.tool_choice
         if choice is None:
             tool_choice = "auto" if tools else "none"
@@ -116,12 +125,17 @@ class MessageService:
         job = generation.job([template], id_prefix="msg_")
         if cached_messages is None and any(_cache_control(t) for t in request.tools or ()):
             cached_messages = 0  # tools come first in the prompt: the breakpoint covers them
-        return MessageJob(job, _breakpoint_tokens(job, messages, cached_messages))
+        return MessageJob(
+            job,
+            _breakpoint_tokens(job, messages, cached_messages),
+            omit_thinking=thinking is not None and thinking.display == "omitted",
+            context_management=_applied_edits(request, job.prompt_tokens),
+        )
 
     async def stream(self, message: MessageJob, admission: Admission) -> AsyncIterator[bytes]:
         """The named-event stream, from ``message_start`` to ``message_stop``."""
         job = message.job
-        blocks = _Blocks(job, message.cache_breakpoint_tokens)
+        blocks = _Blocks(message)
         try:
             start = {**blocks.message_body(), "content": [], "stop_reason": None}
             yield _event("message_start", message=start)
@@ -132,10 +146,16 @@ class MessageService:
                         yield frame
             for frame in blocks.close_block():
                 yield frame
+            managed = (
+                {}
+                if message.context_management is None
+                else {"context_management": message.context_management}
+            )
             yield _event(
                 "message_delta",
                 delta={"stop_reason": blocks.stop_reason, "stop_sequence": blocks.stop_sequence},
                 usage=blocks.usage_body(),
+                **managed,
             )
             yield _event("message_stop")
         except Exception as exc:
@@ -144,7 +164,7 @@ class MessageService:
 
     async def complete(self, message: MessageJob, admission: Admission) -> dict[str, Any]:
         """The whole Message (``stream`` false)."""
-        blocks = _Blocks(message.job, message.cache_breakpoint_tokens)
+        blocks = _Blocks(message)
         async for batch in self._generation.batches(admission):
             for _, delta in batch:
                 blocks.add(delta)
@@ -168,9 +188,11 @@ class _Block:
 class _Blocks:
     """Builds one message's content blocks and their events."""
 
-    def __init__(self, job: Job, cache_breakpoint_tokens: int = 0) -> None:
-        self._job = job
-        self._breakpoint = cache_breakpoint_tokens
+    def __init__(self, message: MessageJob) -> None:
+        self._job = job = message.job
+        self._breakpoint = message.cache_breakpoint_tokens
+        self._omit_thinking = message.omit_thinking
+        self._managed = message.context_management
         self._block: _Block | None = None
         self.content: list[dict[str, Any]] = []
         self.usage = Usage.of(job)
@@ -195,6 +217,8 @@ class _Blocks:
         block = self._block
         assert block is not None
         block.texts.append(delta.text)
+        if kind == "thinking" and self._omit_thinking:
+            return frames  # display "omitted": the thinking is not sent, its signature is
         if kind == "text":
             body = {"type": "text_delta", "text": delta.text}
         elif kind == "thinking":
@@ -210,6 +234,8 @@ class _Blocks:
             return []
         frames = []
         done = _block_body(block)
+        if block.kind == "thinking" and self._omit_thinking:
+            done["thinking"] = ""
         if block.kind == "thinking":
             signature = {"type": "signature_delta", "signature": done["signature"]}
             frames.append(_event("content_block_delta", index=block.index, delta=signature))
@@ -218,7 +244,9 @@ class _Blocks:
         return frames
 
     def message_body(self) -> dict[str, Any]:
+        managed = {} if self._managed is None else {"context_management": self._managed}
         return {
+            **managed,
             "id": self._job.id,
             "type": "message",
             "role": "assistant",
@@ -314,14 +342,124 @@ def _output_format(request: MessageCreateRequest) -> OutputFormat:
     return OutputFormat("json_schema", schema)
 
 
+def _tools(request: MessageCreateRequest, loaded: set[str]) -> tuple[ToolSpec, ...]:
+    """The tools the engine may call: the client's own, and Anthropic's client tools.
+
+    A ``defer_loading`` tool is callable once a ``tool_reference`` block loaded it;
+    server tools (web search, code execution...) are never called.
+    """
+    specs = []
+    for index, tool in enumerate(request.tools or ()):
+        if isinstance(tool, Tool):
+            if tool.defer_loading and tool.name not in loaded:
+                continue
+            param = f"tools[{index}].input_schema"
+            specs.append(tool_spec(tool.name, tool.description, tool.input_schema, param=param))
+            continue
+        known = anthropic_client_tool(tool.type)
+        if known is not None and not (tool.defer_loading and tool.name not in loaded):
+            description, schema = known
+            specs.append(ToolSpec(tool.name or tool.type.rsplit("_", 1)[0], description, schema))
+    return tuple(specs)
+
+
+def _applied_edits(request: MessageCreateRequest, prompt_tokens: int) -> dict[str, Any] | None:
+    """``context_management``'s answer: each edit that would clear something, and how much.
+
+    The simulator reports the edits; its prompt already leaves thinking out and
+    it does not rewrite tool results.
+    """
+    managed: ContextManagement | None = request.context_management
+    if managed is None:
+        return None
+    applied: list[dict[str, Any]] = []
+    for edit in managed.edits or ():
+        if edit.type == "clear_thinking_20251015":
+            turns = [
+                count_tokens(str((b.model_extra or {}).get("thinking", "")))
+                for m in request.messages
+                if m.role == "assistant" and not isinstance(m.content, str)
+                for b in m.content or ()
+                if b.type in ("thinking", "redacted_thinking")
+            ]
+            keep = _kept(edit.keep, "thinking_turns", 1)
+            cleared = turns[: max(0, len(turns) - keep)]
+            if cleared:
+                applied.append(
+                    {
+                        "type": edit.type,
+                        "cleared_thinking_turns": len(cleared),
+                        "cleared_input_tokens": sum(cleared),
+                    }
+                )
+        elif edit.type == "clear_tool_uses_20250919":
+            trigger = (edit.trigger or {}).get("value", 100_000)
+            results = [
+                count_tokens(_result_text(b))
+                for m in request.messages
+                if not isinstance(m.content, str)
+                for b in m.content or ()
+                if isinstance(b, ToolResultBlock)
+            ]
+            keep = _kept(edit.keep, "tool_uses", 3)
+            cleared = results[: max(0, len(results) - keep)]
+            if prompt_tokens >= trigger and cleared:
+                applied.append(
+                    {
+                        "type": edit.type,
+                        "cleared_tool_uses": len(cleared),
+                        "cleared_input_tokens": sum(cleared),
+                    }
+                )
+    return {"applied_edits": applied}
+
+
+def _kept(keep: Any, unit: str, default: int) -> int:
+    if keep == "all":
+        return 1 << 30
+    if isinstance(keep, dict) and keep.get("type") == unit:
+        return int(keep.get("value", default))
+    return default
+
+
+def _result_text(block: ToolResultBlock) -> str:
+    content = block.content
+    if isinstance(content, str):
+        return content
+    return "\n".join(_part_text(part) for part in content or ())
+
+
+def _part_text(part: BaseModel) -> str:
+    """The text a tool result's part, or a user's document or search result, reads as."""
+    if isinstance(part, TextBlock):
+        return part.text
+    if isinstance(part, SearchResultBlock):
+        return "\n".join([part.title, *(b.text for b in part.content)])
+    if isinstance(part, DocumentBlock):
+        source = part.source
+        if source.get("type") == "text":
+            return str(source.get("data", ""))
+        if source.get("type") == "content":
+            inner = source.get("content")
+            if isinstance(inner, str):
+                return inner
+            return "\n".join(str(b.get("text", "")) for b in inner or () if isinstance(b, dict))
+        return f"[document {part.title or ''}]".replace(" ]", "]")
+    if isinstance(part, ToolReferenceBlock):
+        return f"[tool {part.tool_name}]"
+    return ""
+
+
 def _conversation(
     system: str | list[TextBlock] | None,
     messages: list[MessageParam],
     image_cost: Callable[[str], int],
-) -> tuple[tuple[PromptMessage, ...], int | None]:
-    """The engine's messages, and how many of them the last cache breakpoint covers."""
+) -> tuple[tuple[PromptMessage, ...], int | None, set[str]]:
+    """The engine's messages, how many of them the last cache breakpoint covers, and the
+    deferred tools that ``tool_reference`` blocks loaded."""
     out: list[PromptMessage] = []
     cached: int | None = None
+    loaded: set[str] = set()
     if system:
         text = system if isinstance(system, str) else "\n".join(b.text for b in system)
         out.append(PromptMessage("system", text))
@@ -340,8 +478,9 @@ def _conversation(
         images = image_tokens = 0
         results = False
         for block_index, block in enumerate(blocks):
+            where = f"messages[{index}].content[{block_index}]"
             if isinstance(block, ImageBlock):
-                image_tokens += image_cost(f"messages[{index}].content[{block_index}].type")
+                image_tokens += image_cost(f"{where}.type")
                 images += 1
             elif isinstance(block, TextBlock):
                 texts.append(block.text)
@@ -349,26 +488,29 @@ def _conversation(
                 tool_names[block.id] = block.name
                 texts.append(f"{block.name}({json.dumps(block.input)})")
                 calls.append(PromptToolCall(block.id, block.name, json.dumps(block.input)))
+            elif isinstance(block, ServerToolUseBlock):
+                texts.append(f"{block.name}({json.dumps(block.input)})")  # run by the server
+            elif isinstance(block, DocumentBlock | SearchResultBlock):
+                texts.append(_part_text(block))
             elif isinstance(block, ToolResultBlock):
                 results = True
                 content = block.content
-                result = (
-                    content
-                    if isinstance(content, str)
-                    else "\n".join(b.text for b in content or ())
-                )
+                parts = [] if isinstance(content, str) else list(content or ())
+                loaded.update(p.tool_name for p in parts if isinstance(p, ToolReferenceBlock))
+                result_images = [
+                    image_cost(f"{where}.content[{part_index}].type")
+                    for part_index, part in enumerate(parts)
+                    if isinstance(part, ImageBlock)
+                ]
                 out.append(
                     PromptMessage(
                         "tool",
-                        result,
+                        _result_text(block),
                         tool_names.get(block.tool_use_id),
                         tool_call_id=block.tool_use_id,
+                        images=len(result_images),
+                        image_tokens=sum(result_images),
                     )
-                )
-            elif block.type == "document":
-                raise InvalidRequestError(
-                    "This model only reads text and images: 'document' blocks are not supported.",
-                    param=f"messages[{index}].content[{block_index}].type",
                 )
         if texts or images:
             out.append(
@@ -384,4 +526,4 @@ def _conversation(
             )
         if marked:
             cached = len(out)
-    return tuple(out), cached
+    return tuple(out), cached, loaded

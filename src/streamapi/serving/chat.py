@@ -22,12 +22,17 @@ from streamapi.engines.protocol import (
     PromptMessage,
     PromptToolCall,
     TokenDelta,
+    ToolSpec,
 )
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.openai import (
+    AllowedToolsChoice,
     ChatCompletionRequest,
+    ChatCustomTool,
+    ChatFunctionTool,
     ChatMessage as WireMessage,
     ImageContentPart,
+    NamedCustomChoice,
     NamedToolChoice,
     ResponseFormatJSONObject,
     ResponseFormatJSONSchema,
@@ -46,6 +51,8 @@ class ChatJob:
     include_usage: bool
     continuous_usage: bool
     logprobs: bool
+    custom_tools: frozenset[str] = frozenset()
+    """Free-form tools: their calls are ``custom`` calls with raw ``input``."""
 
 
 class ChatService:
@@ -69,15 +76,7 @@ class ChatService:
         model = generation.resolve_model(request.model)
         if request.tools is not None and not request.tools:
             raise InvalidRequestError("tools must not be an empty array.", param="tools")
-        tools = tuple(
-            tool_spec(
-                t.function.name,
-                t.function.description,
-                t.function.parameters,
-                param=f"tools[{i}].function.parameters",
-            )
-            for i, t in enumerate(request.tools or ())
-        )
+        tools = tuple(_tool(t, i) for i, t in enumerate(request.tools or ()))
         choice = _tool_choice(request.tool_choice, has_tools=bool(tools))
         check_tool_choice(tools, choice, param="tool_choice")
         effort = request.reasoning_effort
@@ -109,6 +108,7 @@ class ChatService:
             include_usage=include_usage,
             continuous_usage=include_usage and bool(options and options.continuous_usage_stats),
             logprobs=bool(request.logprobs),
+            custom_tools=frozenset(t.name for t in tools if t.format is not None),
         )
 
     async def stream(self, chat: ChatJob, admission: Admission) -> AsyncIterator[bytes]:
@@ -148,7 +148,7 @@ class ChatService:
             "choices": [
                 {
                     "index": i,
-                    "message": _message(t),
+                    "message": _message(t, chat.custom_tools),
                     "logprobs": _logprobs(t.logprobs) if chat.logprobs else None,
                     "finish_reason": t.finish_reason,
                 }
@@ -185,6 +185,7 @@ class _ChunkWriter:
         job = chat.job
         self._chat = chat
         self._per_event = tokens_per_event
+        self._custom_calls: set[tuple[int, int]] = set()  # (choice, call) of custom tools
         self._head: dict[str, Any] = {
             "id": job.id,
             "object": "chat.completion.chunk",
@@ -237,12 +238,12 @@ class _ChunkWriter:
             frames.append(self._flush(index, pending))
         if delta.tool_call is not None:
             call = delta.tool_call
-            opening = {
-                "index": call.index,
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": ""},
-            }
+            opening: dict[str, Any] = {"index": call.index, "id": call.id}
+            if call.name in self._chat.custom_tools:
+                self._custom_calls.add((index, call.index))
+                opening |= {"type": "custom", "custom": {"name": call.name, "input": ""}}
+            else:
+                opening |= {"type": "function", "function": {"name": call.name, "arguments": ""}}
             frames.append(self._chunk(index, {**role, "tool_calls": [opening]}))
         elif delta.text:
             pending.channel, pending.tool_index = delta.channel, delta.tool_index
@@ -264,7 +265,12 @@ class _ChunkWriter:
         if pending.channel == "reasoning":
             delta: dict[str, Any] = {"reasoning_content": text}
         elif pending.channel == "tool_call":
-            delta = {"tool_calls": [{"index": pending.tool_index, "function": {"arguments": text}}]}
+            part = (
+                {"custom": {"input": text}}
+                if (index, pending.tool_index) in self._custom_calls
+                else {"function": {"arguments": text}}
+            )
+            delta = {"tool_calls": [{"index": pending.tool_index, **part}]}
         elif self._templated:
             pending.deltas = []
             template = self._content.get(index)
@@ -318,7 +324,7 @@ class _ChunkWriter:
         return chunk
 
 
-def _message(transcript: Transcript) -> dict[str, Any]:
+def _message(transcript: Transcript, custom_tools: frozenset[str]) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
         "content": transcript.text if transcript.content or not transcript.tool_calls else None,
@@ -327,6 +333,12 @@ def _message(transcript: Transcript) -> dict[str, Any]:
     if transcript.tool_calls:
         message["tool_calls"] = [
             {
+                "id": call.id,
+                "type": "custom",
+                "custom": {"name": call.name, "input": call.arguments_text},
+            }
+            if call.name in custom_tools
+            else {
                 "id": call.id,
                 "type": "function",
                 "function": {"name": call.name, "arguments": call.arguments_text},
@@ -356,12 +368,28 @@ def _logprobs(deltas: list[TokenDelta]) -> dict[str, Any]:
     }
 
 
-def _tool_choice(choice: str | NamedToolChoice | None, *, has_tools: bool) -> str:
+def _tool(tool: ChatFunctionTool | ChatCustomTool, index: int) -> ToolSpec:
+    if isinstance(tool, ChatFunctionTool):
+        function = tool.function
+        param = f"tools[{index}].function.parameters"
+        return tool_spec(function.name, function.description, function.parameters, param=param)
+    custom = tool.custom
+    fmt: dict[str, Any] = {"type": "text"}
+    if custom.format is not None and custom.format.grammar is not None:
+        fmt = {"type": "grammar", **custom.format.grammar.model_dump()}
+    return ToolSpec(custom.name, custom.description or "", {}, format=fmt)
+
+
+def _tool_choice(choice: object, *, has_tools: bool) -> str:
     if isinstance(choice, NamedToolChoice):
         return choice.function.name
+    if isinstance(choice, NamedCustomChoice):
+        return choice.custom.name
+    if isinstance(choice, AllowedToolsChoice):
+        return choice.allowed_tools.mode
     if choice is None:
         return "auto" if has_tools else "none"
-    return choice
+    return str(choice)
 
 
 def _output_format(request: ChatCompletionRequest) -> OutputFormat:
@@ -386,9 +414,9 @@ def _conversation(messages: list[WireMessage], image_cost: ImageCost) -> tuple[P
         text, images, image_tokens = _text(index, message.content, image_cost)
         calls = []
         for call in message.tool_calls or ():
-            call_names[call.id] = call.function.name
-            text += f"\n{call.function.name}({call.function.arguments})"
-            calls.append(PromptToolCall(call.id, call.function.name, call.function.arguments))
+            call_names[call.id] = call.name
+            text += f"\n{call.name}({call.arguments})"
+            calls.append(PromptToolCall(call.id, call.name, call.arguments))
         name = message.name
         if message.role == "tool" and message.tool_call_id is not None:
             name = call_names.get(message.tool_call_id, name)
@@ -422,13 +450,15 @@ def _text(index: int, content: object, image_cost: ImageCost) -> tuple[str, int,
             tokens += image_cost(part.image_url.detail, param)
             images += 1
             continue
-        if not isinstance(part, TextContentPart):
-            raise InvalidRequestError(
-                f"This model only reads text and images: content parts of type '{part.type}' "
-                "are not supported.",
-                param=param,
-            )
-        texts.append(part.text)
+        if isinstance(part, TextContentPart):
+            texts.append(part.text)
+        elif part.type == "refusal":
+            texts.append(part.refusal or "")
+        elif part.type == "file":
+            named = (part.file or {}).get("filename") or (part.file or {}).get("file_id") or ""
+            texts.append(f"[file {named}]".replace(" ]", "]"))
+        else:
+            texts.append("[audio]")
     return "\n".join(texts), images, tokens
 
 

@@ -73,6 +73,7 @@ def decode_reasoning(content: str) -> str | None:
     if not content.startswith(REASONING_PREFIX):
         return None
     try:
-        return base64.urlsafe_b64decode(content[len(REASONING_PREFIX) :]).decode()
+        packed = content[len(REASONING_PREFIX) :]
+        return base64.b64decode(packed, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None

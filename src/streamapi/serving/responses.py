@@ -789,6 +789,10 @@ def _input_messages(
             | ApplyPatchCallOutputItem,
         ):
             call_id = item.id if isinstance(item, LocalShellCallOutputItem) else item.call_id
+            if call_id is None:  # a function output that names its function only
+                named = item.name if isinstance(item, FunctionCallOutputItem) else None
+                messages.append(PromptMessage("tool", _call_output(item), named))
+                continue
             if call_id not in call_names:
                 raise InvalidRequestError(
                     f"No tool call found for {item.type} with call_id {call_id}.",
