@@ -119,6 +119,7 @@ def test_claude_code_runs_a_shell_command_for_real(
     place = Place.make(tmp_path / "run")
     session = run_claude(clis, server.base_url, place, "cc-shell: make the proof file")
     entries = no_refusals(server, session)
+    report("claude_code_runs_a_shell_command_for_real", entries, session)
     assert (place.work / "shell-proof.txt").read_text().strip() == "ran-by-claude"
     assert session.tool_calls[0][0] == "Bash"
     assert session.final_text == "The command ran.", session.describe()
@@ -141,6 +142,7 @@ def test_claude_code_writes_a_file_and_reads_it_back(
     server = serve(server_factory, tmp_path, rules)
     session = run_claude(clis, server.base_url, place, "cc-notes: write the notes, read them")
     entries = no_refusals(server, session)
+    report("claude_code_writes_a_file_and_reads_it_back", entries, session)
     assert (place.work / "notes.txt").read_text() == "written by claude code\n"
     assert [name for name, _ in session.tool_calls] == ["Write", "Read"]
     assert "written by claude code" in session.final_text, session.describe()
@@ -160,6 +162,7 @@ def test_claude_code_reads_an_image_and_sends_it_as_a_tool_result(
     server = serve(server_factory, tmp_path, rules)
     session = run_claude(clis, server.base_url, place, "cc-image: what is in square.png?")
     entries = no_refusals(server, session)
+    report("claude_code_reads_an_image_and_sends_it_as_a_tool_result", entries, session)
     # Claude Code sent the picture back as an image block inside the tool_result.
     blocks = [b for r in session.extra["tool_results"] if isinstance(r, list) for b in r]
     assert any(block.get("type") == "image" for block in blocks), session.describe()
@@ -183,6 +186,7 @@ def test_codex_runs_a_shell_command_for_real(
     place = Place.make(tmp_path / "run")
     session = run_codex(clis, server.base_url, place, "cx-shell: make the proof file")
     entries = no_refusals(server, session)
+    report("codex_runs_a_shell_command_for_real", entries, session)
     assert (place.work / "shell-proof.txt").read_text().strip() == "ran-by-codex"
     assert session.tool_calls and session.tool_calls[0][0] == "command_execution"
     assert session.final_text == "The command ran.", session.describe()
@@ -206,6 +210,7 @@ def test_codex_applies_a_patch_and_reads_the_file_back(
     place = Place.make(tmp_path / "run")
     session = run_codex(clis, server.base_url, place, "cx-notes: add the notes, read them")
     entries = no_refusals(server, session)
+    report("codex_applies_a_patch_and_reads_the_file_back", entries, session)
     assert (place.work / "notes.txt").read_text() == "written by apply_patch\n"
     assert [kind for kind, _ in session.tool_calls] == ["file_change", "command_execution"]
     assert "written by apply_patch" in session.final_text, session.describe()
@@ -223,6 +228,7 @@ def test_codex_views_an_image(clis: Path, server_factory: ServerFactory, tmp_pat
     server = serve(server_factory, tmp_path, rules)
     session = run_codex(clis, server.base_url, place, "cx-image: what is in square.png?")
     entries = no_refusals(server, session)
+    report("codex_views_an_image", entries, session)
     assert session.final_text == "A small red square.", session.describe()
     assert len(entries) == 2
 
@@ -314,7 +320,7 @@ def test_a_recorded_session_replays_offline_in_the_clis_next_run(
                          "--record-dir", str(tapes))  # fmt: skip
     first = Place.make(tmp_path / "first")
     recorded = run(clis, recording.base_url, first, "replay-me: make the file and show it")
-    no_refusals(recording, recorded)
+    report(f"{cli} recorded", no_refusals(recording, recorded), recorded)
     assert (first.work / "replay-proof.txt").read_text().strip() == "replayed"
     # The rule's answer quotes the command's output (Codex wraps it in its own lines).
     assert recorded.final_text.startswith("The file says:"), recorded.describe()
@@ -327,7 +333,7 @@ def test_a_recorded_session_replays_offline_in_the_clis_next_run(
                          "--replay-speed", "0")  # fmt: skip
     second = Place.make(tmp_path / "second")
     replayed = run(clis, replaying.base_url, second, "replay-me: make the file and show it")
-    no_refusals(replaying, replayed)
+    report(f"{cli} replayed", no_refusals(replaying, replayed), replayed)
     assert (second.work / "replay-proof.txt").read_text().strip() == "replayed"
     assert replayed.tool_calls == recorded.tool_calls
     assert replayed.final_text == recorded.final_text
