@@ -449,6 +449,10 @@ def test_the_agent_keys_leave_out_tagged_context_and_call_ids() -> None:
     assert view["assistant_turns"] == [
         {"text": "", "tool_calls": [["Bash", {"command": "ls", "timeout": 5}]]}
     ]
+    # A tag never closed is the user's text; elements inside others go with them.
+    body["messages"].append({"role": "user", "content": "Use <file> and <a><b>x</b></a>now"})
+    view = match_view("/chat/completions", body, parse_match_keys("agent"))
+    assert view["user_text"] == ["Fix the test", "Use <file> and now"]
     assert list(view) == ["endpoint", "model", "tool_names", "params", "user_text",
                           "assistant_turns"]  # fmt: skip
 

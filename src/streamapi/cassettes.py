@@ -107,8 +107,8 @@ DEFAULT_MATCH: Final = ("endpoint", "model", "messages", "tools", "params")
 # but not what the user typed nor, in a replay, the assistant's recorded turns.
 AGENT_MATCH: Final = ("endpoint", "model", "tool_names", "params", "user_text", "assistant_turns")
 # Harness context wrapped in a tag (Claude Code's <system-reminder>, Codex's
-# <environment_context>, <user_instructions>...): one element with its closing tag.
-_TAGGED: Final = re.compile(r"<([A-Za-z][\w-]*)(?:\s[^<>]*)?>.*?</\1\s*>", re.DOTALL)
+# <environment_context>, <user_instructions>...): its opening and closing tags.
+_TAG: Final = re.compile(r"<(/?)([A-Za-z][\w-]*)(?:\s[^<>]*)?>")
 
 
 class CassetteError(ValueError):
@@ -607,7 +607,38 @@ def _text_of(content: Any) -> str:
 
 def _plain(text: str) -> str:
     """``text`` without tagged harness context, its whitespace collapsed."""
-    return " ".join(_TAGGED.sub(" ", text).split())
+    return " ".join(_untagged(text).split())
+
+
+def _untagged(text: str) -> str:
+    """``text`` without its tag-wrapped elements (a tag never closed stays as text).
+
+    One pass pairs the tags with a stack of open ones, a second drops the outermost
+    pairs: linear in the text whatever it holds (a request's text is the client's).
+    """
+    pairs: list[tuple[int, int]] = []
+    stack: list[tuple[str, int]] = []  # open tags: name, where the tag began
+    open_names: dict[str, int] = {}
+    for tag in _TAG.finditer(text):
+        closing, name = tag.group(1), tag.group(2)
+        if not closing:
+            stack.append((name, tag.start()))
+            open_names[name] = open_names.get(name, 0) + 1
+        elif open_names.get(name):
+            while True:  # close it, and every tag opened inside it and never closed
+                opened, begin = stack.pop()
+                open_names[opened] -= 1
+                if opened == name:
+                    break
+            pairs.append((begin, tag.end()))
+    kept: list[str] = []
+    resume = 0
+    for begin, end in sorted(pairs):
+        if begin >= resume:  # not inside an element already dropped
+            kept += [text[resume:begin], " "]
+            resume = end
+    kept.append(text[resume:])
+    return "".join(kept)
 
 
 def _user_text(messages: Sequence[Any]) -> list[str]:
