@@ -441,3 +441,12 @@ async def test_rules_script_custom_and_builtin_calls(tmp_path: Path) -> None:
         shell = (await c.post(RESPONSES, json={"input": "ls", "tools": [{"type": "shell"}]})).json()
         assert shell["output"][0]["type"] == "shell_call"
         assert shell["output"][0]["action"]["commands"] == ["ls"]
+
+
+async def test_a_custom_tools_grammar_counts_in_the_prompt(client: httpx.AsyncClient) -> None:
+    plain = {**APPLY_PATCH, "format": {"type": "text"}}
+    counts = []
+    for tool in (plain, APPLY_PATCH):
+        body = {"input": "Hello", "tools": [tool], "tool_choice": "none"}
+        counts.append((await client.post(RESPONSES, json=body)).json()["usage"]["input_tokens"])
+    assert counts[1] > counts[0] + 100  # the Lark grammar is ~170 tokens of the prompt

@@ -90,9 +90,14 @@ class ToolSpec:
     @property
     def prompt_text(self) -> str:
         """The tool as the prompt holds it: its definition as JSON, ahead of the messages."""
-        return json.dumps(
-            {"name": self.name, "description": self.description, "parameters": self.parameters}
-        )
+        schema: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters,
+        }
+        if self.format is not None:
+            schema["format"] = self.format  # a custom tool's grammar is part of the prompt
+        return json.dumps(schema)
 
 
 @dataclass(frozen=True, slots=True)
