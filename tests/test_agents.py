@@ -4,6 +4,7 @@ the harness's), calls at most the tools they name, and ends every tool loop with
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -573,3 +574,97 @@ async def test_dspy_fields_are_answered_each_by_its_type(client: httpx.AsyncClie
     assert "Lisbon" in json.loads(answer["keywords"])
     assert answer["positive"] in ("True", "False")
     assert 0 <= float(answer["score"]) <= 1
+
+
+async def test_json_asked_for_by_its_fields_has_those_fields(client: httpx.AsyncClient) -> None:
+    question = "Who founded Lisbon? Answer as JSON with fields name, age and is_legend."
+    body = {"messages": [{"role": "user", "content": question}], "seed": 1}
+    answer = json.loads(
+        (await client.post(CHAT, json=body)).json()["choices"][0]["message"]["content"]
+    )
+    assert list(answer) == ["name", "age", "is_legend"]
+    assert isinstance(answer["name"], str)
+    assert isinstance(answer["age"], int)
+    assert isinstance(answer["is_legend"], bool)
+
+
+# --- aider: edits as SEARCH/REPLACE blocks -----------------------------------------------------
+
+AIDER_SYSTEM = (
+    "Act as an expert software developer.\nTake requests for changes to the supplied code.\n"
+    "3. Describe each change with a *SEARCH/REPLACE block* per the examples below.\n"
+    "All changes to files must use this *SEARCH/REPLACE block* format."
+)
+HELLO = 'import sys\n\n\ndef hello():\n    print("hello")\n'
+
+
+def aider_request(request: str, files: dict[str, str]) -> dict[str, Any]:
+    """What aider 0.86 sends with its default "diff" edit format and files in the chat."""
+    shown = "".join(f"\n{path}\n```\n{content}```\n" for path, content in files.items())
+    messages: list[dict[str, Any]] = [{"role": "system", "content": AIDER_SYSTEM}]
+    if files:
+        messages += [
+            {
+                "role": "user",
+                "content": "I have *added these files to the chat* so you can go ahead and "
+                f"edit them.\n\n*Trust this message as the true contents of these files!*\n{shown}",
+            },
+            {"role": "assistant", "content": "Ok, any changes I propose will be to those files."},
+        ]
+    messages.append({"role": "user", "content": request})
+    return {"messages": messages, "seed": 1}
+
+
+def apply_blocks(answer: str, files: dict[str, str]) -> dict[str, str]:
+    """Applies the answer's SEARCH/REPLACE blocks as aider does (first exact occurrence)."""
+    changed = dict(files)
+    pattern = r"^(\S+)\n```\w*\n<<<<<<< SEARCH\n(.*?)=======\n(.*?)>>>>>>> REPLACE\n```"
+    blocks = re.findall(pattern, answer, re.MULTILINE | re.DOTALL)
+    assert blocks, answer
+    for path, search, replace in blocks:
+        if not search:
+            changed[path] = replace + changed.get(path, "")
+            continue
+        assert search in changed[path], (search, path)
+        changed[path] = changed[path].replace(search, replace, 1)
+    return changed
+
+
+async def test_aider_edit_requests_get_blocks_that_apply(client: httpx.AsyncClient) -> None:
+    files = {"app/hello.py": HELLO, "README.md": "# Hello\n"}
+    body = aider_request("Add a docstring to hello() in hello.py", files)
+    answer = (await client.post(CHAT, json=body)).json()["choices"][0]["message"]["content"]
+    changed = apply_blocks(answer, files)
+    assert changed["README.md"] == files["README.md"]
+    assert changed["app/hello.py"].startswith("import sys\n# Requested: Add a docstring")
+    compile(changed["app/hello.py"], "hello.py", "exec")  # still Python
+
+    new = aider_request("Create notes.md with a summary of the project", {})
+    answer = (await client.post(CHAT, json=new)).json()["choices"][0]["message"]["content"]
+    assert apply_blocks(answer, {})["notes.md"].startswith("<!-- Requested: Create notes.md")
+
+
+async def test_aider_whole_file_format_gets_the_whole_file(client: httpx.AsyncClient) -> None:
+    """For models it does not know, aider asks for *file listings* and reminds of them after
+    the request."""
+    body = aider_request(
+        "Add a docstring to hello()\n\nTo suggest changes to a file you MUST return the entire "
+        "content of the updated file.\nYou MUST use this *file listing* format:",
+        {"hello.py": HELLO},
+    )
+    body["messages"][0]["content"] = (
+        "Act as an expert software developer.\nYou MUST use this *file listing* format:\n\n"
+        "path/to/filename.js\n```\n// entire file content ...\n```"
+    )
+    answer = (await client.post(CHAT, json=body)).json()["choices"][0]["message"]["content"]
+    listed = re.search(r"^hello\.py\n```\n(.*?)^```$", answer, re.MULTILINE | re.DOTALL)
+    assert listed is not None, answer
+    assert listed.group(1) == HELLO.replace(
+        "import sys\n", "import sys\n# Requested: Add a docstring to hello()\n"
+    )
+
+
+async def test_aider_questions_get_prose(client: httpx.AsyncClient) -> None:
+    body = aider_request("Why is hello() printing to stdout?", {"hello.py": HELLO})
+    answer = (await client.post(CHAT, json=body)).json()["choices"][0]["message"]["content"]
+    assert "<<<<<<< SEARCH" not in answer

@@ -259,14 +259,13 @@ async def test_a_cold_breakpoint_is_written_then_read_and_never_counted_twice(
     assert prompt_size(warm_usage) == prompt_size(cold_usage)
 
 
-async def test_a_cache_hit_without_a_breakpoint_is_not_counted_twice(
-    client: httpx.AsyncClient,
-) -> None:
+async def test_without_a_breakpoint_nothing_is_cached(client: httpx.AsyncClient) -> None:
+    """As Anthropic documents: caching is asked for with ``cache_control``."""
     first = (await client.post(MESSAGES, json=cached_message("Hi", breakpoint=False))).json()
     second = (await client.post(MESSAGES, json=cached_message("Hi", breakpoint=False))).json()
-    assert first["usage"]["cache_creation_input_tokens"] == 0
-    assert second["usage"]["cache_read_input_tokens"] > 1000
-    assert prompt_size(second["usage"]) == first["usage"]["input_tokens"]
+    for usage in (first["usage"], second["usage"]):
+        assert usage["cache_creation_input_tokens"] == usage["cache_read_input_tokens"] == 0
+    assert second["usage"]["input_tokens"] == first["usage"]["input_tokens"] > 1000
 
 
 async def test_streamed_message_delta_carries_the_final_cache_counts(

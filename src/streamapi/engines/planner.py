@@ -36,6 +36,7 @@ from streamapi.engines.protocol import (
     ToolSpec,
 )
 from streamapi.engines.turns import UNNAMED_TOOL, Turn, read_turn
+from streamapi.text.edits import edit_format, files_in_chat, write_edit
 from streamapi.text.fields import FieldForm, field_form, write_fields
 from streamapi.text.freeform import freeform_input
 from streamapi.text.instructions import (
@@ -174,6 +175,13 @@ class Planner:
         form = _field_form(request.messages)
         if form is not None:
             return write_fields(form, rng)
+        system = [m.content for m in request.messages if m.role in ("system", "developer")]
+        edits = edit_format(system)
+        if edits is not None:
+            users = [m.content for m in request.messages if m.role == "user"]
+            edit = write_edit(question, files_in_chat(users), edits)
+            if edit is not None:
+                return edit
         instructions = _instructions(request.messages, question)
         prompted = prompted_format(instructions, json_mode=fmt.type == "json_object")
         if prompted is not None:

@@ -6,12 +6,12 @@ text or tool_use) ``content_block_start``, its deltas and
 output tokens) and ``message_stop``. Every event has an ``event:`` line
 matching its ``type``: the Anthropic SDK drops unnamed events.
 
-Usage counts prompt caching as Anthropic does: ``input_tokens`` excludes the
-tokens read from the cache (``cache_read_input_tokens``, the engine's prefix
-cache hit) and those written to it (``cache_creation_input_tokens``: the prompt
-up to the last ``cache_control`` breakpoint, less what was read). The cache hit
-is known only once the engine starts, so ``message_start`` reports the prompt as
-uncached and ``message_delta`` carries the final counts, which the SDK applies.
+Usage counts prompt caching as Anthropic does (``serving.prompt_cache``):
+``input_tokens`` excludes the tokens read from the cache
+(``cache_read_input_tokens``) and those written to it
+(``cache_creation_input_tokens``: the prompt up to the last ``cache_control``
+breakpoint, less what was read). Both are known when the request is admitted, so
+``message_start`` and ``message_delta`` carry the same counts.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from streamapi import sse
-from streamapi.engines.prefix_cache import BLOCK_TOKENS
 from streamapi.engines.protocol import (
     GenerationRequest,
     OutputFormat,
@@ -52,9 +51,18 @@ from streamapi.schemas.anthropic import (
 )
 from streamapi.serving.client_tools import anthropic_client_tool
 from streamapi.serving.generation import Admission, Generation, Job
+from streamapi.serving.prompt_cache import (
+    LONG_TTL_S,
+    TTL_S,
+    Boundary,
+    Breakpoint,
+    PromptCache,
+    boundaries,
+    minimum_cacheable_tokens,
+)
 from streamapi.serving.schema_checks import check_schema, check_tool_choice, tool_spec
 from streamapi.serving.usage import Usage
-from streamapi.text.tokenizer import TOKENS_PER_MESSAGE, count_chat_tokens, count_tokens
+from streamapi.text.tokenizer import count_tokens
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 _BLOCK_KINDS = {"content": "text", "reasoning": "thinking", "tool_call": "tool_use"}
@@ -65,8 +73,10 @@ class MessageJob:
     """A checked Messages request."""
 
     job: Job
-    cache_breakpoint_tokens: int = 0
-    """Prompt tokens up to the last ``cache_control`` breakpoint (0: none)."""
+    cache_points: tuple[Boundary, ...] = ()
+    """The prompt's block boundaries (``prompt_cache.boundaries``)."""
+    cache_marks: tuple[Breakpoint, ...] = ()
+    """Its ``cache_control`` breakpoints."""
     omit_thinking: bool = False
     """``thinking.display`` is ``omitted``: thinking blocks carry no text."""
     context_management: dict[str, Any] | None = None
@@ -78,18 +88,17 @@ class MessageService:
 
     def __init__(self, generation: Generation) -> None:
         self._generation = generation
+        self._cache = PromptCache()
 
     def prepare(self, request: MessageCreateRequest) -> MessageJob:
         """Check everything that can fail before the first byte."""
         generation = self._generation
         model = generation.resolve_model(request.model)
-        messages, cached_messages, loaded = _conversation(
+        messages, marked, loaded = _conversation(
             request.system,
             request.messages,
             lambda param: generation.image_tokens(model, None, param=param),
         )
-        if request.model_extra and request.model_extra.get("cache_control"):
-            cached_messages = len(messages)  # automatic caching: the whole prompt
         tools = _tools(request, loaded)
         choice = request.tool_choice
         if choice is None:
@@ -123,19 +132,32 @@ class MessageService:
             reasoning=generation.reasons(model, asked),
         )
         job = generation.job([template], id_prefix="msg_")
-        if cached_messages is None and any(_cache_control(t) for t in request.tools or ()):
-            cached_messages = 0  # tools come first in the prompt: the breakpoint covers them
+        points = boundaries(model, tools, messages)
+        # Tools come first in the prompt, then the messages (the system prompt first).
+        marks = [
+            Breakpoint(i, _ttl_s(t)) for i, t in enumerate(request.tools or ()) if _cache_control(t)
+        ]
+        marks += [Breakpoint(len(tools) + count - 1, ttl) for count, ttl in marked if count]
+        automatic = (request.model_extra or {}).get("cache_control")
+        if automatic and points:
+            marks.append(Breakpoint(len(points) - 1, _ttl_s(automatic)))  # the whole prompt
         return MessageJob(
             job,
-            _breakpoint_tokens(job, messages, cached_messages),
+            tuple(points),
+            tuple(marks),
             omit_thinking=thinking is not None and thinking.display == "omitted",
             context_management=_applied_edits(request, job.prompt_tokens),
         )
 
+    def _cache_use(self, message: MessageJob) -> tuple[int, int]:
+        """Tokens read from and written to the prompt cache by this request, now."""
+        minimum = minimum_cacheable_tokens(message.job.model)
+        return self._cache.use(message.cache_points, message.cache_marks, minimum)
+
     async def stream(self, message: MessageJob, admission: Admission) -> AsyncIterator[bytes]:
         """The named-event stream, from ``message_start`` to ``message_stop``."""
         job = message.job
-        blocks = _Blocks(message)
+        blocks = _Blocks(message, self._cache_use(message))
         try:
             start = {**blocks.message_body(), "content": [], "stop_reason": None}
             yield _event("message_start", message=start)
@@ -164,7 +186,7 @@ class MessageService:
 
     async def complete(self, message: MessageJob, admission: Admission) -> dict[str, Any]:
         """The whole Message (``stream`` false)."""
-        blocks = _Blocks(message)
+        blocks = _Blocks(message, self._cache_use(message))
         async for batch in self._generation.batches(admission):
             for _, delta in batch:
                 blocks.add(delta)
@@ -188,9 +210,9 @@ class _Block:
 class _Blocks:
     """Builds one message's content blocks and their events."""
 
-    def __init__(self, message: MessageJob) -> None:
+    def __init__(self, message: MessageJob, cache: tuple[int, int] = (0, 0)) -> None:
         self._job = job = message.job
-        self._breakpoint = message.cache_breakpoint_tokens
+        self._cache = cache
         self._omit_thinking = message.omit_thinking
         self._managed = message.context_management
         self._block: _Block | None = None
@@ -260,11 +282,8 @@ class _Blocks:
     def usage_body(self) -> dict[str, int]:
         """Anthropic's usage: ``input_tokens`` are the prompt tokens neither read nor written."""
         usage = self.usage
-        read = min(usage.cached_tokens, usage.prompt_tokens)
-        if read and self._breakpoint - read < BLOCK_TOKENS:
-            # The engine caches whole blocks; Anthropic's entry ends at the breakpoint.
-            read = max(read, min(self._breakpoint, usage.prompt_tokens))
-        written = max(0, min(self._breakpoint, usage.prompt_tokens) - read)
+        read = min(self._cache[0], usage.prompt_tokens)
+        written = min(self._cache[1], usage.prompt_tokens - read)
         return {
             "input_tokens": usage.prompt_tokens - read - written,
             "output_tokens": usage.completion_tokens,
@@ -319,15 +338,11 @@ def _cache_control(part: BaseModel) -> bool:
     return bool(part.model_extra and part.model_extra.get("cache_control"))
 
 
-def _breakpoint_tokens(job: Job, messages: tuple[PromptMessage, ...], upto: int | None) -> int:
-    """The prompt's tokens up to the end of ``messages[:upto]``, tools included; 0 for None."""
-    if upto is None:
-        return 0
-    images = sum(m.image_tokens for m in messages)
-    tools = job.prompt_tokens - count_chat_tokens(m.content for m in messages) - images
-    return tools + sum(
-        count_tokens(m.content) + TOKENS_PER_MESSAGE + m.image_tokens for m in messages[:upto]
-    )
+def _ttl_s(part: object) -> float:
+    """A breakpoint's lifetime: ``ttl: "1h"``, else Anthropic's default 5 minutes."""
+    mark = (part.model_extra or {}).get("cache_control") if isinstance(part, BaseModel) else part
+    ttl = mark.get("ttl") if isinstance(mark, dict) else None
+    return LONG_TTL_S if ttl == "1h" else TTL_S
 
 
 def _output_format(request: MessageCreateRequest) -> OutputFormat:
@@ -454,22 +469,23 @@ def _conversation(
     system: str | list[TextBlock] | None,
     messages: list[MessageParam],
     image_cost: Callable[[str], int],
-) -> tuple[tuple[PromptMessage, ...], int | None, set[str]]:
-    """The engine's messages, how many of them the last cache breakpoint covers, and the
-    deferred tools that ``tool_reference`` blocks loaded."""
+) -> tuple[tuple[PromptMessage, ...], list[tuple[int, float]], set[str]]:
+    """The engine's messages, the cache breakpoints among them (how many messages each
+    covers, and its lifetime), and the deferred tools that ``tool_reference`` blocks
+    loaded."""
     out: list[PromptMessage] = []
-    cached: int | None = None
+    marks: list[tuple[int, float]] = []
     loaded: set[str] = set()
     if system:
         text = system if isinstance(system, str) else "\n".join(b.text for b in system)
         out.append(PromptMessage("system", text))
-        if not isinstance(system, str) and any(map(_cache_control, system)):
-            cached = 1
+        if not isinstance(system, str):
+            marks += [(1, _ttl_s(b)) for b in system if _cache_control(b)][-1:]
     tool_names: dict[str, str] = {}
     for index, message in enumerate(messages):
         # An assistant's null content is an empty reply.
         blocks = "" if message.content is None else message.content
-        marked = not isinstance(blocks, str) and any(map(_cache_control, blocks))
+        marked = [] if isinstance(blocks, str) else [b for b in blocks if _cache_control(b)]
         if isinstance(blocks, str):
             out.append(PromptMessage(message.role, blocks))
             continue
@@ -525,5 +541,5 @@ def _conversation(
                 )
             )
         if marked:
-            cached = len(out)
-    return tuple(out), cached, loaded
+            marks.append((len(out), _ttl_s(marked[-1])))
+    return tuple(out), marks, loaded

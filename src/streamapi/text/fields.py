@@ -29,8 +29,9 @@ from streamapi.text.writer import find_subject, key_terms, proper_nouns, write_b
 
 _MARKER = re.compile(r"\[\[ ## (\w+) ## \]\]")
 _COMPLETED = "[[ ## completed ## ]]"
+_RESPOND_OPENING = "Respond with the corresponding output fields"
 _RESPOND = re.compile(
-    r"Respond with the corresponding output fields, starting with the field (.*?)"
+    r"Respond with the corresponding output fields, starting with the field (.{0,4000}?)"
     r"and then ending with the marker for `\[\[ ## completed ## \]\]`\.?",
     re.DOTALL,
 )
@@ -43,7 +44,7 @@ _LITERAL = re.compile(r"^Literal\[(.*)\]$", re.DOTALL)
 # A ReAct tool in DSPy's instructions: "(1) get_weather, whose description is
 # <desc>...</desc>. It takes arguments {'city': {'type': 'string'}}."
 _REACT_TOOL = re.compile(
-    r"^\s*\(\d+\)\s+([\w.-]+), whose description is <desc>(.*?)</desc>\.\s*"
+    r"^[ \t]*\(\d+\)[ \t]+([\w.-]+), whose description is <desc>(.{0,4000}?)</desc>\.\s*"
     r"It takes arguments (\{[^\n]*\})\.?[ \t]*$",
     re.MULTILINE | re.DOTALL,
 )
@@ -98,7 +99,8 @@ def field_form(system: str, user: str) -> FieldForm | None:
         for block in _LISTED_OUTPUTS.findall(system)
         for name, annotation in _LISTED_FIELD.findall(block)
     }
-    asked = _RESPOND.search(user)
+    # DSPy asks once, at the end: one bounded match from the last opening.
+    asked = _RESPOND.match(user, max(0, user.rfind(_RESPOND_OPENING)))
     names = _MARKER.findall(asked.group(1)) if asked else list(listed)
     names = [n for n in names if n != "completed"]
     if not names:
@@ -130,7 +132,9 @@ def _output_field(name: str, annotation: str, note: str) -> OutputField:
 
 def _inputs(user: str, outputs: set[str]) -> dict[str, str]:
     """The user message's sections: ``{field: value}``, the closing request left out."""
-    user = _RESPOND.sub("", user)
+    opening = user.rfind(_RESPOND_OPENING)
+    if opening >= 0:
+        user = user[:opening] + _RESPOND.sub("", user[opening:], count=1)
     parts = _MARKER.split(user)
     # parts: text before the first marker, then (name, value) pairs. The trajectory's own
     # markers (thought_0, observation_0...) belong to the trajectory.

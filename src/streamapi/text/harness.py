@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import re
 
-# A tagged block: ``<name ...>...</name>``. Only names a harness uses (a hyphen or an
-# underscore in them, or a known word) are context: a user's own ``<b>bold</b>`` is not.
-_TAGGED = re.compile(r"<([A-Za-z][\w:.-]*)(?:\s[^<>]*)?>(.*?)</\1\s*>", re.DOTALL)
+# A tag, opening or closing: ``<name ...>``, ``</name>``. Only names a harness uses (a
+# hyphen or an underscore in them, or a known word) are context: a user's own
+# ``<b>bold</b>`` is not. Attributes are bounded, so each ``<`` costs a bounded look.
+_TAG = re.compile(r"<(/?)([A-Za-z][\w:.-]{0,63})(?:\s[^<>]{0,1000})?\s*>")
 _CONTEXT_NAMES = frozenset(
     "context environment instructions reminder system instructions_context".split()
 )
@@ -29,8 +30,10 @@ _ANNOUNCEMENTS = re.compile(r"^\s*(?:new task|task|user request|request)\s*:\s*$
 # DSPy's ChatAdapter frames a request in field markers, and closes it asking for its own:
 # the words are the fields' values.
 _FIELD_MARKER = re.compile(r"^\s*\[\[ ## \w+ ## \]\]\s*$", re.MULTILINE)
+_FIELDS_OPENING = "Respond with the corresponding output fields"
 _FIELDS_ASKED = re.compile(
-    r"Respond with the corresponding output fields.*?\[\[ ## completed ## \]\]`\.?", re.DOTALL
+    r"Respond with the corresponding output fields.{0,4000}?\[\[ ## completed ## \]\]`\.?",
+    re.DOTALL,
 )
 # A tool's result sent as a user message's text: smolagents' "Observation:" (and its
 # error report "Call id: ...\nError: ..."), ReAct-style transcripts' "Observation:".
@@ -50,23 +53,48 @@ def _is_context(name: str) -> bool:
 
 def user_words(text: str) -> str:
     """``text`` without the harness's tagged context and announcements; "" if nothing is left."""
-    text = text[:_MAX_SCAN_CHARS]
-
-    def replace(found: re.Match[str]) -> str:
-        name = found.group(1).lower()
-        if name in _REQUEST_TAGS:
-            return found.group(2)
-        return " " if _is_context(name) else found.group(0)
-
-    # Tags nest rarely and never deeply: a few passes take out the outer ones too.
-    for _ in range(3):
-        stripped = _TAGGED.sub(replace, text)
-        if stripped == text:
-            break
-        text = stripped
+    text = _without_context(text[:_MAX_SCAN_CHARS])
     text = _ANNOUNCEMENTS.sub("", text)
-    text = _FIELD_MARKER.sub("", _FIELDS_ASKED.sub("", text))
+    # DSPy asks for its fields once, at the end: only the last such request is looked at,
+    # so that a text repeating its opening words costs one bounded match.
+    asked = text.rfind(_FIELDS_OPENING)
+    if asked >= 0:
+        text = text[:asked] + _FIELDS_ASKED.sub("", text[asked:], count=1)
+    text = _FIELD_MARKER.sub("", text)
     return "\n".join(line.rstrip() for line in text.strip().splitlines() if line.strip())
+
+
+def _without_context(text: str) -> str:
+    """``text`` without its context blocks, and without the markup of tags that wrap the
+    request (their content stays). One pass over the tags: linear in the text."""
+    cuts: list[tuple[int, int]] = []
+    opened: dict[str, list[tuple[int, int]]] = {}
+    for found in _TAG.finditer(text):
+        name = found.group(2).lower()
+        if name not in _REQUEST_TAGS and not _is_context(name):
+            continue
+        if not found.group(1):
+            opened.setdefault(name, []).append((found.start(), found.end()))
+            continue
+        stack = opened.get(name)
+        if not stack:
+            continue  # a closing tag with no opening one: left as it is
+        start, inner = stack.pop()
+        if name in _REQUEST_TAGS:
+            cuts += [(start, inner), (found.start(), found.end())]
+        else:
+            cuts.append((start, found.end()))
+    if not cuts:
+        return text
+    kept: list[str] = []
+    position = 0
+    for start, end in sorted(cuts):
+        if start >= position:
+            kept.append(text[position:start])
+            kept.append(" ")
+        position = max(position, end)
+    kept.append(text[position:])
+    return "".join(kept)
 
 
 def observation(text: str) -> str | None:

@@ -93,8 +93,54 @@ def prompted_format(instructions: Sequence[str], *, json_mode: bool) -> Prompted
     if schema is None and example is not None:
         schema = schema_of_example(example)
     if schema is None:
+        schema = _schema_of_named_fields(instructions)
+    if schema is None:
         return None
     return PromptedFormat(schema, markdown=any(_ASKS_FOR_MARKDOWN.search(t) for t in instructions))
+
+
+# "as JSON with fields name, age and city", "JSON with the keys `title` and `summary`":
+# the names after the word, up to the end of the sentence.
+_NAMED_FIELDS = re.compile(
+    r"\bjson\b[^.\n]{0,60}?\b(?:fields?|keys?|properties|attributes|members)\b\s*:?\s*"
+    r"([^.\n]{1,300})",
+    re.IGNORECASE,
+)
+_FIELD_NAME = re.compile(r"[`'\"]?([A-Za-z_][\w-]{0,63})[`'\"]?")
+_NOT_NAMES = frozenset("and or the a an with of for each named called as only".split())
+_INTEGER_NAMES = frozenset("age year count number quantity population total id rank".split())
+_NUMBER_NAMES = frozenset(
+    "price cost amount score rating confidence probability latitude longitude percent".split()
+)
+
+
+def _schema_of_named_fields(instructions: Sequence[str]) -> dict[str, Any] | None:
+    """The object a prompt asks for by its fields' names, every field required; None if
+    it names none. A name says its type where it can (``age``, ``price``, ``is_open``)."""
+    for text in reversed(instructions):  # the user's own words win
+        found = _NAMED_FIELDS.search(text[:_MAX_SCAN_CHARS])
+        if found is None:
+            continue
+        names = [
+            name for name in _FIELD_NAME.findall(found.group(1)) if name.lower() not in _NOT_NAMES
+        ]
+        if not names:
+            continue
+        properties = {name: _named_type(name) for name in dict.fromkeys(names)}
+        return {"type": "object", "properties": properties, "required": list(properties)}
+    return None
+
+
+def _named_type(name: str) -> dict[str, Any]:
+    lowered = name.lower()
+    if lowered.startswith(("is_", "has_", "can_")):
+        return {"type": "boolean"}
+    last = re.split(r"[_-]", lowered)[-1]
+    if last in _INTEGER_NAMES:
+        return {"type": "integer", "minimum": 0}
+    if last in _NUMBER_NAMES:
+        return {"type": "number"}
+    return {"type": "string"}
 
 
 def schema_of_example(value: Any) -> dict[str, Any]:
