@@ -450,3 +450,68 @@ async def test_a_custom_tools_grammar_counts_in_the_prompt(client: httpx.AsyncCl
         body = {"input": "Hello", "tools": [tool], "tool_choice": "none"}
         counts.append((await client.post(RESPONSES, json=body)).json()["usage"]["input_tokens"])
     assert counts[1] > counts[0] + 100  # the Lark grammar is ~170 tokens of the prompt
+
+
+async def test_mid_conversation_tool_changes_add_and_withdraw_tools(
+    client: httpx.AsyncClient,
+) -> None:
+    deferred = {"name": "Deploy", "defer_loading": True, "input_schema": {"type": "object"}}
+    read = {"name": "Read", "input_schema": {"type": "object"}}
+    added = {"name": "Lint", "input_schema": {"type": "object"}}
+
+    def turn(*blocks: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {"role": "user", "content": "Go"},
+            {"role": "system", "content": [{"type": "text", "text": "Tools changed."}, *blocks]},
+        ]
+
+    async def status(messages: list[dict[str, Any]], name: str) -> int:
+        body = _message(
+            messages=messages, tools=[deferred, read], tool_choice={"type": "tool", "name": name}
+        )
+        return (await client.post(MESSAGES, json=body)).status_code
+
+    load = {"type": "tool_addition", "tool": {"type": "tool_reference", "name": "Deploy"}}
+    define = {"type": "tool_addition", "tool": {"type": "tool_definition", "definition": added}}
+    withdraw = {"type": "tool_removal", "tool": {"type": "tool_reference", "name": "Read"}}
+    assert await status(turn(), "Deploy") == 400
+    assert await status(turn(load), "Deploy") == 200
+    assert await status(turn(define), "Lint") == 200
+    assert await status(turn(), "Read") == 200
+    assert await status(turn(withdraw), "Read") == 400
+    bad = {"type": "tool_addition", "tool": {"type": "tool_definition", "definition": {"x": 1}}}
+    assert await status(turn(bad), "Read") == 400
+
+
+async def test_a_deferred_responses_tool_is_callable_once_the_conversation_loads_it(
+    client: httpx.AsyncClient,
+) -> None:
+    deploy = {
+        "type": "function",
+        "name": "deploy",
+        "defer_loading": True,
+        "parameters": {"type": "object"},
+        "strict": False,
+    }
+    lint = {"type": "function", "name": "lint", "parameters": {"type": "object"}, "strict": False}
+    search = {"type": "tool_search", "execution": "client"}
+
+    async def status(items: list[dict[str, Any]], name: str) -> int:
+        body = {
+            "input": [{"role": "user", "content": "Ship it"}, *items],
+            "tools": [deploy, search],
+            "tool_choice": {"type": "function", "name": name},
+        }
+        return (await client.post(RESPONSES, json=body)).status_code
+
+    found = {
+        "type": "tool_search_output",
+        "execution": "client",
+        "call_id": "ts_1",
+        "tools": [deploy],
+    }
+    more = {"type": "additional_tools", "role": "developer", "tools": [lint]}
+    assert await status([], "deploy") == 400
+    assert await status([found], "deploy") == 200
+    assert await status([], "lint") == 400
+    assert await status([more], "lint") == 200

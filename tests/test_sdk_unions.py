@@ -21,21 +21,25 @@ import typing_extensions
 from anthropic.types import (
     content_block_param,
     message_param,
+    tool_choice_param,
     tool_result_block_param as anthropic_tool_result,
     tool_union_param,
 )
 from anthropic.types.beta import (
     beta_content_block_param,
     beta_message_param,
+    beta_tool_choice_param,
     beta_tool_result_block_param,
     beta_tool_union_param,
 )
 from openai.types.chat import (
     chat_completion_content_part_param,
     chat_completion_message_param,
+    chat_completion_tool_choice_option_param,
     chat_completion_tool_union_param,
 )
 from openai.types.responses import (
+    response_create_params,
     response_input_content_param,
     response_input_item_param,
     tool_param,
@@ -172,10 +176,8 @@ def _first_literal(annotation: Any) -> Any:
     return None
 
 
-def build(member: Any) -> dict[str, Any]:
-    value = Examples().of(member)
-    assert isinstance(value, dict)
-    return value
+def build(member: Any) -> Any:
+    return Examples().of(member)
 
 
 # --- what each union's example is sent in -------------------------------------------------
@@ -218,6 +220,31 @@ def responses_tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 def responses_content(part: dict[str, Any]) -> dict[str, Any]:
     return {"model": OPENAI_MODEL, "input": [{"role": "user", "content": [part]}]}
+
+
+def responses_tool_choice(choice: Any) -> dict[str, Any]:
+    # A named choice names the tool offered: "x" as a function, a custom tool and an MCP one.
+    tools = [
+        {"type": "function", "name": "x", "parameters": None, "strict": None},
+        {"type": "shell"},
+        {"type": "apply_patch"},
+        {"type": "mcp", "server_label": "x"},
+    ]
+    if isinstance(choice, dict) and choice.get("type") == "custom":
+        tools[0] = {"type": "custom", "name": "x"}
+    return {"model": OPENAI_MODEL, "input": "Hello", "tools": tools, "tool_choice": choice}
+
+
+def chat_tool_choice(choice: Any) -> dict[str, Any]:
+    tool: dict[str, Any] = {"type": "function", "function": {"name": "x"}}
+    if isinstance(choice, dict) and choice.get("type") == "custom":
+        tool = {"type": "custom", "custom": {"name": "x"}}
+    return {**chat_tool(tool), "tool_choice": choice}
+
+
+def anthropic_tool_choice(choice: Any) -> dict[str, Any]:
+    tool = {"name": "x", "input_schema": {"type": "object"}}
+    return {**anthropic_tool(tool), "tool_choice": choice}
 
 
 def chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
@@ -298,6 +325,30 @@ UNIONS: list[tuple[str, Any, str, Any]] = [
         "/v1/chat/completions",
         chat_content,
     ),
+    (
+        "responses ToolChoice",
+        response_create_params.ToolChoice,
+        "/v1/responses",
+        responses_tool_choice,
+    ),
+    (
+        "chat ChatCompletionToolChoiceOptionParam",
+        chat_completion_tool_choice_option_param.ChatCompletionToolChoiceOptionParam,
+        "/v1/chat/completions",
+        chat_tool_choice,
+    ),
+    (
+        "messages ToolChoiceParam",
+        tool_choice_param.ToolChoiceParam,
+        "/v1/messages",
+        anthropic_tool_choice,
+    ),
+    (
+        "messages BetaToolChoiceParam",
+        beta_tool_choice_param.BetaToolChoiceParam,
+        "/v1/messages",
+        anthropic_tool_choice,
+    ),
     ("messages ToolUnionParam", tool_union_param.ToolUnionParam, "/v1/messages", anthropic_tool),
     (
         "messages BetaToolUnionParam",
@@ -339,10 +390,36 @@ UNIONS: list[tuple[str, Any, str, Any]] = [
 ]
 
 
+def variants(member: Any) -> Iterator[tuple[str, Any]]:
+    """One example per value of the member's ``type`` literal (dated aliases included), or
+    the literal itself for a member that is a string literal (``"auto"``...)."""
+    if get_origin(member) is Literal:
+        for value in get_args(member):
+            yield f"{value}", value
+        return
+    example = build(member)
+    hint = _hints(member).get("type")
+    values = _literals(hint) if hint is not None else []
+    if len(values) <= 1:
+        yield type_name(member), example
+    for value in values if len(values) > 1 else ():
+        yield f"type={value}", {**example, "type": value}
+
+
+def _literals(annotation: Any) -> list[Any]:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return list(args)
+    if origin in _WRAPPERS or origin is typing.Annotated or origin in (Union, types.UnionType):
+        return [value for arg in args for value in _literals(arg)]
+    return []
+
+
 def cases() -> Iterator[Any]:
     for label, union, path, wrap in UNIONS:
         for member in members(union):
-            yield pytest.param(path, wrap(build(member)), id=f"{label}:{type_name(member)}")
+            for name, example in variants(member):
+                yield pytest.param(path, wrap(example), id=f"{label}:{name}")
 
 
 CASES = list(cases())

@@ -152,8 +152,10 @@ class MessageParam(Request):
             raise ValueError("a user message needs content")
         if self.role == "system" and not isinstance(self.content, str):
             for block in self.content or ():
-                if not isinstance(block, TextBlock):
-                    raise ValueError(f"a system message holds text only, not '{block.type}'")
+                if block.type not in ("text", "tool_addition", "tool_removal"):
+                    raise ValueError(
+                        f"a system message holds text and tool changes only, not '{block.type}'"
+                    )
         return self
 
 

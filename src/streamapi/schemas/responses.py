@@ -141,8 +141,6 @@ HISTORY_ITEM_TYPES = (
     "computer_call_output",
     "web_search_call",
     "tool_search_call",
-    "tool_search_output",
-    "additional_tools",
     "configuration_update",
     "image_generation_call",
     "code_interpreter_call",
@@ -222,6 +220,8 @@ InputItem = Annotated[
     | Annotated[ApplyPatchCallOutputItem, Tag("apply_patch_call_output")]
     | Annotated[ReasoningItem, Tag("reasoning")]
     | Annotated[CompactionItem, Tag("compaction")]
+    | Annotated["ToolsItem", Tag("tool_search_output")]
+    | Annotated["ToolsItem", Tag("additional_tools")]
     | Annotated[HistoryItem, Tag("history")],
     Discriminator(_item_tag),
 ]
@@ -304,6 +304,16 @@ ResponsesTool = Annotated[
 ]
 
 
+class ToolsItem(Request):
+    """Tools the conversation loads: a client tool search's output, or additional tools.
+
+    They are callable from then on, deferred ones (``defer_loading``) included.
+    """
+
+    type: Literal["tool_search_output", "additional_tools"]
+    tools: list[ResponsesTool]
+
+
 class NamedFunctionChoice(Request):
     type: Literal["function", "custom"]
     name: str
@@ -324,7 +334,7 @@ class AllowedToolsChoice(Request):
 class HostedToolChoice(Request):
     """A hosted tool (or an MCP server's): the simulator never calls those, so ``auto``."""
 
-    type: Literal[(*HOSTED_TOOL_TYPES, "mcp")]  # type: ignore[valid-type]
+    type: Literal[(*HOSTED_TOOL_TYPES, "computer_use")]  # type: ignore[valid-type]
 
 
 ToolChoiceParam = Annotated[

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from streamapi import sse
 from streamapi.engines.protocol import (
@@ -36,18 +36,21 @@ from streamapi.engines.protocol import (
 )
 from streamapi.errors import APIError, InvalidRequestError
 from streamapi.schemas.anthropic import (
+    AnyTool,
     ContextManagement,
     DocumentBlock,
     ImageBlock,
     MessageCreateRequest,
     MessageParam,
     SearchResultBlock,
+    ServerResultBlock,
     ServerToolUseBlock,
     TextBlock,
     Tool,
     ToolReferenceBlock,
     ToolResultBlock,
     ToolUseBlock,
+    VersionedTool,
 )
 from streamapi.serving.client_tools import anthropic_client_tool
 from streamapi.serving.generation import Admission, Generation, Job
@@ -94,12 +97,12 @@ class MessageService:
         """Check everything that can fail before the first byte."""
         generation = self._generation
         model = generation.resolve_model(request.model)
-        messages, marked, loaded = _conversation(
+        messages, marked, changes = _conversation(
             request.system,
             request.messages,
             lambda param: generation.image_tokens(model, None, param=param),
         )
-        tools = _tools(request, loaded)
+        tools = _tools(request, changes)
         choice = request.tool_choice
         if choice is None:
             tool_choice = "auto" if tools else "none"
@@ -357,14 +360,57 @@ def _output_format(request: MessageCreateRequest) -> OutputFormat:
     return OutputFormat("json_schema", schema)
 
 
-def _tools(request: MessageCreateRequest, loaded: set[str]) -> tuple[ToolSpec, ...]:
+@dataclass(slots=True)
+class _ToolChanges:
+    """What the conversation did to the tools: loaded deferred ones (``tool_reference``
+    results, ``tool_addition`` blocks), added definitions, and withdrawn ones."""
+
+    loaded: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
+    added: list[Tool | VersionedTool] = field(default_factory=list)
+
+    def apply(self, block: ServerResultBlock) -> None:
+        tool = (block.model_extra or {}).get("tool")
+        if not isinstance(tool, dict):
+            return
+        name = tool.get("name")
+        if block.type == "tool_removal":
+            if isinstance(name, str):
+                self.removed.add(name)
+                self.loaded.discard(name)
+            return
+        if tool.get("type") == "tool_definition" and isinstance(tool.get("definition"), dict):
+            try:
+                definition = _TOOL.validate_python(tool["definition"])
+            except ValidationError as exc:
+                raise InvalidRequestError(
+                    f"Invalid tool definition in a tool_addition block: {exc.errors()[0]['msg']}",
+                    param="messages",
+                ) from None
+            self.added.append(definition)
+            name = definition.name
+        if isinstance(name, str):
+            self.loaded.add(name)
+            self.removed.discard(name)
+
+
+_TOOL_CHANGES = frozenset({"tool_addition", "tool_removal"})
+_TOOL: TypeAdapter[Tool | VersionedTool] = TypeAdapter(AnyTool)
+
+
+def _tools(request: MessageCreateRequest, changes: _ToolChanges) -> tuple[ToolSpec, ...]:
     """The tools the engine may call: the client's own, and Anthropic's client tools.
 
-    A ``defer_loading`` tool is callable once a ``tool_reference`` block loaded it;
+    A ``defer_loading`` tool is callable once a ``tool_reference`` block (or a
+    ``tool_addition``) loaded it, and no longer once a ``tool_removal`` withdrew it;
     server tools (web search, code execution...) are never called.
     """
+    loaded = changes.loaded
     specs = []
-    for index, tool in enumerate(request.tools or ()):
+    offered = [*(request.tools or ()), *changes.added]
+    for index, tool in enumerate(offered):
+        if tool.name in changes.removed:
+            continue
         if isinstance(tool, Tool):
             if tool.defer_loading and tool.name not in loaded:
                 continue
@@ -469,13 +515,12 @@ def _conversation(
     system: str | list[TextBlock] | None,
     messages: list[MessageParam],
     image_cost: Callable[[str], int],
-) -> tuple[tuple[PromptMessage, ...], list[tuple[int, float]], set[str]]:
+) -> tuple[tuple[PromptMessage, ...], list[tuple[int, float]], _ToolChanges]:
     """The engine's messages, the cache breakpoints among them (how many messages each
-    covers, and its lifetime), and the deferred tools that ``tool_reference`` blocks
-    loaded."""
+    covers, and its lifetime), and the changes the conversation made to the tools."""
     out: list[PromptMessage] = []
     marks: list[tuple[int, float]] = []
-    loaded: set[str] = set()
+    changes = _ToolChanges()
     if system:
         text = system if isinstance(system, str) else "\n".join(b.text for b in system)
         out.append(PromptMessage("system", text))
@@ -508,11 +553,15 @@ def _conversation(
                 texts.append(f"{block.name}({json.dumps(block.input)})")  # run by the server
             elif isinstance(block, DocumentBlock | SearchResultBlock):
                 texts.append(_part_text(block))
+            elif isinstance(block, ServerResultBlock) and block.type in _TOOL_CHANGES:
+                changes.apply(block)
             elif isinstance(block, ToolResultBlock):
                 results = True
                 content = block.content
                 parts = [] if isinstance(content, str) else list(content or ())
-                loaded.update(p.tool_name for p in parts if isinstance(p, ToolReferenceBlock))
+                changes.loaded.update(
+                    p.tool_name for p in parts if isinstance(p, ToolReferenceBlock)
+                )
                 result_images = [
                     image_cost(f"{where}.content[{part_index}].type")
                     for part_index, part in enumerate(parts)
@@ -542,4 +591,4 @@ def _conversation(
             )
         if marked:
             marks.append((len(out), _ttl_s(marked[-1])))
-    return tuple(out), marks, loaded
+    return tuple(out), marks, changes

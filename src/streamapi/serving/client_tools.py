@@ -23,7 +23,7 @@ block:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,13 +79,28 @@ class ToolBook:
         return self.item_types.get(name, "function_call")
 
 
-def responses_tools(tools: list[Any]) -> ToolBook:
-    """The engine's tools for a Responses ``tools`` list (``schemas.responses`` models)."""
+def responses_tools(tools: list[Any], loaded: Sequence[Any] = ()) -> ToolBook:
+    """The engine's tools for a Responses ``tools`` list (``schemas.responses`` models).
+
+    A ``defer_loading`` tool is left out until the conversation loads it: ``loaded``
+    holds the tools of its ``tool_search_output`` and ``additional_tools`` items,
+    each callable whatever its own ``defer_loading``.
+    """
     specs: list[ToolSpec] = []
     item_types: dict[str, str] = {}
     namespaces: dict[str, str] = {}
+    loaded_names = {
+        inner.name
+        for tool in loaded
+        for inner in getattr(tool, "tools", None) or [tool]
+        if hasattr(inner, "name")
+    }
+    seen: set[str] = set()
 
-    def add(tool: Any, param: str, namespace: str | None = None) -> None:
+    def add(tool: Any, param: str, namespace: str | None = None, *, load: bool = False) -> None:
+        if tool.name in seen or (tool.defer_loading and not load and tool.name not in loaded_names):
+            return
+        seen.add(tool.name)
         if tool.type == "function":
             specs.append(tool_spec(tool.name, tool.description, tool.parameters, param=param))
         else:
@@ -95,13 +110,17 @@ def responses_tools(tools: list[Any]) -> ToolBook:
         if namespace is not None:
             namespaces[tool.name] = namespace
 
-    for index, tool in enumerate(tools):
+    offered = [(tool, f"tools[{i}]", False) for i, tool in enumerate(tools)]
+    offered += [(tool, "input", True) for tool in loaded]
+    for tool, where, load in offered:
         if tool.type in ("function", "custom"):
-            add(tool, f"tools[{index}].parameters")
+            add(tool, f"{where}.parameters", load=load)
         elif tool.type == "namespace":
             for inner_index, inner in enumerate(tool.tools):
-                add(inner, f"tools[{index}].tools[{inner_index}].parameters", tool.name)
-        elif tool.type in RESPONSES_BUILTINS:
+                param = f"{where}.tools[{inner_index}].parameters"
+                add(inner, param, tool.name, load=load)
+        elif tool.type in RESPONSES_BUILTINS and tool.type not in seen:
+            seen.add(tool.type)
             description, schema = RESPONSES_BUILTINS[tool.type]
             specs.append(ToolSpec(tool.type, description, schema))
             item_types[tool.type] = _ITEM_TYPES[tool.type]

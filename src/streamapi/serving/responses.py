@@ -60,6 +60,7 @@ from streamapi.schemas.responses import (
     ShellCallOutputItem,
     TextFormatJSONObject,
     TextFormatJSONSchema,
+    ToolsItem,
 )
 from streamapi.serving import compaction
 from streamapi.serving.client_tools import ToolBook, builtin_action, responses_tools
@@ -183,17 +184,19 @@ class ResponseService:
         generation = self._generation
         model = generation.resolve_model(request.model)
         history, call_names = self._history(request.previous_response_id, session)
+        loaded: list[Any] = []
         messages = [
             *history,
             *_input_messages(
                 request.input,
                 call_names,
                 lambda detail, param: generation.image_tokens(model, detail, param=param),
+                loaded,
             ),
         ]
         if request.instructions:
             messages.insert(0, PromptMessage("system", request.instructions))
-        book = responses_tools(request.tools or [])
+        book = responses_tools(request.tools or [], loaded)
         tools = book.specs
         choice = request.tool_choice
         tool_choice = _tool_choice(choice, called=bool(tools), offered=bool(request.tools))
@@ -749,8 +752,10 @@ def _input_messages(
     value: str | list[Any],
     call_names: dict[str, str],
     image_cost: Callable[[str | None, str], int],
+    loaded: list[Any] | None = None,
 ) -> list[PromptMessage]:
-    """The prompt messages of ``input``; ``call_names`` gains the calls it makes.
+    """The prompt messages of ``input``; ``call_names`` gains the calls it makes, and
+    ``loaded`` the tools its ``tool_search_output`` and ``additional_tools`` items load.
 
     A tool call's output must answer a call made earlier in the conversation
     (as OpenAI checks it): one that answers nothing is a 400. Hosted tools'
@@ -811,6 +816,9 @@ def _input_messages(
                     "The encrypted content of this reasoning item could not be verified.",
                     param=f"input[{index}].encrypted_content",
                 )
+        elif isinstance(item, ToolsItem):
+            if loaded is not None:
+                loaded += item.tools
         elif isinstance(item, CompactionItem):
             restored = compaction.decode(item.encrypted_content)
             if restored is None:
