@@ -668,3 +668,35 @@ async def test_aider_questions_get_prose(client: httpx.AsyncClient) -> None:
     body = aider_request("Why is hello() printing to stdout?", {"hello.py": HELLO})
     answer = (await client.post(CHAT, json=body)).json()["choices"][0]["message"]["content"]
     assert "<<<<<<< SEARCH" not in answer
+
+
+async def test_codex_context_messages_are_not_the_request(client: httpx.AsyncClient) -> None:
+    """Codex CLI sends its instructions and environment as user messages before the prompt."""
+    shell = {
+        "type": "function",
+        "name": "shell",
+        "description": "Runs a shell command and returns its output.",
+        "parameters": schema({"command": {"type": "array", "items": STRING}, "workdir": STRING}),
+    }
+    plan = {
+        "type": "function",
+        "name": "update_plan",
+        "description": "Updates the task plan.",
+        "parameters": schema({"plan": {"type": "array", "items": STRING}}),
+    }
+    context = [
+        "# AGENTS.md instructions for /repo\n\n<INSTRUCTIONS>\nRun the shell tool to test; "
+        "update the plan often.\n</INSTRUCTIONS>",
+        "<environment_context>\n  <cwd>/repo</cwd>\n  <shell>bash</shell>\n</environment_context>",
+    ]
+    items: list[dict[str, Any]] = [
+        {"type": "message", "role": "developer", "content": "You are Codex, a coding agent."},
+        *({"type": "message", "role": "user", "content": text} for text in context),
+        {"type": "message", "role": "user", "content": "Say hello in one short sentence."},
+    ]
+    body = {"model": "gpt-5-codex", "input": items, "tools": [shell, plan], "seed": 1}
+    response = (await client.post(RESPONSES, json=body)).json()
+    assert [item["type"] for item in response["output"]] == ["message"]
+    text = response["output"][0]["content"][0]["text"]
+    assert text.count(".") == 1
+    assert "environment" not in text.lower() and "instructions" not in text.lower()

@@ -89,9 +89,14 @@ async def test_a_claude_code_session_writes_then_reads_up_to_its_breakpoints(
     assert cold["input_tokens"] == 3
     assert cold["cache_creation_input_tokens"] == prompt_size(cold) - 3
     warm = (await client.post(MESSAGES, json=claude_code_turn(ask))).json()["usage"]
+    assert cold["cache_creation"] == {
+        "ephemeral_5m_input_tokens": cold["cache_creation_input_tokens"],
+        "ephemeral_1h_input_tokens": 0,
+    }
     assert warm == cold | {
         "cache_read_input_tokens": cold["cache_creation_input_tokens"],
         "cache_creation_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
         "output_tokens": warm["output_tokens"],
     }
     # The next turn reads the last one's entry (found looking back from its breakpoint)
@@ -153,3 +158,16 @@ async def test_a_breakpoint_on_the_last_tool_caches_the_tools_alone(
     assert second["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
     assert second["cache_creation_input_tokens"] == 0
     assert second["input_tokens"] == prompt_size(second) - second["cache_read_input_tokens"]
+
+
+async def test_what_is_written_is_told_apart_by_lifetime(client: httpx.AsyncClient) -> None:
+    """A 1-hour breakpoint on the system prompt, a 5-minute one on the last message."""
+    ask = {"role": "user", "content": [text_block("Say hello.")]}
+    body = claude_code_turn(ask)
+    body["system"][-1]["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+    usage = (await client.post(MESSAGES, json=body)).json()["usage"]
+    hour = usage["cache_creation"]["ephemeral_1h_input_tokens"]
+    five = usage["cache_creation"]["ephemeral_5m_input_tokens"]
+    assert hour > 4000  # the tools and the long system prompt
+    assert 0 < five < 20  # the user's message
+    assert hour + five == usage["cache_creation_input_tokens"]

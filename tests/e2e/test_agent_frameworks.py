@@ -72,8 +72,12 @@ def get_weather(city: str) -> str:
     return f"Sunny, 18 C in {city}"
 
 
+ASKED: list[str] = []
+
+
 def weather(city: str) -> str:
     """Get the current weather in a city."""
+    ASKED.append(city)
     return f"Sunny, 18 C in {city}"
 
 
@@ -98,8 +102,9 @@ def test_smolagents_agent_finishes_unscripted(
     result = agent.run(WEATHER_QUESTION, return_full_result=True)
     count = finished(server, requests, f"smolagents {agent_class.__name__}")
     assert result.state == "success", (result.state, result.output)
-    assert str(result.output).strip()
-    assert count <= MAX_STEPS
+    # It called the tool, then answered with its result: two requests.
+    assert str(result.output) == "Sunny, 18 C in Paris"
+    assert count == 2
 
 
 # --- DSPy -------------------------------------------------------------------------------
@@ -118,9 +123,11 @@ def lm(server: ServerProcess) -> Iterator[Any]:
 def test_dspy_predict_fills_its_output_field(
     server: ServerProcess, requests: list[dict[str, Any]], lm: Any
 ) -> None:
-    answer = dspy.Predict("question -> answer")(question="What is the capital of France?")
-    assert finished(server, requests, "dspy Predict") == 1
+    predict = dspy.Predict("question -> answer: str, confidence: float")
+    answer = predict(question="What is the capital of France?")
+    assert finished(server, requests, "dspy Predict") == 1  # ChatAdapter read it at once
     assert answer.answer.strip()
+    assert 0 <= answer.confidence <= 1
 
 
 def test_dspy_chain_of_thought_fills_reasoning_and_answer(
@@ -136,7 +143,10 @@ def test_dspy_react_calls_its_tool_and_finishes(
     server: ServerProcess, requests: list[dict[str, Any]], lm: Any
 ) -> None:
     react = dspy.ReAct("question -> answer", tools=[weather], max_iters=MAX_STEPS)
+    ASKED.clear()
     answer = react(question=WEATHER_QUESTION)
+    assert ASKED == ["Paris"]
+    assert "Sunny, 18 C in Paris" in answer.answer
     count = finished(server, requests, "dspy ReAct")
     tools = [value for key, value in answer.trajectory.items() if key.startswith("tool_name_")]
     # It finished by its own choice, before running out of iterations.

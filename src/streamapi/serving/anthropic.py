@@ -59,6 +59,7 @@ from streamapi.serving.prompt_cache import (
     TTL_S,
     Boundary,
     Breakpoint,
+    CacheUse,
     PromptCache,
     boundaries,
     minimum_cacheable_tokens,
@@ -135,24 +136,26 @@ class MessageService:
             reasoning=generation.reasons(model, asked),
         )
         job = generation.job([template], id_prefix="msg_")
-        points = boundaries(model, tools, messages)
         # Tools come first in the prompt, then the messages (the system prompt first).
         marks = [
             Breakpoint(i, _ttl_s(t)) for i, t in enumerate(request.tools or ()) if _cache_control(t)
         ]
         marks += [Breakpoint(len(tools) + count - 1, ttl) for count, ttl in marked if count]
         automatic = (request.model_extra or {}).get("cache_control")
-        if automatic and points:
-            marks.append(Breakpoint(len(points) - 1, _ttl_s(automatic)))  # the whole prompt
+        last = len(tools) + len(messages) - 1
+        if automatic and last >= 0:
+            marks.append(Breakpoint(last, _ttl_s(automatic)))  # the whole prompt
+        # No caching asked for: no need to measure the prompt.
+        points = tuple(boundaries(model, tools, messages)) if marks else ()
         return MessageJob(
             job,
-            tuple(points),
+            points,
             tuple(marks),
             omit_thinking=thinking is not None and thinking.display == "omitted",
             context_management=_applied_edits(request, job.prompt_tokens),
         )
 
-    def _cache_use(self, message: MessageJob) -> tuple[int, int]:
+    def _cache_use(self, message: MessageJob) -> CacheUse:
         """Tokens read from and written to the prompt cache by this request, now."""
         minimum = minimum_cacheable_tokens(message.job.model)
         return self._cache.use(message.cache_points, message.cache_marks, minimum)
@@ -213,7 +216,7 @@ class _Block:
 class _Blocks:
     """Builds one message's content blocks and their events."""
 
-    def __init__(self, message: MessageJob, cache: tuple[int, int] = (0, 0)) -> None:
+    def __init__(self, message: MessageJob, cache: CacheUse) -> None:
         self._job = job = message.job
         self._cache = cache
         self._omit_thinking = message.omit_thinking
@@ -279,14 +282,20 @@ class _Blocks:
             "content": list(self.content),
             "stop_reason": self.stop_reason,
             "stop_sequence": self.stop_sequence,
-            "usage": self.usage_body(),
+            "usage": {**self.usage_body(), "cache_creation": self._cache_creation()},
         }
+
+    def _cache_creation(self) -> dict[str, int]:
+        """What was written, by lifetime (the Message's ``usage.cache_creation``)."""
+        written = self.usage_body()["cache_creation_input_tokens"]
+        hour = min(self._cache.written_1h, written)
+        return {"ephemeral_5m_input_tokens": written - hour, "ephemeral_1h_input_tokens": hour}
 
     def usage_body(self) -> dict[str, int]:
         """Anthropic's usage: ``input_tokens`` are the prompt tokens neither read nor written."""
         usage = self.usage
-        read = min(self._cache[0], usage.prompt_tokens)
-        written = min(self._cache[1], usage.prompt_tokens - read)
+        read = min(self._cache.read, usage.prompt_tokens)
+        written = min(self._cache.written, usage.prompt_tokens - read)
         return {
             "input_tokens": usage.prompt_tokens - read - written,
             "output_tokens": usage.completion_tokens,

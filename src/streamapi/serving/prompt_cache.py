@@ -89,6 +89,16 @@ def boundaries(
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class CacheUse:
+    """What one request read from the cache and wrote to it, in prompt tokens."""
+
+    read: int = 0
+    written: int = 0
+    written_1h: int = 0
+    """The part of ``written`` kept an hour (up to the last ``ttl: "1h"`` breakpoint)."""
+
+
 class PromptCache:
     """The entries written so far, least recently used first, bounded in number."""
 
@@ -98,10 +108,10 @@ class PromptCache:
 
     def use(
         self, points: Sequence[Boundary], marks: Sequence[Breakpoint], minimum: int
-    ) -> tuple[int, int]:
-        """Read and write the cache for one request: ``(tokens read, tokens written)``."""
+    ) -> CacheUse:
+        """Read and write the cache for one request."""
         if not marks or not points:
-            return 0, 0
+            return CacheUse()
         now = self._clock()
         read = 0
         for mark in marks:
@@ -125,5 +135,7 @@ class PromptCache:
                 self._entries.move_to_end(point.key)
         while len(self._entries) > _MAX_ENTRIES:
             self._entries.popitem(last=False)
-        written = max(0, last - read) if last >= minimum else 0
-        return read, written
+        if last < minimum:
+            return CacheUse(read)
+        hour = max((points[m.boundary].tokens for m in marks if m.ttl_s >= LONG_TTL_S), default=0)
+        return CacheUse(read, max(0, last - read), max(0, hour - read))
