@@ -262,3 +262,21 @@ def test_claude_code_like_thinking_omitted_streams_no_thinking(anthropic_client:
     assert "thinking_delta" not in deltas and "signature_delta" in deltas
     thinking = final.content[0]
     assert thinking.type == "thinking" and thinking.thinking == "" and thinking.signature
+
+
+def test_builtin_client_tools_stream_through_the_sdk_helper(openai_client: OpenAI) -> None:
+    for tool, kind in (
+        ("shell", "shell_call"),
+        ("local_shell", "local_shell_call"),
+        ("apply_patch", "apply_patch_call"),
+    ):
+        tools: list[Any] = [{"type": tool}]
+        with openai_client.responses.stream(
+            model="gpt-5.5", input="Do it", tools=tools, tool_choice="required"
+        ) as stream:
+            kinds = [event.type for event in stream]
+            final = stream.get_final_response()
+        assert [item.type for item in final.output] == [kind]
+        assert kinds[-1] == "response.completed"
+        if kind == "shell_call":
+            assert "response.shell_call_command.done" in kinds

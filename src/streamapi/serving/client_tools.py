@@ -162,6 +162,15 @@ _EDITOR = {
     },
     "required": ["command", "path"],
 }
+# The memory tool works under /memories, as Anthropic documents it.
+_MEMORY = {
+    "type": "object",
+    "properties": {
+        "command": {"const": "view"},
+        "path": {"type": "string", "pattern": r"^/memories(/[a-z][a-z0-9_]{0,15}\.md)?$"},
+    },
+    "required": ["command", "path"],
+}
 _COMPUTER = {
     "type": "object",
     "properties": {"action": {"const": "screenshot"}},
@@ -171,7 +180,7 @@ _COMPUTER = {
 ANTHROPIC_CLIENT_TOOLS: dict[str, tuple[str, dict[str, Any]]] = {
     "bash": ("Run a shell command.", _BASH),
     "text_editor": ("View and edit text files.", _EDITOR),
-    "memory": ("Read and write the memory directory.", {**_EDITOR}),
+    "memory": ("Read and write the memory directory.", _MEMORY),
     "computer": ("Use the computer's screen, keyboard and mouse.", _COMPUTER),
 }
 
