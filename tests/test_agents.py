@@ -700,3 +700,57 @@ async def test_codex_context_messages_are_not_the_request(client: httpx.AsyncCli
     text = response["output"][0]["content"][0]["text"]
     assert text.count(".") == 1
     assert "environment" not in text.lower() and "instructions" not in text.lower()
+
+
+# --- smolagents' CodeAgent: actions as code ----------------------------------------------------
+
+CODE_AGENT_SYSTEM = '''You are an expert assistant who can solve any task using code blobs.
+Then in the Code sequence you should write the code in simple Python. The code sequence must \
+be opened with '<code>', and closed with '</code>'.
+You only have access to these tools, behaving like regular python functions:
+<code>
+def get_weather(city: string) -> string:
+    """Get the current weather in a city.
+
+    Args:
+        city: The city name.
+    """
+
+def final_answer(answer: any) -> any:
+    """Provides a final answer to the given problem.
+
+    Args:
+        answer: The final answer to the problem
+    """
+
+</code>'''
+
+
+async def test_smolagents_code_agent_calls_the_tool_in_code_then_answers(
+    client: httpx.AsyncClient,
+) -> None:
+    async def step(*history: dict[str, Any]) -> str:
+        messages = [
+            {"role": "system", "content": CODE_AGENT_SYSTEM},
+            {"role": "user", "content": "New task:\nWhat is the weather in Paris?"},
+            *history,
+        ]
+        body = {"messages": messages, "stop": ["Observation:", "Calling tools:", "</code>"]}
+        response = await client.post(CHAT, json=body)
+        text: str = response.json()["choices"][0]["message"]["content"]
+        # smolagents closes the block the stop sequence cut, then runs what is inside.
+        found = re.search(r"<code>\n(.*?)\n$", text, re.DOTALL)
+        assert text.startswith("Thought: ") and found is not None, text
+        return found.group(1)
+
+    first = await step()
+    assert first == "result = get_weather(city='Paris')\nprint(result)"
+    second = await step(
+        {"role": "assistant", "content": f"Thought: ...\n<code>\n{first}\n</code>"},
+        {
+            "role": "user",
+            "content": "Observation:\nExecution logs:\nSunny, 21 C in Paris\n"
+            "Last output from code snippet:\nNone",
+        },
+    )
+    assert second == "final_answer('Sunny, 21 C in Paris')"

@@ -84,16 +84,7 @@ def weather(city: str) -> str:
 # --- smolagents -----------------------------------------------------------------------
 
 
-CODE_AGENT_UNFINISHED = pytest.mark.xfail(
-    strict=True,
-    reason="issue 25 item 2: the simulator does not yet answer CodeAgent's 'Thought: ... <code>"
-    "...</code>' format (it answers 'Paris'), so the agent runs out of steps",
-)
-
-
-@pytest.mark.parametrize(
-    "agent_class", [ToolCallingAgent, pytest.param(CodeAgent, marks=CODE_AGENT_UNFINISHED)]
-)
+@pytest.mark.parametrize("agent_class", [ToolCallingAgent, CodeAgent])
 def test_smolagents_agent_finishes_unscripted(
     server: ServerProcess, requests: list[dict[str, Any]], agent_class: Any
 ) -> None:
@@ -102,7 +93,7 @@ def test_smolagents_agent_finishes_unscripted(
     result = agent.run(WEATHER_QUESTION, return_full_result=True)
     count = finished(server, requests, f"smolagents {agent_class.__name__}")
     assert result.state == "success", (result.state, result.output)
-    # It called the tool, then answered with its result: two requests.
+    # It called the tool (CodeAgent: in a code block), then answered with its result.
     assert str(result.output) == "Sunny, 18 C in Paris"
     assert count == 2
 

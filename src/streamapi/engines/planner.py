@@ -36,6 +36,7 @@ from streamapi.engines.protocol import (
     ToolSpec,
 )
 from streamapi.engines.turns import UNNAMED_TOOL, Turn, read_turn
+from streamapi.text.code_actions import write_code_action
 from streamapi.text.edits import edit_format, files_in_chat, write_edit
 from streamapi.text.fields import FieldForm, field_form, write_fields
 from streamapi.text.freeform import freeform_input
@@ -176,6 +177,15 @@ class Planner:
         if form is not None:
             return write_fields(form, rng)
         system = [m.content for m in request.messages if m.role in ("system", "developer")]
+        code = write_code_action(
+            "\n".join(system),
+            question,
+            [output for _, output in turn.results],
+            _hints(question),
+            lambda: write_brief(question, rng, sentences=1),
+        )
+        if code is not None:
+            return code
         edits = edit_format(system)
         if edits is not None:
             users = [m.content for m in request.messages if m.role == "user"]
