@@ -51,6 +51,7 @@ from streamapi.text.logprobs import logprob, top_logprobs
 from streamapi.text.tokenizer import tokenize
 from streamapi.text.writer import (
     find_subject,
+    greeting_reply,
     image_note,
     json_answer,
     key_terms,
@@ -208,6 +209,11 @@ class Planner:
         length = asked_length(instructions) if request.length_instructions and not wanted else None
         results = list(turn.results)
         images = _images(request.messages)
+        # An agent CLI's smoke test ("Say hello", tools offered) is greeted back.
+        smoke = bool(request.tools) and not (results or images or wanted)
+        greeting = greeting_reply(question) if smoke else None
+        if greeting is not None:
+            return greeting
         if length is not None:
             return _brief(without_length_instructions(question), length, results, images, rng)
         if results:

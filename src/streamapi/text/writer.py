@@ -350,3 +350,17 @@ def proper_nouns(text: str) -> list[str]:
                 names.append(" ".join(run))
                 run = []
     return list(dict.fromkeys(names))
+
+
+_SAY_HELLO = re.compile(
+    r"^\W*(?:please\s+)?(?:say|write|reply with|respond with) (?:hi|hello)\b", re.IGNORECASE
+)
+
+
+def greeting_reply(question: str) -> str | None:
+    """The greeting a request asks for ("Say hello in one short sentence."); None otherwise.
+
+    Agent CLIs are smoke-tested this way, and a model greets in one sentence. A bare "hi"
+    gets the usual answer: load tests send it and expect a full-length one.
+    """
+    return "Hello there, it is nice to meet you." if _SAY_HELLO.match(question) else None
