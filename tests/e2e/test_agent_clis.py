@@ -53,6 +53,25 @@ FAST_PACING = ("--time-to-first-token-ms", "5", "--inter-token-latency-ms", "0")
 UNSCRIPTED_MAX_REQUESTS = 6
 
 
+# Requests these CLIs send that the server still refuses (issue 25, item 1). Strict: a
+# test that passes fails until its mark is removed, so no mark outlives its reason.
+CLAUDE_THINKING_UPDATES = pytest.mark.xfail(
+    strict=True,
+    reason="Claude Code 2.1.332 with --output-format stream-json --verbose sends "
+    "thinking: {type: enabled, budget_tokens: 31999, display: 'updates'} (the anthropic SDK's "
+    "beta ThinkingConfigEnabled allows 'updates'); streamapi answers 400 \"Invalid value for "
+    "'thinking.display': Input should be 'summarized' or 'omitted'\" (Claude Code then "
+    "retries without it, but the journal holds the 400s)",
+)
+CODEX_IMAGE_ORIGINAL = pytest.mark.xfail(
+    strict=True,
+    reason="Codex 0.171.0's view_image result is a function_call_output whose output holds "
+    "an input_image with detail 'original' (the openai SDK allows it); streamapi answers 400 "
+    "\"Invalid value for 'input[6].output[0].detail': Input should be 'auto', 'low' or "
+    "'high'\" and the turn fails",
+)
+
+
 @pytest.fixture(scope="session")
 def clis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The folder holding ``claude`` and ``codex``, their versions printed once."""
@@ -105,6 +124,7 @@ def png(path: Path, size: int = 8) -> Path:
 # --- Claude Code, scripted ----------------------------------------------------------------
 
 
+@CLAUDE_THINKING_UPDATES
 def test_claude_code_runs_a_shell_command_for_real(
     clis: Path, server_factory: ServerFactory, tmp_path: Path
 ) -> None:
@@ -126,6 +146,7 @@ def test_claude_code_runs_a_shell_command_for_real(
     assert len(entries) == 2
 
 
+@CLAUDE_THINKING_UPDATES
 def test_claude_code_writes_a_file_and_reads_it_back(
     clis: Path, server_factory: ServerFactory, tmp_path: Path
 ) -> None:
@@ -149,6 +170,7 @@ def test_claude_code_writes_a_file_and_reads_it_back(
     assert len(entries) == 3
 
 
+@CLAUDE_THINKING_UPDATES
 def test_claude_code_reads_an_image_and_sends_it_as_a_tool_result(
     clis: Path, server_factory: ServerFactory, tmp_path: Path
 ) -> None:
@@ -217,6 +239,7 @@ def test_codex_applies_a_patch_and_reads_the_file_back(
     assert len(entries) == 3
 
 
+@CODEX_IMAGE_ORIGINAL
 def test_codex_views_an_image(clis: Path, server_factory: ServerFactory, tmp_path: Path) -> None:
     place = Place.make(tmp_path / "run")
     picture = png(place.work / "square.png")
@@ -238,6 +261,7 @@ def test_codex_views_an_image(clis: Path, server_factory: ServerFactory, tmp_pat
 PROMPTS = ["Say hello in one short sentence.", "What is in the file notes.txt?"]
 
 
+@CLAUDE_THINKING_UPDATES
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_claude_code_unscripted_ends_with_an_answer(
     clis: Path, server_factory: ServerFactory, tmp_path: Path, prompt: str
@@ -304,7 +328,7 @@ def _gateway(factory: ServerFactory, tmp_path: Path, upstream_url: str, model: s
     return factory(*FAST_PACING, "--admin-key", ADMIN_KEY, "--routes-file", str(routes), *mode)
 
 
-@pytest.mark.parametrize("cli", ["claude", "codex"])
+@pytest.mark.parametrize("cli", [pytest.param("claude", marks=CLAUDE_THINKING_UPDATES), "codex"])
 def test_a_recorded_session_replays_offline_in_the_clis_next_run(
     clis: Path, server_factory: ServerFactory, tmp_path: Path, cli: str
 ) -> None:
