@@ -21,9 +21,9 @@ refused fails the test with the server's message.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,8 @@ import pytest
 
 from tests.e2e.agent_clis import (
     ADMIN_KEY,
+    AGENTS_DIR,
+    CANARY_ENV,
     CLAUDE_MODEL,
     CODEX_MODEL,
     Place,
@@ -73,13 +75,19 @@ CODEX_IMAGE_ORIGINAL = pytest.mark.xfail(
 
 
 @pytest.fixture(scope="session")
-def clis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The folder holding ``claude`` and ``codex``, their versions printed once."""
-    bin_dir = install_agent_clis()
-    home = tmp_path_factory.mktemp("versions")
-    for name in ("claude", "codex"):
-        print(f"{name}: {version(bin_dir / name, home)}")  # noqa: T201 (the CI log, with -rP)
-    yield bin_dir
+def clis() -> Path:
+    """The folder holding ``claude`` and ``codex``."""
+    return install_agent_clis()
+
+
+def test_the_clis_are_the_pinned_versions(clis: Path, tmp_path: Path) -> None:
+    """What ran (printed for the CI log): the lock's versions, unless the canary's."""
+    lock = json.loads((AGENTS_DIR / "package-lock.json").read_text())["packages"]
+    for name, package in (("claude", "@anthropic-ai/claude-code"), ("codex", "@openai/codex")):
+        found = version(clis / name, tmp_path)
+        print(f"{name}: {found}")  # noqa: T201 (the CI log, with -rP)
+        if not os.environ.get(CANARY_ENV):
+            assert lock[f"node_modules/{package}"]["version"] in found
 
 
 def serve(factory: ServerFactory, tmp_path: Path, rules: list[Any] | None) -> ServerProcess:
