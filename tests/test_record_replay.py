@@ -28,7 +28,13 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp
 
 from streamapi.app import create_app
-from streamapi.cassettes import dumps_exchanges, read_cassette, write_atomic
+from streamapi.cassettes import (
+    dumps_exchanges,
+    match_view,
+    parse_match_keys,
+    read_cassette,
+    write_atomic,
+)
 from streamapi.cli import main
 from streamapi.settings import Settings
 from tests.asgi_driver import Exchange
@@ -363,6 +369,92 @@ async def test_ordered_replay_plays_a_three_turn_tool_conversation(tmp_path: Pat
     async with gateway(tmp_path, replay_speed=0, **loose) as gw:
         unordered = await _agent_loop(gw.openai())
     assert [finish for finish, _, _ in unordered] == ["tool_calls"] * 3
+
+
+ANTHROPIC_TOOLS: Any = [
+    {"name": name, "input_schema": {"type": "object"}} for name in ("get_weather", "get_time")
+]
+
+
+async def _harness_loop(client: anthropic.AsyncAnthropic, run: int) -> list[Any]:
+    """A coding agent's session as Claude Code sends it: what changes per run (the
+    system prompt's path and date, reminders, tool results, cache_control, metadata)
+    differs with ``run``; the user's words do not."""
+    reminder = f"<system-reminder>\nToday is 2026-0{run}-01; cwd /tmp/run-{run}\n</system-reminder>"
+    messages: list[Any] = [
+        {"role": "user", "content": [{"type": "text", "text": reminder},
+                                     {"type": "text", "text": "agent: plan my day"}]},
+    ]  # fmt: skip
+    answers: list[Any] = []
+    for turn in range(3):
+        answer = await client.messages.create(
+            model="gw-small",
+            max_tokens=64,
+            system=[{"type": "text", "text": f"You work in /tmp/run-{run}.",
+                     "cache_control": {"type": "ephemeral"}}],
+            messages=messages,
+            tools=ANTHROPIC_TOOLS,
+            metadata={"user_id": f"session-{run}"},
+        )  # fmt: skip
+        blocks = [block.model_dump(exclude_none=True) for block in answer.content]
+        answers.append((answer.stop_reason, blocks))
+        messages.append({"role": "assistant", "content": blocks})
+        results: list[Any] = [
+            {"type": "tool_result", "tool_use_id": block["id"],
+             "content": f"result {turn} in /tmp/run-{run}"}
+            for block in blocks if block["type"] == "tool_use"
+        ]  # fmt: skip
+        if results:
+            messages.append({"role": "user", "content": results})
+    return answers
+
+
+async def test_an_agent_session_replays_by_the_agent_keys_whatever_changed_per_run(
+    tmp_path: Path,
+) -> None:
+    async with gateway(tmp_path, upstream={}, record_dir=tmp_path / "tapes") as gw:
+        recorded = await _harness_loop(gw.anthropic(), run=1)
+    assert [stop for stop, _ in recorded] == ["tool_use", "tool_use", "end_turn"]
+    tapes = tmp_path / "tapes"
+    # By the default keys, the next run's system prompt and reminders are a miss.
+    async with gateway(tmp_path, replay_dir=tapes, replay_speed=0) as gw:
+        with pytest.raises(anthropic.NotFoundError, match="differs in messages"):
+            await _harness_loop(gw.anthropic(), run=2)
+    async with gateway(tmp_path, replay_dir=tapes, replay_speed=0, replay_match="agent") as gw:
+        replayed = await _harness_loop(gw.anthropic(), run=2)
+        # Other words from the user are a miss that names what differed.
+        with pytest.raises(anthropic.NotFoundError, match="user_text"):
+            await gw.anthropic().messages.create(
+                model="gw-small", max_tokens=64, tools=ANTHROPIC_TOOLS,
+                messages=[{"role": "user", "content": "agent: plan my week"}],
+            )  # fmt: skip
+    assert replayed == recorded
+
+
+def test_the_agent_keys_leave_out_tagged_context_and_call_ids() -> None:
+    reminder = "<system-reminder>x</system-reminder>"
+    body: Any = {"messages": [
+        {"role": "system", "content": "cwd /tmp/a"},
+        {"role": "user", "content": "<environment_context>\n  <cwd>/tmp/a</cwd>\n"
+                                    "</environment_context>"},
+        {"role": "user", "content": [{"type": "text", "text": reminder},
+                                     {"type": "text", "text": "Fix  the\ntest"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "Bash", "arguments": '{"command": "ls", "timeout": 5}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"},
+    ]}  # fmt: skip
+    view = match_view("/chat/completions", body, parse_match_keys("agent"))
+    assert view["user_text"] == ["Fix the test"]
+    assert view["assistant_turns"] == [
+        {"text": "", "tool_calls": [["Bash", {"command": "ls", "timeout": 5}]]}
+    ]
+    # A tag never closed is the user's text; elements inside others go with them.
+    body["messages"].append({"role": "user", "content": "Use <file> and <a><b>x</b></a>now"})
+    view = match_view("/chat/completions", body, parse_match_keys("agent"))
+    assert view["user_text"] == ["Fix the test", "Use <file> and now"]
+    assert list(view) == ["endpoint", "model", "tool_names", "params", "user_text",
+                          "assistant_turns"]  # fmt: skip
 
 
 async def test_match_keys_are_checked_at_start_up() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -96,9 +97,18 @@ MATCH_KEYS: Final = (
     "tools",
     "tool_names",
     "params",
+    "user_text",
+    "assistant_turns",
     *ANSWER_PARAMS,
 )
 DEFAULT_MATCH: Final = ("endpoint", "model", "messages", "tools", "params")
+# What a coding agent's next run keeps (docs/testing/coding-agents.md): its system
+# prompt (dates, paths), tool results (paths, timings) and reminders change per run,
+# but not what the user typed nor, in a replay, the assistant's recorded turns.
+AGENT_MATCH: Final = ("endpoint", "model", "tool_names", "params", "user_text", "assistant_turns")
+# Harness context wrapped in a tag (Claude Code's <system-reminder>, Codex's
+# <environment_context>, <user_instructions>...): its opening and closing tags.
+_TAG: Final = re.compile(r"<(/?)([A-Za-z][\w-]*)(?:\s[^<>]*)?>")
 
 
 class CassetteError(ValueError):
@@ -106,8 +116,16 @@ class CassetteError(ValueError):
 
 
 def parse_match_keys(text: str) -> tuple[str, ...]:
-    """``"model,last_user_message"`` as keys; raises ``ValueError`` naming a bad one."""
-    keys = tuple(key.strip() for key in text.split(",") if key.strip())
+    """``"model,last_user_message"`` as keys; raises ``ValueError`` naming a bad one.
+
+    ``agent`` stands for ``AGENT_MATCH``, the keys a coding agent's sessions replay by.
+    """
+    keys = tuple(
+        expanded
+        for key in text.split(",")
+        if key.strip()
+        for expanded in (AGENT_MATCH if key.strip() == "agent" else (key.strip(),))
+    )
     if not keys:
         raise ValueError("name at least one key")
     unknown = [key for key in keys if key not in MATCH_KEYS]
@@ -570,9 +588,89 @@ def match_view(endpoint: str, body: Mapping[str, Any], keys: Sequence[str]) -> d
             )
         elif key == "params":
             view[key] = {name: body[name] for name in ANSWER_PARAMS if name in body}
+        elif key == "user_text":
+            view[key] = _user_text(messages)
+        elif key == "assistant_turns":
+            view[key] = _assistant_turns(messages)
         else:
             view[key] = body.get(key)
     return view
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _plain(text: str) -> str:
+    """``text`` without tagged harness context, its whitespace collapsed."""
+    return " ".join(_untagged(text).split())
+
+
+def _untagged(text: str) -> str:
+    """``text`` without its tag-wrapped elements (a tag never closed stays as text).
+
+    One pass pairs the tags with a stack of open ones, a second drops the outermost
+    pairs: linear in the text whatever it holds (a request's text is the client's).
+    """
+    pairs: list[tuple[int, int]] = []
+    stack: list[tuple[str, int]] = []  # open tags: name, where the tag began
+    open_names: dict[str, int] = {}
+    for tag in _TAG.finditer(text):
+        closing, name = tag.group(1), tag.group(2)
+        if not closing:
+            stack.append((name, tag.start()))
+            open_names[name] = open_names.get(name, 0) + 1
+        elif open_names.get(name):
+            while True:  # close it, and every tag opened inside it and never closed
+                opened, begin = stack.pop()
+                open_names[opened] -= 1
+                if opened == name:
+                    break
+            pairs.append((begin, tag.end()))
+    kept: list[str] = []
+    resume = 0
+    for begin, end in sorted(pairs):
+        if begin >= resume:  # not inside an element already dropped
+            kept += [text[resume:begin], " "]
+            resume = end
+    kept.append(text[resume:])
+    return "".join(kept)
+
+
+def _user_text(messages: Sequence[Any]) -> list[str]:
+    """What the user typed: each user message's text without tagged context (no tool
+    results, no reminders, no environment blocks), empty ones left out."""
+    texts = (
+        _plain(_text_of(m.get("content")))
+        for m in messages
+        if isinstance(m, dict) and m.get("role") == "user"
+    )
+    return [text for text in texts if text]
+
+
+def _assistant_turns(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    """Each assistant message's text and tool calls (name, arguments parsed), ids left
+    out: in a replay they are what the recording answered, whoever echoes them back."""
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        calls = []
+        for call in message.get("tool_calls") or ():
+            function = (call.get("function") if isinstance(call, dict) else None) or {}
+            arguments = function.get("arguments")
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments)
+                except ValueError:
+                    arguments = " ".join(arguments.split())
+            calls.append([function.get("name"), arguments])
+        turns.append({"text": _plain(_text_of(message.get("content"))), "tool_calls": calls})
+    return turns
 
 
 @dataclass(frozen=True, slots=True)

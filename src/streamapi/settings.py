@@ -505,7 +505,10 @@ class Settings(BaseSettings):
         default=",".join(DEFAULT_MATCH),
         description="What must be equal for a recording to match, comma-separated: endpoint, "
         "model, messages, system, last_user_message, tools, tool_names, params (every "
-        "parameter that changes the answer) or one parameter by name (temperature, seed...).",
+        "parameter that changes the answer), user_text (what the user typed, tagged context "
+        "left out), assistant_turns (the assistant's text and tool calls, ids left out), "
+        "agent (a coding agent's session: endpoint, model, tool_names, params, user_text, "
+        "assistant_turns) or one parameter by name (temperature, seed...).",
     )
     replay_ordered: bool = Field(
         default=False,

@@ -234,8 +234,10 @@ class ToolChoice(Request):
 class ThinkingConfig(Request):
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: int | None = Field(default=None, ge=1)
-    display: Literal["summarized", "omitted"] | None = Field(
-        default=None, description="omitted: thinking blocks stream no text, only a signature."
+    display: Literal["summarized", "omitted", "updates"] | None = Field(
+        default=None,
+        description="omitted: thinking blocks stream no text, only a signature; summarized and "
+        "the beta's updates (Claude Code's stream-json mode) stream it.",
     )
 
 

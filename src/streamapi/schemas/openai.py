@@ -144,7 +144,8 @@ class TextContentPart(Request):
 
 class ImageURL(Request):
     url: str = Field(description="An https URL or a data: URL; the simulator does not fetch it.")
-    detail: Literal["auto", "low", "high"] | None = None
+    # "original": the image at its own resolution (Codex CLI's view_image sends it).
+    detail: Literal["auto", "low", "high", "original"] | None = None
 
 
 class ImageContentPart(Request):

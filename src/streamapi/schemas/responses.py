@@ -24,7 +24,8 @@ class InputImage(Request):
     type: Literal["input_image"]
     image_url: str | None = None
     file_id: str | None = None
-    detail: Literal["auto", "low", "high"] | None = None
+    # "original": the image at its own resolution (Codex CLI's view_image sends it).
+    detail: Literal["auto", "low", "high", "original"] | None = None
 
 
 class InputFile(Request):
