@@ -21,6 +21,7 @@ import typing_extensions
 from anthropic.types import (
     content_block_param,
     message_param,
+    thinking_config_param,
     tool_choice_param,
     tool_result_block_param as anthropic_tool_result,
     tool_union_param,
@@ -28,6 +29,7 @@ from anthropic.types import (
 from anthropic.types.beta import (
     beta_content_block_param,
     beta_message_param,
+    beta_thinking_config_param,
     beta_tool_choice_param,
     beta_tool_result_block_param,
     beta_tool_union_param,
@@ -292,6 +294,10 @@ def anthropic_message(message: dict[str, Any]) -> dict[str, Any]:
     return _messages([{"role": "user", "content": "Hi"}, message])
 
 
+def anthropic_thinking(thinking: dict[str, Any]) -> dict[str, Any]:
+    return _messages([{"role": "user", "content": "Hi"}], thinking=thinking)
+
+
 # (union, path, how an example of a member is sent)
 UNIONS: list[tuple[str, Any, str, Any]] = [
     ("responses ToolParam", tool_param.ToolParam, "/v1/responses", responses_tool),
@@ -382,6 +388,18 @@ UNIONS: list[tuple[str, Any, str, Any]] = [
     ),
     ("messages MessageParam", message_param.MessageParam, "/v1/messages", anthropic_message),
     (
+        "messages ThinkingConfigParam",
+        thinking_config_param.ThinkingConfigParam,
+        "/v1/messages",
+        anthropic_thinking,
+    ),
+    (
+        "messages BetaThinkingConfigParam",
+        beta_thinking_config_param.BetaThinkingConfigParam,
+        "/v1/messages",
+        anthropic_thinking,
+    ),
+    (
         "messages BetaMessageParam",
         beta_message_param.BetaMessageParam,
         "/v1/messages",
@@ -404,6 +422,13 @@ def variants(member: Any) -> Iterator[tuple[str, Any]]:
         yield type_name(member), example
     for value in values if len(values) > 1 else ():
         yield f"type={value}", {**example, "type": value}
+    # Every value of each other field that is a literal (an image's detail, a thinking
+    # display): a value the SDK allows is a value a client sends.
+    for key, annotation in _hints(member).items():
+        if key in ("type", "role"):
+            continue
+        for value in _literals(annotation):
+            yield f"{type_name(member)}:{key}={value}", {**example, key: value}
 
 
 def _literals(annotation: Any) -> list[Any]:
@@ -438,6 +463,8 @@ def test_the_walk_finds_every_union_and_the_members_it_must() -> None:
         "messages tool_result content:type=tool_reference",
         "messages MessageParam:role=system",
         "messages BetaToolUnionParam:type=bash_20250124",
+        "responses ResponseInputContentParam:type=input_image:detail=original",
+        "messages BetaThinkingConfigParam:type=enabled:display=updates",
     ):
         assert needed in ids
 

@@ -232,7 +232,9 @@ class ToolChoice(Request):
 
 
 class ThinkingConfig(Request):
-    type: Literal["enabled", "disabled", "adaptive"]
+    # between_tools: Anthropic's newer models' way to turn thinking off (pydantic-ai sends it
+    # for them); the simulator answers it as disabled.
+    type: Literal["enabled", "disabled", "adaptive", "between_tools"]
     budget_tokens: int | None = Field(default=None, ge=1)
     display: Literal["summarized", "omitted", "updates"] | None = Field(
         default=None,
