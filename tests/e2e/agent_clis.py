@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.node_project import node_binary
+from tests.e2e.node_project import node_binary, npm_ci
 
 AGENTS_DIR = Path(__file__).parent / "agents"
 INSTALL_TIMEOUT_S = 600.0
@@ -36,12 +35,6 @@ ADMIN_KEY = "sk-admin-agent-clis"
 API_KEY = "sk-agent-clis"
 
 
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def install_agent_clis() -> Path:
     """The ``node_modules/.bin`` holding ``claude`` and ``codex`` (skips or fails as above)."""
     node_binary()
@@ -51,23 +44,7 @@ def install_agent_clis() -> Path:
         if not (bin_dir / "claude").exists() or not (bin_dir / "codex").exists():
             pytest.fail(f"{CANARY_ENV}={canary} has no node_modules/.bin/claude and codex")
         return bin_dir
-    npm = shutil.which("npm")
-    if npm is None:
-        _unavailable("npm is not installed (it installs tests/e2e/agents/package-lock.json)")
-    assert npm is not None
-    try:
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel", "error"],
-            cwd=AGENTS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        _unavailable(f"npm ci took over {INSTALL_TIMEOUT_S:.0f} s in {AGENTS_DIR}")
-    if done.returncode != 0:
-        _unavailable(f"npm ci failed in {AGENTS_DIR}:\n{done.stdout}\n{done.stderr}")
+    npm_ci(AGENTS_DIR, INSTALL_TIMEOUT_S)
     return AGENTS_DIR / "node_modules" / ".bin"
 
 

@@ -41,27 +41,34 @@ def node_binary() -> str:
 
 def install_node_project() -> Path:
     """``npm ci`` in ``tests/e2e/node``; returns the folder (skips or fails as above)."""
+    if os.environ.get("STREAMAPI_NODE_DIR"):
+        node_binary()
+        return NODE_DIR  # installed by whoever set it (.ci/canary)
+    npm_ci(NODE_DIR, INSTALL_TIMEOUT_S)
+    return NODE_DIR
+
+
+def npm_ci(folder: Path, timeout_s: float) -> None:
+    """``npm ci`` in ``folder``: exactly what its ``package-lock.json`` pins (skips without
+    node or npm, or when the install fails; fails instead under ``CI``)."""
     node_binary()
     npm = shutil.which("npm")
     if npm is None:
-        _unavailable("npm is not installed (it installs tests/e2e/node/package-lock.json)")
+        _unavailable(f"npm is not installed (it installs {folder}/package-lock.json)")
     assert npm is not None
-    if os.environ.get("STREAMAPI_NODE_DIR"):
-        return NODE_DIR  # installed by whoever set it (.ci/canary)
     try:
         done = subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund", "--loglevel", "error"],
-            cwd=NODE_DIR,
+            cwd=folder,
             capture_output=True,
             text=True,
-            timeout=INSTALL_TIMEOUT_S,
+            timeout=timeout_s,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        _unavailable(f"npm ci took over {INSTALL_TIMEOUT_S:.0f} s in {NODE_DIR}")
+        _unavailable(f"npm ci took over {timeout_s:.0f} s in {folder}")
     if done.returncode != 0:
-        _unavailable(f"npm ci failed in {NODE_DIR}:\n{done.stdout}\n{done.stderr}")
-    return NODE_DIR
+        _unavailable(f"npm ci failed in {folder}:\n{done.stdout}\n{done.stderr}")
 
 
 def run_json(command: list[str], *, env: dict[str, str] | None = None) -> Any:
