@@ -195,7 +195,7 @@ class Planner:
             "\n".join(system),
             question,
             [output for _, output in turn.results],
-            _hints(question),
+            lambda: _hints(question),
             lambda: write_brief(question, rng, sentences=1),
         )
         if code is not None:

@@ -48,13 +48,14 @@ def write_code_action(
     system: str,
     question: str,
     observations: Sequence[str],
-    names: Sequence[str],
+    names: Callable[[], Sequence[str]],
     brief: Callable[[], str],
 ) -> str | None:
     """The next code action: a tool call, or ``final_answer``; None if none is asked for.
 
-    ``names`` are the question's names and key terms, for arguments; ``brief`` is the
-    answer to give when no tool fits and nothing was observed (called only then).
+    ``names`` gives the question's names and key terms, for arguments; ``brief`` is the
+    answer to give when no tool fits and nothing was observed (each called only then: most
+    requests ask for no code action).
     """
     tags = code_tags(system)
     if tags is None:
@@ -73,8 +74,9 @@ def write_code_action(
             code = f"final_answer({brief()!r})"
         else:
             name, parameters = tool
+            hints = names()
             arguments = ", ".join(
-                f"{arg}={_value(kind, names, index)!r}"
+                f"{arg}={_value(kind, hints, index)!r}"
                 for index, (arg, kind) in enumerate(parameters)
             )
             thought = f"Thought: I will use the tool `{name}` and look at its result."
