@@ -25,6 +25,21 @@ MODEL = "tiny-random-llama"
 """The name llama-server serves the model under (its ``-a``)."""
 CONTEXT = 4096
 SLOTS = 8
+# The tool both real-engine suites offer.
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            # Closed values keep a grammar-constrained call from a random model short.
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
 STARTUP_TIMEOUT_S = 60.0
 
 

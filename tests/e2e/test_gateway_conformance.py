@@ -34,6 +34,7 @@ from streamapi.cassettes import read_cassette
 from tests.e2e.conftest import FAST_PACING, HOST, ServerFactory, ServerProcess, free_port
 from tests.e2e.real_engine import (
     MODEL as LLAMA_MODEL,
+    WEATHER,
     LlamaServer,
     calling_seed,
     start_llama_server,
@@ -45,20 +46,6 @@ KEY = "sk-conformance"
 SIM_MODEL = "up-sim"
 CONTEXT = 4096
 QUESTION: Any = [{"role": "user", "content": "Explain DNS caching in two sentences."}]
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {
-            "type": "object",
-            # Closed values keep a grammar-constrained call from a random model short.
-            "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
 VERDICT: Any = {
     "type": "object",
     "properties": {

@@ -21,25 +21,18 @@ import pytest
 
 from streamapi.cassettes import read_cassette
 from tests.e2e.conftest import ServerFactory, ServerProcess
-from tests.e2e.real_engine import MODEL, LlamaServer, calling_seed, start_llama_server
+from tests.e2e.real_engine import (
+    MODEL,
+    WEATHER,
+    LlamaServer,
+    calling_seed,
+    start_llama_server,
+)
 
 pytestmark = pytest.mark.e2e
 
 KEY = "sk-replay-real"
 QUESTION: Any = [{"role": "user", "content": "Explain DNS caching"}]
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
 
 
 @dataclass
