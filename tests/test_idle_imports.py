@@ -6,7 +6,8 @@ its ``sys.modules`` must hold none of the code that belongs to settings left off
 PyYAML (rules, routes and keys files), httpx (the routes file's upstreams), Redis
 (``--state-url``), the dashboard, the admin API (``--admin-key``), the upstream, replay
 and cassette code. jsonschema comes with the first request that brings a schema, and
-not before.
+not before, imported in a worker thread: not on the event loop's, where it would hold
+up every stream.
 """
 
 from __future__ import annotations
@@ -19,13 +20,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
-import asyncio, json, sys
+import asyncio, json, sys, threading
 
 from asgi_lifespan import LifespanManager
 
 from streamapi.app import create_app
 from streamapi.settings import Settings
 from tests.asgi_driver import Exchange
+
+
+class WatchImports:
+    # Where jsonschema is imported from: True for the event loop's thread.
+    on_the_loop: list[bool] = []
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "jsonschema":
+            self.on_the_loop.append(threading.current_thread() is threading.main_thread())
+        return None  # imported as usual
+
+
+sys.meta_path.insert(0, WatchImports())
 
 
 async def main() -> None:
@@ -43,6 +57,7 @@ async def serve(app) -> None:
     await Exchange(app, {**body, "tools": [tool]}).run()
     loaded["tool"] = sorted(sys.modules)
     loaded["status"] = stream.status
+    loaded["jsonschema_on_the_loop"] = WatchImports.on_the_loop
     print(json.dumps(loaded))
 
 
@@ -80,4 +95,5 @@ def test_a_default_server_imports_nothing_its_settings_leave_off() -> None:
     # The first schema brings jsonschema in, and only that.
     tool = set(loaded["tool"])  # type: ignore[call-overload]
     assert "jsonschema" in tool
+    assert loaded["jsonschema_on_the_loop"] == [False]
     assert [name for name in OFF_BY_DEFAULT if name in tool] == []

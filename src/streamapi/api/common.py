@@ -37,6 +37,7 @@ from streamapi.serving.embeddings import EmbeddingService
 from streamapi.serving.generation import Admission, Generation, Job, TestOverrides
 from streamapi.serving.response_runs import BackgroundRuns
 from streamapi.serving.responses import ResponseService
+from streamapi.serving.schema_checks import validator_ready
 from streamapi.settings import Settings
 from streamapi.state.base import SharedState
 
@@ -248,8 +249,15 @@ async def prepared(request: Request, service: GenerationService[M, J], parsed: M
 
 def is_small(body: bytes | str) -> bool:
     """Whether preparing a request of this body is cheap enough for the event loop."""
-    objects = body.count(b"{") if isinstance(body, bytes) else body.count("{")
-    return len(body) <= _BYTES_ON_THE_LOOP and objects <= _OBJECTS_ON_THE_LOOP
+    if isinstance(body, str):  # a WebSocket message: the same test on its text
+        objects, markers = body.count("{"), ("schema" in body or "parameters" in body)
+    else:
+        objects, markers = body.count(b"{"), (b"schema" in body or b"parameters" in body)
+    if len(body) > _BYTES_ON_THE_LOOP or objects > _OBJECTS_ON_THE_LOOP:
+        return False
+    # Every schema a request can bring sits under a key naming "schema" or "parameters";
+    # the first one a server sees imports the validator, which is for a thread too.
+    return not markers or validator_ready()
 
 
 async def respond(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any, Final
 
 from streamapi.engines.protocol import ToolSpec
@@ -27,6 +28,27 @@ MAX_SCHEMA_DEPTH: Final = 64
 _MAX_WALK = 128  # nested schemas the satisfiability walk follows, $refs included
 _MAX_STEPS = 100_000  # $ref targets it decides: each once, unless loops reopen them
 _NO_LOOP = 1 << 30
+
+
+_jsonschema: ModuleType | None = None
+
+
+def validator_ready() -> bool:
+    """Whether jsonschema is imported: until then a request with a schema is prepared in a
+    worker thread (``api.common.is_small``), since importing it (with attrs, referencing
+    and rpds) would hold up every stream on the event loop for tens of milliseconds."""
+    return _jsonschema is not None
+
+
+def _validator() -> ModuleType:
+    # Imported at the first schema, not at start-up: jsonschema is several MB of a
+    # server's idle memory that most never use.
+    global _jsonschema
+    if _jsonschema is None:
+        import jsonschema
+
+        _jsonschema = jsonschema
+    return _jsonschema
 
 
 class SchemaChecks:
@@ -54,14 +76,11 @@ class SchemaChecks:
     def schema(self, schema: Mapping[str, Any], *, param: str) -> None:
         """400 naming the problem when ``schema`` is not a valid JSON Schema, is too large,
         or can have no finite value."""
-        # Imported at the first schema: jsonschema (with attrs, referencing and rpds) is
-        # several MB of a server's idle memory that most never use.
-        from jsonschema import SchemaError, validators
-
+        jsonschema = _validator()
         refs = self._walk(schema, param)
         try:
-            validators.validator_for(schema).check_schema(dict(schema))
-        except SchemaError as exc:
+            jsonschema.validators.validator_for(schema).check_schema(dict(schema))
+        except jsonschema.SchemaError as exc:
             where = "/".join(str(p) for p in exc.path)
             detail = f" at '{where}'" if where else ""
             raise InvalidRequestError(
