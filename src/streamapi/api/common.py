@@ -45,6 +45,26 @@ M = TypeVar("M", bound=BaseModel)
 R_contra = TypeVar("R_contra", contravariant=True)
 J = TypeVar("J", bound="HasJob")
 
+# Where the docs pages' and the dashboard's scripts and styles are served.
+DOCS_ASSETS = "/docs-assets"
+DASHBOARD_ASSETS = "/dashboard/assets"
+# Open without a key (``middleware.EdgeMiddleware``): probes, scrapes, the docs (as
+# vLLM leaves them) and the dashboard's page and files, which hold no data (its events
+# need the key).
+OPEN_PATHS = frozenset(
+    {
+        "/health",
+        "/ping",
+        "/metrics",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        "/dashboard",
+    }
+)
+OPEN_PREFIXES = (f"{DOCS_ASSETS}/", f"{DASHBOARD_ASSETS}/")
+
 # Per-request test overrides, honoured only with --enable-latency-headers.
 TTFT_HEADER = "x-streamapi-ttft-ms"
 ITL_HEADER = "x-streamapi-itl-ms"
@@ -296,7 +316,7 @@ async def respond(
 
 
 def principal_of(request: Request) -> Principal | None:
-    """The caller's key (``AuthMiddleware``), or None when auth is off."""
+    """The caller's key (``middleware.EdgeMiddleware``), or None when auth is off."""
     principal = scope_keys.state_of(request.scope).get(scope_keys.PRINCIPAL)
     return principal if isinstance(principal, Principal) else None
 
