@@ -70,9 +70,16 @@ def test_the_app_has_one_middleware_of_ours_whatever_the_settings() -> None:
     # A layer added inside EdgeMiddleware would miss a stream's body frames (they go to
     # the send it was given): the stack is pinned here.
     for settings in (Settings(), Settings(cors_allow_origins=[APP_ORIGIN])):
-        assert [m.cls for m in create_app(settings).user_middleware] == [EdgeMiddleware]
-    proxied = create_app(Settings(forwarded_allow_ips=["127.0.0.1"]))
-    assert [m.cls for m in proxied.user_middleware] == [ProxyHeadersMiddleware, EdgeMiddleware]
+        assert _stack(settings) == [EdgeMiddleware]
+    assert _stack(Settings(forwarded_allow_ips=["127.0.0.1"])) == [
+        ProxyHeadersMiddleware,
+        EdgeMiddleware,
+    ]
+
+
+def _stack(settings: Settings) -> list[object]:
+    """The app's middleware, outermost first (FastAPI's own outside and inside them)."""
+    return [middleware.cls for middleware in create_app(settings).user_middleware]
 
 
 async def _scenario(http: httpx.AsyncClient, origin: dict[str, str]) -> dict[str, Any]:
