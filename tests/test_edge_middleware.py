@@ -1,4 +1,5 @@
-"""The one middleware of ours (``middleware.EdgeMiddleware``): its place, and CORS inside it.
+"""The layers a request passes: our one middleware (``middleware.EdgeMiddleware``), its
+place, CORS inside it, and what FastAPI adds to a generation route.
 
 Each request meets the arrival and id, the origin check, CORS (when configured), auth,
 the journal and rate-limit headers, then the body limit. With ``--cors-allow-origins``
@@ -24,6 +25,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from streamapi.app import create_app
 from streamapi.middleware import EdgeMiddleware
 from streamapi.settings import Settings
+from tests.asgi_driver import post_scope
 
 CHAT = {"model": "sim", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 APP_ORIGIN = "https://app.example"
@@ -190,3 +192,35 @@ def test_with_cors_a_websocket_meets_the_origin_check_then_auth() -> None:
     assert (foreign.value.code, foreign.value.reason) == (1008, "Origin not allowed.")
     assert (keyless.value.code, keyless.value.reason) == (1008, "Invalid API key.")
     assert served["type"] == "response.created"
+
+
+async def _served_scope(app: Any, scope: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """``scope`` once the app has answered it (the router and routes write into it)."""
+    messages = [{"type": "http.request", "body": json.dumps(body).encode()}]
+    statuses = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, send)
+    assert statuses == [200]
+    return scope
+
+
+async def test_a_generation_route_runs_without_fastapis_dependency_exit_stacks() -> None:
+    # Its endpoint takes the request alone: FastAPI's two AsyncExitStacks per request
+    # (for dependencies with yield) would only be kept alive for the stream's life.
+    app = create_app(Settings(time_to_first_token_ms=0, inter_token_latency_ms=0))
+    async with LifespanManager(app) as manager:
+        streamed = await _served_scope(
+            manager.app, post_scope("/v1/chat/completions"), {**CHAT, "stream": True}
+        )
+        listed = await _served_scope(manager.app, {**post_scope("/v1/models"), "method": "GET"}, {})
+    assert "fastapi_inner_astack" not in streamed
+    assert "fastapi_function_astack" not in streamed
+    # A route with dependencies keeps FastAPI's handling.
+    assert "fastapi_inner_astack" in listed
