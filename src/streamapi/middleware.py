@@ -112,6 +112,8 @@ class EdgeMiddleware:
         self.on_error = on_error
         self._front = self._back = True
         if allow_origins:
+            # Two halves around CORS (the module's docstring says why): a copy of this
+            # middleware from auth on is CORS's app; this one stops at the origin check.
             back = copy.copy(self)
             back._front = False
             self._back = False
