@@ -13,15 +13,13 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
-from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import HTMLResponse
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from streamapi import __version__, api
-from streamapi.api.common import AppState
+from streamapi.api.common import DOCS_ASSETS, AppState
 from streamapi.api.dashboard_feed import DashboardFeed
 from streamapi.concurrency import ConcurrencyLimiter
-from streamapi.control.control_middleware import ControlMiddleware
 from streamapi.control.hooks import Control
 from streamapi.control.rules import RulesFile
 from streamapi.engines.factory import start_engine
@@ -29,13 +27,7 @@ from streamapi.engines.protocol import Engine
 from streamapi.errors import APIError, install_error_handlers
 from streamapi.lifecycle import Lifecycle
 from streamapi.metrics import Metrics
-from streamapi.middleware import (
-    DOCS_ASSETS,
-    AuthMiddleware,
-    BodyLimitMiddleware,
-    OriginMiddleware,
-    RequestMiddleware,
-)
+from streamapi.middleware import EdgeMiddleware
 from streamapi.schemas import anthropic, openai, responses
 from streamapi.serving.anthropic import MessageService
 from streamapi.serving.chat import ChatService
@@ -202,44 +194,21 @@ def create_app(
         metrics.error(error.type, error.code, in_stream=False)
 
     install_error_handlers(app, api.ERROR_DIALECTS, on_error=count_error)
-    # Outermost last. A request meets, in order: the proxy headers (when trusted), its
-    # arrival and id, the browser-origin check, CORS, auth, the journal and rate-limit
-    # headers, the body limit. Auth before the journal: what has no valid key is never
-    # journaled (a stranger cannot push real entries out), only counted.
+    # One layer of ours (middleware.py says what it does, in which order, and how CORS
+    # fits in), inside uvicorn's proxy headers when they are trusted and FastAPI's own
+    # outer layers. A stream's body frames skip every layer inside it (BODY_SEND), so a
+    # layer added inside it that must see them (compression, say) would silently miss
+    # them: tests/test_security_edge.py pins this stack.
     app.add_middleware(
-        BodyLimitMiddleware,
-        max_bytes=settings.max_request_body_bytes,
-        dialects=api.ERROR_DIALECTS,
-        on_error=count_error,
-    )
-    app.add_middleware(ControlMiddleware, control=control)
-    # Inside CORS, so that a 401 carries CORS headers and preflights need no key.
-    app.add_middleware(
-        AuthMiddleware,
+        EdgeMiddleware,
+        metrics=metrics,
         keys=settings.keys,
+        control=control,
         dialects=api.ERROR_DIALECTS,
-        metrics=metrics,
-        on_error=count_error,
-    )
-    if settings.cors_allow_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_allow_origins,
-            allow_methods=["*"],
-            # Browser SDKs send Authorization, x-api-key and x-stainless-* headers.
-            allow_headers=["*"],
-            expose_headers=["x-request-id", "request-id", "retry-after", "retry-after-ms"],
-        )
-    app.add_middleware(
-        OriginMiddleware,
+        max_body_bytes=settings.max_request_body_bytes,
         allow_origins=settings.cors_allow_origins,
-        dialects=api.ERROR_DIALECTS,
-        metrics=metrics,
         on_error=count_error,
     )
-    # Outermost (but for the proxy headers), so that a request's arrival is stamped
-    # before anything else runs.
-    app.add_middleware(RequestMiddleware, metrics=metrics)
     if settings.forwarded_allow_ips:
         # uvicorn's own, applied here rather than by uvicorn (serve turns its copy off)
         # so that every way of running the app trusts the same proxies, and no others:

@@ -1,6 +1,6 @@
 """Request ids in log lines: the id of the request a line was logged for.
 
-``RequestMiddleware`` sets ``request_id`` for the request's task; every task
+``middleware.EdgeMiddleware`` sets ``request_id`` for the request's task; every task
 it starts (the streamed response's, an upstream call's) inherits it, so the
 ``RequestIdFilter`` on the log handlers tags each line with it ("-" outside a
 request).

@@ -1,22 +1,52 @@
-"""Pure-ASGI middleware: arrival time and request counts, request ids, browser origins, auth,
-the body size limit.
+"""The one pure-ASGI middleware every request passes, and the checks it makes.
+
+An HTTP request meets, in this order:
+
+1. its arrival time and id (``scope_keys.ARRIVED_AT``, ``scope_keys.REQUEST_ID``; the
+   id goes back in ``x-request-id`` and ``request-id``);
+2. the browser-origin check: 403 before any work (a WebSocket: close 1008);
+3. Starlette's ``CORSMiddleware``, only with ``--cors-allow-origins`` (see below);
+4. auth: 401 in the route's error dialect, else the principal in ``scope_keys.PRINCIPAL``;
+5. on the generation routes, the journal entry and the ``x-ratelimit-*`` headers;
+6. the body limit: 413 by ``Content-Length`` before reading, and while reading;
+
+then the app, and at its end the request's count by route and status.
+
+One layer rather than one per concern: every layer's coroutine frame, closures and
+``send`` wrapper stay alive for a whole stream. The concerns are plain functions
+below, called from one ``__call__``; the one ``send`` wrapper touches a response's
+start only, and an error status's body (to journal why it failed). A stream's body
+frames skip it altogether (``scope_keys.BODY_SEND``, ``sse.EventStreamResponse``).
+
+CORS must answer preflights after the origin check and before auth, and add its
+headers to every answer, 401s included. With ``--cors-allow-origins`` the middleware
+therefore runs in two halves around Starlette's own ``CORSMiddleware``: the front half
+(1 and 2, and the count) calls CORS, whose app is the back half (4 to 6). Without it
+(the default) one half does everything and CORS costs nothing.
 
 Pure ASGI rather than ``BaseHTTPMiddleware`` so nothing sits between a stream
-and the socket: the send wrapper only touches the response's start message.
+and the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import re
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamapi import logs, scope_keys
+from streamapi.api.common import OPEN_PATHS, OPEN_PREFIXES
+from streamapi.control.hooks import Control
+from streamapi.control.journal import Journal, JournalEntry
+from streamapi.control.rules import ENDPOINT_PATHS
 from streamapi.errors import (
     APIError,
     AuthenticationError,
@@ -33,298 +63,330 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 # An id the client sent is echoed only if it cannot smuggle anything into a header.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+# Enough of an error body to read its type, code and message.
+_ERROR_BODY_BYTES = 65_536
 
 
-class RequestMiddleware:
-    """Every request's bookkeeping, in one layer: arrival, id, and count by route and status.
+class EdgeMiddleware:
+    """Every request's bookkeeping and checks at the edge of the app, in one layer.
 
-    ``scope_keys.ARRIVED_AT`` is the event loop's clock when the app got
-    the request (its headers parsed, its body not yet read): the zero of the
-    server-side latencies. ``scope_keys.REQUEST_ID`` is the client's
-    ``X-Request-Id`` when it sent a sane one, else a new id; it goes back in the
-    ``x-request-id`` header (where the OpenAI SDK reads it) and ``request-id``
-    (Anthropic's). One layer rather than two because every event of a stream
-    passes through each layer's ``send``.
+    ``allow_origins`` are ``--cors-allow-origins``: the origins the origin check lets
+    through, and, when any are given, the origins Starlette's ``CORSMiddleware``
+    answers for. ``on_error`` sees every error this middleware answers with.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+    __slots__ = (
+        "_back",
+        "_front",
+        "allow_any_origin",
+        "allow_origins",
+        "app",
+        "control",
+        "dialects",
+        "keys",
+        "max_body_bytes",
+        "metrics",
+        "on_error",
+    )
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        keys: KeyRing,
+        control: Control,
+        dialects: ErrorDialects,
+        max_body_bytes: int,
+        allow_origins: list[str],
+        on_error: Callable[[APIError], None],
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.keys = keys
+        self.control = control
+        self.dialects = dialects
+        self.max_body_bytes = max_body_bytes
+        self.allow_any_origin = "*" in allow_origins
+        self.allow_origins = frozenset(o.rstrip("/").lower() for o in allow_origins)
+        self.on_error = on_error
+        self._front = self._back = True
+        if allow_origins:
+            # Two halves around CORS (the module's docstring says why): a copy of this
+            # middleware from auth on is CORS's app; this one stops at the origin check.
+            back = copy.copy(self)
+            back._front = False
+            self._back = False
+            self.app = CORSMiddleware(
+                back,
+                allow_origins=allow_origins,
+                allow_methods=["*"],
+                # Browser SDKs send Authorization, x-api-key and x-stainless-* headers.
+                allow_headers=["*"],
+                expose_headers=["x-request-id", "request-id", "retry-after", "retry-after-ms"],
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
-        if scope["method"] == "OPTIONS":
-            # CORS preflights are answered before the journal (or refused as any
-            # method is): counted here, so that they show somewhere.
-            self.metrics.unjournaled("preflight")
+        headers = Headers(scope=scope)
         state = scope.setdefault("state", {})
-        state[scope_keys.ARRIVED_AT] = asyncio.get_running_loop().time()
-        sent = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
-        request_id = sent if _SAFE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
-        state[scope_keys.REQUEST_ID] = request_id
-        # A stream's body frames come back to this layer's caller directly: what
-        # lies between (this layer, the control journal, auth, the body limit,
-        # Starlette's exception handling) acts on a response's start only, or on
-        # an error status's body, which a stream's 200 never has.
-        scope[scope_keys.BODY_SEND] = send
-        # For the log lines of this request's task and the tasks it starts; the
-        # server runs each request in a task of its own, so nothing leaks.
-        logs.request_id.set(request_id)
-        ids = [
-            (REQUEST_ID_HEADER.encode(), request_id.encode()),
-            (b"request-id", request_id.encode()),
-        ]
+        front, back = self._front, self._back
+        ids: tuple[tuple[bytes, bytes], ...] = ()
+        if front:
+            if scope["method"] == "OPTIONS":
+                # CORS preflights are answered before the journal (or refused as any
+                # method is): counted here, so that they show somewhere.
+                self.metrics.unjournaled("preflight")
+            state[scope_keys.ARRIVED_AT] = asyncio.get_running_loop().time()
+            request_id = request_id_of(headers)
+            state[scope_keys.REQUEST_ID] = request_id
+            # A stream's body frames go to this caller's send directly: what lies
+            # between (this middleware, CORS, Starlette's exception handling) acts on
+            # a response's start only, or on an error status's body, which a
+            # stream's 200 never has.
+            scope[scope_keys.BODY_SEND] = send
+            # For the log lines of this request's task and the tasks it starts; the
+            # server runs each request in a task of its own, so nothing leaks.
+            logs.request_id.set(request_id)
+            encoded = request_id.encode()
+            ids = ((REQUEST_ID_HEADER.encode(), encoded), (b"request-id", encoded))
         status = 0
+        # Set on the generation routes (back half): the rate-limit headers' turn, and
+        # the journal entry whose error body is kept.
+        controlled = False
+        entry: JournalEntry | None = None
+        error_body = bytearray()
 
-        async def send_with_id(message: Message) -> None:
+        async def send_at_edge(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), *ids]
+                if controlled:
+                    add_ratelimit_headers(message, state.get(scope_keys.RATELIMIT_HEADERS))
+                if ids:
+                    message["headers"] = [*message.get("headers", []), *ids]
+            elif status >= 400 and entry is not None and len(error_body) < _ERROR_BODY_BYTES:
+                error_body.extend(message.get("body", b""))
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if front:
+                refusal = self._origin_refusal(scope, headers)
+                if refusal is not None:
+                    await self._answer(refusal, scope, receive, send_at_edge, headers)
+                    return
+                if not back:
+                    await self.app(scope, receive, send_at_edge)  # CORS, then the back half
+                    return
+            if self._needs_key(scope):
+                principal = authenticate(self.keys, headers)
+                if principal is None:
+                    error = self._unauthenticated(scope, headers)
+                    await self._answer(error, scope, receive, send_at_edge, headers)
+                    return
+                state[scope_keys.PRINCIPAL] = principal
+            journal = self.control.journal
+            controlled, entry = await self._open_entry(scope, state, journal)
+            try:
+                declared = headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > self.max_body_bytes:
+                    await self._answer(self._too_large(), scope, receive, send_at_edge, headers)
+                    return
+                await self.app(scope, self._limited(receive), send_at_edge)
+            finally:
+                if entry is not None and journal is not None:
+                    entry.close(status, bytes(error_body), asyncio.get_running_loop().time())
+                    await journal.closed(entry)
         finally:
-            # The server's send holds the scope: a reference cycle, left to the
-            # garbage collector (which serve runs rarely) unless broken here.
-            del scope[scope_keys.BODY_SEND]
-            route = scope.get("route")
-            # Unmatched paths share one label: clients must not mint label values.
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.request(template, scope["method"], status)
+            if front:
+                # The server's send holds the scope: a reference cycle, left to the
+                # garbage collector (which serve runs rarely) unless broken here.
+                del scope[scope_keys.BODY_SEND]
+                route = scope.get("route")
+                # Unmatched paths share one label: clients must not mint label values.
+                template = getattr(route, "path", None) or "unmatched"
+                self.metrics.request(template, scope["method"], status)
 
-
-class BodyLimitMiddleware:
-    """Refuses bodies over ``max_bytes`` with 413, before reading them when it can."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        max_bytes: int,
-        dialects: ErrorDialects,
-        on_error: Callable[[APIError], None] | None = None,
-    ) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.dialects = dialects
-        self.on_error = on_error
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The origin check, then auth: a refused handshake is closed (HTTP 403, close 1008)."""
         headers = Headers(scope=scope)
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            dialect = self.dialects.for_request(
-                scope["method"], scope["path"], headers.get("accept", "")
-            )
-            error = self._error()
-            if self.on_error is not None:
-                self.on_error(error)
-            response = render(error, dialect, scope_keys.state_of(scope).get(scope_keys.REQUEST_ID))
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def receive_with_limit() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._error()
-            return message
-
-        await self.app(scope, receive_with_limit, send)
-
-    def _error(self) -> RequestTooLargeError:
-        return RequestTooLargeError(
-            f"The request body is larger than the limit of {self.max_bytes} bytes.",
-        )
-
-
-# Where the docs pages' and the dashboard's scripts and styles are served.
-DOCS_ASSETS = "/docs-assets"
-DASHBOARD_ASSETS = "/dashboard/assets"
-# Open without a key: probes, scrapes, the docs (as vLLM leaves them) and the
-# dashboard's page and files, which hold no data (its events need the key).
-OPEN_PATHS = frozenset(
-    {
-        "/health",
-        "/ping",
-        "/metrics",
-        "/docs",
-        "/docs/oauth2-redirect",
-        "/redoc",
-        "/openapi.json",
-        "/dashboard",
-    }
-)
-OPEN_PREFIXES = (f"{DOCS_ASSETS}/", f"{DASHBOARD_ASSETS}/")
-
-
-class OriginMiddleware:
-    """Refuses a browser's request from an origin CORS does not allow: 403, before any work.
-
-    Browsers send ``Origin`` on cross-origin requests, ``text/plain`` "simple"
-    POSTs included, which they send without a preflight: CORS only hides the
-    answer from the page, after the server has done the work. So a page on any
-    site could drive a keyless server on the user's machine. Here such a
-    request is refused before auth, the journal or the body. The server's own
-    pages (``Origin`` naming the ``Host`` it was reached at) and the origins of
-    ``--cors-allow-origins`` pass; SDKs and curl send no ``Origin`` and are not
-    affected. A WebSocket handshake from a refused origin is closed (HTTP 403).
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        allow_origins: list[str],
-        dialects: ErrorDialects,
-        metrics: Metrics,
-        on_error: Callable[[APIError], None] | None = None,
-    ) -> None:
-        self.app = app
-        self.allow_any = "*" in allow_origins
-        self.allow_origins = frozenset(o.rstrip("/").lower() for o in allow_origins)
-        self.dialects = dialects
-        self.metrics = metrics
-        self.on_error = on_error
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or self.allow_any:
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        origin = headers.get("origin")
-        if origin is None or self._allowed(origin.rstrip("/").lower(), headers):
-            await self.app(scope, receive, send)
-            return
-        self.metrics.unjournaled("origin")
-        logger.info(
-            "%s %s -> 403 (origin not allowed)", scope.get("method", "WEBSOCKET"), scope["path"]
-        )
-        error = PermissionDeniedError(
-            "Requests from this origin are not allowed: a browser page may call this server "
-            "only from an origin in --cors-allow-origins.",
-            code="origin_not_allowed",
-        )
-        if self.on_error is not None:
-            self.on_error(error)
-        if scope["type"] == "websocket":
+        refusal = self._origin_refusal(scope, headers) if self._front else None
+        if refusal is not None:
+            self.on_error(refusal)
             await send({"type": "websocket.close", "code": 1008, "reason": "Origin not allowed."})
             return
+        if not self._back:
+            await self.app(scope, receive, send)
+            return
+        if self.keys.enabled:
+            principal = authenticate(self.keys, headers)
+            if principal is None:
+                logger.info("WEBSOCKET %s -> 403 (no valid key)", scope["path"])
+                self.metrics.unjournaled("unauthenticated")
+                self.on_error(AuthenticationError("Missing or incorrect API key."))
+                await send({"type": "websocket.close", "code": 1008, "reason": "Invalid API key."})
+                return
+            scope.setdefault("state", {})[scope_keys.PRINCIPAL] = principal
+        await self.app(scope, receive, send)
+
+    async def _answer(
+        self, error: APIError, scope: Scope, receive: Receive, send: Send, headers: Headers
+    ) -> None:
+        """``error`` as the whole response, in the route's error dialect."""
+        self.on_error(error)
         dialect = self.dialects.for_request(
             scope["method"], scope["path"], headers.get("accept", "")
         )
         response = render(error, dialect, scope_keys.state_of(scope).get(scope_keys.REQUEST_ID))
         await response(scope, receive, send)
 
-    def _allowed(self, origin: str, headers: Headers) -> bool:
-        if origin in self.allow_origins:
-            return True
-        # Same origin: the server's own pages (the dashboard, /docs) call it.
-        _, _, host = origin.partition("://")
-        return bool(host) and host == headers.get("host", "").lower()
+    def _origin_refusal(self, scope: Scope, headers: Headers) -> PermissionDeniedError | None:
+        """A browser's request from an origin CORS does not allow is refused, before any work.
 
+        Browsers send ``Origin`` on cross-origin requests, ``text/plain`` "simple"
+        POSTs included, which they send without a preflight: CORS only hides the
+        answer from the page, after the server has done the work. So a page on any
+        site could drive a keyless server on the user's machine. Here such a
+        request is refused before auth, the journal or the body. The server's own
+        pages (``Origin`` naming the ``Host`` it was reached at) and the origins of
+        ``--cors-allow-origins`` pass; SDKs and curl send no ``Origin`` and are not
+        affected.
+        """
+        if self.allow_any_origin:
+            return None
+        origin = headers.get("origin")
+        if origin is None or origin_allowed(origin, headers, self.allow_origins):
+            return None
+        self.metrics.unjournaled("origin")
+        logger.info(
+            "%s %s -> 403 (origin not allowed)", scope.get("method", "WEBSOCKET"), scope["path"]
+        )
+        return PermissionDeniedError(
+            "Requests from this origin are not allowed: a browser page may call this server "
+            "only from an origin in --cors-allow-origins.",
+            code="origin_not_allowed",
+        )
 
-class AuthMiddleware:
-    """Checks the API key on every route but ``OPEN_PATHS``, ``OPEN_PREFIXES`` and CORS
-    preflights.
+    def _needs_key(self, scope: Scope) -> bool:
+        """Every route but ``OPEN_PATHS``, ``OPEN_PREFIXES`` and CORS preflights, with keys on."""
+        return (
+            self.keys.enabled
+            and scope["method"] != "OPTIONS"
+            and scope["path"] not in OPEN_PATHS
+            and not scope["path"].startswith(OPEN_PREFIXES)
+        )
 
-    The key is read from ``Authorization: Bearer <key>`` (OpenAI's SDKs) or
-    ``x-api-key`` (Anthropic's). Without keys configured every request passes
-    and whatever key a client sends is ignored (SDKs insist on sending one).
-    A request without a valid key gets 401 in its route's error dialect; one
-    with a valid key carries its ``Principal`` in ``scope_keys.PRINCIPAL``.
-    Keys are never logged.
-    """
+    def _unauthenticated(self, scope: Scope, headers: Headers) -> AuthenticationError:
+        sent = bool(headers.get("authorization") or headers.get("x-api-key"))
+        logger.info(
+            "%s %s -> 401 (%s key)", scope["method"], scope["path"], "wrong" if sent else "no"
+        )
+        self.metrics.unjournaled("unauthenticated")
+        return AuthenticationError(
+            "Incorrect API key provided."
+            if sent
+            else "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        keys: KeyRing,
-        dialects: ErrorDialects,
-        metrics: Metrics | None = None,
-        on_error: Callable[[APIError], None] | None = None,
-    ) -> None:
-        self.app = app
-        self.keys = keys
-        self.dialects = dialects
-        self.metrics = metrics
-        self.on_error = on_error
+    async def _open_entry(
+        self, scope: Scope, state: dict[str, Any], journal: Journal | None
+    ) -> tuple[bool, JournalEntry | None]:
+        """Whether the request is a generation route's under test control, and its journal entry.
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and self.keys.enabled:
-            await self._websocket(scope, receive, send)
-            return
+        Without a journal or limits there is nothing to add. Preflights are not
+        journaled (auth already keeps out requests without a valid key): the front
+        half counts them.
+        """
+        endpoint = ENDPOINT_PATHS.get(scope["path"])
         if (
-            scope["type"] != "http"
-            or not self.keys.enabled
+            endpoint is None
             or scope["method"] == "OPTIONS"
-            or scope["path"] in OPEN_PATHS
-            or scope["path"].startswith(OPEN_PREFIXES)
+            or (journal is None and not self.control.limiter.enabled)
         ):
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        principal = self._principal(headers)
-        if principal is None:
-            sent = bool(headers.get("authorization") or headers.get("x-api-key"))
-            error = AuthenticationError(
-                "Incorrect API key provided."
-                if sent
-                else "Missing API key: send it as "
-                "'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-            logger.info(
-                "%s %s -> 401 (%s key)", scope["method"], scope["path"], "wrong" if sent else "no"
-            )
-            if self.metrics is not None:
-                self.metrics.unjournaled("unauthenticated")
-            if self.on_error is not None:
-                self.on_error(error)
-            dialect = self.dialects.for_request(
-                scope["method"], scope["path"], headers.get("accept", "")
-            )
-            response = render(error, dialect, scope_keys.state_of(scope).get(scope_keys.REQUEST_ID))
-            await response(scope, receive, send)
-            return
-        scope.setdefault("state", {})[scope_keys.PRINCIPAL] = principal
-        await self.app(scope, receive, send)
+            return False, None
+        if journal is None:
+            return True, None
+        entry = journal.open(
+            method=scope["method"],
+            path=scope["path"],
+            endpoint=endpoint,
+            arrived_at=scope_keys.arrival_time(scope),
+        )
+        entry.request_id = state.get(scope_keys.REQUEST_ID)
+        state[scope_keys.JOURNAL_ENTRY] = entry
+        await journal.opened(entry)
+        return True, entry
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A WebSocket handshake without a valid key is refused (HTTP 403, close 1008)."""
-        principal = self._principal(Headers(scope=scope))
-        if principal is None:
-            logger.info("WEBSOCKET %s -> 403 (no valid key)", scope["path"])
-            if self.metrics is not None:
-                self.metrics.unjournaled("unauthenticated")
-            if self.on_error is not None:
-                self.on_error(AuthenticationError("Missing or incorrect API key."))
-            await send({"type": "websocket.close", "code": 1008, "reason": "Invalid API key."})
-            return
-        scope.setdefault("state", {})[scope_keys.PRINCIPAL] = principal
-        await self.app(scope, receive, send)
+    def _too_large(self) -> RequestTooLargeError:
+        return RequestTooLargeError(
+            f"The request body is larger than the limit of {self.max_body_bytes} bytes.",
+        )
 
-    def _principal(self, headers: Headers) -> Principal | None:
-        candidates = []
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            candidates.append(token.strip())
-        api_key = headers.get("x-api-key", "").strip()
-        if api_key:
-            candidates.append(api_key)
-        for candidate in candidates:
-            principal = self.keys.authenticate(candidate)
-            if principal is not None:
-                return principal
-        return None
+    def _limited(self, receive: Receive) -> Receive:
+        """``receive``, raising 413 once the body read so far passes the limit."""
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise self._too_large()
+            return message
+
+        return receive_within_limit
+
+
+def request_id_of(headers: Headers) -> str:
+    """The client's ``X-Request-Id`` when it sent a sane one, else a new id."""
+    sent = headers.get(REQUEST_ID_HEADER, "")
+    return sent if _SAFE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+
+
+def origin_allowed(origin: str, headers: Headers, allow_origins: frozenset[str]) -> bool:
+    """``origin`` is in ``--cors-allow-origins``, or the server's own (the ``Host`` it was
+    reached at: the dashboard and ``/docs`` call it)."""
+    origin = origin.rstrip("/").lower()
+    if origin in allow_origins:
+        return True
+    _, _, host = origin.partition("://")
+    return bool(host) and host == headers.get("host", "").lower()
+
+
+def authenticate(keys: KeyRing, headers: Headers) -> Principal | None:
+    """The principal of the first valid key in ``Authorization: Bearer <key>`` (OpenAI's
+    SDKs) or ``x-api-key`` (Anthropic's), or None. Keys are never logged."""
+    candidates = []
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        candidates.append(token.strip())
+    api_key = headers.get("x-api-key", "").strip()
+    if api_key:
+        candidates.append(api_key)
+    for candidate in candidates:
+        principal = keys.authenticate(candidate)
+        if principal is not None:
+            return principal
+    return None
+
+
+def add_ratelimit_headers(message: Message, extra: dict[str, str] | None) -> None:
+    """The ``x-ratelimit-*`` headers ``Control.plan`` computed, on a response's start
+    (errors included), unless the response set them itself."""
+    if not extra:
+        return
+    headers = list(message.get("headers", []))
+    present = {bytes(name).lower() for name, _ in headers}
+    headers += [
+        (name.encode(), value.encode())
+        for name, value in extra.items()
+        if name.encode() not in present
+    ]
+    message["headers"] = headers

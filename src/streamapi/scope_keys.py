@@ -13,17 +13,18 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 ARRIVED_AT: Final = "streamapi.arrived_at"
-"""The event loop's clock when the app got the request (``RequestMiddleware``)."""
+"""The event loop's clock when the app got the request (``middleware.EdgeMiddleware``)."""
 REQUEST_ID: Final = "streamapi.request_id"
-"""The request's id, sent back as ``x-request-id`` (``RequestMiddleware``)."""
+"""The request's id, sent back as ``x-request-id`` (``middleware.EdgeMiddleware``)."""
 PRINCIPAL: Final = "streamapi.principal"
-"""The caller's ``keys.Principal`` when auth is on (``AuthMiddleware``)."""
+"""The caller's ``keys.Principal`` when auth is on (``middleware.EdgeMiddleware``)."""
 JOURNAL_ENTRY: Final = "streamapi.journal_entry"
-"""The request's admin-journal entry (``ControlMiddleware``, filled by ``Control.plan``)."""
+"""The request's admin-journal entry (``middleware.EdgeMiddleware``, filled by ``Control.plan``)."""
 RATELIMIT_HEADERS: Final = "streamapi.ratelimit_headers"
-"""The ``x-ratelimit-*`` headers ``Control.plan`` computed, added by ``ControlMiddleware``."""
+"""The ``x-ratelimit-*`` headers ``Control.plan`` computed (``middleware.EdgeMiddleware`` adds
+them)."""
 BODY_SEND: Final = "streamapi.body_send"
-"""In the scope itself: the ``send`` the outermost middleware was given, for a stream's
+"""In the scope itself: the ``send`` ``middleware.EdgeMiddleware`` was given, for a stream's
 body frames (the layers inside it touch only a response's start)."""
 
 

@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.responses import Response
+from starlette.routing import request_response
 
 from streamapi import scope_keys, sse
 from streamapi.api.dashboard_feed import DashboardFeed
@@ -45,6 +46,26 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 R_contra = TypeVar("R_contra", contravariant=True)
 J = TypeVar("J", bound="HasJob")
+
+# Where the docs pages' and the dashboard's scripts and styles are served.
+DOCS_ASSETS = "/docs-assets"
+DASHBOARD_ASSETS = "/dashboard/assets"
+# Open without a key (``middleware.EdgeMiddleware``): probes, scrapes, the docs (as
+# vLLM leaves them) and the dashboard's page and files, which hold no data (its events
+# need the key).
+OPEN_PATHS = frozenset(
+    {
+        "/health",
+        "/ping",
+        "/metrics",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        "/dashboard",
+    }
+)
+OPEN_PREFIXES = (f"{DOCS_ASSETS}/", f"{DASHBOARD_ASSETS}/")
 
 # Per-request test overrides, honoured only with --enable-latency-headers.
 TTFT_HEADER = "x-streamapi-ttft-ms"
@@ -166,11 +187,29 @@ class RequestOnlyRoute(APIRoute):
     each protocol its own error messages) and return a ``Response``; for them
     FastAPI's request handler would only solve an empty set of parameters and
     look at the body's content type, about a tenth of a streamed request's CPU
-    (docs/performance.md). Any other endpoint gets FastAPI's handler. The route
-    is documented in OpenAPI like any other.
+    (docs/performance.md). Nor do they need what FastAPI's ``request_response``
+    adds to Starlette's, of which it is a copy: two ``AsyncExitStack``s per request
+    for dependencies with ``yield``, which such an endpoint has none of, and which
+    a stream would keep alive to its end. Such a route's ASGI app is Starlette's
+    ``request_response`` (the one a plain Starlette ``Route`` has), exceptions
+    handled the same way. Any other endpoint gets FastAPI's handler and app. The
+    route is declared and documented in OpenAPI like any other.
     """
 
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        handler = self._request_only_handler()
+        # FastAPI's per-route body limit wraps its own app: kept for a route that sets one.
+        if handler is not None and self.max_body_size is None:
+            self.app = request_response(handler)
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return self._request_only_handler() or super().get_route_handler()
+
+    def _request_only_handler(
+        self,
+    ) -> Callable[[Request], Coroutine[Any, Any, Response]] | None:
+        """The endpoint called with the request alone, if that is all it takes, else None."""
         dependant = self.dependant
         name = dependant.request_param_name
         takes_more = (
@@ -187,7 +226,7 @@ class RequestOnlyRoute(APIRoute):
             dependant.security_scopes_param_name,
         )
         if name is None or any(takes_more) or not asyncio.iscoroutinefunction(self.endpoint):
-            return super().get_route_handler()
+            return None
         endpoint = self.endpoint
 
         async def handle(request: Request) -> Response:
@@ -304,7 +343,7 @@ async def respond(
 
 
 def principal_of(request: Request) -> Principal | None:
-    """The caller's key (``AuthMiddleware``), or None when auth is off."""
+    """The caller's key (``middleware.EdgeMiddleware``), or None when auth is off."""
     principal = scope_keys.state_of(request.scope).get(scope_keys.PRINCIPAL)
     return principal if isinstance(principal, Principal) else None
 

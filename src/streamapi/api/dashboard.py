@@ -24,10 +24,9 @@ from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from streamapi import sse
-from streamapi.api.common import AppState, AppStateDep, check_admin_key
+from streamapi.api.common import DASHBOARD_ASSETS, AppState, AppStateDep, check_admin_key
 from streamapi.api.dashboard_feed import DashboardFeed, tick_events
 from streamapi.errors import PermissionDeniedError
-from streamapi.middleware import DASHBOARD_ASSETS
 
 _STATIC = resources.files("streamapi") / "static" / "dashboard"
 _bearer = HTTPBearer(auto_error=False, description="The server's --admin-key, when set.")

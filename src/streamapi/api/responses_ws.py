@@ -18,7 +18,7 @@ Each message is held to ``--max-request-body-bytes`` as an HTTP body is (an
 running and no message for ``--websocket-idle-timeout-s`` gets an ``error``
 (``websocket_idle_timeout``, status 408) and is closed.
 
-The API key is checked at the handshake (``middleware.AuthMiddleware``). Each
+The API key is checked at the handshake (``middleware.EdgeMiddleware``). Each
 turn counts against the rate limits and the concurrency caps as an HTTP request
 does; the rest of test control (rules, faults, the journal) applies to HTTP
 requests only.

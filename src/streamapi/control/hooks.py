@@ -389,8 +389,8 @@ class ControlPlan:
 def identify(scope: Mapping[str, Any]) -> str:
     """Who a request counts against: its authenticated key's name, else its client address.
 
-    Never a header the client chose: with keys on, ``AuthMiddleware`` has put the
-    key that authenticated in the scope (whichever header carried it), so a second,
+    Never a header the client chose: with keys on, ``middleware.EdgeMiddleware`` has put
+    the key that authenticated in the scope (whichever header carried it), so a second,
     junk key in the other header cannot mint a fresh bucket. With auth off it is
     the peer's address, which ``X-Forwarded-For`` replaces only when the peer is a
     proxy named in ``--forwarded-allow-ips``.
