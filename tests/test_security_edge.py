@@ -424,6 +424,27 @@ async def test_stored_responses_are_capped_by_bytes_least_recently_used_first() 
     assert unstored == 404
 
 
+async def test_stored_responses_are_capped_by_count_least_recently_used_first() -> None:
+    async with serve(_settings(responses_store_size=2)) as http:
+
+        async def make(text: str) -> str:
+            made = await http.post(RESPONSES, json={"input": text, "max_output_tokens": 3})
+            response_id: str = made.json()["id"]
+            return response_id
+
+        async def status(response_id: str) -> int:
+            return (await http.get(f"{RESPONSES}/{response_id}")).status_code
+
+        first, second = await make("a"), await make("b")
+        assert await status(first) == 200  # used: now the most recent
+        third = await make("c")
+        kept = [await status(rid) for rid in (first, second, third)]
+    assert kept == [200, 404, 200]
+    async with serve(_settings(responses_store_size=0)) as http:
+        unkept = await status(await make("a"))
+    assert unkept == 404
+
+
 async def test_a_background_runs_kept_events_stay_within_their_budget() -> None:
     budget = 30_000
     settings = _settings(background_events_max_bytes=budget, tokens_per_event=1)
