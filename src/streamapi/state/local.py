@@ -124,6 +124,10 @@ class LocalBuckets:
             del self._buckets[key]
 
 
+_REFUSED_TOTAL = LeaseDecision(None, "total")
+_REFUSED_KEY = LeaseDecision(None, "key")
+
+
 class LocalLeases:
     """Open requests counted in memory; a lease lives until released.
 
@@ -140,11 +144,16 @@ class LocalLeases:
         self._ids = itertools.count(1)
 
     async def acquire(self, key: str | None, *, total: int, per_key: int) -> LeaseDecision:
-        refused = self.refusal(key, total=total, per_key=per_key)
-        if refused is not None:
-            return LeaseDecision(None, refused)
+        # refusal() and hold() inline: this runs for every capped request.
+        if total and self._total >= total:
+            return _REFUSED_TOTAL
+        if key is not None and per_key and self._by_key[key] >= per_key:
+            return _REFUSED_KEY
         lease_id = str(next(self._ids))
-        self.hold(lease_id, key)
+        self._held[lease_id] = key
+        self._total += 1
+        if key is not None:
+            self._by_key[key] += 1
         return LeaseDecision(lease_id)
 
     def refusal(
