@@ -1,7 +1,12 @@
 """The in-process state: what one process has always kept in memory, behind the shared Protocols.
 
 The default (no ``--state-url``): nothing to set up, nothing shared. With
-``--workers N`` each worker has its own.
+``--workers N`` each worker has its own. These are the only in-process
+implementations of the rate-limit buckets, concurrency leases and stored Responses:
+the app reaches them through the Protocols alone, as it reaches Redis's. Two are
+used on their own too: a Responses WebSocket keeps its ``store: false`` responses in
+a ``LocalResponses`` of its own, and ``RedisLeases`` counts this process's leases in
+a ``LocalLeases``.
 """
 
 from __future__ import annotations
