@@ -19,8 +19,6 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from streamapi.app import create_app
-from streamapi.control.ratelimit import _MAX_BUCKETS, RateLimiter
-from streamapi.errors import RateLimitError
 from streamapi.settings import Settings
 from tests.asgi_driver import post_scope, samples
 from tests.virtual_time import virtual_time
@@ -113,34 +111,6 @@ async def test_forwarded_for_counts_only_from_a_trusted_proxy() -> None:
     assert first == [200, 429]
     assert second == [200]
     assert spoofed == [200, 429]
-
-
-def test_past_the_bucket_cap_the_least_recently_used_go_first() -> None:
-    now = [1000.0]
-    limiter = RateLimiter(requests_per_minute=1, clock=lambda: now[0])
-    limiter.admit("oldest", "m", 0)
-    limiter.admit("recent", "m", 0)
-    for number in range(_MAX_BUCKETS - 2):
-        limiter.admit(f"new-{number}", "m", 0)
-    # "recent" is used again (refused: its bucket is empty), so "oldest" is the first out.
-    with pytest.raises(RateLimitError):
-        limiter.admit("recent", "m", 0)
-    limiter.admit("one-more", "m", 0)
-    limiter.admit("oldest", "m", 0)  # forgotten past the cap: a fresh bucket
-    assert len(limiter._buckets) == _MAX_BUCKETS
-
-
-def test_buckets_full_again_are_forgotten_by_the_next_new_identity() -> None:
-    now = [1000.0]
-    limiter = RateLimiter(requests_per_minute=2, clock=lambda: now[0])
-    for number in range(100):
-        limiter.admit(f"old-{number}", "m", 0)
-    limiter.admit("busy", "m", 0)
-    now[0] += 61  # every bucket has refilled
-    limiter.admit("busy", "m", 0)
-    limiter.admit("newcomer", "m", 0)
-    # Only the two in use remain: the full ones went, each once.
-    assert [identity for identity, _ in limiter._buckets] == ["busy", "newcomer"]
 
 
 # --- tenants kept apart -------------------------------------------------------------
@@ -452,6 +422,27 @@ async def test_stored_responses_are_capped_by_bytes_least_recently_used_first() 
     # One larger than the whole budget is answered, not stored.
     assert too_big.status_code == 200
     assert unstored == 404
+
+
+async def test_stored_responses_are_capped_by_count_least_recently_used_first() -> None:
+    async with serve(_settings(responses_store_size=2)) as http:
+
+        async def make(text: str) -> str:
+            made = await http.post(RESPONSES, json={"input": text, "max_output_tokens": 3})
+            response_id: str = made.json()["id"]
+            return response_id
+
+        async def status(response_id: str) -> int:
+            return (await http.get(f"{RESPONSES}/{response_id}")).status_code
+
+        first, second = await make("a"), await make("b")
+        assert await status(first) == 200  # used: now the most recent
+        third = await make("c")
+        kept = [await status(rid) for rid in (first, second, third)]
+    assert kept == [200, 404, 200]
+    async with serve(_settings(responses_store_size=0)) as http:
+        unkept = await status(await make("a"))
+    assert unkept == 404
 
 
 async def test_a_background_runs_kept_events_stay_within_their_budget() -> None:

@@ -170,6 +170,70 @@ async def test_a_per_key_cap_holds_across_both(redis_server: RedisServer) -> Non
         assert admitted.status_code == 200
 
 
+async def _until_loaded(client: httpx.AsyncClient) -> None:
+    """Until ``client``'s app holds a request in flight: 5 s at most."""
+    for _ in range(100):
+        if (await client.get("/load")).json()["server_load"]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no request in flight after 5 s")
+
+
+async def test_the_server_cap_holds_across_both_and_is_given_back(
+    redis_server: RedisServer,
+) -> None:
+    settings = _settings(redis_server, max_concurrent_requests=1, time_to_first_token_ms=1500)
+    async with _apps(settings, settings) as (a, b):
+        slow = asyncio.ensure_future(a.post(CHAT, json=_chat()))
+        await _until_loaded(a)
+        refused = await b.post(CHAT, json=_chat())
+        assert (await slow).status_code == 200
+        await asyncio.sleep(0.1)  # the lease is given back in the background
+        admitted = await b.post(CHAT, json=_chat(), headers={"x-streamapi-ttft-ms": "0"})
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "too_many_concurrent_requests"
+    assert refused.json()["error"]["message"] == (
+        "Too many concurrent requests (at most 1); retry shortly."
+    )
+    assert admitted.status_code == 200
+
+
+async def test_with_redis_lost_each_process_still_caps_its_own_requests(
+    redis_server: RedisServer,
+) -> None:
+    # No journal: each of its calls to the lost Redis would take the timeout.
+    settings = _settings(
+        redis_server,
+        max_concurrent_requests=1,
+        time_to_first_token_ms=1500,
+        state_timeout_s=0.25,
+        admin_key=None,
+    )
+    async with _apps(settings, settings) as (a, b):
+        redis_server.stop()
+        async with asyncio.timeout(30):
+            slow = asyncio.ensure_future(a.post(CHAT, json=_chat()))
+            await _until_loaded(a)
+            # Open: A refuses its own second; B, which cannot count A's lease, admits.
+            here = await a.post(CHAT, json=_chat())
+            assert not slow.done()
+            elsewhere = await b.post(CHAT, json=_chat())
+            assert (await slow).status_code == 200
+            again = await a.post(CHAT, json=_chat())
+    assert elsewhere.status_code == 200
+    assert here.status_code == 429
+    assert here.json()["error"]["code"] == "too_many_concurrent_requests"
+    assert again.status_code == 200
+
+
+async def test_stored_responses_keep_the_last_store_size(redis_server: RedisServer) -> None:
+    settings = _settings(redis_server, responses_store_size=2)
+    async with _apps(settings, settings) as (a, b):
+        made = [(await a.post("/v1/responses", json={"input": f"{n}"})).json()["id"] for n in "abc"]
+        kept = [(await b.get(f"/v1/responses/{response_id}")).status_code for response_id in made]
+    assert kept == [404, 200, 200]
+
+
 async def test_a_shared_stored_response_is_its_keys_alone_on_every_process(
     redis_server: RedisServer,
 ) -> None:

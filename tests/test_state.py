@@ -13,11 +13,13 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
 from streamapi.state import SharedState, StateStoreError, StateUnavailableError, create_state
 from streamapi.state.base import ConfigSnapshot
+from streamapi.state.local import MAX_BUCKETS, LocalBuckets, LocalResponses
 from streamapi.state.redis_store import RedisState
 from tests.redis_server import RedisServer
 
@@ -151,6 +153,75 @@ async def test_responses_keep_the_last_capacity(store: SharedState) -> None:
     assert await store.responses.get("resp_0") is None
     assert await store.responses.get("resp_2") == {"body": {"id": "resp_2"}, "n": 2}
     assert await store.responses.get("resp_1") is not None
+
+
+async def test_leases_held_is_this_process_s_count_at_once(store: SharedState) -> None:
+    leases = store.leases
+    first = await leases.acquire("alice", total=0, per_key=5)
+    await leases.acquire(None, total=0, per_key=5)
+    assert (leases.held(), leases.held("alice"), leases.held("bob")) == (2, 1, 0)
+    assert first.lease_id is not None
+    leases.release_soon(first.lease_id)
+    assert (leases.held(), leases.held("alice")) == (1, 0)
+
+
+# --- in process only: what memory bounds ---------------------------------------------------
+
+
+async def test_local_buckets_past_the_cap_the_least_recently_used_go_first() -> None:
+    now = [1000.0]
+    buckets = LocalBuckets(clock=lambda: now[0])
+
+    async def take(identity: str) -> str | None:
+        verdict = await buckets.take(
+            identity, "m", requests_per_minute=1, tokens_per_minute=0, tokens=0
+        )
+        return verdict.refused
+
+    await take("oldest")
+    await take("recent")
+    for number in range(MAX_BUCKETS - 2):
+        await take(f"new-{number}")
+    # "recent" is used again (refused: its bucket is empty), so "oldest" is the first out.
+    assert await take("recent") == "requests"
+    await take("one-more")
+    assert await take("oldest") is None  # forgotten past the cap: a fresh bucket
+    assert len(buckets._buckets) == MAX_BUCKETS
+
+
+async def test_local_buckets_full_again_are_forgotten_by_the_next_new_identity() -> None:
+    # Issue 26: no sweep per new identity; each bucket is dropped once, from the front.
+    now = [1000.0]
+    buckets = LocalBuckets(clock=lambda: now[0])
+    limits: dict[str, Any] = {"requests_per_minute": 2, "tokens_per_minute": 0, "tokens": 0}
+    for number in range(100):
+        await buckets.take(f"old-{number}", "m", **limits)
+    await buckets.take("busy", "m", **limits)
+    now[0] += 61  # every bucket has refilled
+    await buckets.take("busy", "m", **limits)
+    await buckets.take("newcomer", "m", **limits)
+    # Only the two in use remain: the full ones went, each once.
+    assert [identity for identity, _ in buckets._buckets] == ["busy", "newcomer"]
+
+
+async def test_local_responses_are_capped_in_bytes_least_recently_used_first() -> None:
+    weight = len(orjson.dumps({"body": {"id": "resp_0"}, "text": "x" * 100}))
+    responses = LocalResponses(10, max_bytes=3 * weight)
+    for n in range(3):
+        await responses.put(f"resp_{n}", {"body": {"id": f"resp_{n}"}, "text": "x" * 100})
+    assert responses.bytes == 3 * weight
+    assert await responses.get("resp_0") is not None  # used: now the most recent
+    await responses.put("resp_3", {"body": {"id": "resp_3"}, "text": "x" * 100})
+    assert await responses.get("resp_1") is None
+    assert [await responses.get(f"resp_{n}") is not None for n in (0, 2, 3)] == [True] * 3
+    # One heavier than the whole budget is not kept, and pushes nothing out.
+    await responses.put("huge", {"body": {"id": "huge"}, "text": "x" * 1000})
+    assert await responses.get("huge") is None and responses.bytes == 3 * weight
+    responses.discard("resp_0")
+    assert await responses.get("resp_0") is None and responses.bytes == 2 * weight
+    none_kept = LocalResponses(0)
+    await none_kept.put("resp_0", {"body": {}})
+    assert await none_kept.get("resp_0") is None
 
 
 # --- Redis only: shared across processes ---------------------------------------------------
@@ -292,9 +363,13 @@ async def test_redis_lost_fails_fast_and_open_then_counts_again(
         redis_server.stop()
         async with asyncio.timeout(5):  # never hangs: every call has its own short timeout
             assert await state.buckets.take("id", "m", **limits) is None
-            assert await state.leases.acquire("k", total=1, per_key=1) == (
-                await state.leases.acquire("k", total=1, per_key=1)
-            )
+            # Uncounted in Redis, yet this process's own leases still cap it alone.
+            open_lease = await state.leases.acquire("k", total=1, per_key=1)
+            assert open_lease.lease_id is not None and open_lease.refused is None
+            assert (await state.leases.acquire("k", total=1, per_key=1)).refused == "total"
+            assert state.leases.held() == 1
+            await state.leases.release(open_lease.lease_id)
+            assert state.leases.held() == 0
             with pytest.raises(StateUnavailableError):
                 await closed.buckets.take("id", "m", **limits)
             with pytest.raises(StateUnavailableError):

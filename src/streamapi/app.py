@@ -35,9 +35,9 @@ from streamapi.serving.completions import CompletionService
 from streamapi.serving.embeddings import EmbeddingService
 from streamapi.serving.generation import Generation
 from streamapi.serving.response_runs import BackgroundRuns
-from streamapi.serving.responses import ResponseService, ResponseStore
+from streamapi.serving.responses import ResponseService
 from streamapi.settings import Settings
-from streamapi.state import create_state
+from streamapi.state import SharedState, create_state
 
 if TYPE_CHECKING:
     import httpx
@@ -64,6 +64,7 @@ def create_app(
     engine: Engine | None = None,
     lifecycle: Lifecycle | None = None,
     upstream_transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    state: SharedState | None = None,
 ) -> FastAPI:
     """Build the streamapi ASGI app.
 
@@ -72,14 +73,16 @@ def create_app(
     the engine's own metrics are its business); ``lifecycle`` lets the process
     that runs the app start the shutdown drain; ``upstream_transports``
     replaces the network transport of the routes file's upstreams, by name
-    (tests put an in-process app there). Every app has its own metrics
-    registry, served at ``GET /metrics``.
+    (tests put an in-process app there); ``state`` replaces the store the
+    settings name (tests give a ``LocalState`` a clock they move). Every app
+    has its own metrics registry, served at ``GET /metrics``.
     """
     settings = settings or Settings()
     lifecycle = lifecycle or Lifecycle()
     metrics = Metrics(settings.default_model)
-    # In-process stores, or with --state-url the Redis ones (reached at start-up).
-    shared = create_state(
+    # In-process stores, or with --state-url the Redis ones (reached at start-up): the
+    # one home of rate-limit buckets, concurrency leases and stored Responses.
+    shared = state or create_state(
         settings.state_url,
         prefix=settings.state_prefix,
         timeout_s=settings.state_timeout_s,
@@ -87,10 +90,10 @@ def create_app(
         lease_ttl_s=settings.state_lease_ttl_s,
         journal_size=settings.journal_size,
         responses_capacity=settings.responses_store_size,
+        responses_max_bytes=settings.responses_store_max_bytes,
         on_error=metrics.state_error,
     )
-    redis = shared if shared.kind == "redis" else None
-    control = Control(settings, redis)
+    control = Control(settings, shared)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
@@ -107,14 +110,7 @@ def create_app(
         per_event = settings.tokens_per_event
         # With several workers, what a scrape of another worker shows of this one.
         publisher = asyncio.create_task(metrics.publish_forever()) if metrics.multiprocess else None
-        response_service = ResponseService(
-            generation,
-            ResponseStore(
-                settings.responses_store_size,
-                None if redis is None else redis.responses,
-                max_bytes=settings.responses_store_max_bytes,
-            ),
-        )
+        response_service = ResponseService(generation, shared.responses)
         background = BackgroundRuns(
             response_service,
             lifecycle,
@@ -134,10 +130,10 @@ def create_app(
                 generation=generation,
                 metrics=metrics,
                 limiter=ConcurrencyLimiter(
+                    shared.leases,
                     total=settings.max_concurrent_requests,
                     per_key=settings.max_concurrent_requests_per_key,
                     retry_after_s=settings.concurrency_retry_after_s,
-                    shared=None if redis is None else redis.leases,
                 ),
                 chat=ChatService(generation, tokens_per_event=per_event),
                 completions=CompletionService(generation, tokens_per_event=per_event),

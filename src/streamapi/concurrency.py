@@ -4,11 +4,15 @@ A request takes a ``ConcurrencyLease`` before its engine sequences open and give
 when its ``Admission`` closes, which happens exactly once however the request
 ends (finished, failed, client gone, or refused at admission). A request over
 a cap gets 429 with ``Retry-After`` before its response starts.
+
+The leases live in the state store (``state.base.LeaseStore``): this process's
+memory by default, Redis with ``--state-url`` (then the caps count every
+process's requests).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from typing import Literal
 
 from streamapi.errors import RateLimitError
 from streamapi.keys import Principal
@@ -16,104 +20,78 @@ from streamapi.state.base import LeaseStore
 
 
 class ConcurrencyLimiter:
-    """Counts open generation requests, in all and per key; 0 means no cap."""
+    """Caps open generation requests, in all and per key, in ``leases``; 0 means no cap."""
 
     def __init__(
-        self, *, total: int, per_key: int, retry_after_s: float, shared: LeaseStore | None = None
+        self, leases: LeaseStore, *, total: int, per_key: int, retry_after_s: float
     ) -> None:
-        self.shared = shared
-        """With a shared store (``--state-url``) the caps count every process's requests."""
+        self.leases = leases
         self._total = total
         self._per_key = per_key
         self._retry_after_s = retry_after_s
-        self.open = 0
-        self._by_key: Counter[str] = Counter()
+
+    def _cap_of(self, principal: Principal | None) -> int:
+        cap = None if principal is None else principal.max_concurrent_requests
+        return self._per_key if cap is None else cap
 
     def check(self, principal: Principal | None) -> None:
         """``RateLimitError`` if a cap is reached now; takes nothing.
 
         Routes call it before reading the body, so that a refusal under
-        overload costs no parsing, validation or planning (``acquire`` checks
-        again: the caps may fill while the body arrives).
+        overload costs no parsing, validation or planning (``take`` checks
+        again: the caps may fill while the body arrives). It reads this
+        process's leases alone, with no round trip (a lower bound with Redis).
         """
-        if self._total and self.open >= self._total:
-            raise RateLimitError(
-                f"Too many concurrent requests (at most {self._total}); retry shortly.",
-                retry_after_s=self._retry_after_s,
-                code="too_many_concurrent_requests",
-            )
+        leases = self.leases
+        if self._total and leases.held() >= self._total:
+            raise self._refusal("total", self._total)
         if principal is not None:
-            cap = principal.max_concurrent_requests
-            cap = self._per_key if cap is None else cap
-            if cap and self._by_key[principal.name] >= cap:
-                raise RateLimitError(
-                    f"Too many concurrent requests for this API key (at most {cap}); "
-                    "retry shortly.",
-                    retry_after_s=self._retry_after_s,
-                    code="too_many_concurrent_requests",
-                )
-
-    def acquire(self, principal: Principal | None) -> ConcurrencyLease:
-        """A lease, or ``RateLimitError`` when a cap is reached."""
-        self.check(principal)
-        key = principal.name if principal is not None else None
-        if key is not None:
-            self._by_key[key] += 1
-        self.open += 1
-        return ConcurrencyLease(self, key)
+            cap = self._cap_of(principal)
+            if cap and leases.held(principal.name) >= cap:
+                raise self._refusal("key", cap)
 
     async def take(self, principal: Principal | None) -> ConcurrencyLease:
-        """``acquire``, and with a shared store counted across processes: this process's
-        count first (a lower bound), then a lease in the shared store, which lapses if
-        this process dies. Every generation path takes its lease here."""
-        lease = self.acquire(principal)
-        cap = 0 if principal is None else principal.max_concurrent_requests
-        per_key = self._per_key if cap is None else cap
-        if self.shared is None or not (self._total or per_key):
-            return lease
-        try:
-            decision = await self.shared.acquire(
-                None if principal is None else principal.name, total=self._total, per_key=per_key
-            )
-        except BaseException:
-            lease.release()
-            raise
+        """A lease, or ``RateLimitError`` when a cap is reached. Every generation path
+        takes its lease here; a request under no cap takes none from the store."""
+        per_key = self._cap_of(principal)
+        if not (self._total or per_key):
+            return ConcurrencyLease(self.leases, None)
+        decision = await self.leases.acquire(
+            None if principal is None else principal.name, total=self._total, per_key=per_key
+        )
         if decision.refused is not None:
-            lease.release()
             most = self._total if decision.refused == "total" else per_key
-            scope = "" if decision.refused == "total" else " for this API key"
-            raise RateLimitError(
-                f"Too many concurrent requests{scope} (at most {most}); retry shortly.",
-                retry_after_s=self._retry_after_s,
-                code="too_many_concurrent_requests",
-            )
-        lease.shared_id = decision.lease_id
-        return lease
+            raise self._refusal(decision.refused, most)
+        return ConcurrencyLease(self.leases, decision.lease_id)
 
-    def _release(self, key: str | None) -> None:
-        self.open -= 1
-        if key is not None:
-            self._by_key[key] -= 1
-            if not self._by_key[key]:
-                del self._by_key[key]
+    def _refusal(self, scope: Literal["total", "key"], most: int) -> RateLimitError:
+        whose = "" if scope == "total" else " for this API key"
+        return RateLimitError(
+            f"Too many concurrent requests{whose} (at most {most}); retry shortly.",
+            retry_after_s=self._retry_after_s,
+            code="too_many_concurrent_requests",
+        )
 
 
 class ConcurrencyLease:
-    """One request's place under the caps; ``release`` gives it back once."""
+    """One request's place under the caps; ``release`` gives it back once.
 
-    def __init__(self, limiter: ConcurrencyLimiter, key: str | None) -> None:
-        self._limiter = limiter
-        self._key = key
-        self._released = False
-        self.shared_id: str | None = None
+    ``lease_id`` is None when the request took no place (under no cap, or the store
+    could not count it).
+    """
+
+    __slots__ = ("_leases", "lease_id")
+
+    def __init__(self, leases: LeaseStore, lease_id: str | None) -> None:
+        self._leases = leases
+        self.lease_id = lease_id
 
     def release(self) -> None:
-        if self._released:
+        lease_id = self.lease_id
+        if lease_id is None:
             return
-        self._released = True
-        self._limiter._release(self._key)
-        shared, lease_id = self._limiter.shared, self.shared_id
-        if shared is not None and lease_id is not None:
-            # In the background: callers release synchronously. If it never happens,
-            # the lease lapses within its TTL.
-            shared.release_soon(lease_id)
+        self.lease_id = None
+        # Callers release synchronously: in memory this is done at once; with Redis,
+        # this process's count at once and Redis's in the background (if that never
+        # happens, the lease lapses within its TTL).
+        self._leases.release_soon(lease_id)

@@ -68,9 +68,7 @@ async def create_response(request: Request) -> Response:
     state = state_of(request)
     refuse_early(request, state)
     parsed = validate(ResponseRequest, await read_json(request))
-    service = _service(request, state)
-    if parsed.previous_response_id is not None:
-        await service.load(parsed.previous_response_id)
+    service = await _service(request, state).load(parsed.previous_response_id)
     if parsed.background:
         return await _start_background(request, state, service, parsed)
     return await respond(request, state, service, parsed, streamed=bool(parsed.stream))
@@ -134,9 +132,7 @@ async def compact_response(request: Request) -> Response:
     state = state_of(request)
     refuse_early(request, state)
     parsed = validate(CompactRequest, await read_json(request))
-    service = _service(request, state)
-    if parsed.previous_response_id is not None:
-        await service.load(parsed.previous_response_id)
+    service = await _service(request, state).load(parsed.previous_response_id)
     return json_response(service.compact(parsed))
 
 

@@ -51,7 +51,8 @@ from streamapi.errors import (
 )
 from streamapi.keys import Principal
 from streamapi.schemas.responses import ResponseRequest
-from streamapi.serving.responses import ResponseStore, json_event
+from streamapi.serving.responses import json_event
+from streamapi.state.local import LocalResponses
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ async def responses_websocket(websocket: WebSocket) -> None:
     state: AppState = websocket.scope["state"]
     principal = scope_keys.state_of(websocket.scope).get(scope_keys.PRINCIPAL)
     await websocket.accept()
-    session = ResponseStore(SESSION_CAPACITY, max_bytes=SESSION_MAX_BYTES)
+    session = LocalResponses(SESSION_CAPACITY, max_bytes=SESSION_MAX_BYTES)
     settings = state["settings"]
     idle_s = settings.websocket_idle_timeout_s or None
     try:
@@ -109,7 +110,7 @@ async def _turn(
     websocket: WebSocket,
     state: AppState,
     message: str,
-    session: ResponseStore,
+    session: LocalResponses,
     principal: Principal | None,
 ) -> None:
     """One ``response.create``: its events, or one error message."""
@@ -120,16 +121,15 @@ async def _turn(
         previous_id = previous if isinstance(previous, str) else None
         refuse_if_draining(state["lifecycle"])
         parsed = validate(ResponseRequest, body)
-        service = state["responses"].for_owner(owner_of(principal))
-        if (
-            parsed.previous_response_id is not None
-            and session.get(parsed.previous_response_id) is None
-        ):
-            await service.load(parsed.previous_response_id)
+        service = await (
+            state["responses"]
+            .for_owner(owner_of(principal))
+            .load(parsed.previous_response_id, session)
+        )
         if is_small(message):
-            response = service.prepare(parsed, session=session)
+            response = service.prepare(parsed)
         else:  # checking its schemas may take seconds of CPU: not on the event loop
-            response = await asyncio.to_thread(service.prepare, parsed, session=session)
+            response = await asyncio.to_thread(service.prepare, parsed)
         check_principal_access(principal, response.job.model)
         # Each turn counts against the rate limits as an HTTP request does (429 error).
         await state["control"].count(identify(websocket.scope), response.job)

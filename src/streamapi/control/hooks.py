@@ -61,19 +61,21 @@ class Control:
 
     Built from ``settings`` (``RulesError`` if the rules file is invalid); the
     admin API changes it at runtime (``update``) and ``reset_all`` puts the
-    settings back. With a ``shared`` store (``--state-url``) rate limits, rule
-    sequence counters and the journal are counted there, and the admin API's
-    changes are written there first and applied by every process.
+    settings back. Rate limits are counted in ``state``'s buckets (this process's
+    memory, or Redis). With a Redis store (``--state-url``) rule sequence counters
+    and the journal are counted there too, and the admin API's changes are written
+    there first and applied by every process.
     """
 
-    def __init__(self, settings: Settings, shared: SharedState | None = None) -> None:
+    def __init__(self, settings: Settings, state: SharedState) -> None:
         self.settings = settings
-        self.shared = shared if shared is not None and shared.kind == "redis" else None
+        self.shared = state if state.kind == "redis" else None
+        """The store shared with other processes, or None (this process alone)."""
         self.rules = RuleBook(settings.rules_file)
         self.limiter = RateLimiter(
+            state.buckets,
             settings.rate_limit_requests_per_minute,
             settings.rate_limit_tokens_per_minute,
-            shared=None if self.shared is None else self.shared.buckets,
         )
         self.journal = (
             Journal(
@@ -169,9 +171,7 @@ class Control:
         if not self.limiter.enabled:
             return {}
         cost = job.prompt_tokens + sum(choice.max_tokens or 0 for choice in job.choices)
-        if self.shared is None:
-            return self.limiter.admit(identity, job.model, cost)
-        return await self.limiter.admit_shared(identity, job.model, cost)
+        return await self.limiter.admit(identity, job.model, cost)
 
     async def _match(self, facts: Facts) -> Matched | None:
         """``RuleBook.match`` with the sequence counters in the shared store.
@@ -248,14 +248,15 @@ class Control:
             self.fault_rate = rate
 
     def reset(self) -> None:
-        """Back to the settings: rules from the file, faults, limits, latency; journal emptied."""
+        """Back to the settings: rules from the file, faults, limits, latency; journal emptied.
+
+        The buckets are emptied by whoever resets the store (``reset_all``).
+        """
         settings = self.settings
         self.rules.revert()
         self.set_faults(rate=settings.fault_rate, kinds=settings.fault_kinds)
-        self.limiter.configure(
-            requests_per_minute=settings.rate_limit_requests_per_minute,
-            tokens_per_minute=settings.rate_limit_tokens_per_minute,
-        )
+        self.limiter.requests_per_minute = settings.rate_limit_requests_per_minute
+        self.limiter.tokens_per_minute = settings.rate_limit_tokens_per_minute
         if self._latency is not None:
             self._latency.reset_latency()
         if self.journal is not None:
@@ -278,17 +279,17 @@ class Control:
             document["rules_generation"] = document.get("rules_generation", 0) + 1
         if self.shared is not None:
             await self.shared.config.write(document)
-            if "rate_limits" in changes:
-                # New limits start with full buckets, in every process.
-                await self.shared.buckets.reset()
+        if "rate_limits" in changes:
+            # New limits start with full buckets, in every process.
+            await self.limiter.buckets.reset()
         self._apply(document, changes.keys())
-        if "rate_limits" in changes and self.shared is None:
-            self.limiter.reset()
 
     async def reset_all(self) -> None:
         """``reset``, and with a shared store, the whole cluster's (written there first)."""
         if self.shared is not None:
             await self.shared.reset()
+        else:
+            await self.limiter.buckets.reset()
         self._document = {}
         self.reset()
 

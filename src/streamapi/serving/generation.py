@@ -101,7 +101,7 @@ class Admission:
 
 
 class Lease(Protocol):
-    """A held share of a limit (``limits.ConcurrencyLimiter``); ``release`` is idempotent."""
+    """A held share of a limit (``concurrency.ConcurrencyLimiter``); ``release`` is idempotent."""
 
     def release(self) -> None: ...
 

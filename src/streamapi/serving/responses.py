@@ -7,8 +7,9 @@ before its deltas and its ``*.done`` events after, and finally
 cut it). Every event names itself in ``event:`` and ``type`` and carries a
 ``sequence_number`` from 0, and the stream ends with ``data: [DONE]`` (Open
 Responses requires it; OpenAI's SDKs stop on it). Finished responses are kept
-in a bounded in-memory store for ``previous_response_id``; a WebSocket
-connection keeps its ``store: false`` responses in a ``ResponseStore`` of its
+in the state store (``state.base.ResponseStorage``: this process's memory, bounded
+in count and bytes, or Redis) for ``previous_response_id``; a WebSocket
+connection keeps its ``store: false`` responses in a ``LocalResponses`` of its
 own. The same events feed the WebSocket mode (one JSON message each) and
 background runs (``serving.response_runs``).
 """
@@ -19,7 +20,6 @@ import json
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -71,6 +71,7 @@ from streamapi.serving.schema_checks import SchemaChecks, check_tool_choice
 from streamapi.serving.stream_errors import GenerationFailed
 from streamapi.serving.usage import Usage
 from streamapi.state.base import ResponseStorage, StateUnavailableError
+from streamapi.state.local import LocalResponses
 from streamapi.text.tokenizer import count_chat_tokens
 
 logger = logging.getLogger(__name__)
@@ -103,79 +104,6 @@ class StoredResponse:
     """The name of the API key that made it; None with auth off (one tenant)."""
 
 
-class ResponseStore:
-    """At most ``capacity`` responses and ``max_bytes`` of them, least recently used
-    dropped first.
-
-    A response's bytes are those of its JSON (its body and the conversation it
-    continues). One larger than ``max_bytes`` alone is not kept. With a ``shared``
-    store (``--state-url``) responses are kept there, for every process (Redis's own
-    memory settings bound it); this one's memory then only holds what ``load`` fetched.
-    """
-
-    def __init__(
-        self, capacity: int, shared: ResponseStorage | None = None, *, max_bytes: int = 0
-    ) -> None:
-        self._capacity = capacity
-        self._max_bytes = max_bytes
-        """0: no cap but the count."""
-        self._items: OrderedDict[str, StoredResponse] = OrderedDict()
-        self._sizes: dict[str, int] = {}
-        self.bytes = 0
-        """What the responses kept here weigh, as JSON."""
-        self.shared = shared
-
-    async def load(self, response_id: str) -> None:
-        """Fetch ``response_id`` from the shared store for ``get`` (503 if it fails)."""
-        if self.shared is None:
-            return
-        data = await self.shared.get(response_id)
-        if data is None:
-            self._items.pop(response_id, None)
-        else:
-            self.put(response_id, _thawed(data))
-
-    async def keep(self, response_id: str, stored: StoredResponse) -> None:
-        """``put``, and into the shared store; a failure there is counted by the store."""
-        if self.shared is None:
-            self.put(response_id, stored)
-            return
-        with suppress(StateUnavailableError):
-            await self.shared.put(response_id, _frozen(stored))
-
-    def get(self, response_id: str) -> StoredResponse | None:
-        stored = self._items.get(response_id)
-        if stored is not None:
-            self._items.move_to_end(response_id)  # used: the last to go
-        return stored
-
-    def discard(self, response_id: str) -> None:
-        self._items.pop(response_id, None)
-        self.bytes -= self._sizes.pop(response_id, 0)
-
-    def put(self, response_id: str, stored: StoredResponse) -> None:
-        if self._capacity == 0:
-            return
-        size = len(orjson.dumps(_frozen(stored)))
-        self.discard(response_id)
-        if self._max_bytes and size > self._max_bytes:
-            logger.warning(
-                "Response %s not stored: its %d bytes exceed the store's %d",
-                response_id,
-                size,
-                self._max_bytes,
-            )
-            return
-        self._items[response_id] = stored
-        self._sizes[response_id] = size
-        self.bytes += size
-        while len(self._items) > self._capacity or (
-            self._max_bytes and self.bytes > self._max_bytes
-        ):
-            oldest, _ = self._items.popitem(last=False)
-            self.bytes -= self._sizes.pop(oldest)
-
-
 @dataclass(frozen=True, slots=True)
 class ResponseJob:
     """A checked Responses request and the request fields its Response echoes."""
@@ -202,11 +130,17 @@ class ResponseService:
     """
 
     def __init__(
-        self, generation: Generation, store: ResponseStore, owner: str | None = None
+        self,
+        generation: Generation,
+        store: ResponseStorage,
+        owner: str | None = None,
+        previous: tuple[str, StoredResponse] | None = None,
     ) -> None:
         self._generation = generation
         self._store = store
         self._owner = owner
+        self._previous = previous
+        """The response this request continues, as ``load`` fetched it."""
 
     def for_owner(self, owner: str | None) -> ResponseService:
         """This service as the key named ``owner`` sees it (None: auth is off)."""
@@ -216,27 +150,38 @@ class ResponseService:
         """Whether something made by ``owner`` is this tenant's."""
         return owner == self._owner
 
-    async def load(self, response_id: str) -> None:
-        """Make ``response_id`` available to ``prepare`` (the shared store's copy)."""
-        await self._store.load(response_id)
+    async def load(
+        self, response_id: str | None, session: LocalResponses | None = None
+    ) -> ResponseService:
+        """This service, holding ``response_id`` for ``prepare`` and ``compact`` to continue.
+
+        ``session`` is a WebSocket connection's own store (its ``store: false``
+        responses), looked in first. 503 if the store fails; an unknown id, or
+        another key's, is ``prepare``'s 400.
+        """
+        if response_id is None:
+            return self
+        data = None if session is None else await session.get(response_id)
+        if data is None:
+            data = await self._store.get(response_id)
+        previous = None if data is None else _thawed(data)
+        if previous is None or not self.owns(previous.owner):
+            return self
+        return ResponseService(self._generation, self._store, self._owner, (response_id, previous))
 
     async def retrieve(self, response_id: str) -> dict[str, Any] | None:
-        await self._store.load(response_id)
-        stored = self._store.get(response_id)
-        return None if stored is None or not self.owns(stored.owner) else stored.body
+        data = await self._store.get(response_id)
+        if data is None or not self.owns(data.get("owner")):
+            return None
+        body: dict[str, Any] = data["body"]
+        return body
 
-    def prepare(
-        self, request: ResponseRequest, *, session: ResponseStore | None = None
-    ) -> ResponseJob:
-        """Check everything that can fail before the first byte.
-
-        ``session`` is a WebSocket connection's own store: its ``store: false``
-        responses, which a later turn of the same connection may continue.
-        """
+    def prepare(self, request: ResponseRequest) -> ResponseJob:
+        """Check everything that can fail before the first byte (after ``load``)."""
         generation = self._generation
         check_metadata(request.metadata)
         model = generation.resolve_model(request.model)
-        history, call_names = self._history(request.previous_response_id, session)
+        history, call_names = self._history(request.previous_response_id)
         loaded: list[Any] = []
         messages = [
             *history,
@@ -301,7 +246,7 @@ class ResponseService:
         """
         generation = self._generation
         model = generation.resolve_model(request.model)
-        history, call_names = self._history(request.previous_response_id, None)
+        history, call_names = self._history(request.previous_response_id)
         given = request.input if request.input is not None else []
         messages = [
             *history,
@@ -351,14 +296,12 @@ class ResponseService:
             },
         }
 
-    def _history(
-        self, previous_id: str | None, session: ResponseStore | None
-    ) -> tuple[tuple[PromptMessage, ...], dict[str, str]]:
+    def _history(self, previous_id: str | None) -> tuple[tuple[PromptMessage, ...], dict[str, str]]:
         if previous_id is None:
             return (), {}
-        previous = session.get(previous_id) if session is not None else None
-        previous = previous or self._store.get(previous_id)
-        if previous is None or not self.owns(previous.owner):
+        loaded = self._previous
+        previous = loaded[1] if loaded is not None and loaded[0] == previous_id else None
+        if previous is None:
             raise PreviousResponseNotFoundError(
                 f"Previous response with id '{previous_id}' not found.",
                 param="previous_response_id",
@@ -377,7 +320,7 @@ class ResponseService:
         admission: Admission,
         encode: Encode,
         *,
-        session: ResponseStore | None = None,
+        session: LocalResponses | None = None,
         websocket: bool = False,
     ) -> AsyncIterator[bytes]:
         """Every event of one response, each as ``encode`` renders it.
@@ -429,7 +372,7 @@ class ResponseService:
         response: ResponseJob,
         builder: _Builder,
         body: dict[str, Any],
-        session: ResponseStore | None = None,
+        session: LocalResponses | None = None,
     ) -> None:
         if not response.store and session is None:
             return
@@ -447,13 +390,15 @@ class ResponseService:
         conversation = tuple(m for m in response.messages if m.role != "system")
         stored = StoredResponse(body, (*conversation, *said), names, response.owner)
         if response.store:
-            await self._store.keep(body["id"], stored)
+            # A failure of the shared store is counted there; the answer stands.
+            with suppress(StateUnavailableError):
+                await self._store.put(body["id"], _frozen(stored))
         elif session is not None:
-            session.put(body["id"], stored)
+            await session.put(body["id"], _frozen(stored))
 
 
 def _frozen(stored: StoredResponse) -> dict[str, Any]:
-    """``stored`` as JSON-ready data, for the shared store."""
+    """``stored`` as JSON-ready data, for the state store."""
     return {
         "body": stored.body,
         "messages": [

@@ -42,14 +42,20 @@ def create_state(
     lease_ttl_s: float = 10.0,
     journal_size: int = 1000,
     responses_capacity: int = 1000,
+    responses_max_bytes: int = 0,
     on_error: Callable[[str], None] | None = None,
 ) -> SharedState:
     """The in-process stores without ``url``, else Redis's (``StateStoreError`` if the URL is bad).
 
-    Nothing is reached until ``start``.
+    Nothing is reached until ``start``. ``responses_max_bytes`` caps the in-process
+    store (Redis's own memory settings bound Redis's).
     """
     if url is None:
-        return LocalState(journal_size=journal_size, responses_capacity=responses_capacity)
+        return LocalState(
+            journal_size=journal_size,
+            responses_capacity=responses_capacity,
+            responses_max_bytes=responses_max_bytes,
+        )
     from streamapi.state.redis_store import RedisState
 
     return RedisState(

@@ -108,6 +108,10 @@ class LeaseStore(Protocol):
     async def count(self, key: str | None = None) -> int:
         """Live leases in all, or of ``key``."""
 
+    def held(self, key: str | None = None) -> int:
+        """This process's live leases, in all or of ``key``, without waiting: a lower
+        bound of ``count``, for refusing before a request's body is read."""
+
 
 # --- runtime configuration ---------------------------------------------------------------
 
@@ -164,7 +168,8 @@ class JournalStore(Protocol):
 
 
 class ResponseStorage(Protocol):
-    """The last ``capacity`` stored responses (JSON-ready dicts), oldest dropped first."""
+    """The last ``capacity`` stored responses (JSON-ready dicts), oldest dropped first
+    (in process, least recently used first, and capped in bytes too)."""
 
     async def get(self, response_id: str) -> dict[str, Any] | None: ...
 

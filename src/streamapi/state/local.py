@@ -1,17 +1,24 @@
 """The in-process state: what one process has always kept in memory, behind the shared Protocols.
 
 The default (no ``--state-url``): nothing to set up, nothing shared. With
-``--workers N`` each worker has its own.
+``--workers N`` each worker has its own. These are the only in-process
+implementations of the rate-limit buckets, concurrency leases and stored Responses:
+the app reaches them through the Protocols alone, as it reaches Redis's. Two are
+used on their own too: a Responses WebSocket keeps its ``store: false`` responses in
+a ``LocalResponses`` of its own, and ``RedisLeases`` counts this process's leases in
+a ``LocalLeases``.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import time
-import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
+
+import orjson
 
 from streamapi.state.base import (
     Bucket,
@@ -23,9 +30,11 @@ from streamapi.state.base import (
     process_id,
 )
 
+logger = logging.getLogger("streamapi.state")
+
 # Past this many buckets the least recently used are forgotten: full ones first (a
 # full bucket is a fresh one), and past the cap the oldest anyway, so memory is bounded.
-_MAX_BUCKETS = 10_000
+MAX_BUCKETS = 10_000
 
 
 class _Level:
@@ -42,10 +51,14 @@ class _Level:
 
 
 class LocalBuckets:
-    """Token buckets in a dict; ``clock`` (monotonic seconds) is injectable for tests."""
+    """Token buckets in a dict, at most ``max_buckets`` of them; ``clock`` (monotonic
+    seconds) is injectable for tests."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, max_buckets: int = MAX_BUCKETS
+    ) -> None:
         self._clock = clock
+        self._max_buckets = max_buckets
         # Least recently used first: expiry looks at the front only.
         self._buckets: OrderedDict[tuple[str, str], tuple[_Level | None, _Level | None]] = (
             OrderedDict()
@@ -111,30 +124,62 @@ class LocalBuckets:
             full = all(
                 b is None or b.level + (now - b.updated) * b.limit / 60 >= b.limit for b in pair
             )
-            if not full and len(self._buckets) < _MAX_BUCKETS:
+            if not full and len(self._buckets) < self._max_buckets:
                 return
             del self._buckets[key]
 
 
+_REFUSED_TOTAL = LeaseDecision(None, "total")
+_REFUSED_KEY = LeaseDecision(None, "key")
+
+
 class LocalLeases:
-    """Open requests counted in memory; a lease lives until released."""
+    """Open requests counted in memory; a lease lives until released.
+
+    The default store of the concurrency caps, and, inside the Redis one, the count
+    of this process's own leases (a lower bound of the cluster's, read without a round
+    trip, and the caps per process while Redis does not answer).
+    """
 
     def __init__(self) -> None:
         self._total = 0
         self._by_key: Counter[str] = Counter()
         self._held: dict[str, str | None] = {}
+        # Ids need only be unique among this process's live leases: a counter, not uuid4.
+        self._ids = itertools.count(1)
 
     async def acquire(self, key: str | None, *, total: int, per_key: int) -> LeaseDecision:
+        # refusal() and hold() inline: this runs for every capped request.
         if total and self._total >= total:
-            return LeaseDecision(None, "total")
+            return _REFUSED_TOTAL
         if key is not None and per_key and self._by_key[key] >= per_key:
-            return LeaseDecision(None, "key")
-        lease_id = uuid.uuid4().hex
+            return _REFUSED_KEY
+        lease_id = str(next(self._ids))
         self._held[lease_id] = key
         self._total += 1
         if key is not None:
             self._by_key[key] += 1
         return LeaseDecision(lease_id)
+
+    def refusal(
+        self, key: str | None, *, total: int, per_key: int
+    ) -> Literal["total", "key"] | None:
+        """Which cap is full now, if any (a cap of 0 is no cap); takes nothing."""
+        if total and self._total >= total:
+            return "total"
+        if key is not None and per_key and self._by_key[key] >= per_key:
+            return "key"
+        return None
+
+    def hold(self, lease_id: str, key: str | None) -> None:
+        """Count ``lease_id`` (of ``key``) as held, caps unchecked."""
+        self._held[lease_id] = key
+        self._total += 1
+        if key is not None:
+            self._by_key[key] += 1
+
+    def held(self, key: str | None = None) -> int:
+        return self._total if key is None else self._by_key[key]
 
     def _release(self, lease_id: str) -> None:
         if lease_id not in self._held:
@@ -154,7 +199,7 @@ class LocalLeases:
         self._release(lease_id)
 
     async def count(self, key: str | None = None) -> int:
-        return self._total if key is None else self._by_key[key]
+        return self.held(key)
 
 
 class LocalConfig:
@@ -221,22 +266,53 @@ class LocalJournal:
 
 
 class LocalResponses:
-    """The last ``capacity`` responses, oldest dropped first; 0 keeps none."""
+    """At most ``capacity`` responses and ``max_bytes`` of them (0: no byte cap), least
+    recently used dropped first; a capacity of 0 keeps none.
 
-    def __init__(self, capacity: int) -> None:
+    A response weighs the bytes of its JSON; one heavier than ``max_bytes`` alone is
+    not kept. ``get`` counts as a use.
+    """
+
+    def __init__(self, capacity: int, *, max_bytes: int = 0) -> None:
         self._capacity = capacity
+        self._max_bytes = max_bytes
         self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self.bytes = 0
+        """What the responses kept weigh, as JSON."""
 
     async def get(self, response_id: str) -> dict[str, Any] | None:
-        return self._items.get(response_id)
+        stored = self._items.get(response_id)
+        if stored is not None:
+            self._items.move_to_end(response_id)  # used: the last to go
+        return stored
 
     async def put(self, response_id: str, stored: dict[str, Any]) -> None:
         if self._capacity == 0:
             return
+        size = len(orjson.dumps(stored))
+        self.discard(response_id)
+        if self._max_bytes and size > self._max_bytes:
+            logger.warning(
+                "Response %s not stored: its %d bytes exceed the store's %d",
+                response_id,
+                size,
+                self._max_bytes,
+            )
+            return
         self._items[response_id] = stored
-        self._items.move_to_end(response_id)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
+        self._sizes[response_id] = size
+        self.bytes += size
+        while len(self._items) > self._capacity or (
+            self._max_bytes and self.bytes > self._max_bytes
+        ):
+            oldest, _ = self._items.popitem(last=False)
+            self.bytes -= self._sizes.pop(oldest)
+
+    def discard(self, response_id: str) -> None:
+        """Forget ``response_id`` if kept."""
+        if self._items.pop(response_id, None) is not None:
+            self.bytes -= self._sizes.pop(response_id)
 
 
 class LocalState:
@@ -249,14 +325,16 @@ class LocalState:
         *,
         journal_size: int = 1000,
         responses_capacity: int = 1000,
+        responses_max_bytes: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        max_buckets: int = MAX_BUCKETS,
     ) -> None:
-        self.buckets = LocalBuckets(clock=clock)
+        self.buckets = LocalBuckets(clock=clock, max_buckets=max_buckets)
         self.leases = LocalLeases()
         self.config = LocalConfig()
         self.counters = LocalCounters()
         self.journal = LocalJournal(journal_size)
-        self.responses = LocalResponses(responses_capacity)
+        self.responses = LocalResponses(responses_capacity, max_bytes=responses_max_bytes)
         self.health = StoreHealth()
 
     async def start(self) -> None:

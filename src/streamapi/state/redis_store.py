@@ -55,6 +55,7 @@ from streamapi.state.base import (
     StoreHealth,
     process_id,
 )
+from streamapi.state.local import LocalLeases
 
 logger = logging.getLogger("streamapi.state")
 T = TypeVar("T")
@@ -270,13 +271,19 @@ class RedisBuckets:
 
 
 class RedisLeases:
-    """Leases in sorted sets, kept alive by this process's heartbeat while held."""
+    """Leases in sorted sets, kept alive by this process's heartbeat while held.
+
+    This process's own leases are counted in memory too (a ``LocalLeases``): ``held``
+    reads them without a round trip, and while Redis does not answer (failing open)
+    they still cap this process alone.
+    """
 
     def __init__(self, client: _Client, *, ttl_s: float, fail_closed: bool) -> None:
         self._client = client
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self._fail_closed = fail_closed
         self._held: dict[str, list[str]] = {}
+        self._own = LocalLeases()
         self._releasing: set[asyncio.Task[None]] = set()
         self._acquire = client.redis.register_script(_ACQUIRE)
         self._refresh = client.redis.register_script(_REFRESH)
@@ -287,24 +294,41 @@ class RedisLeases:
         return self._ttl_ms / 3000
 
     async def acquire(self, key: str | None, *, total: int, per_key: int) -> LeaseDecision:
+        # This process's own count first: a lower bound of Redis's, so a cap it fills
+        # is full everywhere.
+        refused_here = self._own.refusal(key, total=total, per_key=per_key)
+        if refused_here is not None:
+            return LeaseDecision(None, refused_here)
         client = self._client
         keys = [client.key("cc:all")]
         if key is not None:
             keys.append(client.key("cc:key:" + hashed(key)))
         lease_id = uuid.uuid4().hex
         args: list[_Arg] = [lease_id, self._ttl_ms, total, per_key]
+        # Counted here before the round trip, so that the requests awaiting Redis count too.
+        self._own.hold(lease_id, key)
         try:
             refused = await client.run("lease", lambda: self._acquire(keys=keys, args=args))
         except StateUnavailableError:
             if self._fail_closed:
+                self._own.release_soon(lease_id)
                 raise
-            return LeaseDecision(None)
+            # Uncounted in Redis: held in this process alone, until released.
+            return LeaseDecision(lease_id)
+        except BaseException:
+            self._own.release_soon(lease_id)
+            raise
         if refused:
+            self._own.release_soon(lease_id)
             return LeaseDecision(None, refused)
         self._held[lease_id] = keys
         return LeaseDecision(lease_id)
 
+    def held(self, key: str | None = None) -> int:
+        return self._own.held(key)
+
     async def release(self, lease_id: str) -> None:
+        self._own.release_soon(lease_id)
         keys = self._held.pop(lease_id, None)
         if keys is None:
             return
@@ -321,6 +345,11 @@ class RedisLeases:
             await self._client.run("lease.release", remove)
 
     def release_soon(self, lease_id: str) -> None:
+        # This process's count at once (its next request may take the place); Redis's
+        # in the background.
+        self._own.release_soon(lease_id)
+        if lease_id not in self._held:
+            return
         task = asyncio.get_running_loop().create_task(self.release(lease_id))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
