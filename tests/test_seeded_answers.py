@@ -277,9 +277,7 @@ ENGINE_CASES: list[tuple[str, GenerationRequest]] = [
     ),
 ]
 
-_IDS = re.compile(
-    rb"\b(chatcmpl|cmpl|msg|resp|rs|fc|item|req)_?-?[A-Za-z0-9]{8,}"
-)
+_IDS = re.compile(rb"\b(chatcmpl|cmpl|msg|resp|rs|fc|item|req)_?-?[A-Za-z0-9]{8,}")
 _TIMES = re.compile(rb'"(created|created_at|completed_at)":\s?\d+(\.\d+)?')
 
 
@@ -361,4 +359,4 @@ async def _record() -> None:
 
 if __name__ == "__main__":
     asyncio.run(_record())
-    print(f"recorded {FIXTURE}", file=sys.stderr)
+    sys.stderr.write(f"recorded {FIXTURE}\n")
