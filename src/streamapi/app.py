@@ -35,6 +35,7 @@ from streamapi.middleware import (
     BodyLimitMiddleware,
     OriginMiddleware,
     RequestMiddleware,
+    bypass_layers,
 )
 from streamapi.schemas import anthropic, openai, responses
 from streamapi.serving.anthropic import MessageService
@@ -245,6 +246,8 @@ def create_app(
         # so that every way of running the app trusts the same proxies, and no others:
         # uvicorn's default trusts loopback, where any local process can forge the header.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    # A stream's body frames skip every layer above: they act on a response's start.
+    bypass_layers(app)
     _document_extra_schemas(app)
     _add_redoc(app)
     return app

@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import Callable
 
+from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -64,11 +65,6 @@ class RequestMiddleware:
         sent = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = sent if _SAFE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
         state[scope_keys.REQUEST_ID] = request_id
-        # A stream's body frames come back to this layer's caller directly: what
-        # lies between (this layer, the control journal, auth, the body limit,
-        # Starlette's exception handling) acts on a response's start only, or on
-        # an error status's body, which a stream's 200 never has.
-        scope[scope_keys.BODY_SEND] = send
         # For the log lines of this request's task and the tasks it starts; the
         # server runs each request in a task of its own, so nothing leaks.
         logs.request_id.set(request_id)
@@ -88,13 +84,51 @@ class RequestMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            # The server's send holds the scope: a reference cycle, left to the
-            # garbage collector (which serve runs rarely) unless broken here.
-            del scope[scope_keys.BODY_SEND]
             route = scope.get("route")
             # Unmatched paths share one label: clients must not mint label values.
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.request(template, scope["method"], status)
+
+
+class BodySendLayer:
+    """Leaves the server's own ``send`` in the scope (``scope_keys.BODY_SEND``) for a
+    stream's body frames, which go to it directly.
+
+    Every layer between the server and the route acts on a response's start only,
+    or on an error status's body, which a stream's 200 never has: FastAPI's
+    (``ServerErrorMiddleware``'s ``send`` wrapper, its exception telemetry and
+    body limit), ours and Starlette's exception handling. ``bypass_layers``
+    puts this outside all of them.
+    """
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[scope_keys.BODY_SEND] = send
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            # The server's send holds the scope: a reference cycle, left to the
+            # garbage collector (which serve runs rarely) unless broken here.
+            del scope[scope_keys.BODY_SEND]
+
+
+def bypass_layers(app: Starlette) -> None:
+    """Put ``BodySendLayer`` outside the middleware stack ``app`` builds (FastAPI's
+    exception layers included), inside whatever the app itself does first."""
+    build = app.build_middleware_stack
+
+    def build_middleware_stack() -> ASGIApp:
+        return BodySendLayer(build())
+
+    # Starlette builds its stack on the first request, by this method.
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 
 
 class BodyLimitMiddleware:

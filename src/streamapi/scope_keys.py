@@ -23,8 +23,8 @@ JOURNAL_ENTRY: Final = "streamapi.journal_entry"
 RATELIMIT_HEADERS: Final = "streamapi.ratelimit_headers"
 """The ``x-ratelimit-*`` headers ``Control.plan`` computed, added by ``ControlMiddleware``."""
 BODY_SEND: Final = "streamapi.body_send"
-"""In the scope itself: the ``send`` the outermost middleware was given, for a stream's
-body frames (the layers inside it touch only a response's start)."""
+"""In the scope itself: the server's own ``send`` (``middleware.BodySendLayer``), for a
+stream's body frames (the layers between touch only a response's start)."""
 
 
 def state_of(scope: Mapping[str, Any]) -> Mapping[str, Any]:
