@@ -440,6 +440,9 @@ class Scheduler:
     def _complete_step(self, now: float) -> None:
         generated = 0
         latency_s = self.model.time_to_first_token_ms / 1000
+        # The batch that goes on, gathered in the same pass (once per token of every
+        # running sequence: the step loop's hot path).
+        going_on: list[ScheduledSequence] = []
         for sequence in self._running:
             if sequence.produced == 0 and latency_s > 0:
                 sequence.next_due = now + latency_s  # prefilled; its first token waits
@@ -449,9 +452,9 @@ class Scheduler:
                 generated += 1
             if sequence._produce(now):
                 self._finish(sequence, now)
-        self._running = [
-            s for s in self._running if s.state is SequenceState.RUNNING and s.produced
-        ]
+            else:
+                going_on.append(sequence)
+        self._running = going_on
         if self._metrics is not None and generated:
             self._metrics.generation_tokens.inc(generated)
 
