@@ -32,6 +32,7 @@ from streamapi.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
 # An id the client sent is echoed only if it cannot smuggle anything into a header.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
@@ -68,16 +69,15 @@ class RequestMiddleware:
         # For the log lines of this request's task and the tasks it starts; the
         # server runs each request in a task of its own, so nothing leaks.
         logs.request_id.set(request_id)
-        ids = [
-            (REQUEST_ID_HEADER.encode(), request_id.encode()),
-            (b"request-id", request_id.encode()),
-        ]
         status = 0
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # Encoded here, once: an open stream keeps only the id's string.
+                sent_id = request_id.encode()
+                ids = [(_REQUEST_ID_HEADER, sent_id), (b"request-id", sent_id)]
                 message["headers"] = [*message.get("headers", []), *ids]
             await send(message)
 
