@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -84,6 +84,9 @@ class RequestMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            # The server's send (``BodySendLayer``'s) holds the scope: a reference cycle,
+            # left to the garbage collector (which serve runs rarely) unless broken here.
+            scope.pop(scope_keys.BODY_SEND, None)
             route = scope.get("route")
             # Unmatched paths share one label: clients must not mint label values.
             template = getattr(route, "path", None) or "unmatched"
@@ -106,17 +109,13 @@ class BodySendLayer:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        scope[scope_keys.BODY_SEND] = send
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            # The server's send holds the scope: a reference cycle, left to the
-            # garbage collector (which serve runs rarely) unless broken here.
-            del scope[scope_keys.BODY_SEND]
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: the app's own is awaited in its place, so an open stream
+        # keeps no frame of this layer. RequestMiddleware, inside, takes the key
+        # out again when the request is over.
+        if scope["type"] == "http":
+            scope[scope_keys.BODY_SEND] = send
+        return self.app(scope, receive, send)
 
 
 def bypass_layers(app: Starlette) -> None:
