@@ -206,16 +206,18 @@ class AnswerPlan:
 
 
 class PlanReader:
-    """A plan's deltas, each made when it is read."""
+    """A plan's deltas, each made when it is read (once per token: the stream's hot path)."""
 
-    __slots__ = ("_index", "_offset", "_plan", "_position", "_run")
+    __slots__ = ("_next_run", "_offset", "_plan", "_position", "_run", "_token")
 
     def __init__(self, plan: AnswerPlan) -> None:
         self._plan = plan
         self._position = 0  # deltas read
-        self._run = 0  # the run being read
-        self._index = 0  # deltas read in that run
-        self._offset = 0  # characters of its text read
+        self._run: _Run | None = None  # the run being read; None for a plan with no token
+        self._next_run = 0
+        self._token = 0  # the next token of the run; -1: its opening tool-call delta
+        self._offset = 0  # characters of the run's text read
+        self._advance()
 
     def __iter__(self) -> PlanReader:
         return self
@@ -226,33 +228,38 @@ class PlanReader:
         if position >= plan.total:
             raise StopIteration
         self._position = position + 1
-        last = self._position == plan.total
-        if not plan.token_count:
+        run = self._run
+        if run is None:
             return TokenDelta("", plan.finish_reason, matched_stop=plan.matched_stop)
-        run = plan._runs[self._run]
-        index = self._index
-        if run.start is not None:
-            index -= 1
-        if index < 0:
-            delta = TokenDelta(
-                "", channel=run.channel, tool_call=run.start, tool_index=run.tool_index
-            )
+        token = self._token
+        if token < 0:
+            delta = TokenDelta("", None, run.channel, run.start, run.tool_index)
         else:
             offset = self._offset
-            end = self._offset = offset + run.lengths[index]
+            end = self._offset = offset + run.lengths[token]
             text = run.text[offset:end]
-            delta = TokenDelta(text, channel=run.channel, tool_index=run.tool_index)
+            delta = TokenDelta(text, None, run.channel, None, run.tool_index)
             if plan.logprobs is not None:
                 delta.logprob = logprob(text, position)
                 delta.top_logprobs = top_logprobs(text, position, plan.logprobs)
-        self._index += 1
-        if self._index == run.size:
-            self._run += 1
-            self._index = self._offset = 0
-        if last:
+        token += 1
+        if token < len(run.lengths):
+            self._token = token
+        else:
+            self._advance()
+        if position + 1 == plan.total:
             delta.finish_reason = plan.finish_reason
             delta.matched_stop = plan.matched_stop
         return delta
+
+    def _advance(self) -> None:
+        """On to the next run's first delta (the last run stays, read to its end)."""
+        runs = self._plan._runs
+        if self._next_run < len(runs):
+            run = self._run = runs[self._next_run]
+            self._next_run += 1
+            self._token = -1 if run.start is not None else 0
+            self._offset = 0
 
 
 class Planner:
