@@ -145,8 +145,15 @@ def sse_event_schema(*payloads: str, named: bool = False, done: bool = False) ->
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or 400."""
-    body = await request.body()
+    """The request body as a JSON object, or 400.
+
+    Read from the request's stream, not ``request.body()``, which would keep the bytes
+    on the request: a stream's response keeps the request alive to its end, and an
+    agent's prompt is tens of kilobytes. Whether it is small enough to prepare on the
+    event loop (``is_small``) is noted in the scope for ``prepared``.
+    """
+    body = b"".join([chunk async for chunk in request.stream()])
+    request.scope.setdefault("state", {})[scope_keys.SMALL_BODY] = is_small(body)
     if not body.strip():
         raise InvalidRequestError("No JSON body provided.")
     try:
@@ -239,9 +246,9 @@ _BYTES_ON_THE_LOOP = 256 * 1024
 
 
 async def prepared(request: Request, service: GenerationService[M, J], parsed: M) -> J:
-    """``service.prepare(parsed)``: on the event loop for a small body, else in a thread."""
-    body = await request.body()  # read already: Starlette keeps it
-    if is_small(body):
+    """``service.prepare(parsed)``: on the event loop for a small body (``read_json`` read
+    it), else in a thread."""
+    if scope_keys.state_of(request.scope).get(scope_keys.SMALL_BODY, True):
         return service.prepare(parsed)
     return await asyncio.to_thread(service.prepare, parsed)
 
