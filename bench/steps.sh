@@ -8,20 +8,23 @@
 #   unpaced: 20 streams for 5 s, 64 tokens each, 0 ms per token;
 #   paced400: 400 streams for 8 s, 64 tokens each, 20 ms per token.
 # Server CPU is utime + stime from /proc/PID/stat over the run. One line per run.
+# PACED_STREAMS=200 runs the paced load with fewer streams (the mode is then named
+# paced200): on a loaded machine the load generator keeps up with fewer.
 # Needs a 2-core machine (taskset), and the repository's venv active.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-18150}
+PACED_STREAMS=${PACED_STREAMS:-400}
 TREE=$(mktemp -d)/tree
 for sha in "$@"; do
   git worktree add -q --detach "$TREE" "$sha"
-  for mode in unpaced paced400; do
+  for mode in unpaced "paced$PACED_STREAMS"; do
     if [ $mode = unpaced ]; then
       pace=(--time-to-first-token-ms 0 --inter-token-latency-ms 0)
       load=(--concurrency 20 --duration 5)
     else
       pace=(--time-to-first-token-ms 0 --inter-token-latency-ms 20)
-      load=(--concurrency 400 --duration 8 --ramp-up 1.3 --warmup 1.3)
+      load=(--concurrency "$PACED_STREAMS" --duration 8 --ramp-up 1.3 --warmup 1.3)
     fi
     PYTHONPATH="$TREE/src" taskset -c 0 python -m streamapi serve --host 127.0.0.1 --port "$PORT" \
       "${pace[@]}" --load-factor 0 --max-num-seqs 100000 --max-waiting-requests 100000 \
@@ -45,7 +48,7 @@ if mode == "unpaced":
     print(f"{sha} unpaced: {r['events_per_s']:,.0f} events/s, {cpu / ok * 1e6:,.0f} us/request, "
           f"{cpu / events * 1e6:.1f} us/event")
 else:
-    print(f"{sha} paced400: {r['events_per_s']:,.0f} events/s, {cpu / events * 1e6:.1f} us/event, "
+    print(f"{sha} {mode}: {r['events_per_s']:,.0f} events/s, {cpu / events * 1e6:.1f} us/event, "
           f"gap p99 {r['itl_ms']['p99']:.1f} ms, TTFT p99 {r['ttft_ms']['p99']:.1f} ms, "
           f"failed {r['requests']['failed']}")
 PY

@@ -22,6 +22,7 @@ inflates its RSS, so RSS figures come only from the untraced runs.
     python bench/stream_memory.py                       # 500 and 1,000 streams, traced at 500
     python bench/stream_memory.py --streams 1000 --trace 0
     python bench/stream_memory.py --streams 200 --trace 200 --sites 30 --json out.json
+    python bench/stream_memory.py --streams 500 --trace 0 --prompt-chars 20000   # long prompts
 """
 
 from __future__ import annotations
@@ -71,11 +72,16 @@ OWNERS = (
 _STDLIB = sysconfig.get_paths()["stdlib"] + "/"
 
 
-def _chat_request(max_tokens: int) -> bytes:
+# What a long prompt is padded with (``--prompt-chars``): an agent's context, say.
+_CONTEXT = "The service reads its queue, retries failed jobs and logs each step. "
+
+
+def _chat_request(max_tokens: int, prompt_chars: int = 0) -> bytes:
+    context = (_CONTEXT * (prompt_chars // len(_CONTEXT) + 1))[:prompt_chars]
     body = json.dumps(
         {
             "model": "sim-small",
-            "messages": [{"role": "user", "content": "Explain queues"}],
+            "messages": [{"role": "user", "content": f"{context}Explain queues"}],
             "stream": True,
             "max_tokens": max_tokens,
             "ignore_eos": True,
@@ -143,10 +149,10 @@ async def _stream(port: int, payload: bytes, opened: asyncio.Queue[bool]) -> Non
 
 
 async def _open_streams(
-    port: int, count: int, ramp_s: float
+    port: int, count: int, ramp_s: float, prompt_chars: int
 ) -> tuple[list[asyncio.Task[None]], int]:
     """Open ``count`` streams spread over ``ramp_s``; the tasks and how many got a first event."""
-    payload = _chat_request(STREAM_TOKENS)
+    payload = _chat_request(STREAM_TOKENS, prompt_chars)
     opened: asyncio.Queue[bool] = asyncio.Queue()
     tasks: list[asyncio.Task[None]] = []
     start = time.monotonic()
@@ -311,7 +317,9 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-def measure_rss(streams: int, options: Sequence[str], log: Path) -> dict[str, object]:
+def measure_rss(
+    streams: int, options: Sequence[str], log: Path, prompt_chars: int = 0
+) -> dict[str, object]:
     """Idle and open-stream RSS of one fresh server."""
     process, url = start_streamapi([*SERVER_OPTIONS, *options], log=log, timeout_s=120)
     try:
@@ -321,7 +329,7 @@ def measure_rss(streams: int, options: Sequence[str], log: Path) -> dict[str, ob
         idle = rss_kib(process.pid)
 
         async def hold() -> tuple[int, int]:
-            tasks, good = await _open_streams(port, streams, 1.0)
+            tasks, good = await _open_streams(port, streams, 1.0, prompt_chars)
             await asyncio.sleep(1.0)
             steady = rss_kib(process.pid)
             running = await _running(port)
@@ -356,7 +364,12 @@ def measure_rss(streams: int, options: Sequence[str], log: Path) -> dict[str, ob
 
 
 def measure_heap(
-    streams: int, options: Sequence[str], log: Path, directory: Path, sites: int
+    streams: int,
+    options: Sequence[str],
+    log: Path,
+    directory: Path,
+    sites: int,
+    prompt_chars: int = 0,
 ) -> dict[str, object]:
     """The tracemalloc table of one fresh, traced server with ``streams`` open."""
     traced = [*SERVER_OPTIONS, "--tracemalloc-frames", TRACE_FRAMES, *options]
@@ -368,7 +381,7 @@ def measure_heap(
         idle = _snapshot(process, directory)
 
         async def hold() -> tuple[tracemalloc.Snapshot, int]:
-            tasks, good = await _open_streams(port, streams, 1.0)
+            tasks, good = await _open_streams(port, streams, 1.0, prompt_chars)
             await asyncio.sleep(1.0)
             running = await _running(port)
             busy = await asyncio.to_thread(_snapshot, process, directory)
@@ -390,6 +403,12 @@ def main() -> int:
     parser.add_argument("--trace", type=int, default=500, help="streams traced; 0: none")
     parser.add_argument("--sites", type=int, default=20, help="allocation sites to list")
     parser.add_argument("--json", type=Path, help="also write the figures there")
+    parser.add_argument(
+        "--prompt-chars",
+        type=int,
+        default=0,
+        help="pad each stream's prompt with this many characters (a long context)",
+    )
     parser.add_argument("server_options", nargs="*", help="more `streamapi serve` options")
     args = parser.parse_args()
     if max([*args.streams, args.trace]) > 5000:
@@ -401,11 +420,18 @@ def main() -> int:
         directory = Path(scratch)
         for count in args.streams:
             results["rss"].append(  # type: ignore[attr-defined]
-                measure_rss(count, args.server_options, directory / f"rss-{count}.log")
+                measure_rss(
+                    count, args.server_options, directory / f"rss-{count}.log", args.prompt_chars
+                )
             )
         if args.trace:
             results["heap"] = measure_heap(
-                args.trace, args.server_options, directory / "traced.log", directory, args.sites
+                args.trace,
+                args.server_options,
+                directory / "traced.log",
+                directory,
+                args.sites,
+                args.prompt_chars,
             )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -6,10 +6,14 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from streamapi import scope_keys
+from streamapi.app import create_app
 from streamapi.settings import Settings
 from streamapi.text.tokenizer import count_chat_tokens
+from tests.asgi_driver import Exchange
 from tests.sse_helpers import chunks, content, events
 
 URL = "/v1/chat/completions"
@@ -241,3 +245,29 @@ async def test_tokens_per_event_groups_tokens(client: httpx.AsyncClient) -> None
     # role, 4 + 4 + 2 tokens, finish
     assert len(texts) == 5
     assert sizes[0]["completion_tokens"] == 10
+
+
+@pytest.mark.parametrize(("turns", "small"), [(1, True), (80, False)])
+async def test_a_long_prompt_is_read_once_and_noted_for_preparing_off_the_loop(
+    turns: int, small: bool
+) -> None:
+    # The body is read without Starlette keeping it on the request (a stream keeps the
+    # request to its end); whether to prepare it on the event loop (a body of at most
+    # 64 JSON objects and 256 KiB) is noted in the scope.
+    app = create_app(Settings(time_to_first_token_ms=0, inter_token_latency_ms=0))
+    history = [{"role": "user", "content": f"Note {i}."} for i in range(turns - 1)]
+    messages = [*history, {"role": "user", "content": "Explain SSE"}]
+    body = chat(stream=True, max_tokens=3, messages=messages)
+    scopes: list[dict[str, Any]] = []
+    async with LifespanManager(app) as manager:
+        inner = manager.app
+
+        async def recording(scope: Any, receive: Any, send: Any) -> None:
+            scopes.append(scope)
+            await inner(scope, receive, send)
+
+        exchange = await Exchange(recording, body).run()
+    assert exchange.status == 200
+    assert exchange.frames[-1].payload == "[DONE]"
+    assert "".join(f.content() for f in exchange.frames)
+    assert scopes[0]["state"][scope_keys.SMALL_BODY] is small

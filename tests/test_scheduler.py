@@ -16,7 +16,13 @@ import pytest
 
 from streamapi.engines.prefix_cache import BLOCK_TOKENS, PrefixCache
 from streamapi.engines.protocol import FinishReason, GenerationRequest, PromptMessage, TokenDelta
-from streamapi.engines.scheduler import BatchModel, Pace, ScheduledSequence, Scheduler
+from streamapi.engines.scheduler import (
+    BatchModel,
+    DeltaList,
+    Pace,
+    ScheduledSequence,
+    Scheduler,
+)
 from streamapi.engines.simulator import SimulatorEngine
 from streamapi.errors import RateLimitError, ServiceUnavailableError
 from streamapi.text.tokenizer import chat_prompt_tokens
@@ -38,16 +44,19 @@ def sequence(
     # Prompts differ by name, so the prefix cache never matches across sequences.
     return ScheduledSequence(
         scheduler,
-        deltas=plan([f" t{i}" for i in range(tokens)], "length"),
+        plan=planned([f" t{i}" for i in range(tokens)], "length"),
         prompt=[f"{name}{i}" for i in range(prompt)],
     )
 
 
-def plan(tokens: list[str], finish_reason: FinishReason) -> list[TokenDelta]:
+def planned(tokens: list[str], finish_reason: FinishReason) -> DeltaList:
     """A planner's output: a delta a token, the finish reason on the last."""
-    return [
-        TokenDelta(t, finish_reason if i == len(tokens) - 1 else None) for i, t in enumerate(tokens)
-    ]
+    return DeltaList(
+        [
+            TokenDelta(t, finish_reason if i == len(tokens) - 1 else None)
+            for i, t in enumerate(tokens)
+        ]
+    )
 
 
 async def arrivals(stream: ScheduledSequence, start: float) -> list[float]:
@@ -370,7 +379,7 @@ async def test_a_paced_sequence_keeps_its_own_pace_and_takes_a_slot(
     scheduler = Scheduler(model)
     start = clock.time()
     paced = ScheduledSequence(
-        scheduler, deltas=plan(["a", "b", "c"], "stop"), prompt=["p"],
+        scheduler, plan=planned(["a", "b", "c"], "stop"), prompt=["p"],
         pace=Pace(ttft_s=0.5, itl_s=0.25),
     )  # fmt: skip
     after = sequence(scheduler, "after", tokens=1)
@@ -508,11 +517,11 @@ async def test_take_ready_carries_the_cached_prompt_count_and_nothing_after_abor
 ) -> None:
     scheduler = Scheduler(BatchModel(inter_token_latency_ms=0))
     prompt = [f"p{i}" for i in range(2 * BLOCK_TOKENS)]
-    first = ScheduledSequence(scheduler, deltas=plan([" a", " b"], "length"), prompt=list(prompt))
+    first = ScheduledSequence(scheduler, plan=planned([" a", " b"], "length"), prompt=list(prompt))
     scheduler.submit(first)
     assert [d.text async for d in first] == [" a", " b"]
     second = ScheduledSequence(
-        scheduler, deltas=plan([" a", " b", " c"], "length"), prompt=list(prompt)
+        scheduler, plan=planned([" a", " b", " c"], "length"), prompt=list(prompt)
     )
     scheduler.submit(second)
     await asyncio.sleep(0.001)  # its steps have run: every token is ready

@@ -82,3 +82,23 @@ def test_an_empty_script_is_one_empty_delta_with_a_finish_reason() -> None:
     plan = Planner().plan(request(script=Script(text="")))
     assert plan.tokens == []
     assert plan.finish_reason == "stop"
+
+
+def test_long_runs_of_one_character_are_streamed_whole() -> None:
+    # A plan keeps its tokens' lengths, a byte each: the tokenizer cuts long pieces.
+    text = "Rule: " + "-" * 300 + " end." + " " * 400 + "x" + "é" * 700
+    plan = Planner().plan(request(script=Script(text=text)))
+    assert max(map(len, plan.tokens)) <= 8
+    assert "".join(d.text for d in plan.deltas) == text
+    assert len(plan.deltas) == plan.total == plan.token_count
+
+
+def test_a_plan_is_read_a_delta_at_a_time_and_read_again_the_same() -> None:
+    plan = Planner(seed=1).plan(request(max_tokens=20, logprobs=2))
+    reader = iter(plan)
+    first = next(reader)
+    assert first.logprob is not None and len(first.top_logprobs) == 2
+    rest = list(reader)
+    assert [first, *rest] == plan.deltas
+    assert len(rest) == plan.total - 1 == 19
+    assert rest[-1].finish_reason == "length"

@@ -8,14 +8,19 @@ goes away, and sees every message the response sends, in order.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from asgi_lifespan import LifespanManager
 from starlette.types import Message
 
 from streamapi import scope_keys, sse
+from streamapi.app import create_app
 from streamapi.lifecycle import Lifecycle
+from streamapi.settings import Settings
+from tests.asgi_driver import post_scope
 
 # Generous bounds for a loaded machine: a test fails on a hang, never on a slow run.
 DEADLINE_S = 5.0
@@ -319,3 +324,34 @@ def test_bad_intervals_are_refused(ping_interval_s: float, send_timeout_s: float
         sse.EventStreamResponse(
             frames(), ping_interval_s=ping_interval_s, send_timeout_s=send_timeout_s
         )
+
+
+async def test_the_app_sends_a_streams_body_frames_to_the_servers_own_send() -> None:
+    # Every layer between the server and the route (FastAPI's exception layers, ours)
+    # acts on a response's start only: the frames skip their send wrappers.
+    app = create_app(Settings(time_to_first_token_ms=0, inter_token_latency_ms=0))
+    asgi_scope = post_scope("/v1/chat/completions")
+    asked = {"role": "user", "content": "Hi"}
+    body = json.dumps({"model": "sim-small", "stream": True, "max_tokens": 3, "messages": [asked]})
+    received = False
+    messages: list[tuple[str, bool]] = []
+
+    async def receive() -> Message:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": body.encode()}
+        await asyncio.sleep(DEADLINE_S)
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        # What a body message was sent with: this very function, left in the scope.
+        messages.append((message["type"], asgi_scope.get(scope_keys.BODY_SEND) is send))
+
+    async with LifespanManager(app) as manager:
+        await asyncio.wait_for(manager.app(asgi_scope, receive, send), DEADLINE_S)
+
+    assert messages[0][0] == "http.response.start"
+    assert len(messages) > 2
+    assert all(direct for kind, direct in messages if kind == "http.response.body")
+    assert scope_keys.BODY_SEND not in asgi_scope  # the reference cycle is broken

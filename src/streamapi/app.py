@@ -27,7 +27,7 @@ from streamapi.engines.protocol import Engine
 from streamapi.errors import APIError, install_error_handlers
 from streamapi.lifecycle import Lifecycle
 from streamapi.metrics import Metrics
-from streamapi.middleware import EdgeMiddleware
+from streamapi.middleware import EdgeMiddleware, bypass_layers
 from streamapi.schemas import anthropic, openai, responses
 from streamapi.serving.anthropic import MessageService
 from streamapi.serving.chat import ChatService
@@ -192,9 +192,9 @@ def create_app(
     install_error_handlers(app, api.ERROR_DIALECTS, on_error=count_error)
     # One layer of ours (middleware.py says what it does, in which order, and how CORS
     # fits in), inside uvicorn's proxy headers when they are trusted and FastAPI's own
-    # outer layers. A stream's body frames skip every layer inside it (BODY_SEND), so a
-    # layer added inside it that must see them (compression, say) would silently miss
-    # them: tests/test_security_edge.py pins this stack.
+    # outer layers. A stream's body frames skip every layer of the app (BODY_SEND, left by
+    # bypass_layers below), so a layer added that must see them (compression, say) would
+    # silently miss them: tests/test_edge_middleware.py pins this stack.
     app.add_middleware(
         EdgeMiddleware,
         metrics=metrics,
@@ -210,6 +210,8 @@ def create_app(
         # so that every way of running the app trusts the same proxies, and no others:
         # uvicorn's default trusts loopback, where any local process can forge the header.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    # A stream's body frames skip every layer above: they act on a response's start.
+    bypass_layers(app)
     _document_extra_schemas(app)
     _add_redoc(app)
     return app

@@ -16,7 +16,8 @@ One layer rather than one per concern: every layer's coroutine frame, closures a
 ``send`` wrapper stay alive for a whole stream. The concerns are plain functions
 below, called from one ``__call__``; the one ``send`` wrapper touches a response's
 start only, and an error status's body (to journal why it failed). A stream's body
-frames skip it altogether (``scope_keys.BODY_SEND``, ``sse.EventStreamResponse``).
+frames skip it, and every layer FastAPI adds, altogether (``BodySendLayer`` below,
+``scope_keys.BODY_SEND``, ``sse.EventStreamResponse``).
 
 CORS must answer preflights after the origin check and before auth, and add its
 headers to every answer, 401s included. With ``--cors-allow-origins`` the middleware
@@ -35,9 +36,10 @@ import copy
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -61,6 +63,7 @@ from streamapi.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
 # An id the client sent is echoed only if it cannot smuggle anything into a header.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 # Enough of an error body to read its type, code and message.
@@ -136,7 +139,7 @@ class EdgeMiddleware:
         headers = Headers(scope=scope)
         state = scope.setdefault("state", {})
         front, back = self._front, self._back
-        ids: tuple[tuple[bytes, bytes], ...] = ()
+        request_id = ""
         if front:
             if scope["method"] == "OPTIONS":
                 # CORS preflights are answered before the journal (or refused as any
@@ -145,16 +148,9 @@ class EdgeMiddleware:
             state[scope_keys.ARRIVED_AT] = asyncio.get_running_loop().time()
             request_id = request_id_of(headers)
             state[scope_keys.REQUEST_ID] = request_id
-            # A stream's body frames go to this caller's send directly: what lies
-            # between (this middleware, CORS, Starlette's exception handling) acts on
-            # a response's start only, or on an error status's body, which a
-            # stream's 200 never has.
-            scope[scope_keys.BODY_SEND] = send
             # For the log lines of this request's task and the tasks it starts; the
             # server runs each request in a task of its own, so nothing leaks.
             logs.request_id.set(request_id)
-            encoded = request_id.encode()
-            ids = ((REQUEST_ID_HEADER.encode(), encoded), (b"request-id", encoded))
         status = 0
         # Set on the generation routes (back half): the rate-limit headers' turn, and
         # the journal entry whose error body is kept.
@@ -168,7 +164,10 @@ class EdgeMiddleware:
                 status = message["status"]
                 if controlled:
                     add_ratelimit_headers(message, state.get(scope_keys.RATELIMIT_HEADERS))
-                if ids:
+                if request_id:
+                    # Encoded here, once: an open stream keeps only the id's string.
+                    sent_id = request_id.encode()
+                    ids = [(_REQUEST_ID_HEADER, sent_id), (b"request-id", sent_id)]
                     message["headers"] = [*message.get("headers", []), *ids]
             elif status >= 400 and entry is not None and len(error_body) < _ERROR_BODY_BYTES:
                 error_body.extend(message.get("body", b""))
@@ -204,9 +203,10 @@ class EdgeMiddleware:
                     await journal.closed(entry)
         finally:
             if front:
-                # The server's send holds the scope: a reference cycle, left to the
-                # garbage collector (which serve runs rarely) unless broken here.
-                del scope[scope_keys.BODY_SEND]
+                # The server's send (``BodySendLayer``'s) holds the scope: a reference
+                # cycle, left to the garbage collector (which serve runs rarely) unless
+                # broken here.
+                scope.pop(scope_keys.BODY_SEND, None)
                 route = scope.get("route")
                 # Unmatched paths share one label: clients must not mint label values.
                 template = getattr(route, "path", None) or "unmatched"
@@ -342,6 +342,43 @@ class EdgeMiddleware:
             return message
 
         return receive_within_limit
+
+
+class BodySendLayer:
+    """Leaves the server's own ``send`` in the scope (``scope_keys.BODY_SEND``) for a
+    stream's body frames, which go to it directly.
+
+    Every layer between the server and the route acts on a response's start only,
+    or on an error status's body, which a stream's 200 never has: FastAPI's
+    (``ServerErrorMiddleware``'s ``send`` wrapper, its exception telemetry and
+    body limit), ours, CORS and Starlette's exception handling. ``bypass_layers``
+    puts this outside all of them.
+    """
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: the app's own is awaited in its place, so an open stream
+        # keeps no frame of this layer. EdgeMiddleware, inside, takes the key out
+        # again when the request is over.
+        if scope["type"] == "http":
+            scope[scope_keys.BODY_SEND] = send
+        return self.app(scope, receive, send)
+
+
+def bypass_layers(app: Starlette) -> None:
+    """Put ``BodySendLayer`` outside the middleware stack ``app`` builds (FastAPI's
+    exception layers included), inside whatever the app itself does first."""
+    build = app.build_middleware_stack
+
+    def build_middleware_stack() -> ASGIApp:
+        return BodySendLayer(build())
+
+    # Starlette builds its stack on the first request, by this method.
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 
 
 def request_id_of(headers: Headers) -> str:

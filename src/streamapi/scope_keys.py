@@ -1,4 +1,4 @@
-"""The per-request values the middleware leave for the layers inside them, and their keys.
+"""The per-request values the middleware and the body reader leave for the layers inside them.
 
 Each is set once, by one layer, in the ASGI scope's ``state`` dict (``BODY_SEND``
 in the scope itself), and read by plain dict look-ups: ``request.state`` builds a
@@ -23,9 +23,12 @@ JOURNAL_ENTRY: Final = "streamapi.journal_entry"
 RATELIMIT_HEADERS: Final = "streamapi.ratelimit_headers"
 """The ``x-ratelimit-*`` headers ``Control.plan`` computed (``middleware.EdgeMiddleware`` adds
 them)."""
+SMALL_BODY: Final = "streamapi.small_body"
+"""Whether the request's JSON body is small enough to prepare on the event loop
+(``api.common.read_json``, which reads the body without keeping it)."""
 BODY_SEND: Final = "streamapi.body_send"
-"""In the scope itself: the ``send`` ``middleware.EdgeMiddleware`` was given, for a stream's
-body frames (the layers inside it touch only a response's start)."""
+"""In the scope itself: the server's own ``send`` (``middleware.BodySendLayer``), for a
+stream's body frames (the layers between touch only a response's start)."""
 
 
 def state_of(scope: Mapping[str, Any]) -> Mapping[str, Any]:

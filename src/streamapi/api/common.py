@@ -167,8 +167,15 @@ def sse_event_schema(*payloads: str, named: bool = False, done: bool = False) ->
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or 400."""
-    body = await request.body()
+    """The request body as a JSON object, or 400.
+
+    Read from the request's stream, not ``request.body()``, which would keep the bytes
+    on the request: a stream's response keeps the request alive to its end, and an
+    agent's prompt is tens of kilobytes. Whether it is small enough to prepare on the
+    event loop (``is_small``) is noted in the scope for ``prepared``.
+    """
+    body = b"".join([chunk async for chunk in request.stream()])
+    request.scope.setdefault("state", {})[scope_keys.SMALL_BODY] = is_small(body)
     if not body.strip():
         raise InvalidRequestError("No JSON body provided.")
     try:
@@ -279,9 +286,9 @@ _BYTES_ON_THE_LOOP = 256 * 1024
 
 
 async def prepared(request: Request, service: GenerationService[M, J], parsed: M) -> J:
-    """``service.prepare(parsed)``: on the event loop for a small body, else in a thread."""
-    body = await request.body()  # read already: Starlette keeps it
-    if is_small(body):
+    """``service.prepare(parsed)``: on the event loop for a small body (``read_json`` read
+    it), else in a thread."""
+    if scope_keys.state_of(request.scope).get(scope_keys.SMALL_BODY, True):
         return service.prepare(parsed)
     return await asyncio.to_thread(service.prepare, parsed)
 
@@ -374,31 +381,42 @@ def event_stream(state: AppState, frames: AsyncIterator[bytes], admission: Admis
     The admission is marked ended once every frame is out, and closed when the
     response is over however it ended (``Admission.aclose`` is idempotent).
     """
-    settings, lifecycle, metrics = state["settings"], state["lifecycle"], state["metrics"]
-
-    def on_start() -> None:
-        lifecycle.request_started()
-        metrics.streams_in_flight.inc()
-
-    def on_complete() -> None:
-        # Every frame went out: the request ended, it was not abandoned.
-        admission.ended = True
-
-    async def on_finish() -> None:
-        try:
-            await admission.aclose()
-        finally:
-            lifecycle.request_finished()
-            metrics.streams_in_flight.dec()
-
+    settings = state["settings"]
+    life = _StreamLife(state["lifecycle"], state["metrics"], admission)
     return sse.EventStreamResponse(
         frames,
         ping_interval_s=settings.ping_interval_s,
         send_timeout_s=settings.send_timeout_s,
-        on_start=on_start,
-        on_complete=on_complete,
-        on_finish=on_finish,
+        on_start=life.start,
+        on_complete=life.complete,
+        on_finish=life.finish,
     )
+
+
+class _StreamLife:
+    """A stream's hooks: one small object an open stream keeps, not three closures."""
+
+    __slots__ = ("_admission", "_lifecycle", "_metrics")
+
+    def __init__(self, lifecycle: Lifecycle, metrics: Metrics, admission: Admission) -> None:
+        self._lifecycle = lifecycle
+        self._metrics = metrics
+        self._admission = admission
+
+    def start(self) -> None:
+        self._lifecycle.request_started()
+        self._metrics.streams_in_flight.inc()
+
+    def complete(self) -> None:
+        # Every frame went out: the request ended, it was not abandoned.
+        self._admission.ended = True
+
+    async def finish(self) -> None:
+        try:
+            await self._admission.aclose()
+        finally:
+            self._lifecycle.request_finished()
+            self._metrics.streams_in_flight.dec()
 
 
 async def whole(request: Request, state: AppState, work: Awaitable[Any]) -> Response:

@@ -1,9 +1,14 @@
 """What the simulator says: reasoning, tool calls or an answer, decided up front.
 
-The planner turns a ``GenerationRequest`` into the exact list of deltas the
-simulator will stream; pacing is the simulator's business. Every choice comes
+The planner turns a ``GenerationRequest`` into the exact deltas the simulator will
+stream (an ``AnswerPlan``); pacing is the simulator's business. Every choice comes
 from a ``random.Random`` seeded by the request's seed, the conversation and the
 choice index, so equal requests get equal plans.
+
+Everything is decided when the request is admitted (the engine needs the answer's
+length and finish reason then), but a plan keeps only its tokens' text and lengths:
+each ``TokenDelta`` is made when the stream reads it (``PlanReader``), so an open
+stream holds a few bytes per token still to come rather than a delta object each.
 
 It plays an agent's model as a plausible one would (docs/simulator.md, "Agents"):
 it reads the latest turn (``turns.read_turn``: the user's own words, without the
@@ -22,9 +27,11 @@ import json
 import random
 import re
 import secrets
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from streamapi.engines.protocol import (
+    Channel,
     FinishReason,
     GenerationRequest,
     PromptMessage,
@@ -92,24 +99,167 @@ _ANSWER_CHARS = 300
 
 
 @dataclass(frozen=True, slots=True)
-class AnswerPlan:
-    """Every delta a request will stream; the last one carries the finish reason."""
+class _Run:
+    """Deltas in a row on one channel: a tool call's opening delta, if any, then tokens."""
 
-    deltas: list[TokenDelta]
+    channel: Channel
+    tool_index: int
+    start: ToolCallStart | None
+    text: str
+    """The run's tokens, concatenated."""
+    lengths: bytes
+    """Each token's length in characters, a byte each: the tokenizer's tokens are at most
+    eight characters long."""
 
     @property
-    def finish_reason(self) -> FinishReason | None:
-        return self.deltas[-1].finish_reason
+    def size(self) -> int:
+        return (self.start is not None) + len(self.lengths)
+
+    def cut(self, size: int) -> _Run:
+        """The run's first ``size`` deltas."""
+        if size >= self.size:
+            return self
+        lengths = self.lengths[: size - (self.start is not None)]
+        text = self.text[: sum(lengths)]
+        return _Run(self.channel, self.tool_index, self.start, text, lengths)
+
+
+def _run(
+    tokens: list[str],
+    channel: Channel = "content",
+    *,
+    tool_index: int = 0,
+    start: ToolCallStart | None = None,
+) -> list[_Run]:
+    """``tokens`` as a run (none if it would hold no delta)."""
+    if not tokens and start is None:
+        return []
+    return [_Run(channel, tool_index, start, "".join(tokens), bytes(map(len, tokens)))]
+
+
+def _size(runs: Iterable[_Run]) -> int:
+    return sum(run.size for run in runs)
+
+
+def _cut(runs: list[_Run], size: int) -> list[_Run]:
+    """The first ``size`` deltas of ``runs``."""
+    kept: list[_Run] = []
+    for run in runs:
+        if size <= 0:
+            break
+        kept.append(run.cut(size))
+        size -= run.size
+    return kept
+
+
+class AnswerPlan:
+    """Every delta a request will stream; the last one carries the finish reason.
+
+    Iterating makes the deltas one at a time (``PlanReader``); ``total`` and
+    ``token_count`` are known without making any.
+    """
+
+    __slots__ = ("_runs", "finish_reason", "logprobs", "matched_stop", "token_count", "total")
+
+    def __init__(
+        self,
+        runs: list[_Run],
+        finish_reason: FinishReason,
+        *,
+        matched_stop: str | None = None,
+        logprobs: int | None = None,
+    ) -> None:
+        self._runs = tuple(runs)
+        self.finish_reason: FinishReason = finish_reason
+        self.matched_stop = matched_stop
+        self.logprobs = logprobs
+        """None: no log probabilities; k: each token's, with k alternatives."""
+        self.token_count = _size(runs)
+        """Generated tokens (a tool call's opening delta counts as one)."""
+        # A plan with no token is one empty delta that carries the finish reason.
+        self.total = self.token_count or 1
+        """Deltas."""
+
+    def __iter__(self) -> PlanReader:
+        return PlanReader(self)
+
+    def __eq__(self, other: object) -> bool:
+        """Plans are equal when they stream the same deltas."""
+        return isinstance(other, AnswerPlan) and self.deltas == other.deltas
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and not immutable
+
+    @property
+    def deltas(self) -> list[TokenDelta]:
+        """Every delta, made now."""
+        return list(self)
 
     @property
     def tokens(self) -> list[str]:
         """The text of every token, on all channels."""
-        return [d.text for d in self.deltas if d.is_token]
+        return [d.text for d in self if d.is_token]
 
     @property
     def text(self) -> str:
         """The content channel's text."""
-        return "".join(d.text for d in self.deltas if d.channel == "content")
+        return "".join(run.text for run in self._runs if run.channel == "content")
+
+
+class PlanReader:
+    """A plan's deltas, each made when it is read (once per token: the stream's hot path)."""
+
+    __slots__ = ("_next_run", "_offset", "_plan", "_position", "_run", "_token")
+
+    def __init__(self, plan: AnswerPlan) -> None:
+        self._plan = plan
+        self._position = 0  # deltas read
+        self._run: _Run | None = None  # the run being read; None for a plan with no token
+        self._next_run = 0
+        self._token = 0  # the next token of the run; -1: its opening tool-call delta
+        self._offset = 0  # characters of the run's text read
+        self._advance()
+
+    def __iter__(self) -> PlanReader:
+        return self
+
+    def __next__(self) -> TokenDelta:
+        plan = self._plan
+        position = self._position
+        if position >= plan.total:
+            raise StopIteration
+        self._position = position + 1
+        run = self._run
+        if run is None:
+            return TokenDelta("", plan.finish_reason, matched_stop=plan.matched_stop)
+        token = self._token
+        if token < 0:
+            delta = TokenDelta("", None, run.channel, run.start, run.tool_index)
+        else:
+            offset = self._offset
+            end = self._offset = offset + run.lengths[token]
+            text = run.text[offset:end]
+            delta = TokenDelta(text, None, run.channel, None, run.tool_index)
+            if plan.logprobs is not None:
+                delta.logprob = logprob(text, position)
+                delta.top_logprobs = top_logprobs(text, position, plan.logprobs)
+        token += 1
+        if token < len(run.lengths):
+            self._token = token
+        else:
+            self._advance()
+        if position + 1 == plan.total:
+            delta.finish_reason = plan.finish_reason
+            delta.matched_stop = plan.matched_stop
+        return delta
+
+    def _advance(self) -> None:
+        """On to the next run's first delta (the last run stays, read to its end)."""
+        runs = self._plan._runs
+        if self._next_run < len(runs):
+            run = self._run = runs[self._next_run]
+            self._next_run += 1
+            self._token = -1 if run.start is not None else 0
+            self._offset = 0
 
 
 class Planner:
@@ -130,17 +280,17 @@ class Planner:
         budget = GenerationBudget.for_tokens(
             request.max_tokens if request.max_tokens is not None else _UNCAPPED_TOKENS
         )
-        deltas: list[TokenDelta] = []
+        runs: list[_Run] = []
         if script is not None and script.reasoning is not None:
-            deltas += [TokenDelta(t, channel="reasoning") for t in tokenize(script.reasoning)]
+            runs += _run(tokenize(script.reasoning), "reasoning")
         elif request.reasoning:
             names = [c.name for c in script.tool_calls] if script else [t.name for t in calls]
             thought = write_reasoning(question, rng, tool_names=names)
-            deltas += [TokenDelta(t, channel="reasoning") for t in tokenize(thought)]
+            runs += _run(tokenize(thought), "reasoning")
         finish: FinishReason = "stop"
         matched: str | None = None
         if calls:
-            deltas += _tool_call_deltas(calls, request, turn, rng, budget)
+            runs += _tool_call_runs(calls, request, turn, rng, budget)
             finish = "tool_calls"
         else:
             text = self._answer(request, turn, rng, budget) if script is None else script.text
@@ -149,29 +299,25 @@ class Planner:
             # Only what max_tokens lets through, and one more to tell "length"
             # from "stop": a long answer capped short is the load-test case.
             limit = (
-                None if request.max_tokens is None else max(0, request.max_tokens - len(deltas)) + 1
+                None if request.max_tokens is None else max(0, request.max_tokens - _size(runs)) + 1
             )
-            deltas += map(TokenDelta, tokenize(text, limit))
+            runs += _run(tokenize(text, limit))
             if request.output_tokens is not None:
-                deltas = deltas[: request.output_tokens]
+                runs = _cut(runs, request.output_tokens)
             if script is not None and script.tool_calls and matched is None:
-                deltas += _scripted_call_deltas(script.tool_calls, rng)
+                runs += _scripted_call_runs(script.tool_calls, rng)
                 finish = "tool_calls"
-        if request.max_tokens is not None and len(deltas) > request.max_tokens:
-            deltas = deltas[: request.max_tokens]
+        size = _size(runs)
+        if request.max_tokens is not None and size > request.max_tokens:
+            runs = _cut(runs, request.max_tokens)
             finish, matched = "length", None
         elif budget.spent:  # a value cut short by its budget is never finished as whole
             finish, matched = "length", None
-        elif request.max_tokens is not None and len(deltas) == request.max_tokens:
+        elif request.max_tokens is not None and size == request.max_tokens:
             # A real engine that is stopped by the limit reports "length" even
             # when the answer would have ended on that very token.
             finish = "length" if request.ignore_eos else finish
-        if request.logprobs is not None:
-            deltas = _with_logprobs(deltas, request.logprobs)
-        if not deltas:
-            return AnswerPlan([TokenDelta("", finish, matched_stop=matched)])
-        deltas[-1] = replace(deltas[-1], finish_reason=finish, matched_stop=matched)
-        return AnswerPlan(deltas)
+        return AnswerPlan(runs, finish, matched_stop=matched, logprobs=request.logprobs)
 
     def _answer(
         self,
@@ -366,19 +512,19 @@ def _names(tool: ToolSpec, question: str, *, terms_needed: int = 2) -> bool:
     return hits >= (1 if whole else terms_needed)
 
 
-def _tool_call_deltas(
+def _tool_call_runs(
     calls: list[ToolSpec],
     request: GenerationRequest,
     turn: Turn,
     rng: random.Random,
     budget: GenerationBudget,
-) -> list[TokenDelta]:
+) -> list[_Run]:
     results = " ".join(output for _, output in turn.results)
     # Arguments come from the results when there are some (an output tool hands them on).
     hints = list(dict.fromkeys([*_hints(results), *_hints(turn.question)]))
     # Tokens past max_tokens (and the one that tells "length") are cut anyway.
     limit = None if request.max_tokens is None else request.max_tokens + 1
-    deltas: list[TokenDelta] = []
+    runs: list[_Run] = []
     for index, tool in enumerate(calls):
         call_id = f"call_{rng.getrandbits(96):024x}"
         if tool.format is not None:
@@ -390,25 +536,17 @@ def _tool_call_deltas(
                 arguments = _with_answer(arguments, tool, turn, rng)
             text = json.dumps(arguments, ensure_ascii=False)
         start = ToolCallStart(index, call_id, tool.name)
-        deltas.append(TokenDelta("", channel="tool_call", tool_call=start, tool_index=index))
-        deltas += [
-            TokenDelta(t, channel="tool_call", tool_index=index) for t in tokenize(text, limit)
-        ]
-    return deltas
+        runs += _run(tokenize(text, limit), "tool_call", tool_index=index, start=start)
+    return runs
 
 
-def _scripted_call_deltas(
-    calls: tuple[ScriptedToolCall, ...], rng: random.Random
-) -> list[TokenDelta]:
-    deltas: list[TokenDelta] = []
+def _scripted_call_runs(calls: tuple[ScriptedToolCall, ...], rng: random.Random) -> list[_Run]:
+    runs: list[_Run] = []
     for index, call in enumerate(calls):
         call_id = call.id or f"call_{rng.getrandbits(96):024x}"
         start = ToolCallStart(index, call_id, call.name)
-        deltas.append(TokenDelta("", channel="tool_call", tool_call=start, tool_index=index))
-        deltas += [
-            TokenDelta(t, channel="tool_call", tool_index=index) for t in tokenize(call.arguments)
-        ]
-    return deltas
+        runs += _run(tokenize(call.arguments), "tool_call", tool_index=index, start=start)
+    return runs
 
 
 def _with_answer(arguments: object, tool: ToolSpec, turn: Turn, rng: random.Random) -> object:
@@ -477,16 +615,3 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, str | None]:
         return text, None
     cut, matched = min(found)
     return text[:cut], matched
-
-
-def _with_logprobs(deltas: list[TokenDelta], alternatives: int) -> list[TokenDelta]:
-    return [
-        replace(
-            delta,
-            logprob=logprob(delta.text, position),
-            top_logprobs=top_logprobs(delta.text, position, alternatives),
-        )
-        if delta.text
-        else delta
-        for position, delta in enumerate(deltas)
-    ]

@@ -17,21 +17,22 @@ The model (docs/engine-model.md gives the formulas and a worked example):
   from there to its first token, its decode time the rest.
 
 Sequences hand their tokens to the consumer through a counter into their
-planned tokens, not a queue: a consumer slower than the steps falls behind by at
-most its plan's length (bounded by ``max_model_len``), and nothing is copied.
+plan, not a queue: a consumer slower than the steps falls behind by at most its
+plan's length (bounded by ``max_model_len``). The plan makes each delta when the
+consumer reads it, so an open sequence holds no delta of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import itertools
 import logging
 import math
 import random
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Protocol
 
 from streamapi.engines.prefix_cache import PrefixCache
 from streamapi.engines.protocol import FinishReason, TokenDelta
@@ -89,8 +90,41 @@ class Pace:
     itl_s: float
 
 
-# What a sequence keeps in place of a delta it has handed on.
-_SPENT: Final = TokenDelta("")
+class DeltaPlan(Protocol):
+    """What a sequence streams: its deltas' count, known up front, and the deltas, made
+    as they are read (the planner's ``AnswerPlan``, or ``DeltaList``)."""
+
+    @property
+    def total(self) -> int:
+        """Deltas; only the last may carry no token."""
+        ...
+
+    @property
+    def token_count(self) -> int:
+        """Deltas that are generated tokens (what the KV cache holds of the answer)."""
+        ...
+
+    @property
+    def finish_reason(self) -> FinishReason:
+        """The last delta's finish reason."""
+        ...
+
+    def __iter__(self) -> Iterator[TokenDelta]: ...
+
+
+class DeltaList:
+    """A ``DeltaPlan`` of deltas made already (the last one carries the finish reason)."""
+
+    __slots__ = ("_deltas", "finish_reason", "token_count", "total")
+
+    def __init__(self, deltas: list[TokenDelta]) -> None:
+        self._deltas = deltas
+        self.total = len(deltas)
+        self.token_count = sum(1 for delta in deltas if delta.is_token)
+        self.finish_reason: FinishReason = deltas[-1].finish_reason or "stop"
+
+    def __iter__(self) -> Iterator[TokenDelta]:
+        return iter(self._deltas)
 
 
 class ScheduledSequence:
@@ -102,11 +136,11 @@ class ScheduledSequence:
 
     __slots__ = (
         "_error",
+        "_reader",
         "_scheduler",
         "_waiter",
         "cached_tokens",
         "consumed",
-        "deltas",
         "enqueued_at",
         "finish_reason",
         "first_token_at",
@@ -126,22 +160,23 @@ class ScheduledSequence:
         self,
         scheduler: Scheduler,
         *,
-        deltas: list[TokenDelta],
+        plan: DeltaPlan,
         prompt: list[str],
         pace: Pace | None = None,
     ) -> None:
         self._scheduler = scheduler
         # One delta a step. A plan with no token is one empty delta carrying the
         # finish reason, which is no token: only a plan's last delta can be so.
-        self.deltas = deltas
-        self.finish_reason: FinishReason = deltas[-1].finish_reason or "stop"
+        # Each delta is made when it is handed on: an open stream holds none.
+        self._reader = iter(plan)
+        self.finish_reason = plan.finish_reason
         # The prompt's tokens are read once, by the prefix cache at admission;
         # an open stream keeps only their count.
         self.prompt: list[str] | None = prompt
         self.prompt_tokens = len(prompt)
         self.pace = pace
-        self.total = len(deltas)
-        self.token_count = sum(1 for delta in deltas if delta.is_token)
+        self.total = plan.total
+        self.token_count = plan.token_count
         self.kv_tokens = self.prompt_tokens + self.token_count
         self.state = SequenceState.WAITING
         self.produced = 0
@@ -172,10 +207,7 @@ class ScheduledSequence:
                 self._waiter = None
         index = self.consumed
         self.consumed += 1
-        delta = self.deltas[index]
-        # Handed on: the sequence lets it go, so an open stream holds only the
-        # tokens still to come (a long answer is planned whole up front).
-        self.deltas[index] = _SPENT
+        delta = next(self._reader)
         if index == 0 and self.cached_tokens:
             return replace(delta, cached_prompt_tokens=self.cached_tokens)
         return delta
@@ -190,8 +222,8 @@ class ScheduledSequence:
         if start >= end or self.state is SequenceState.ABORTED or self._error is not None:
             return []
         self.consumed = end
-        ready = self.deltas[start:end]
-        self.deltas[start:end] = itertools.repeat(_SPENT, end - start)
+        reader = self._reader
+        ready = [next(reader) for _ in range(end - start)]
         if start == 0 and ready and self.cached_tokens:
             ready[0] = replace(ready[0], cached_prompt_tokens=self.cached_tokens)
         return ready
@@ -408,6 +440,9 @@ class Scheduler:
     def _complete_step(self, now: float) -> None:
         generated = 0
         latency_s = self.model.time_to_first_token_ms / 1000
+        # The batch that goes on, gathered in the same pass (once per token of every
+        # running sequence: the step loop's hot path).
+        going_on: list[ScheduledSequence] = []
         for sequence in self._running:
             if sequence.produced == 0 and latency_s > 0:
                 sequence.next_due = now + latency_s  # prefilled; its first token waits
@@ -417,9 +452,9 @@ class Scheduler:
                 generated += 1
             if sequence._produce(now):
                 self._finish(sequence, now)
-        self._running = [
-            s for s in self._running if s.state is SequenceState.RUNNING and s.produced
-        ]
+            else:
+                going_on.append(sequence)
+        self._running = going_on
         if self._metrics is not None and generated:
             self._metrics.generation_tokens.inc(generated)
 

@@ -104,7 +104,7 @@ class SimulatorEngine:
         worker thread can build it."""
         return ScheduledSequence(
             self._scheduler,
-            deltas=self.plan(request).deltas,
+            plan=self.plan(request),
             prompt=chat_prompt_tokens(
                 ((m.role, m.content) for m in request.messages),
                 tools=(tool.prompt_text for tool in request.tools),

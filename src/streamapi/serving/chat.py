@@ -196,7 +196,6 @@ class _ChunkWriter:
         "_chat",
         "_content",
         "_custom_calls",
-        "_head",
         "_pending",
         "_per_event",
         "_plain",
@@ -209,15 +208,10 @@ class _ChunkWriter:
         job = chat.job
         self._chat = chat
         self._per_event = tokens_per_event
-        self._custom_calls: set[tuple[int, int]] = set()  # (choice, call) of custom tools
-        self._head: dict[str, Any] = {
-            "id": job.id,
-            "object": "chat.completion.chunk",
-            "created": job.created,
-            "model": job.model,
-            "system_fingerprint": None,
-        }
-        self._started: set[int] = set()
+        # (choice, call) of custom tools; made for the first, as most streams call none.
+        self._custom_calls: set[tuple[int, int]] | None = None
+        # Whether each choice has started (a byte each: a set costs 216 bytes a stream).
+        self._started = bytearray(len(job.choices))
         self._pending: dict[int, _Pending] = {}
         self._usage = Usage.of(job)
         # Plain content chunks (the load-test case) are spliced into a frame
@@ -242,8 +236,8 @@ class _ChunkWriter:
             return [template.fill(delta.text)]
         frames: list[bytes] = []
         role: dict[str, Any] = {}
-        if index not in self._started:
-            self._started.add(index)
+        if not self._started[index]:
+            self._started[index] = True
             if delta.tool_call is None:
                 frames.append(self._chunk(index, {"role": "assistant", "content": ""}))
             else:
@@ -264,6 +258,8 @@ class _ChunkWriter:
             call = delta.tool_call
             opening: dict[str, Any] = {"index": call.index, "id": call.id}
             if call.name in self._chat.custom_tools:
+                if self._custom_calls is None:
+                    self._custom_calls = set()
                 self._custom_calls.add((index, call.index))
                 opening |= {"type": "custom", "custom": {"name": call.name, "input": ""}}
             else:
@@ -281,7 +277,7 @@ class _ChunkWriter:
         return frames
 
     def usage_chunk(self) -> bytes:
-        return sse.encode_data({**self._head, "choices": [], "usage": usage_dict(self._usage)})
+        return sse.encode_data({**self._head(), "choices": [], "usage": usage_dict(self._usage)})
 
     def _flush(self, index: int, pending: _Pending) -> bytes:
         text = "".join(d.text for d in pending.deltas)
@@ -291,7 +287,8 @@ class _ChunkWriter:
         elif pending.channel == "tool_call":
             part = (
                 {"custom": {"input": text}}
-                if (index, pending.tool_index) in self._custom_calls
+                if self._custom_calls is not None
+                and (index, pending.tool_index) in self._custom_calls
                 else {"function": {"arguments": text}}
             )
             delta = {"tool_calls": [{"index": pending.tool_index, **part}]}
@@ -309,6 +306,18 @@ class _ChunkWriter:
                 logprobs = _logprobs(pending.deltas)
         pending.deltas = []
         return self._chunk(index, delta, logprobs=logprobs)
+
+    def _head(self) -> dict[str, Any]:
+        """What every chunk opens with (made for the few chunks a template does not fill:
+        an open stream keeps no copy)."""
+        job = self._chat.job
+        return {
+            "id": job.id,
+            "object": "chat.completion.chunk",
+            "created": job.created,
+            "model": job.model,
+            "system_fingerprint": None,
+        }
 
     def _template(self, index: int) -> sse.DataTemplate:
         return sse.DataTemplate(self._payload(index, {"content": sse.HOLE}, None, None))
@@ -331,7 +340,7 @@ class _ChunkWriter:
         logprobs: dict[str, Any] | None,
     ) -> dict[str, Any]:
         chunk = {
-            **self._head,
+            **self._head(),
             "choices": [
                 {
                     "index": index,

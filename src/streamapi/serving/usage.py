@@ -75,7 +75,9 @@ class Usage:
     cached_tokens: int = 0
     n: int = 1
     prompts: int = 1
-    _counted: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Each choice's tokens and reasoning tokens counted so far (what a report replaces).
+    _tokens: dict[int, int] = field(default_factory=dict)
+    _reasoning: dict[int, int] = field(default_factory=dict)
     _reported_prompts: dict[int, int] = field(default_factory=dict)
 
     @classmethod
@@ -88,22 +90,23 @@ class Usage:
         if delta.cached_prompt_tokens:
             # Every choice shares the prompt: its cached part is counted once.
             self.cached_tokens = max(self.cached_tokens, delta.cached_prompt_tokens)
-        if delta.is_token:
-            tokens, reasoning = self._counted.get(index, (0, 0))
-            is_reasoning = delta.channel == "reasoning"
-            self._counted[index] = (tokens + 1, reasoning + is_reasoning)
+        if delta.text or delta.tool_call is not None:  # delta.is_token, once per token
+            tokens = self._tokens
+            tokens[index] = tokens.get(index, 0) + 1
             self.completion_tokens += 1
-            self.reasoning_tokens += is_reasoning
+            if delta.channel == "reasoning":
+                reasoning = self._reasoning
+                reasoning[index] = reasoning.get(index, 0) + 1
+                self.reasoning_tokens += 1
         if delta.usage is not None:
             self._report(index, delta.usage)
 
     def _report(self, index: int, report: UsageReport) -> None:
-        tokens, reasoning = self._counted.get(index, (0, 0))
-        self.completion_tokens += report.completion_tokens - tokens
+        self.completion_tokens += report.completion_tokens - self._tokens.get(index, 0)
+        self._tokens[index] = report.completion_tokens
         if report.reasoning_tokens is not None:
-            self.reasoning_tokens += report.reasoning_tokens - reasoning
-            reasoning = report.reasoning_tokens
-        self._counted[index] = (report.completion_tokens, reasoning)
+            self.reasoning_tokens += report.reasoning_tokens - self._reasoning.get(index, 0)
+            self._reasoning[index] = report.reasoning_tokens
         if report.cached_tokens is not None:
             self.cached_tokens = max(self.cached_tokens, report.cached_tokens)
         if report.prompt_tokens is not None:
