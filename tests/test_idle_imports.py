@@ -6,8 +6,9 @@ its ``sys.modules`` must hold none of the code that belongs to settings left off
 PyYAML (rules, routes and keys files), httpx (the routes file's upstreams), Redis
 (``--state-url``), the dashboard, the admin API (``--admin-key``), the upstream, replay
 and cassette code. jsonschema comes with the first request that brings a schema, and
-not before, imported in a worker thread: not on the event loop's, where it would hold
-up every stream.
+Lark with the first custom tool that brings a Lark grammar, and not before, each
+imported in a worker thread: not on the event loop's, where it would hold up every
+stream.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from tests.asgi_driver import Exchange
 
 
 class WatchImports:
-    # Where jsonschema is imported from: True for the event loop's thread.
-    on_the_loop: list[bool] = []
+    # Where jsonschema and lark are imported from: True for the event loop's thread.
+    on_the_loop: dict[str, list[bool]] = {"jsonschema": [], "lark": []}
 
     def find_spec(self, name, path=None, target=None):
-        if name == "jsonschema":
-            self.on_the_loop.append(threading.current_thread() is threading.main_thread())
+        if name in self.on_the_loop:
+            self.on_the_loop[name].append(threading.current_thread() is threading.main_thread())
         return None  # imported as usual
 
 
@@ -56,8 +57,17 @@ async def serve(app) -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     await Exchange(app, {**body, "tools": [tool]}).run()
     loaded["tool"] = sorted(sys.modules)
+    definition = 'start: "ok" NAME\nNAME: /[a-z]+/'
+    grammar = {"type": "grammar", "syntax": "lark", "definition": definition}
+    custom = {"type": "custom", "name": "say", "format": grammar}
+    # A short answer, planned on the event loop but for the import its grammar needs.
+    call = {"input": "Say ok", "tools": [custom], "tool_choice": "required", "stream": True,
+            "max_output_tokens": 64}  # fmt: skip
+    said = await Exchange(app, call, path="/v1/responses").run()
+    loaded["custom_call"] = [said.status, "custom_tool_call_input.done" in said.raw.decode()]
+    loaded["grammar"] = sorted(sys.modules)
     loaded["status"] = stream.status
-    loaded["jsonschema_on_the_loop"] = WatchImports.on_the_loop
+    loaded["imported_on_the_loop"] = WatchImports.on_the_loop
     print(json.dumps(loaded))
 
 
@@ -92,8 +102,13 @@ def test_a_default_server_imports_nothing_its_settings_leave_off() -> None:
     stream = set(loaded["stream"])  # type: ignore[call-overload]
     assert [name for name in OFF_BY_DEFAULT if name in stream] == []
     assert "jsonschema" not in stream
+    assert "lark" not in stream
     # The first schema brings jsonschema in, and only that.
     tool = set(loaded["tool"])  # type: ignore[call-overload]
     assert "jsonschema" in tool
-    assert loaded["jsonschema_on_the_loop"] == [False]
+    assert "lark" not in tool
+    # The first Lark grammar brings Lark in; the call is made in it.
+    assert loaded["custom_call"] == [200, True]
+    assert "lark" in loaded["grammar"]  # type: ignore[operator]
+    assert loaded["imported_on_the_loop"] == {"jsonschema": [False], "lark": [False]}
     assert [name for name in OFF_BY_DEFAULT if name in tool] == []

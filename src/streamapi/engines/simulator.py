@@ -13,6 +13,7 @@ from streamapi.engines.protocol import GenerationRequest, TokenDelta
 from streamapi.engines.scheduler import BatchModel, Pace, ScheduledSequence, Scheduler
 from streamapi.metrics import Metrics
 from streamapi.settings import Settings
+from streamapi.text.freeform import grammar_ready
 from streamapi.text.tokenizer import chat_prompt_tokens
 
 
@@ -128,9 +129,14 @@ _PLAN_ON_THE_LOOP_TOKENS = 2048
 
 
 def _plans_long(request: GenerationRequest) -> bool:
-    """Whether the answer may be longer than ``_PLAN_ON_THE_LOOP_TOKENS``: prose answers are
-    a few hundred tokens whatever max_tokens says, unless it is imposed or comes from a
-    schema."""
+    """Whether the answer is planned in a thread: if it may be longer than
+    ``_PLAN_ON_THE_LOOP_TOKENS`` (prose answers are a few hundred tokens whatever max_tokens
+    says, unless it is imposed or comes from a schema), or if planning it would import
+    Lark (``freeform.grammar_ready``)."""
+    if not grammar_ready() and any(
+        tool.format is not None and tool.format.get("syntax") == "lark" for tool in request.tools
+    ):
+        return True
     tokens = request.output_tokens if request.output_tokens is not None else request.max_tokens
     if tokens is None or tokens <= _PLAN_ON_THE_LOOP_TOKENS:
         return False

@@ -9,7 +9,11 @@ than a few levels the cheapest one, and each regular-expression terminal takes t
 first of the request's words (or a stock value) that it matches whole.
 
 The grammar is read with Lark's own grammar loader (``lark.load_grammar``), which
-resolves its EBNF operators, imports and anonymous terminals into plain rules.
+resolves its EBNF operators, imports and anonymous terminals into plain rules. Lark is
+imported at the first grammar, not with the server: it is idle memory most servers never
+use (several MB where the ``regex`` package is installed, which Lark then imports too).
+Until then a request with a Lark grammar is planned in a worker thread
+(``grammar_ready``), so that the import does not hold up the event loop.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
-from lark.exceptions import LarkError
-from lark.grammar import Rule
-from lark.lexer import PatternStr, TerminalDef
-from lark.load_grammar import load_grammar
+if TYPE_CHECKING:
+    from lark.grammar import Rule
+    from lark.lexer import TerminalDef
 
 from streamapi.linear_regex import RegexError, compile_linear
 from streamapi.text.jsonschema import GenerationBudget, SchemaGenerator
@@ -31,6 +35,27 @@ from streamapi.text.jsonschema import GenerationBudget, SchemaGenerator
 _MAX_DEPTH = 12
 _FALLBACKS = ("notes.txt", "x", "0", "a", "")
 _FILE_RULE = re.compile(r"(?i)file|path")
+
+
+_lark: SimpleNamespace | None = None
+
+
+def grammar_ready() -> bool:
+    """Whether Lark is imported (by the first Lark grammar this process read)."""
+    return _lark is not None
+
+
+def _lark_api() -> SimpleNamespace:
+    global _lark
+    if _lark is None:
+        from lark.exceptions import LarkError
+        from lark.lexer import PatternStr
+        from lark.load_grammar import load_grammar
+
+        _lark = SimpleNamespace(
+            LarkError=LarkError, PatternStr=PatternStr, load_grammar=load_grammar
+        )
+    return _lark
 
 
 def freeform_input(
@@ -47,9 +72,10 @@ def freeform_input(
     definition = str(fmt.get("definition", ""))
     if fmt.get("syntax") == "regex":
         return _regex_value(definition, rng, words, budget, file_like=False)
+    lark = _lark_api()
     try:
         return _LarkSentence(definition, rng, words, budget).text()
-    except (LarkError, RecursionError, KeyError):
+    except (lark.LarkError, RecursionError, KeyError):
         return " ".join(words[:6])
 
 
@@ -63,7 +89,7 @@ class _LarkSentence:
     ) -> None:
         self._rng = rng
         self._budget = budget
-        grammar, _ = load_grammar(definition, "<tool grammar>", [], False)  # type: ignore[no-untyped-call]
+        grammar, _ = _lark_api().load_grammar(definition, "<tool grammar>", [], False)
         terminals, rules, _ = grammar.compile(["start"], set())
         self._terminals: dict[str, TerminalDef] = {t.name: t for t in terminals}
         self._rules: dict[str, list[Rule]] = {}
@@ -109,7 +135,7 @@ class _LarkSentence:
 
     def _terminal(self, name: str, rule: str) -> str:
         pattern = self._terminals[name].pattern
-        if isinstance(pattern, PatternStr):
+        if isinstance(pattern, _lark_api().PatternStr):
             return str(pattern.value)
         file_like = bool(_FILE_RULE.search(rule))
         return _regex_value(
