@@ -10,8 +10,9 @@ own headers aside.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,6 +23,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from streamapi import scope_keys
 from streamapi.app import create_app
 from streamapi.middleware import EdgeMiddleware
 from streamapi.settings import Settings
@@ -224,3 +226,74 @@ async def test_a_generation_route_runs_without_fastapis_dependency_exit_stacks()
     assert "fastapi_function_astack" not in streamed
     # A route with dependencies keeps FastAPI's handling.
     assert "fastapi_inner_astack" in listed
+
+
+def _await_chain(task: asyncio.Task[Any]) -> list[str]:
+    """The qualified names of the coroutines ``task`` awaits through, outermost first."""
+    chain = []
+    coro: Any = task.get_coro()
+    while coro is not None and hasattr(coro, "cr_frame"):
+        chain.append(coro.__qualname__)
+        coro = coro.cr_await
+    return chain
+
+
+@pytest.mark.parametrize("cors", [[], [APP_ORIGIN]])
+async def test_an_open_stream_is_served_from_the_middleware_past_the_routes_layers(
+    cors: list[str],
+) -> None:
+    # The router, the exception handling and the route's frames (holding the request
+    # and its parsed body) have returned: an open stream keeps none of them alive.
+    settings = Settings(
+        served_model_names=["sim"],
+        time_to_first_token_ms=0,
+        inter_token_latency_ms=60_000,
+        cors_allow_origins=cors,
+        admin_key="admin",
+    )
+    app = create_app(settings)
+    first_frame, leave = asyncio.Event(), asyncio.Event()
+    body = [{"type": "http.request", "body": json.dumps({**CHAT, "stream": True}).encode()}]
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        if body:
+            return body.pop()
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+        elif message.get("body"):
+            first_frame.set()
+
+    async with LifespanManager(app) as manager:
+        scope = post_scope("/v1/chat/completions")
+
+        async def serve_one() -> None:
+            await manager.app(scope, receive, send)
+
+        request = asyncio.create_task(serve_one())
+        await asyncio.wait_for(first_frame.wait(), timeout=10)
+        chain = _await_chain(request)
+        leave.set()  # the client leaves: the stream ends, and its request with it
+        await asyncio.wait_for(request, timeout=10)
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            entries = await http.get("/admin/journal", headers={"Authorization": "Bearer admin"})
+            metrics = (await http.get("/metrics")).text
+    assert statuses == [200]
+    # Served from the middleware, the stream still ends what its request holds: its
+    # journal entry (closed when the stream is), its admission and in-flight count.
+    [entry] = entries.json()["entries"]
+    assert (entry["status"], entry["outcome"]) == (200, "client_disconnected")
+    assert entry["duration_ms"] is not None
+    assert "streamapi_streams_in_flight 0.0" in metrics
+    assert scope_keys.SERVE_LATER not in scope
+    names = [name.rpartition(".")[2] for name in chain]
+    ours = [name for name in chain if name.startswith(("EdgeMiddleware", "EventStreamResponse"))]
+    assert ours[-2:] == ["EventStreamResponse._respond", "EventStreamResponse._serve"]
+    for gone in ("handle", "create_chat_completion", "respond", "wrapped_app"):
+        assert gone not in names
+    assert not any(name.startswith(("Router.", "ExceptionMiddleware.")) for name in chain)

@@ -17,7 +17,10 @@ One layer rather than one per concern: every layer's coroutine frame, closures a
 below, called from one ``__call__``; the one ``send`` wrapper touches a response's
 start only, and an error status's body (to journal why it failed). A stream's body
 frames skip it, and every layer FastAPI adds, altogether (``BodySendLayer`` below,
-``scope_keys.BODY_SEND``, ``sse.EventStreamResponse``).
+``scope_keys.BODY_SEND``, ``sse.EventStreamResponse``). And a stream is served from
+this middleware itself (``scope_keys.SERVE_LATER``), once the layers inside it (the
+router, Starlette's exception handling, the route) have returned: an open stream
+keeps none of their frames alive.
 
 CORS must answer preflights after the origin check and before auth, and add its
 headers to every answer, 401s included. With ``--cors-allow-origins`` the middleware
@@ -196,7 +199,17 @@ class EdgeMiddleware:
                 if declared.isdigit() and int(declared) > self.max_body_bytes:
                     await self._answer(self._too_large(), scope, receive, send_at_edge, headers)
                     return
-                await self.app(scope, self._limited(receive), send_at_edge)
+                later: list[Callable[[], Awaitable[None]]] = []
+                scope[scope_keys.SERVE_LATER] = later
+                try:
+                    await self.app(scope, self._limited(receive), send_at_edge)
+                finally:
+                    # A streamed response is served from here (``sse.EventStreamResponse``),
+                    # with the layers inside already returned; however they returned, as it
+                    # alone ends what its request holds (the admission, the in-flight count).
+                    del scope[scope_keys.SERVE_LATER]
+                    if later:
+                        await later.pop()()
             finally:
                 if entry is not None and journal is not None:
                     entry.close(status, bytes(error_body), asyncio.get_running_loop().time())

@@ -26,6 +26,10 @@ them)."""
 SMALL_BODY: Final = "streamapi.small_body"
 """Whether the request's JSON body is small enough to prepare on the event loop
 (``api.common.read_json``, which reads the body without keeping it)."""
+SERVE_LATER: Final = "streamapi.serve_later"
+"""In the scope itself: a list in which a streamed response leaves its serving, for
+``middleware.EdgeMiddleware`` to await once the layers inside it have returned
+(``sse.EventStreamResponse``)."""
 BODY_SEND: Final = "streamapi.body_send"
 """In the scope itself: the server's own ``send`` (``middleware.BodySendLayer``), for a
 stream's body frames (the layers between touch only a response's start)."""

@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from streamapi.lifecycle import DRAIN_EXPIRED
-from streamapi.scope_keys import BODY_SEND
+from streamapi.scope_keys import BODY_SEND, SERVE_LATER
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,10 @@ class EventStreamResponse(Response):
     - **Fewer layers per frame.** The response's start goes through ``send``,
       every layer of middleware; the frames through the ``send`` left in the
       scope at ``BODY_SEND``, past the layers that only act on a start.
+    - **Fewer layers kept alive.** Where the middleware left a list at
+      ``SERVE_LATER`` in the scope, the response puts its serving there and
+      returns: the router, the exception handling and the route's frames return
+      with it, and the middleware serves the stream.
     - **HEAD** is answered with the headers and an empty body; the frames are
       never read.
     """
@@ -160,6 +164,17 @@ class EventStreamResponse(Response):
         self._active = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        later: list[Callable[[], Awaitable[None]]] | None = scope.get(SERVE_LATER)
+        if later is not None and not later:
+            # Served by the middleware that left the list, once every layer between it
+            # and here has returned: the router, the exception handling and the route's
+            # own frames (with the request and its parsed body) would otherwise stay
+            # alive, each of them, for the stream's whole life.
+            later.append(lambda: self._respond(scope, receive, send))
+            return
+        await self._respond(scope, receive, send)
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._on_start is not None:
             self._on_start()
         try:
