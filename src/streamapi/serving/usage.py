@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from streamapi.engines.protocol import TokenDelta, UsageReport
 from streamapi.serving.generation import Job
@@ -58,7 +58,6 @@ class Transcript:
         return "".join(self.reasoning)
 
 
-@dataclass(slots=True)
 class Usage:
     """Tokens generated so far, counted as the deltas go by.
 
@@ -69,21 +68,36 @@ class Usage:
     counted once however many choices answer it, as OpenAI counts ``n``).
     """
 
-    prompt_tokens: int
-    completion_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached_tokens: int = 0
-    n: int = 1
-    prompts: int = 1
-    # Each choice's tokens and reasoning tokens counted so far (what a report replaces).
-    _tokens: dict[int, int] = field(default_factory=dict)
-    _reasoning: dict[int, int] = field(default_factory=dict)
-    _reported_prompts: dict[int, int] = field(default_factory=dict)
+    # An open stream holds one: per-choice counts are lists, made when first needed.
+    __slots__ = (
+        "_reasoning",
+        "_reported_prompts",
+        "_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "n",
+        "prompt_tokens",
+        "prompts",
+        "reasoning_tokens",
+    )
+
+    def __init__(self, prompt_tokens: int, *, choices: int = 1, n: int = 1) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.reasoning_tokens = 0
+        self.cached_tokens = 0
+        self.n = n
+        self.prompts = max(1, choices // n)
+        # Each choice's tokens and reasoning tokens counted so far (what a report replaces).
+        self._tokens = [0] * choices
+        self._reasoning: list[int] | None = None
+        # Each prompt's reported prompt tokens (None: not reported yet).
+        self._reported_prompts: list[int | None] | None = None
 
     @classmethod
     def of(cls, job: Job) -> Usage:
         """Empty usage for ``job``, with its prompt tokens counted."""
-        return cls(job.prompt_tokens, n=job.n, prompts=max(1, len(job.choices) // job.n))
+        return cls(job.prompt_tokens, choices=len(job.choices), n=job.n)
 
     def add(self, delta: TokenDelta, index: int = 0) -> None:
         """Count ``delta`` of choice ``index``."""
@@ -91,28 +105,35 @@ class Usage:
             # Every choice shares the prompt: its cached part is counted once.
             self.cached_tokens = max(self.cached_tokens, delta.cached_prompt_tokens)
         if delta.text or delta.tool_call is not None:  # delta.is_token, once per token
-            tokens = self._tokens
-            tokens[index] = tokens.get(index, 0) + 1
+            self._tokens[index] += 1
             self.completion_tokens += 1
             if delta.channel == "reasoning":
-                reasoning = self._reasoning
-                reasoning[index] = reasoning.get(index, 0) + 1
+                self._reasoning_counts()[index] += 1
                 self.reasoning_tokens += 1
         if delta.usage is not None:
             self._report(index, delta.usage)
 
     def _report(self, index: int, report: UsageReport) -> None:
-        self.completion_tokens += report.completion_tokens - self._tokens.get(index, 0)
+        self.completion_tokens += report.completion_tokens - self._tokens[index]
         self._tokens[index] = report.completion_tokens
         if report.reasoning_tokens is not None:
-            self.reasoning_tokens += report.reasoning_tokens - self._reasoning.get(index, 0)
-            self._reasoning[index] = report.reasoning_tokens
+            reasoning = self._reasoning_counts()
+            self.reasoning_tokens += report.reasoning_tokens - reasoning[index]
+            reasoning[index] = report.reasoning_tokens
         if report.cached_tokens is not None:
             self.cached_tokens = max(self.cached_tokens, report.cached_tokens)
         if report.prompt_tokens is not None:
-            self._reported_prompts[index // self.n] = report.prompt_tokens
-            if len(self._reported_prompts) == self.prompts:
-                self.prompt_tokens = sum(self._reported_prompts.values())
+            if self._reported_prompts is None:
+                self._reported_prompts = [None] * self.prompts
+            reported = self._reported_prompts
+            reported[index // self.n] = report.prompt_tokens
+            if None not in reported:
+                self.prompt_tokens = sum(t for t in reported if t is not None)
+
+    def _reasoning_counts(self) -> list[int]:
+        if self._reasoning is None:
+            self._reasoning = [0] * len(self._tokens)
+        return self._reasoning
 
     @property
     def total_tokens(self) -> int:
