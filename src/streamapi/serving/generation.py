@@ -265,7 +265,7 @@ class Generation:
         ``ServiceUnavailableError`` (code ``server_shutting_down``).
         """
         streams = admission.streams
-        clock = _Stopwatch(admission.arrived_at, self._metrics)
+        clock = _Stopwatch(admission.arrived_at, self._metrics, len(streams))
         # One choice (the usual case) is read directly: each layer of async
         # generators costs every token a resumption.
         source = streams[0] if len(streams) == 1 else None
@@ -277,23 +277,23 @@ class Generation:
                         source, "take_ready", None
                     )
                     async for delta in source:
-                        batch = [(0, delta)]
                         ready = take_ready() if take_ready is not None else None
-                        if ready:
-                            batch += [(0, each) for each in ready]
-                        for _, each in batch:
-                            if each.is_token:
-                                clock.token(0)
-                            if each.finish_reason is not None:
-                                clock.finish()
+                        batch = (
+                            [(0, delta), *[(0, each) for each in ready]] if ready else [(0, delta)]
+                        )
+                        clock.time(batch)
+                        # Neither the deltas nor their batch are kept while the next is
+                        # awaited: an open stream holds no delta of its own.
+                        del delta, ready
                         yield batch
+                        del batch
                 elif merged is not None:
                     async for index, delta in merged:
-                        if delta.is_token:
-                            clock.token(index)
-                        if delta.finish_reason is not None:
-                            clock.finish()
-                        yield [(index, delta)]
+                        batch = [(index, delta)]
+                        clock.time(batch)
+                        del delta
+                        yield batch
+                        del batch
         except asyncio.CancelledError as cancel:
             if cancel.args != (DRAIN_EXPIRED,):
                 raise
@@ -329,30 +329,32 @@ class Generation:
 class _Stopwatch:
     """Times one request's tokens for the latency histograms, on the event loop's clock."""
 
-    __slots__ = ("_arrived_at", "_clock", "_last", "_metrics")
+    __slots__ = ("_arrived_at", "_last", "_loop", "_metrics")
 
-    def __init__(self, arrived_at: float, metrics: Metrics | None) -> None:
+    def __init__(self, arrived_at: float, metrics: Metrics | None, choices: int) -> None:
         self._arrived_at = arrived_at
         self._metrics = metrics
-        # Read once: the clock is read per token, on the hot path.
-        self._clock = asyncio.get_running_loop().time
-        self._last: dict[int, float] = {}
+        self._loop = asyncio.get_running_loop()
+        # Each choice's last token time (None before its first), in a list: an open
+        # stream holds this, and a dict costs four times the bytes.
+        self._last: list[float | None] = [None] * choices
 
-    def token(self, index: int) -> None:
+    def time(self, batch: list[tuple[int, TokenDelta]]) -> None:
+        """Time the tokens of ``batch``, handed on now, and any request they finish."""
         metrics = self._metrics
         if metrics is None:
             return
-        now = self._clock()
-        last = self._last.get(index)
-        if last is None:
-            metrics.time_to_first_token.observe(now - self._arrived_at)
-        else:
-            metrics.inter_token_latency.observe(now - last)
-        self._last[index] = now
-
-    def finish(self) -> None:
-        if self._metrics is not None:
-            self._metrics.e2e_request_latency.observe(self._clock() - self._arrived_at)
+        now = self._loop.time()
+        for index, delta in batch:
+            if delta.is_token:
+                last = self._last[index]
+                if last is None:
+                    metrics.time_to_first_token.observe(now - self._arrived_at)
+                else:
+                    metrics.inter_token_latency.observe(now - last)
+                self._last[index] = now
+            if delta.finish_reason is not None:
+                metrics.e2e_request_latency.observe(now - self._arrived_at)
 
 
 async def _merge(
