@@ -43,6 +43,9 @@ from streamapi.serving.request_limits import check_metadata, check_top_logprobs
 from streamapi.serving.schema_checks import SchemaChecks, check_tool_choice
 from streamapi.serving.usage import Transcript, Usage
 
+# The custom tools of a request that has none (most): one set all of them share.
+_NO_TOOLS: frozenset[str] = frozenset()
+
 
 @dataclass(frozen=True, slots=True)
 class ChatJob:
@@ -52,7 +55,7 @@ class ChatJob:
     include_usage: bool
     continuous_usage: bool
     logprobs: bool
-    custom_tools: frozenset[str] = frozenset()
+    custom_tools: frozenset[str] = _NO_TOOLS
     """Free-form tools: their calls are ``custom`` calls with raw ``input``."""
 
 
@@ -119,7 +122,7 @@ class ChatService:
             include_usage=include_usage,
             continuous_usage=include_usage and bool(options and options.continuous_usage_stats),
             logprobs=bool(request.logprobs),
-            custom_tools=frozenset(t.name for t in tools if t.format is not None),
+            custom_tools=_custom_tool_names(tools),
         )
 
     async def stream(self, chat: ChatJob, admission: Admission) -> AsyncIterator[bytes]:
@@ -134,6 +137,9 @@ class ChatService:
                     frames = [frame for index, delta in batch for frame in writer.add(index, delta)]
                 if frames:
                     yield frames[0] if len(frames) == 1 else b"".join(frames)
+                # Not kept while the next batch is awaited: an open stream holds no
+                # delta or frame of its own.
+                del batch, frames
             if chat.include_usage:
                 yield writer.usage_chunk()
         except Exception as exc:
@@ -181,28 +187,23 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
-class _Pending:
-    """Tokens of one choice waiting to fill an event."""
+class _Choice:
+    """One choice of a stream: whether it started, its tokens waiting to fill an event,
+    and its content chunks' template (one small object each, not a dict entry per field)."""
 
+    started: bool = False
     channel: str = "content"
     tool_index: int = 0
     deltas: list[TokenDelta] = field(default_factory=list)
+    content: sse.DataTemplate | None = None
+    plain: sse.DataTemplate | None = None
+    """With one token per event, once started: a plain content token is this filled."""
 
 
 class _ChunkWriter:
     """Encodes the chunks of one completion, grouping tokens into events."""
 
-    __slots__ = (
-        "_chat",
-        "_content",
-        "_custom_calls",
-        "_pending",
-        "_per_event",
-        "_plain",
-        "_started",
-        "_templated",
-        "_usage",
-    )
+    __slots__ = ("_chat", "_choices", "_custom_calls", "_per_event", "_templated", "_usage")
 
     def __init__(self, chat: ChatJob, tokens_per_event: int) -> None:
         job = chat.job
@@ -210,20 +211,16 @@ class _ChunkWriter:
         self._per_event = tokens_per_event
         # (choice, call) of custom tools; made for the first, as most streams call none.
         self._custom_calls: set[tuple[int, int]] | None = None
-        # Whether each choice has started (a byte each: a set costs 216 bytes a stream).
-        self._started = bytearray(len(job.choices))
-        self._pending: dict[int, _Pending] = {}
-        self._usage = Usage.of(job)
+        self._choices = tuple(_Choice() for _ in job.choices)
+        # Counted only for the usage a stream sends (include_usage).
+        self._usage = Usage.of(job) if chat.include_usage else None
         # Plain content chunks (the load-test case) are spliced into a frame
         # encoded once per choice; with logprobs or running usage they vary more.
         self._templated = not chat.logprobs and not chat.continuous_usage
-        self._content: dict[int, sse.DataTemplate] = {}
-        # With one token per event, a started choice's plain content tokens need
-        # none of the grouping below: each is its template filled.
-        self._plain: dict[int, sse.DataTemplate] = {}
 
     def add(self, index: int, delta: TokenDelta) -> list[bytes]:
-        template = self._plain.get(index)
+        choice = self._choices[index]
+        template = choice.plain
         if (
             template is not None
             and delta.text
@@ -232,12 +229,13 @@ class _ChunkWriter:
             and delta.tool_call is None
             and delta.usage is None
         ):
-            self._usage.add(delta, index)
+            if self._usage is not None:
+                self._usage.add(delta, index)
             return [template.fill(delta.text)]
         frames: list[bytes] = []
         role: dict[str, Any] = {}
-        if not self._started[index]:
-            self._started[index] = True
+        if not choice.started:
+            choice.started = True
             if delta.tool_call is None:
                 frames.append(self._chunk(index, {"role": "assistant", "content": ""}))
             else:
@@ -245,15 +243,13 @@ class _ChunkWriter:
                 # role with content null in the call's first delta (an empty string
                 # makes the AI SDK open an empty text part).
                 role = {"role": "assistant", "content": None}
-        self._usage.add(delta, index)
-        pending = self._pending.get(index)
-        if pending is None:
-            pending = self._pending[index] = _Pending()
-        if pending.deltas and (
+        if self._usage is not None:
+            self._usage.add(delta, index)
+        if choice.deltas and (
             delta.tool_call is not None
-            or (delta.channel, delta.tool_index) != (pending.channel, pending.tool_index)
+            or (delta.channel, delta.tool_index) != (choice.channel, choice.tool_index)
         ):
-            frames.append(self._flush(index, pending))
+            frames.append(self._flush(index, choice))
         if delta.tool_call is not None:
             call = delta.tool_call
             opening: dict[str, Any] = {"index": call.index, "id": call.id}
@@ -266,45 +262,47 @@ class _ChunkWriter:
                 opening |= {"type": "function", "function": {"name": call.name, "arguments": ""}}
             frames.append(self._chunk(index, {**role, "tool_calls": [opening]}))
         elif delta.text:
-            pending.channel, pending.tool_index = delta.channel, delta.tool_index
-            pending.deltas.append(delta)
-            if len(pending.deltas) >= self._per_event:
-                frames.append(self._flush(index, pending))
+            choice.channel, choice.tool_index = delta.channel, delta.tool_index
+            choice.deltas.append(delta)
+            if len(choice.deltas) >= self._per_event:
+                frames.append(self._flush(index, choice))
         if delta.finish_reason is not None:
-            if pending.deltas:
-                frames.append(self._flush(index, pending))
+            if choice.deltas:
+                frames.append(self._flush(index, choice))
             frames.append(self._chunk(index, {}, finish_reason=delta.finish_reason))
         return frames
 
     def usage_chunk(self) -> bytes:
+        assert self._usage is not None  # counted when include_usage
         return sse.encode_data({**self._head(), "choices": [], "usage": usage_dict(self._usage)})
 
-    def _flush(self, index: int, pending: _Pending) -> bytes:
-        text = "".join(d.text for d in pending.deltas)
+    def _flush(self, index: int, choice: _Choice) -> bytes:
+        deltas = choice.deltas
+        text = "".join(d.text for d in deltas)
         logprobs = None
-        if pending.channel == "reasoning":
+        if choice.channel == "reasoning":
             delta: dict[str, Any] = {"reasoning_content": text}
-        elif pending.channel == "tool_call":
+        elif choice.channel == "tool_call":
             part = (
                 {"custom": {"input": text}}
                 if self._custom_calls is not None
-                and (index, pending.tool_index) in self._custom_calls
+                and (index, choice.tool_index) in self._custom_calls
                 else {"function": {"arguments": text}}
             )
-            delta = {"tool_calls": [{"index": pending.tool_index, **part}]}
+            delta = {"tool_calls": [{"index": choice.tool_index, **part}]}
         elif self._templated:
-            pending.deltas = []
-            template = self._content.get(index)
+            deltas.clear()
+            template = choice.content
             if template is None:
-                template = self._content[index] = self._template(index)
+                template = choice.content = self._template(index)
                 if self._per_event == 1:
-                    self._plain[index] = template
+                    choice.plain = template
             return template.fill(text)
         else:
             delta = {"content": text}
             if self._chat.logprobs:
-                logprobs = _logprobs(pending.deltas)
-        pending.deltas = []
+                logprobs = _logprobs(deltas)
+        deltas.clear()
         return self._chunk(index, delta, logprobs=logprobs)
 
     def _head(self) -> dict[str, Any]:
@@ -353,7 +351,8 @@ class _ChunkWriter:
         if self._chat.include_usage:
             # OpenAI sends usage: null on every chunk but the last when usage was asked
             # for; vLLM's continuous_usage_stats puts running counts there instead.
-            chunk["usage"] = usage_dict(self._usage) if self._chat.continuous_usage else None
+            usage = self._usage if self._chat.continuous_usage else None
+            chunk["usage"] = None if usage is None else usage_dict(usage)
         return chunk
 
 
@@ -411,6 +410,13 @@ def _tool(tool: ChatFunctionTool | ChatCustomTool, index: int, checks: SchemaChe
     if custom.format is not None and custom.format.grammar is not None:
         fmt = {"type": "grammar", **custom.format.grammar.model_dump()}
     return ToolSpec(custom.name, custom.description or "", {}, format=fmt)
+
+
+def _custom_tool_names(tools: tuple[ToolSpec, ...]) -> frozenset[str]:
+    """The free-form tools' names; most requests have none, and share one empty set (an
+    empty frozenset is an object of 216 bytes that the stream would keep)."""
+    names = [t.name for t in tools if t.format is not None]
+    return frozenset(names) if names else _NO_TOOLS
 
 
 def _tool_choice(choice: object, *, has_tools: bool) -> str:
