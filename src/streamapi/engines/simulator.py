@@ -154,15 +154,18 @@ class PlannedInThread:
 
     def __init__(self, engine: SimulatorEngine, request: GenerationRequest) -> None:
         self._engine = engine
-        self._request = request
+        # Planned from once, then dropped: an open stream keeps no prompt.
+        self._request: GenerationRequest | None = request
         self._sequence: ScheduledSequence | None = None
         self._closed = False
 
     async def open(self) -> None:
         """Plan off the event loop, then queue (``RateLimitError`` if the queue filled)."""
-        if self._sequence is not None or self._closed:
+        request = self._request
+        if request is None or self._closed:  # planned (or being planned) already
             return
-        sequence = await asyncio.to_thread(self._engine.sequence, self._request)
+        self._request = None
+        sequence = await asyncio.to_thread(self._engine.sequence, request)
         if not self._closed:
             self._engine.scheduler.submit(sequence)
             self._sequence = sequence

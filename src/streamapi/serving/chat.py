@@ -150,7 +150,7 @@ class ChatService:
     async def complete(self, chat: ChatJob, admission: Admission) -> dict[str, Any]:
         """The whole completion at once (``stream`` false), as a ``chat.completion`` body."""
         job = chat.job
-        transcripts = [Transcript.empty() for _ in job.choices]
+        transcripts = [Transcript.empty() for _ in range(job.choice_count)]
         usage = Usage.of(job)
         async for batch in self._generation.batches(admission):
             for index, delta in batch:
@@ -211,7 +211,7 @@ class _ChunkWriter:
         self._per_event = tokens_per_event
         # (choice, call) of custom tools; made for the first, as most streams call none.
         self._custom_calls: set[tuple[int, int]] | None = None
-        self._choices = tuple(_Choice() for _ in job.choices)
+        self._choices = tuple(_Choice() for _ in range(job.choice_count))
         # Counted only for the usage a stream sends (include_usage).
         self._usage = Usage.of(job) if chat.include_usage else None
         # Plain content chunks (the load-test case) are spliced into a frame

@@ -102,7 +102,7 @@ class CompletionService:
         """SSE frames of a streamed completion, ending with ``[DONE]``."""
         job = completion.job
         usage = Usage.of(job)
-        offsets = [0] * len(job.choices)
+        offsets = [0] * job.choice_count
         pending: dict[int, list[TokenDelta]] = {}
         try:
             for index, echo in enumerate(completion.echoes):
@@ -139,8 +139,8 @@ class CompletionService:
         """The whole completion (``stream`` false)."""
         job = completion.job
         usage = Usage.of(job)
-        texts: list[list[TokenDelta]] = [[] for _ in job.choices]
-        finish: list[str | None] = [None] * len(job.choices)
+        texts: list[list[TokenDelta]] = [[] for _ in range(job.choice_count)]
+        finish: list[str | None] = [None] * job.choice_count
         async for batch in self._generation.batches(admission):
             for index, delta in batch:
                 usage.add(delta, index)
@@ -148,7 +148,7 @@ class CompletionService:
                     texts[index].append(delta)
                 if delta.finish_reason is not None:
                     finish[index] = delta.finish_reason
-        echoes = completion.echoes or ((),) * len(job.choices)
+        echoes = completion.echoes or ((),) * job.choice_count
         whole = [[*echo, *deltas] for echo, deltas in zip(echoes, texts, strict=True)]
         choices = [
             {

@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from streamapi.aio import aclose_iterator
@@ -33,9 +33,14 @@ IMAGE_TOKENS_LOW = 85
 IMAGE_TOKENS = 765
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Job:
-    """A checked request: one engine request per choice, and what to report."""
+    """A checked request: one engine request per choice, and what to report.
+
+    ``Generation.admit`` hands the requests to the engine and empties ``choices``:
+    an open stream keeps no request, and so not its prompt (an agent's context is
+    tens of kilobytes). ``choice_count`` stays.
+    """
 
     id: str
     created: int
@@ -44,6 +49,11 @@ class Job:
     prompt_tokens: int
     n: int = 1
     """Choices per prompt: choice ``i`` answers prompt ``i // n``."""
+    choice_count: int = field(init=False)
+    """How many choices the job has (``len(choices)`` until admission)."""
+
+    def __post_init__(self) -> None:
+        self.choice_count = len(self.choices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +263,8 @@ class Generation:
                 if lease is not None:
                     lease.release()
             raise
+        # The engine has the requests now: the job keeps none (see ``Job``).
+        job.choices = ()
         return Admission(job, streams, arrived_at=arrived_at, metrics=self._metrics, lease=lease)
 
     async def batches(self, admission: Admission) -> AsyncIterator[list[tuple[int, TokenDelta]]]:

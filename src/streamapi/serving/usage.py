@@ -97,7 +97,7 @@ class Usage:
     @classmethod
     def of(cls, job: Job) -> Usage:
         """Empty usage for ``job``, with its prompt tokens counted."""
-        return cls(job.prompt_tokens, choices=len(job.choices), n=job.n)
+        return cls(job.prompt_tokens, choices=job.choice_count, n=job.n)
 
     def add(self, delta: TokenDelta, index: int = 0) -> None:
         """Count ``delta`` of choice ``index``."""
