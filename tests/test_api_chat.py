@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import json
+import uuid
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -13,7 +18,7 @@ from streamapi import scope_keys
 from streamapi.app import create_app
 from streamapi.settings import Settings
 from streamapi.text.tokenizer import count_chat_tokens
-from tests.asgi_driver import Exchange
+from tests.asgi_driver import Exchange, post_scope
 from tests.sse_helpers import chunks, content, events
 
 URL = "/v1/chat/completions"
@@ -271,3 +276,45 @@ async def test_a_long_prompt_is_read_once_and_noted_for_preparing_off_the_loop(
     assert exchange.frames[-1].payload == "[DONE]"
     assert "".join(f.content() for f in exchange.frames)
     assert scopes[0]["state"][scope_keys.SMALL_BODY] is small
+
+
+def _strings_holding(marker: str) -> int:
+    """How many strings that the collector's objects refer to hold ``marker`` (besides it)."""
+    gc.collect()
+    found = 0
+    for holder in gc.get_objects():
+        for held in gc.get_referents(holder):
+            if isinstance(held, str) and held is not marker and marker in held:
+                found += 1
+    return found
+
+
+async def test_an_open_stream_keeps_no_copy_of_its_prompt() -> None:
+    # An agent's context is tens of kilobytes: once the engine has the request, an open
+    # stream (its job, its chunk writer, its engine sequence) keeps no string of it.
+    app = create_app(Settings(time_to_first_token_ms=0, inter_token_latency_ms=60_000))
+    marker = uuid.uuid4().hex
+    prompt = {"role": "user", "content": f"{marker} " * 500 + "Explain queues"}
+    body = [
+        {"type": "http.request", "body": json.dumps(chat(messages=[prompt], stream=True)).encode()}
+    ]
+    del prompt
+    first_frame, leave = asyncio.Event(), asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if body:
+            return body.pop()
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message.get("body"):
+            first_frame.set()
+
+    async with LifespanManager(app) as manager:
+        request = asyncio.create_task(manager.app(post_scope(URL), receive, send))
+        await asyncio.wait_for(first_frame.wait(), timeout=10)
+        held = _strings_holding(marker)
+        leave.set()
+        await asyncio.wait_for(request, timeout=10)
+    assert held == 0
