@@ -312,7 +312,11 @@ async def test_an_open_stream_keeps_no_copy_of_its_prompt() -> None:
             first_frame.set()
 
     async with LifespanManager(app) as manager:
-        request = asyncio.create_task(manager.app(post_scope(URL), receive, send))
+
+        async def serve() -> None:
+            await manager.app(post_scope(URL), receive, send)
+
+        request = asyncio.create_task(serve())
         await asyncio.wait_for(first_frame.wait(), timeout=10)
         held = _strings_holding(marker)
         leave.set()
