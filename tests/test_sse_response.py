@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -404,7 +405,7 @@ async def test_the_app_sends_a_streams_body_frames_to_the_servers_own_send() -> 
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
-        caller = sys._getframe(1)
+        caller: FrameType | None = sys._getframe(1)
         through = []
         while caller is not None:
             if caller.f_code.co_name in wrappers:
