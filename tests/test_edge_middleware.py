@@ -305,7 +305,5 @@ async def test_an_open_stream_is_served_from_the_middleware_past_the_routes_laye
         "FastAPI.__call__",
         "Starlette.__call__",
         "ServeLaterLayer.__call__",
-        "ServeLater.run",
-        "EventStreamResponse._body",
         "EventStreamResponse._serve",
     ]

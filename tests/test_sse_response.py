@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 from asgi_lifespan import LifespanManager
-from starlette.types import Message
+from starlette.types import Message, Receive, Scope, Send
 
 from streamapi import scope_keys, sse
 from streamapi.app import create_app
 from streamapi.lifecycle import Lifecycle
+from streamapi.middleware import ServeLaterLayer
 from streamapi.settings import Settings
 from tests.asgi_driver import post_scope
 
@@ -137,29 +138,29 @@ async def test_frames_go_out_byte_for_byte_with_the_stream_headers() -> None:
 
 async def test_a_body_served_later_skips_the_layers_its_start_went_through() -> None:
     # The start goes through every layer (it gets the request id) at once; the body is
-    # left in the ServeLater, served with the server's own send, then the layers' ends.
+    # left in the ServeLater, served with the server's own send once the layers have
+    # returned, then the ends they left.
     client, hooks, frames = Client(), Hooks(), Frames(FRAMES)
     layered: list[Message] = []
+    seen: dict[str, Any] = {}
+    ended: list[list[str]] = []
 
     async def through_middleware(message: Message) -> None:
         layered.append(message)
         await client.send(message)
 
-    later = sse.ServeLater()
-    stream = response(frames(), hooks)
-    await stream(scope() | {scope_keys.SERVE_LATER: later}, client.receive, through_middleware)
-
-    assert [m["type"] for m in layered] == ["http.response.start"]
-    assert later.serve is not None
-    assert (client.bodies(), frames.started, hooks.calls) == ([], False, ["start"])
-    ended: list[list[str]] = []
-
     async def end() -> None:
         ended.append(list(hooks.calls))
 
-    later.ends.append(end)
-    await asyncio.wait_for(later.run(client.receive, client.send), DEADLINE_S)
+    async def layer(asgi_scope: Scope, receive: Receive, send: Send) -> None:
+        await response(frames(), hooks)(asgi_scope, receive, through_middleware)
+        later = asgi_scope[scope_keys.SERVE_LATER]
+        seen.update(bodies=client.bodies(), started=frames.started, calls=list(hooks.calls))
+        later.ends.append(end)
 
+    await asyncio.wait_for(ServeLaterLayer(layer)(scope(), client.receive, client.send), DEADLINE_S)
+
+    assert seen == {"bodies": [], "started": False, "calls": ["start"]}
     assert [m["type"] for m in layered] == ["http.response.start"]
     assert client.bodies() == [*FRAMES, b""]
     assert ended == [["start", "complete", "finish"]]  # after the stream's own end
@@ -168,25 +169,26 @@ async def test_a_body_served_later_skips_the_layers_its_start_went_through() -> 
 
 async def test_a_body_served_later_ends_its_layers_however_it_ended() -> None:
     client, hooks = Client(), Hooks()
+    ended: list[str] = []
 
     async def failing() -> AsyncIterator[bytes]:
         yield FRAMES[0]
         raise RuntimeError("the engine broke")
-
-    later = sse.ServeLater()
-    await response(failing(), hooks)(
-        scope() | {scope_keys.SERVE_LATER: later}, client.receive, client.send
-    )
-    ended: list[str] = []
 
     async def end(name: str) -> None:
         ended.append(name)
         if name == "inner":
             raise OSError("the journal's disk is full")
 
-    later.ends.extend([lambda: end("inner"), lambda: end("outer")])
+    async def layer(asgi_scope: Scope, receive: Receive, send: Send) -> None:
+        await response(failing(), hooks)(asgi_scope, receive, send)
+        ends = asgi_scope[scope_keys.SERVE_LATER].ends
+        ends.extend([lambda: end("inner"), lambda: end("outer")])
+
     with pytest.raises(OSError, match="disk is full") as raised:
-        await asyncio.wait_for(later.run(client.receive, client.send), DEADLINE_S)
+        await asyncio.wait_for(
+            ServeLaterLayer(layer)(scope(), client.receive, client.send), DEADLINE_S
+        )
     # As nested ``finally`` blocks: each end runs, the last error goes on, with the first.
     assert isinstance(raised.value.__context__, RuntimeError)
     assert ended == ["inner", "outer"]

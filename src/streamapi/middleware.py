@@ -395,7 +395,10 @@ class ServeLaterLayer:
             if later.serve is not None:
                 for key in _RETURNED_LAYERS_KEYS:
                     scope.pop(key, None)
-                await later.run(receive, send)
+                try:
+                    await later.serve(receive, send)
+                finally:
+                    await later.end()
 
 
 # What FastAPI leaves in a request's scope for the layers that have returned by the

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -181,25 +182,25 @@ class EventStreamResponse(Response):
         except BaseException as error:
             await self._end(error)
             return
+        # Sent: an open stream need not keep them (Starlette's response would).
+        self.raw_headers = []
+        body = self._head_body if self._head_only else self._serve
         later: ServeLater | None = scope.get(SERVE_LATER)
         if later is not None and later.serve is None:
             # The body is served by the layer that left ``later``, with the server's own
             # ``receive`` and ``send``, once every layer between it and here has
             # returned: their frames (and the request, the parsed body, the route's
             # locals) would otherwise stay alive, each of them, for the stream's life.
-            later.serve = self._body
+            later.serve = body
             return
-        await self._body(receive, send)
+        await body(receive, send)
 
-    async def _body(self, receive: Receive, send: Send) -> None:
-        """The response after its start: the frames, or HEAD's empty body; then ``_end``."""
+    async def _head_body(self, receive: Receive, send: Send) -> None:
+        """HEAD's empty body, then ``_end``."""
         try:
-            if self._head_only:
-                await self._send_within_timeout(
-                    send, {"type": "http.response.body", "body": b"", "more_body": False}
-                )
-            else:
-                await self._serve(receive, send)
+            await self._send_within_timeout(
+                send, {"type": "http.response.body", "body": b"", "more_body": False}
+            )
         except BaseException as error:
             await self._end(error)
             return
@@ -225,7 +226,8 @@ class EventStreamResponse(Response):
             await self.background()
 
     async def _serve(self, receive: Receive, send: Send) -> None:
-        """``_stream`` in a task of its own, while this task watches for the client leaving.
+        """``_stream`` in a task of its own, while this task watches for the client
+        leaving; then ``_end``.
 
         Every wake-up of a task resumes each coroutine it awaits through, and the
         request's task awaits through the server's and the framework's layers: a
@@ -244,31 +246,36 @@ class EventStreamResponse(Response):
         watch = _DisconnectWatch(this)
         stream.add_done_callback(watch.stream_ended)
         try:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            watch.waiting = False
-            if not self._ended:
-                stream.cancel(_CLIENT_GONE)
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                watch.waiting = False
+                if not self._ended:
+                    stream.cancel(_CLIENT_GONE)
+            except BaseException as error:
+                watch.waiting = False
+                if isinstance(error, asyncio.CancelledError) and error.args == (_STREAM_ENDED,):
+                    this.uncancel()
+                else:
+                    # This task cancelled, or the server's receive failed: the stream
+                    # ends with it, its frames closed, before the error goes on.
+                    stream.cancel()
+                    await asyncio.wait((stream,))
+                    if not stream.cancelled():
+                        stream.exception()  # retrieved: the error that matters is this one
+                    raise
+            try:
+                await stream
+            except asyncio.CancelledError:
+                if this.cancelling():
+                    raise
+                # The stream's task was cancelled (the client gone) before its first
+                # step: its code never ran, so nothing closed the frames.
+                await _close(self._frames)
         except BaseException as error:
-            watch.waiting = False
-            if isinstance(error, asyncio.CancelledError) and error.args == (_STREAM_ENDED,):
-                this.uncancel()
-            else:
-                # This task cancelled, or the server's receive failed: the stream
-                # ends with it, its frames closed, before the error goes on.
-                stream.cancel()
-                await asyncio.wait((stream,))
-                if not stream.cancelled():
-                    stream.exception()  # retrieved: the error that matters is this one
-                raise
-        try:
-            await stream
-        except asyncio.CancelledError:
-            if this.cancelling():
-                raise
-            # The stream's task was cancelled (the client gone) before its first
-            # step: its code never ran, so nothing closed the frames.
-            await _close(self._frames)
+            await self._end(error)
+            return
+        await self._end(None)
 
     async def _stream(self, send: Send) -> None:
         """The frames, sent from the task that runs this.
@@ -281,7 +288,7 @@ class EventStreamResponse(Response):
         assert task is not None
         loop = asyncio.get_running_loop()
         pinger: asyncio.Task[None] | None = None
-        watchdog = _SendWatchdog(task, loop, self._send_timeout_s)
+        watchdog = _SendWatchdog(task, self._send_timeout_s)
         frames = self._frames
         try:
             self._active = True
@@ -294,6 +301,8 @@ class EventStreamResponse(Response):
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
                 watchdog.sending = False
                 watchdog.sent += 1
+                # Sent: not kept while the next one is made (a paced stream's whole life).
+                del frame
             if self._on_complete is not None:
                 self._on_complete()
             self._active = False
@@ -357,9 +366,10 @@ class ServeLater:
 
     A streamed response sends its start through every layer, sets ``serve`` and
     returns; that layer then awaits ``serve`` with the server's own ``receive`` and
-    ``send``, then each of ``ends``: what a layer inside has to do once the stream is
-    over (``middleware.EdgeMiddleware`` closes the request's journal entry and counts
-    it there), in the order they were added, innermost layer first.
+    ``send``, then ``end``, which runs ``ends``: what the layers inside have to do
+    once the stream is over (``middleware.EdgeMiddleware`` closes the request's
+    journal entry and counts it there), in the order they were added, innermost
+    layer first.
     """
 
     __slots__ = ("ends", "serve")
@@ -368,13 +378,10 @@ class ServeLater:
         self.serve: Callable[[Receive, Send], Awaitable[None]] | None = None
         self.ends: list[Callable[[], Awaitable[None]]] = []
 
-    async def run(self, receive: Receive, send: Send) -> None:
-        """``serve``, then every end, each of them however the ones before ended."""
-        try:
-            if self.serve is not None:
-                await self.serve(receive, send)
-        finally:
-            await _run_all(self.ends)
+    async def end(self) -> None:
+        """Every end, each of them however the ones before ended, as nested ``finally``
+        blocks would."""
+        await _run_all(self.ends)
 
 
 async def _run_all(ends: list[Callable[[], Awaitable[None]]]) -> None:
@@ -407,47 +414,92 @@ class _SendTimedOut(Exception):
 class _SendWatchdog:
     """Cancels the stream's task when one send has waited ``timeout_s`` for the client.
 
-    The stream's loop flags each send (``sending``, ``sent``); this checks the
-    flags a few times per timeout from one timer, instead of arming and
-    cancelling a timer around every send, which cost a noticeable share of a
-    paced stream's CPU (docs/performance.md, "Optimisation steps"). A send is
-    cut between 1 and 1.5 times ``timeout_s`` after it began. With no timeout
-    it never fires.
+    The stream's loop flags each send (``sending``, ``sent``); every open stream's
+    watchdog is checked a few times per timeout from one timer (``_WatchdogTimer``),
+    instead of arming and cancelling a timer around every send, which cost a
+    noticeable share of a paced stream's CPU (docs/performance.md, "Optimisation
+    steps"), or keeping a timer per stream, which cost each open stream a few
+    hundred bytes. A send is cut between 1 and 1.5 times ``timeout_s`` after it
+    began. With no timeout it never fires.
     """
 
-    __slots__ = ("_interval", "_loop", "_seen", "_stalled", "_task", "_timer", "sending", "sent")
-    _CHECKS = 4
+    __slots__ = ("_seen", "_stalled", "_task", "_timer", "sending", "sent")
 
-    def __init__(
-        self, task: asyncio.Task[Any], loop: asyncio.AbstractEventLoop, timeout_s: float | None
-    ) -> None:
+    def __init__(self, task: asyncio.Task[Any], timeout_s: float | None) -> None:
         self.sending = False
         self.sent = 0
         self._task = task
-        self._loop = loop
         self._seen = 0
         self._stalled = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: _WatchdogTimer | None = None
         if timeout_s is not None:
-            self._interval = timeout_s / self._CHECKS
-            self._timer = loop.call_later(self._interval, self._check)
+            self._timer = _WatchdogTimer.of(timeout_s)
+            self._timer.watch(self)
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """One look, from the timer: cancels the stream after enough looks at one pending send."""
         if self.sending and self.sent == self._seen:
             self._stalled += 1
             # Pending at this many checks in a row: for at least timeout_s.
-            if self._stalled > self._CHECKS:
+            if self._stalled > _WatchdogTimer.CHECKS:
+                self.stop()
                 self._task.cancel(_SEND_TIMED_OUT)
-                return
         else:
             self._stalled = 0
             self._seen = self.sent
-        self._timer = self._loop.call_later(self._interval, self._check)
 
     def stop(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
+            self._timer.unwatch(self)
+            self._timer = None
 
+
+class _WatchdogTimer:
+    """One timer per event loop and timeout, checking every open stream's watchdog
+    ``CHECKS`` times per timeout; armed only while a stream is open."""
+
+    CHECKS = 4
+
+    __slots__ = ("_handle", "_interval_s", "_loop", "_watched")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self._loop = loop
+        self._interval_s = timeout_s / self.CHECKS
+        self._watched: set[_SendWatchdog] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, timeout_s: float) -> _WatchdogTimer:
+        """The running loop's timer for ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        timers = _WATCHDOG_TIMERS.setdefault(loop, {})
+        timer = timers.get(timeout_s)
+        if timer is None:
+            timer = timers[timeout_s] = cls(loop, timeout_s)
+        return timer
+
+    def watch(self, watchdog: _SendWatchdog) -> None:
+        self._watched.add(watchdog)
+        if self._handle is None:
+            self._handle = self._loop.call_later(self._interval_s, self._check)
+
+    def unwatch(self, watchdog: _SendWatchdog) -> None:
+        self._watched.discard(watchdog)
+        if not self._watched and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        for watchdog in list(self._watched):
+            watchdog.check()
+        if self._watched:
+            self._handle = self._loop.call_later(self._interval_s, self._check)
+
+
+_WATCHDOG_TIMERS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[float, _WatchdogTimer]
+] = weakref.WeakKeyDictionary()
 
 # Cancellation messages: why the stream's task was cancelled.
 _SEND_TIMED_OUT = "streamapi: send timed out"
