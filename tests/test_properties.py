@@ -13,7 +13,15 @@ from streamapi.engines.planner import Planner
 from streamapi.engines.protocol import GenerationRequest, PromptMessage, TokenDelta, ToolCallStart
 from streamapi.serving.chat import ChatJob, _ChunkWriter
 from streamapi.serving.generation import Job
-from streamapi.text.tokenizer import tokenize
+from streamapi.text.memo import per_text
+from streamapi.text.tokenizer import (
+    _ASCII_PIECES,
+    _PIECES,
+    count_chat_tokens,
+    count_prompt_tokens,
+    prompt_tokens,
+    tokenize,
+)
 
 DETERMINISTIC = settings(max_examples=300, derandomize=True, deadline=None)
 
@@ -64,6 +72,56 @@ def test_tokens_rejoin_into_the_text(text: str) -> None:
     tokens = tokenize(text)
     assert "".join(tokens) == text
     assert all(tokens)
+
+
+@DETERMINISTIC
+@given(text=st.text(), limit=st.integers(-2, 40))
+def test_a_limit_keeps_the_first_tokens_and_a_prompt_is_cut_the_same(text: str, limit: int) -> None:
+    tokens = tokenize(text)
+    assert tokenize(text, limit) == tokens[: max(limit, 0)]
+    assert prompt_tokens(text) == tokens  # remembered, or cut again for a long text
+    assert prompt_tokens(text) == tokens
+    assert count_prompt_tokens(text) == len(tokens)
+    assert count_chat_tokens([text, text]) == 2 * len(tokens) + 9
+
+
+# ASCII text is cut by a pattern of its own (faster): it must cut as the Unicode one does.
+_ASCII = st.characters(max_codepoint=127)
+_ASCII_PARTS = st.sampled_from(
+    ["'s", "'ll", " word", "12345", "__", "  ", "\x1c\x1f", " \t\n", "a-b"]
+)
+
+
+@DETERMINISTIC
+@given(parts=st.lists(st.one_of(st.text(_ASCII, max_size=3), _ASCII_PARTS), max_size=30))
+def test_ascii_text_is_cut_as_the_unicode_pattern_cuts_it(parts: list[str]) -> None:
+    text = "".join(parts)
+    assert _ASCII_PIECES.findall(text) == _PIECES.findall(text)
+
+
+def test_each_ascii_character_is_classed_as_the_unicode_pattern_classes_it() -> None:
+    for code in range(128):
+        char = chr(code)
+        for text in (char, char * 3, f"a{char}", f" {char}b", f"{char} x", f"'{char}", f"1{char}2"):
+            assert _ASCII_PIECES.findall(text) == _PIECES.findall(text), repr(text)
+
+
+def test_a_per_text_memo_computes_a_text_once_and_a_long_one_each_time() -> None:
+    calls: list[str] = []
+
+    @per_text(maxsize=2, max_chars=5)
+    def shout(text: str) -> str:
+        calls.append(text)
+        return text.upper()
+
+    assert [shout("ab"), shout("ab"), shout("abcdef"), shout("abcdef")] == ["AB", "AB"] + [
+        "ABCDEF"
+    ] * 2
+    assert calls == ["ab", "abcdef", "abcdef"]  # a long text is not kept
+    for text in ("c", "d"):  # two more: "ab" is the least recent, and goes
+        shout(text)
+    shout("ab")
+    assert calls[-1] == "ab"
 
 
 _PLANNER = Planner(min_answer_chars=400)

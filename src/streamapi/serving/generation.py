@@ -23,7 +23,7 @@ from streamapi.linear_regex import search as linear_search
 from streamapi.metrics import Metrics
 from streamapi.serving.stream_errors import render_stream_error
 from streamapi.settings import Settings
-from streamapi.text.tokenizer import count_chat_tokens, count_tokens
+from streamapi.text.tokenizer import count_chat_tokens, count_prompt_tokens
 
 T = TypeVar("T")
 
@@ -184,7 +184,7 @@ class Generation:
             else [
                 count_chat_tokens(m.content for m in t.messages)
                 + sum(m.image_tokens for m in t.messages)
-                + sum(count_tokens(tool.prompt_text) for tool in t.tools)
+                + sum(count_prompt_tokens(tool.prompt_text) for tool in t.tools)
                 for t in templates
             ]
         )

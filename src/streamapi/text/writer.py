@@ -13,6 +13,8 @@ import random
 import re
 from collections.abc import Sequence
 
+from streamapi.text.memo import per_text
+
 _WORD = re.compile(r"[^\W\d_][\w+#'-]*")
 _LEADING_ASKS = re.compile(
     r"^(?:(?:please|kindly|hey|hi|hello|so|ok|okay)[,!]?\s+)*"
@@ -65,18 +67,38 @@ def write_answer(question: str, rng: random.Random, *, min_chars: int) -> str:
     return "\n\n".join(parts)
 
 
+# What find_subject cuts: the first sentence, an article, a closing verb.
+_FIRST_SENTENCE = re.compile(r"(?<=[.?!])\s|\n")
+_ARTICLE = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
+_CLOSING_VERB = re.compile(r"\s+(?:work|works|mean|means|matter)$", re.IGNORECASE)
+
+
+@per_text(maxsize=256, max_chars=16_384)
 def find_subject(question: str) -> str:
     """The subject of a request: its first sentence without the asking words."""
-    first = re.split(r"(?<=[.?!])\s|\n", question.strip(), maxsplit=1)[0]
+    first = _FIRST_SENTENCE.split(question.strip(), maxsplit=1)[0]
     first = _LEADING_ASKS.sub("", first).strip(" \t.?!:;,\"'`")
-    first = re.sub(r"^(?:the|a|an)\s+", "", first, flags=re.IGNORECASE)
-    first = re.sub(r"\s+(?:work|works|mean|means|matter)$", "", first, flags=re.IGNORECASE)
+    first = _ARTICLE.sub("", first)
+    first = _CLOSING_VERB.sub("", first)
     words = [word[:_LONGEST_TERM] for word in first.split()[:8]]
     return " ".join(words) if words else "this topic"
 
 
 def key_terms(question: str, subject: str, *, limit: int = 5) -> list[str]:
     """The request's most telling words: frequent, long, and not stop words."""
+    terms = list(_ranked_terms(question)[:limit])
+    for fallback in _FALLBACK_TERMS:
+        if len(terms) >= 3:
+            break
+        if fallback not in terms and fallback != subject.lower():
+            terms.append(fallback)
+    return terms
+
+
+@per_text(maxsize=256, max_chars=16_384)
+def _ranked_terms(question: str) -> tuple[str, ...]:
+    """The words of ``question`` that are not stop words, most telling first (a text
+    read again, such as a tool's description or a repeated prompt, is ranked once)."""
     counts: dict[str, int] = {}
     spelled: dict[str, str] = {}  # each word as first written, in order of first use
     for found in _WORD.findall(question):
@@ -92,13 +114,7 @@ def key_terms(question: str, subject: str, *, limit: int = 5) -> list[str]:
             spelled[lowered] = word
     # Most used, then longest (up to 9 letters); a stable sort keeps first use last.
     ranked = sorted(spelled, key=lambda w: (-counts[w], -min(len(w), 9)))
-    terms = [spelled[w] for w in ranked[:limit]]
-    for fallback in _FALLBACK_TERMS:
-        if len(terms) >= 3:
-            break
-        if fallback not in terms and fallback != subject.lower():
-            terms.append(fallback)
-    return terms
+    return tuple(spelled[w] for w in ranked)
 
 
 def _length(parts: list[str]) -> int:
