@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from streamapi.text.memo import per_text
 
 _WORD = re.compile(r"[^\W\d_][\w+#'-]*")
+# The same for ASCII text, where its classes are ASCII sets (faster to match).
+_ASCII_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_+#'-]*")
 _LEADING_ASKS = re.compile(
     r"^(?:(?:please|kindly|hey|hi|hello|so|ok|okay)[,!]?\s+)*"
     r"(?:(?:can|could|would|will) you\s+)?(?:please\s+)?"
@@ -70,16 +72,23 @@ def write_answer(question: str, rng: random.Random, *, min_chars: int) -> str:
 # What find_subject cuts: the first sentence, an article, a closing verb.
 _FIRST_SENTENCE = re.compile(r"(?<=[.?!])\s|\n")
 _ARTICLE = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
-_CLOSING_VERB = re.compile(r"\s+(?:work|works|mean|means|matter)$", re.IGNORECASE)
+_CLOSING_VERBS = ("work", "works", "mean", "means", "matter")
+_CLOSING_VERB = re.compile(rf"\s+(?:{'|'.join(_CLOSING_VERBS)})$", re.IGNORECASE)
 
 
 @per_text(maxsize=256, max_chars=16_384)
 def find_subject(question: str) -> str:
     """The subject of a request: its first sentence without the asking words."""
-    first = _FIRST_SENTENCE.split(question.strip(), maxsplit=1)[0]
+    first = question.strip()
+    # A sentence ends at a newline, or at a space after ".", "?" or "!": a question with
+    # none of those is its own first sentence, and is not searched.
+    if any(mark in first for mark in ".?!\n"):
+        first = _FIRST_SENTENCE.split(first, maxsplit=1)[0]
     first = _LEADING_ASKS.sub("", first).strip(" \t.?!:;,\"'`")
     first = _ARTICLE.sub("", first)
-    first = _CLOSING_VERB.sub("", first)
+    # An ASCII text that does not end with a closing verb (in any case) is not searched.
+    if not first.isascii() or first.lower().endswith(_CLOSING_VERBS):
+        first = _CLOSING_VERB.sub("", first)
     words = [word[:_LONGEST_TERM] for word in first.split()[:8]]
     return " ".join(words) if words else "this topic"
 
@@ -101,7 +110,7 @@ def _ranked_terms(question: str) -> tuple[str, ...]:
     read again, such as a tool's description or a repeated prompt, is ranked once)."""
     counts: dict[str, int] = {}
     spelled: dict[str, str] = {}  # each word as first written, in order of first use
-    for found in _WORD.findall(question):
+    for found in _words(question):
         word = found.strip("'-")[:_LONGEST_TERM]
         # Contractions ("what's", "don't") are grammar, not subject matter.
         if len(word) <= 2 or "'" in word:
@@ -115,6 +124,11 @@ def _ranked_terms(question: str) -> tuple[str, ...]:
     # Most used, then longest (up to 9 letters); a stable sort keeps first use last.
     ranked = sorted(spelled, key=lambda w: (-counts[w], -min(len(w), 9)))
     return tuple(spelled[w] for w in ranked)
+
+
+def _words(text: str) -> list[str]:
+    """The words of ``text`` (``_WORD``)."""
+    return (_ASCII_WORD if text.isascii() else _WORD).findall(text)
 
 
 def _length(parts: list[str]) -> int:
@@ -326,7 +340,7 @@ def one_word(question: str) -> str:
     names = [
         word
         for sentence in re.split(r"(?<=[.?!:])\s+", question)
-        for word in _WORD.findall(sentence)[1:]  # a sentence's first word is capitalised anyway
+        for word in _words(sentence)[1:]  # a sentence's first word is capitalised anyway
         if word[:1].isupper() and len(word) > 2
     ]
     terms = key_terms(question, find_subject(question))
@@ -351,7 +365,7 @@ def proper_nouns(text: str) -> list[str]:
     """
     names: list[str] = []
     for sentence in re.split(r"(?<=[.?!:;])\s+|\n+", text):
-        words = _WORD.findall(sentence)
+        words = _words(sentence)
         run: list[str] = []
         for index, word in enumerate([*words, ""]):
             word = word.strip("'-")
