@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
+import uuid
 
 from hypothesis import given, settings, strategies as st
 from openai._streaming import SSEDecoder
@@ -12,7 +14,8 @@ from streamapi import sse
 from streamapi.engines.planner import Planner
 from streamapi.engines.protocol import GenerationRequest, PromptMessage, TokenDelta, ToolCallStart
 from streamapi.serving.chat import ChatJob, _ChunkWriter
-from streamapi.serving.generation import Job
+from streamapi.serving.generation import Job, _uuid4_hex
+from streamapi.text import harness, instructions, writer
 from streamapi.text.memo import per_text
 from streamapi.text.tokenizer import (
     _ASCII_PIECES,
@@ -104,6 +107,111 @@ def test_each_ascii_character_is_classed_as_the_unicode_pattern_classes_it() -> 
         char = chr(code)
         for text in (char, char * 3, f"a{char}", f" {char}b", f"{char} x", f"'{char}", f"1{char}2"):
             assert _ASCII_PIECES.findall(text) == _PIECES.findall(text), repr(text)
+
+
+# Texts that hold what the simulator's patterns look for, in mixed case and around the
+# edges its shortcuts rely on (ASCII or not, long runs of spaces and marks, contractions).
+_PROMPT_PARTS = st.sampled_from(
+    [
+        " Word",
+        " wOrDs",
+        " sentence",
+        " SENTENCES",
+        " one",
+        " 3",
+        " be brief",
+        " Keep it \u017fhort",
+        " briefly",
+        " tl;dr",
+        " json",
+        " JSON",
+        " j\u017fon",
+        " respond with",
+        " as",
+        " in",
+        ". ",
+        "? ",
+        "!\n",
+        "\n",
+        " works",
+        " mean",
+        " Matter",
+        " \u017f",
+        " \u0131",
+        " <task>",
+        "</task>",
+        " Task:",
+        "[[ ## answer ## ]]",
+        " Observation: ",
+        " extraordinarily",
+        "___________",
+        "abcdefghijklmnop",
+        " " * 40,
+        "." * 30,
+        "'re",
+        "'s",
+        " 12345",
+        " é",
+        "\x1c",
+    ]
+)
+_PROMPTS = st.lists(st.one_of(_PROMPT_PARTS, st.text(max_size=4)), max_size=24).map("".join)
+
+
+@DETERMINISTIC
+@given(text=_PROMPTS, limit=st.integers(0, 24))
+def test_a_capped_text_is_cut_as_the_whole_text_is(text: str, limit: int) -> None:
+    assert tokenize(text, limit) == tokenize(text)[:limit]
+
+
+def test_a_capped_text_is_cut_as_the_whole_text_is_across_window_ends() -> None:
+    # A capped text is matched in windows: pieces that a window's end cuts short (long
+    # words, runs of spaces or marks, contractions) must come out as in the whole text.
+    rng = random.Random(22)
+    parts = [
+        *"ab cd  \n\t'sxyz0189_.,!?-é漢AB\x1c",
+        *["abcdefghijklmnop", " abcdefghi", "___________", " " * 30, "1234567", " 'll", "'s"],
+        *["....!!!!,,,", "'re", " " * 200, "x" * 100, "\n\n", "'ll"],
+    ]
+    for _ in range(3000):
+        text = "".join(rng.choices(parts, k=rng.randint(0, 60)))
+        whole = tokenize(text)
+        for limit in (1, 2, 3, 5, 17, 40):
+            assert tokenize(text, limit) == whole[:limit], (text, limit)
+
+
+@DETERMINISTIC
+@given(text=_PROMPTS)
+def test_a_text_skipped_by_a_shortcut_has_nothing_its_pattern_finds(text: str) -> None:
+    # Each shortcut skips a pattern when a text lacks what every match holds.
+    may = instructions._may_hold
+    if instructions._WORDS_ASKED.search(text):
+        assert may(text, ("word",))
+    if instructions._SENTENCES_ASKED.search(text):
+        assert may(text, ("sentence",))
+    if instructions._BRIEF_ASKED.search(text):
+        assert may(text, instructions._BRIEF_WORDS)
+    assert instructions._asks_for_json(text) == bool(instructions._ASKS_FOR_JSON.search(text))
+    if writer._FIRST_SENTENCE.search(text):
+        assert any(mark in text for mark in ".?!\n")
+    first = text.split("\n")[0]
+    if writer._CLOSING_VERB.search(first) and first.isascii():
+        assert first.lower().endswith(writer._CLOSING_VERBS)
+    if harness._TAG.search(text):
+        assert "<" in text
+    if harness._ANNOUNCEMENTS.search(text):
+        assert ":" in text
+    if harness._FIELD_MARKER.search(text):
+        assert "[[ ## " in text
+    if text.isascii():
+        assert writer._ASCII_WORD.findall(text) == writer._WORD.findall(text)
+
+
+def test_a_job_id_is_a_uuid4s_hex() -> None:
+    for _ in range(1000):
+        ident = _uuid4_hex()
+        parsed = uuid.UUID(hex=ident)
+        assert (parsed.hex, parsed.version, parsed.variant) == (ident, 4, uuid.RFC_4122)
 
 
 def test_a_per_text_memo_computes_a_text_once_and_a_long_one_each_time() -> None:

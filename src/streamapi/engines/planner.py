@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import secrets
@@ -268,6 +269,8 @@ class Planner:
     def __init__(self, *, min_answer_chars: int = 1378, seed: int | None = None) -> None:
         self._min_answer_chars = min_answer_chars
         self._seed = seed
+        self._unseeded = random.Random(secrets.randbits(64))
+        self._unseeded_pid = os.getpid()
 
     def plan(self, request: GenerationRequest) -> AnswerPlan:
         rng = self._rng(request)
@@ -387,7 +390,15 @@ class Planner:
         if seed is None and greedy:
             seed = 0  # greedy decoding is deterministic with or without a seed
         if seed is None:
-            return random.Random(secrets.randbits(64))
+            # Any draw will do: one generator, seeded from the system's randomness once per
+            # process (a forked worker seeds its own), serves every unseeded plan: seeding
+            # one per request cost more than its draws.
+            if self._unseeded_pid != os.getpid():
+                self._unseeded, self._unseeded_pid = (
+                    random.Random(secrets.randbits(64)),
+                    os.getpid(),
+                )
+            return self._unseeded
         conversation = hashlib.sha256()
         for message in request.messages:
             conversation.update(f"{message.role}\x00{message.content}\x01".encode())

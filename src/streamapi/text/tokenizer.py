@@ -9,9 +9,11 @@ the text they came from.
 
 from __future__ import annotations
 
+import functools
 import re
+from bisect import bisect_right
 from collections.abc import Iterable
-from itertools import accumulate, islice, pairwise
+from itertools import accumulate, pairwise
 
 from streamapi.text.memo import per_text
 
@@ -49,7 +51,7 @@ def tokenize(text: str, limit: int | None = None) -> list[str]:
         return []
     else:
         # Each piece is one token or more: the first ``limit`` pieces are enough.
-        pieces = [match.group() for match in islice(pattern.finditer(text), limit)]
+        pieces = _first_pieces(pattern, text, limit)
     if not pieces or max(map(len, pieces)) <= _LONGEST_WHOLE_WORD:
         return pieces  # short words only (most prompts): each piece is a token
     tokens: list[str] = []
@@ -58,8 +60,40 @@ def tokenize(text: str, limit: int | None = None) -> list[str]:
         if len(piece) <= _LONGEST_WHOLE_WORD:
             append(piece)
         else:
-            extend(_cut(piece))
+            extend(_cut(piece) if len(piece) > _CUTS_KEPT_CHARS else _kept_cut(piece))
     return tokens if limit is None else tokens[:limit]
+
+
+# How far before the end of a window a piece must end to be the whole text's piece too.
+# Matching a piece that ends at e and starts at p reads the text up to e + 1 and p + 3
+# at most (the next character after a run or a whitespace run's lookahead; a
+# contraction's word boundary), so a piece ending this far before the window's end was
+# matched on characters of the text alone, as in the whole text.
+_WINDOW_MARGIN = 8
+
+
+def _first_pieces(pattern: re.Pattern[str], text: str, count: int) -> list[str]:
+    """The first ``count`` pieces of ``text`` (all of them if it has fewer): ``findall``
+    over windows of the text (``endpos``) just long enough, as a long answer capped short
+    is the load-test case; a window's last pieces, which its end may have cut short, are
+    matched again from where they start (``pos``: the text before it still counts)."""
+    pieces: list[str] = []
+    position, size = 0, len(text)
+    window = count * 6 + _WINDOW_MARGIN  # prose runs ~5 characters a piece
+    while len(pieces) < count:
+        end = position + window
+        if end >= size:
+            pieces += pattern.findall(text, position)
+            break
+        found = pattern.findall(text, position, end)
+        ends = list(accumulate(map(len, found), initial=position))
+        kept = bisect_right(ends, end - _WINDOW_MARGIN) - 1  # pieces ending early enough
+        if kept:
+            pieces += found[:kept]
+            position = ends[kept]
+        else:
+            window *= 2  # one piece longer than the window: a long run of spaces or marks
+    return pieces[:count]
 
 
 def _cut(piece: str) -> list[str]:
@@ -71,6 +105,16 @@ def _cut(piece: str) -> list[str]:
         last -= _PIECE_LEN  # no one-letter tail
     middle = [piece[i : i + _PIECE_LEN] for i in range(first, last, _PIECE_LEN)]
     return [piece[:first], *middle, piece[last:]]
+
+
+# Long words recur (an answer's templates repeat theirs): the cuts of pieces up to this
+# long are remembered.
+_CUTS_KEPT_CHARS = 24
+
+
+@functools.lru_cache(maxsize=2048)
+def _kept_cut(piece: str) -> tuple[str, ...]:
+    return tuple(_cut(piece))
 
 
 @per_text(maxsize=256, max_chars=8192)
