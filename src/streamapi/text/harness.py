@@ -53,7 +53,7 @@ def _is_context(name: str) -> bool:
     return "-" in lowered or "_" in lowered or lowered in _CONTEXT_NAMES
 
 
-@per_text(maxsize=256, max_chars=16_384)
+@per_text()
 def user_words(text: str) -> str:
     """``text`` without the harness's tagged context and announcements; "" if nothing is left.
 

@@ -261,7 +261,7 @@ def _may_hold(text: str, words: tuple[str, ...]) -> bool:
     return any(word in lowered for word in words)
 
 
-@per_text(maxsize=256, max_chars=16_384)
+@per_text()
 def _length_asked_in(text: str) -> Length | None:
     """The length one text asks for (``asked_length``); a system prompt repeats, so it is
     read once."""
@@ -278,7 +278,7 @@ def _length_asked_in(text: str) -> Length | None:
     return None
 
 
-@per_text(maxsize=256, max_chars=16_384)
+@per_text()
 def _asks_for_json(text: str) -> bool:
     """Whether a text asks for JSON in words (``_ASKS_FOR_JSON``, which needs "json")."""
     return _may_hold(text, ("json",)) and _ASKS_FOR_JSON.search(text) is not None

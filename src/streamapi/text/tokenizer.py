@@ -117,7 +117,7 @@ def _kept_cut(piece: str) -> tuple[str, ...]:
     return tuple(_cut(piece))
 
 
-@per_text(maxsize=256, max_chars=8192)
+@per_text()
 def _lengths(text: str) -> bytes:
     """Each token's length, a byte each (a token is at most eight characters): the form
     a prompt's tokenization is remembered in, ~1.25 bytes a character, its text aside."""

@@ -9,6 +9,7 @@ give equal answers.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Sequence
@@ -76,7 +77,7 @@ _CLOSING_VERBS = ("work", "works", "mean", "means", "matter")
 _CLOSING_VERB = re.compile(rf"\s+(?:{'|'.join(_CLOSING_VERBS)})$", re.IGNORECASE)
 
 
-@per_text(maxsize=256, max_chars=16_384)
+@per_text()
 def find_subject(question: str) -> str:
     """The subject of a request: its first sentence without the asking words."""
     first = question.strip()
@@ -104,26 +105,37 @@ def key_terms(question: str, subject: str, *, limit: int = 5) -> list[str]:
     return terms
 
 
-@per_text(maxsize=256, max_chars=16_384)
+@per_text()
 def _ranked_terms(question: str) -> tuple[str, ...]:
     """The words of ``question`` that are not stop words, most telling first (a text
     read again, such as a tool's description or a repeated prompt, is ranked once)."""
     counts: dict[str, int] = {}
     spelled: dict[str, str] = {}  # each word as first written, in order of first use
     for found in _words(question):
-        word = found.strip("'-")[:_LONGEST_TERM]
-        # Contractions ("what's", "don't") are grammar, not subject matter.
-        if len(word) <= 2 or "'" in word:
+        term = _term(found) if len(found) <= _LONGEST_TERM else _term.__wrapped__(found)
+        if term is None:
             continue
-        lowered = word.lower()
+        lowered, word, stop = term
         if lowered in counts:
             counts[lowered] += 1
-        elif lowered not in _STOPWORDS:
+        elif not stop:
             counts[lowered] = 1
             spelled[lowered] = word
     # Most used, then longest (up to 9 letters); a stable sort keeps first use last.
     ranked = sorted(spelled, key=lambda w: (-counts[w], -min(len(w), 9)))
     return tuple(spelled[w] for w in ranked)
+
+
+@functools.lru_cache(maxsize=2048)
+def _term(found: str) -> tuple[str, str, bool] | None:
+    """A word as a term: its key (lower case), its spelling, whether it is a stop word;
+    None if it is no term. Words recur across prompts, so each is read once."""
+    word = found.strip("'-")[:_LONGEST_TERM]
+    # Contractions ("what's", "don't") are grammar, not subject matter.
+    if len(word) <= 2 or "'" in word:
+        return None
+    lowered = word.lower()
+    return lowered, word, lowered in _STOPWORDS
 
 
 def _words(text: str) -> list[str]:
