@@ -1,24 +1,26 @@
-"""CPU per request before the stream starts: validating, preparing and planning a chat request.
+"""CPU per request before the stream starts: validating, preparing and admitting a chat request.
 
-In one process, with no server and no event loop, this times what the chat route runs
-once per request before its first byte, for two requests:
+In one process, with no server, this times what the chat route runs once per request
+before its first byte, for two requests:
 
 - ``bench``: what ``python -m streamapi.bench --max-tokens 64 --ignore-eos`` sends (one
-  user message of 32 random words, ``stream``, ``max_tokens`` 64, ``ignore_eos``), a new
-  prompt each request as the bench sends;
+  user message of 32 words drawn from the bench's vocabulary, ``stream``, ``max_tokens``
+  64, ``ignore_eos``), a new prompt each request, as the bench sends;
 - ``agent``: an agent's turn of ~2 KB (a fixed system prompt, two earlier turns, a new
   user message each request), with no ``max_tokens``.
 
-Stages, each timed alone (``timeit``, best of ``--repeats``, the requests and stages
-alternating so that a noisy neighbour weighs on all of them alike):
+Stages, each timed alone (best of ``--repeats`` rounds of ``--number`` calls, the
+requests and stages alternating so that a noisy neighbour weighs on all of them alike):
 
 - ``validate``: ``ChatCompletionRequest.model_validate`` of the JSON body;
 - ``prepare``: ``ChatService.prepare`` (the checks, the engine request, the job);
-- ``plan``: what admission does up to the engine's sequence: the request with its id,
-  then ``SimulatorEngine.sequence`` (the plan and the prompt's tokens), not queued;
-- ``total``: the three in a row.
+- ``admit``: ``Generation.admit`` with a request id, as the route calls it (the engine
+  request with its id, the plan, the prompt's tokens, the sequence queued), then
+  ``Admission.aclose`` (taken out of the queue; the step loop never runs);
+- ``total``: the three in a row, then ``aclose``.
 
-Run it against another tree for a before/after comparison:
+Each round runs in one coroutine on an event loop (admission needs one). Run it
+against another tree for a before/after comparison:
 
     python bench/request_cost.py
     PYTHONPATH=/tmp/base-cpu/src python bench/request_cost.py      # e.g. main
@@ -28,13 +30,13 @@ Run it against another tree for a before/after comparison:
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import asyncio
 import gc
 import json
 import random
 import sys
-import timeit
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import streamapi
@@ -43,7 +45,7 @@ from streamapi.engines.simulator import SimulatorEngine
 from streamapi.lifecycle import Lifecycle
 from streamapi.schemas.openai import ChatCompletionRequest
 from streamapi.serving.chat import ChatService
-from streamapi.serving.generation import Generation
+from streamapi.serving.generation import Generation, Job
 from streamapi.settings import Settings
 
 _SYSTEM = (
@@ -110,7 +112,7 @@ class Case:
         make: Callable[[random.Random], dict[str, Any]],
         pool: int,
         chat: ChatService,
-        engine: SimulatorEngine,
+        generation: Generation,
     ) -> None:
         rng = random.Random(name)
         self.name = name
@@ -119,7 +121,7 @@ class Case:
         self.jobs = [chat.prepare(p) for p in self.parsed]
         self.size = len(json.dumps(self.bodies[0]))
         self._chat = chat
-        self._engine = engine
+        self._generation = generation
         self._next = 0
 
     def _take(self) -> int:
@@ -128,24 +130,58 @@ class Case:
         index = self._next = (self._next + 1) % len(self.bodies)
         return index
 
-    def validate(self) -> None:
+    async def validate(self) -> None:
         ChatCompletionRequest.model_validate(self.bodies[self._take()])
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         self._chat.prepare(self.parsed[self._take()])
 
-    def plan(self) -> None:
-        request = self.jobs[self._take()].job.choices[0]
-        self._engine.sequence(dataclasses.replace(request, request_id="req-1"))
+    async def admit(self) -> None:
+        await self._admitted(self.jobs[self._take()].job)
 
-    def total(self) -> None:
-        index = self._take()
-        parsed = ChatCompletionRequest.model_validate(self.bodies[index])
-        request = self._chat.prepare(parsed).job.choices[0]
-        self._engine.sequence(dataclasses.replace(request, request_id="req-1"))
+    async def total(self) -> None:
+        parsed = ChatCompletionRequest.model_validate(self.bodies[self._take()])
+        await self._admitted(self._chat.prepare(parsed).job)
+
+    async def _admitted(self, job: Job) -> None:
+        admission = await self._generation.admit(job, arrived_at=0.0, request_id=_REQUEST_ID)
+        admission.ended = True  # not a client's disconnect
+        await admission.aclose()
 
 
-STAGES = ("validate", "prepare", "plan", "total")
+_REQUEST_ID = "0f8e2a6c3b5d4e7f9a1b2c3d4e5f6a7b"  # as EdgeMiddleware makes one
+STAGES = ("validate", "prepare", "admit", "total")
+
+
+async def _micros(stage: Callable[[], Awaitable[None]], number: int) -> float:
+    """µs per call of ``stage``, over ``number`` calls in a row."""
+    started = time.perf_counter()
+    for _ in range(number):
+        await stage()
+    return (time.perf_counter() - started) / number * 1e6
+
+
+async def _measure(args: argparse.Namespace) -> tuple[list[Case], dict[tuple[str, str], float]]:
+    settings = Settings()
+    engine = SimulatorEngine.from_settings(settings)
+    generation = Generation(settings, engine, Lifecycle())
+    chat = ChatService(generation, tokens_per_event=1)
+    cases = [
+        Case("bench", bench_body, args.pool, chat, generation),
+        Case("agent", agent_body, args.pool, chat, generation),
+    ]
+    best: dict[tuple[str, str], float] = {}
+    try:
+        for _ in range(args.repeats):
+            for case in cases:
+                for stage in STAGES:
+                    gc.collect()
+                    micros = await _micros(getattr(case, stage), args.number)
+                    key = (case.name, stage)
+                    best[key] = min(best.get(key, micros), micros)
+    finally:
+        await engine.aclose()
+    return cases, best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,24 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the figures (µs per request) here")
     args = parser.parse_args(argv)
 
-    settings = Settings()
-    engine = SimulatorEngine.from_settings(settings)
-    generation = Generation(settings, engine, Lifecycle())
-    chat = ChatService(generation, tokens_per_event=1)
-    cases = [
-        Case("bench", bench_body, args.pool, chat, engine),
-        Case("agent", agent_body, args.pool, chat, engine),
-    ]
-    best: dict[tuple[str, str], float] = {}
-    for _ in range(args.repeats):
-        for case in cases:
-            for stage in STAGES:
-                gc.collect()
-                seconds = timeit.timeit(getattr(case, stage), number=args.number)
-                micros = seconds / args.number * 1e6
-                key = (case.name, stage)
-                best[key] = min(best.get(key, micros), micros)
-
+    cases, best = asyncio.run(_measure(args))
     print(f"streamapi from {streamapi.__file__}")
     print(f"Python {sys.version.split()[0]}; best of {args.repeats} x {args.number} calls")
     print(f"{'request':<8} {'body':>6} " + " ".join(f"{s:>9}" for s in STAGES) + "   (µs)")

@@ -27,7 +27,6 @@ import json
 import os
 import random
 import re
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -97,6 +96,13 @@ _ANSWER_FIELDS = frozenset(
 )
 # How much of a tool's result an output tool's answer repeats.
 _ANSWER_CHARS = 300
+
+
+# The generator of unseeded plans; a forked worker reseeds it, as the random module does
+# its own, so that workers do not write the same answers.
+_UNSEEDED = random.Random()
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_UNSEEDED.seed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +275,6 @@ class Planner:
     def __init__(self, *, min_answer_chars: int = 1378, seed: int | None = None) -> None:
         self._min_answer_chars = min_answer_chars
         self._seed = seed
-        self._unseeded = random.Random(secrets.randbits(64))
-        self._unseeded_pid = os.getpid()
 
     def plan(self, request: GenerationRequest) -> AnswerPlan:
         rng = self._rng(request)
@@ -390,15 +394,9 @@ class Planner:
         if seed is None and greedy:
             seed = 0  # greedy decoding is deterministic with or without a seed
         if seed is None:
-            # Any draw will do: one generator, seeded from the system's randomness once per
-            # process (a forked worker seeds its own), serves every unseeded plan: seeding
-            # one per request cost more than its draws.
-            if self._unseeded_pid != os.getpid():
-                self._unseeded, self._unseeded_pid = (
-                    random.Random(secrets.randbits(64)),
-                    os.getpid(),
-                )
-            return self._unseeded
+            # Any draw will do: one generator, seeded from the system's randomness, serves
+            # every unseeded plan (seeding one per request cost more than its draws).
+            return _UNSEEDED
         conversation = hashlib.sha256()
         for message in request.messages:
             conversation.update(f"{message.role}\x00{message.content}\x01".encode())
