@@ -123,6 +123,22 @@ class Generation:
         self._lifecycle = lifecycle
         self._metrics = metrics
         self._model_names = frozenset(settings.model_names)
+        self._model_lens: dict[str, int | None] = {}
+
+    def _max_model_len(self, model: str) -> int | None:
+        """``settings.max_model_len_of(model)``, kept per model name (the settings do not
+        change; reading them costs Pydantic attribute lookups and a pattern search)."""
+        if len(model) > _MODEL_NAME_CACHED_CHARS:
+            return self.settings.max_model_len_of(model)
+        limits = self._model_lens
+        try:
+            return limits[model]
+        except KeyError:
+            limit = self.settings.max_model_len_of(model)
+            if len(limits) >= _MODEL_NAMES_KEPT:
+                limits.clear()  # clients' own model names: bounded
+            limits[model] = limit
+            return limit
 
     def resolve_model(self, requested: str | None) -> str:
         """The model name a request is served under, or ``ModelNotFoundError``."""
@@ -198,7 +214,7 @@ class Generation:
             max_tokens = template.max_tokens
             # None for an upstream model whose context length the routes file does
             # not give: the upstream checks it with its own tokenizer.
-            limit = settings.max_model_len_of(template.model)
+            limit = self._max_model_len(template.model)
             capped = max_tokens
             if limit is not None:
                 if count + (max_tokens or 0) > limit or count >= limit:
@@ -354,11 +370,13 @@ def _with_request_id(request: GenerationRequest, request_id: str | None) -> Gene
     return GenerationRequest(*values)
 
 
-# Model names up to this long have their reasoning pattern's answer remembered.
+# Model names up to this long have their context length and their reasoning pattern's
+# answer remembered, for this many names.
 _MODEL_NAME_CACHED_CHARS = 256
+_MODEL_NAMES_KEPT = 256
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=_MODEL_NAMES_KEPT)
 def _names_reasoning(pattern: str, model: str) -> bool:
     """Whether ``model``'s name matches the reasoning pattern (asked once per model name)."""
     return linear_search(pattern, model) is not None
