@@ -22,6 +22,7 @@ from streamapi.text.tokenizer import (
     _PIECES,
     count_chat_tokens,
     count_prompt_tokens,
+    prefix_chars,
     prompt_tokens,
     tokenize,
 )
@@ -178,6 +179,29 @@ def test_a_capped_text_is_cut_as_the_whole_text_is_across_window_ends() -> None:
         whole = tokenize(text)
         for limit in (1, 2, 3, 5, 17, 40):
             assert tokenize(text, limit) == whole[:limit], (text, limit)
+
+
+def test_a_long_enough_beginning_of_a_text_holds_its_first_tokens() -> None:
+    # A capped answer is written only as far as prefix_chars says its tokens need.
+    rng = random.Random(7)
+    parts = [" " * 90, "x" * 100, "." * 70, " word", "'s", "extraordinarily ", "\n\n", "_" * 40]
+    for _ in range(2000):
+        text = "".join(rng.choices(parts, k=rng.randint(0, 40)))
+        limit = rng.randint(0, 30)
+        whole = tokenize(text, limit)
+        for chars in (prefix_chars(limit), prefix_chars(limit) + rng.randint(1, 50)):
+            assert tokenize(text[:chars], limit) == whole, (text, limit, chars)
+
+
+@DETERMINISTIC
+@given(question=_PROMPTS, seed=st.integers(0, 2**32), max_chars=st.integers(0, 3000))
+def test_a_capped_answer_is_the_beginning_of_the_whole_answer(
+    question: str, seed: int, max_chars: int
+) -> None:
+    whole = writer.write_answer(question, random.Random(seed), min_chars=1378)
+    capped = writer.write_answer(question, random.Random(seed), min_chars=1378, max_chars=max_chars)
+    assert whole.startswith(capped)
+    assert len(capped) >= max_chars or capped == whole
 
 
 @DETERMINISTIC

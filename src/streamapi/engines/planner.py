@@ -53,7 +53,7 @@ from streamapi.text.instructions import (
 )
 from streamapi.text.jsonschema import GenerationBudget, SchemaGenerator
 from streamapi.text.logprobs import logprob, top_logprobs
-from streamapi.text.tokenizer import tokenize
+from streamapi.text.tokenizer import prefix_chars, tokenize
 from streamapi.text.writer import (
     find_subject,
     greeting_reply,
@@ -385,7 +385,11 @@ class Planner:
         if results:
             text = write_tool_answer(question, results, rng, min_chars=min_chars)
         else:
-            text = write_answer(question, rng, min_chars=min_chars)
+            # Only what max_tokens lets through is read, so only that much is written
+            # (with a stop sequence, the whole answer is searched for it).
+            cap = request.max_tokens
+            max_chars = prefix_chars(cap + 1) if cap is not None and not request.stop else None
+            text = write_answer(question, rng, min_chars=min_chars, max_chars=max_chars)
         return f"{image_note(images)} {text}" if images else text
 
     def _rng(self, request: GenerationRequest) -> random.Random:

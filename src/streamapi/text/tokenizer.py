@@ -96,6 +96,14 @@ def _first_pieces(pattern: re.Pattern[str], text: str, count: int) -> list[str]:
     return pieces[:count]
 
 
+def prefix_chars(tokens: int) -> int:
+    """How long a text's beginning must be to hold its first ``tokens`` tokens as the whole
+    text has them: ``tokenize(text[:n], tokens) == tokenize(text, tokens)`` for any ``n``
+    at least this. A token is at most eight characters, and a piece is matched on a few
+    characters past its end at most (``_WINDOW_MARGIN``): the margin is well above."""
+    return tokens * _LONGEST_WHOLE_WORD + 8 * _WINDOW_MARGIN
+
+
 def _cut(piece: str) -> list[str]:
     """A long piece's tokens: its first four letters (five with a leading space), then
     four at a time, the last one taking a one-letter tail."""

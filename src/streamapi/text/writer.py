@@ -10,6 +10,7 @@ give equal answers.
 from __future__ import annotations
 
 import functools
+import math
 import random
 import re
 from collections.abc import Sequence
@@ -48,8 +49,16 @@ _LONGEST_TERM = 24
 _FALLBACK_TERMS = ("the core idea", "practical use", "trade-offs", "quality", "clarity")
 
 
-def write_answer(question: str, rng: random.Random, *, min_chars: int) -> str:
-    """An answer of at least ``min_chars`` characters about ``question``."""
+def write_answer(
+    question: str, rng: random.Random, *, min_chars: int, max_chars: int | None = None
+) -> str:
+    """An answer of at least ``min_chars`` characters about ``question``.
+
+    With ``max_chars``, only the answer's beginning, at least ``max_chars`` long (or the
+    whole answer, if shorter): the rest is not written, and the draws it would have made
+    from ``rng`` are not made. A caller that reads no more than that (an answer capped by
+    ``max_tokens``) gets the same text for less work.
+    """
     subject = find_subject(question)
     terms = key_terms(question, subject)
     fill = _Filler(subject, terms, rng)
@@ -57,14 +66,23 @@ def write_answer(question: str, rng: random.Random, *, min_chars: int) -> str:
         fill(rng.choice(_OPENINGS)),
         fill(rng.choice(_LIST_HEADINGS)),
         "\n".join(fill(line) for line in _points(rng, len(terms))),
-        fill(rng.choice(_PRACTICE)),
     ]
+    # Parts are added in the order they are written, the closing last: each beginning
+    # returned below is the start of the whole answer.
+    enough = math.inf if max_chars is None else max_chars + 2
+    if _length(parts) >= enough:
+        return "\n\n".join(parts)
+    parts.append(fill(rng.choice(_PRACTICE)))
     extras = list(_EXTRAS)
     rng.shuffle(extras)
     closing = fill(rng.choice(_CLOSINGS))
     while extras and _length(parts) + len(closing) < min_chars:
+        if _length(parts) >= enough:
+            return "\n\n".join(parts)
         parts.append(fill(extras.pop()))
     while _length(parts) + len(closing) < min_chars:
+        if _length(parts) >= enough:
+            return "\n\n".join(parts)
         parts.append(fill(rng.choice(_EXTRAS)))
     parts.append(closing)
     return "\n\n".join(parts)
