@@ -23,7 +23,7 @@ _PIECES = re.compile(
 # The same pattern for ASCII text (most text), with the classes spelled out as ASCII sets,
 # which match ~1.6x faster than Unicode categories. Over ASCII they are the same sets:
 # letters, digits, other non-space characters or "_", and whitespace, which includes
-# \x1c-\x1f (str.isspace); tests/test_tokenizer.py checks each of the 128 characters.
+# \x1c-\x1f (str.isspace); tests/test_properties.py checks each of the 128 characters.
 _SPACE = r"\t-\r\x1c-\x20"
 _ASCII_PIECES = re.compile(
     rf"'(?:s|t|re|ve|m|ll|d)\b| ?[A-Za-z]+| ?[0-9]{{1,3}}| ?[^A-Za-z0-9{_SPACE}]+"
@@ -128,7 +128,7 @@ def _kept_cut(piece: str) -> tuple[str, ...]:
 @per_text()
 def _lengths(text: str) -> bytes:
     """Each token's length, a byte each (a token is at most eight characters): the form
-    a prompt's tokenization is remembered in, ~1.25 bytes a character, its text aside."""
+    a prompt's tokenization is remembered in, a byte a token beside its text."""
     return bytes(map(len, tokenize(text)))
 
 
