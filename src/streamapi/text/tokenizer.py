@@ -52,15 +52,19 @@ def tokenize(text: str, limit: int | None = None) -> list[str]:
     else:
         # Each piece is one token or more: the first ``limit`` pieces are enough.
         pieces = _first_pieces(pattern, text, limit)
-    if not pieces or max(map(len, pieces)) <= _LONGEST_WHOLE_WORD:
+    lengths = list(map(len, pieces))
+    longs = [index for index, length in enumerate(lengths) if length > _LONGEST_WHOLE_WORD]
+    if not longs:
         return pieces  # short words only (most prompts): each piece is a token
+    # The short pieces between long ones go in as they are, in slices.
     tokens: list[str] = []
-    append, extend = tokens.append, tokens.extend
-    for piece in pieces:
-        if len(piece) <= _LONGEST_WHOLE_WORD:
-            append(piece)
-        else:
-            extend(_cut(piece) if len(piece) > _CUTS_KEPT_CHARS else _kept_cut(piece))
+    start = 0
+    for index in longs:
+        tokens += pieces[start:index]
+        piece = pieces[index]
+        tokens += _cut(piece) if lengths[index] > _CUTS_KEPT_CHARS else _kept_cut(piece)
+        start = index + 1
+    tokens += pieces[start:]
     return tokens if limit is None else tokens[:limit]
 
 

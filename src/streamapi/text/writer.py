@@ -129,6 +129,7 @@ def _ranked_terms(question: str) -> tuple[str, ...]:
     read again, such as a tool's description or a repeated prompt, is ranked once)."""
     counts: dict[str, int] = {}
     spelled: dict[str, str] = {}  # each word as first written, in order of first use
+    lengths: dict[str, int] = {}  # its length, up to 9
     for found in _words(question):
         term = _term(found) if len(found) <= _LONGEST_TERM else _term.__wrapped__(found)
         if term is None:
@@ -139,9 +140,12 @@ def _ranked_terms(question: str) -> tuple[str, ...]:
         elif not stop:
             counts[lowered] = 1
             spelled[lowered] = word
-    # Most used, then longest (up to 9 letters); a stable sort keeps first use last.
-    ranked = sorted(spelled, key=lambda w: (-counts[w], -min(len(w), 9)))
-    return tuple(spelled[w] for w in ranked)
+            lengths[lowered] = min(len(lowered), 9)
+    # Most used, then longest (up to 9 letters), then first used: two stable sorts, the
+    # second one's key first (reverse keeps equal keys in order).
+    ranked = sorted(spelled, key=lengths.__getitem__, reverse=True)
+    ranked.sort(key=counts.__getitem__, reverse=True)
+    return tuple([spelled[w] for w in ranked])
 
 
 @functools.lru_cache(maxsize=2048)
