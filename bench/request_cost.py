@@ -25,6 +25,7 @@ against another tree for a before/after comparison:
     python bench/request_cost.py
     PYTHONPATH=/tmp/base-cpu/src python bench/request_cost.py      # e.g. main
     python bench/request_cost.py --repeats 9 --number 400 --json out.json
+    python bench/request_cost.py --memo-chars 8000   # what the caches keep of new prompts
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import json
 import random
 import sys
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -185,13 +187,60 @@ async def _measure(args: argparse.Namespace) -> tuple[list[Case], dict[tuple[str
     return cases, best
 
 
+async def _memo_bytes(chars: int, requests: int) -> int:
+    """Bytes still held (tracemalloc) after ``requests`` requests of distinct prompts (a
+    system prompt and a question of ``chars`` characters each), past a warm-up: what the
+    bounded caches keep of a stream of prompts that never repeat."""
+    settings = Settings()
+    engine = SimulatorEngine.from_settings(settings)
+    generation = Generation(settings, engine, Lifecycle())
+    chat = ChatService(generation, tokens_per_event=1)
+    rng = random.Random(chars)
+
+    def body(size: int) -> dict[str, Any]:
+        system, question = (" ".join(rng.choices(WORDS, k=size // 6))[:size] for _ in "ab")
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        return {"messages": messages, "stream": True, "max_tokens": 64}
+
+    async def one(size: int) -> None:
+        parsed = ChatCompletionRequest.model_validate(body(size))
+        admission = await generation.admit(chat.prepare(parsed).job, arrived_at=0.0)
+        admission.ended = True
+        await admission.aclose()
+
+    try:
+        for _ in range(20):
+            await one(200)  # imports and first-use caches
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(requests):
+            await one(chars)
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        await engine.aclose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="rounds; the best is kept")
     parser.add_argument("--number", type=int, default=300, help="calls per stage per round")
     parser.add_argument("--pool", type=int, default=997, help="distinct bodies per request")
     parser.add_argument("--json", help="also write the figures (µs per request) here")
+    parser.add_argument(
+        "--memo-chars",
+        type=int,
+        default=0,
+        help="instead, the memory the caches keep after 400 requests of distinct prompts "
+        "of this many characters",
+    )
     args = parser.parse_args(argv)
+    if args.memo_chars:
+        held = asyncio.run(_memo_bytes(args.memo_chars, 400))
+        print(f"{held / 1e6:.2f} MB held after 400 prompts of {args.memo_chars:,} characters")
+        return 0
 
     cases, best = asyncio.run(_measure(args))
     print(f"streamapi from {streamapi.__file__}")
