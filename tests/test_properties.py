@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import uuid
 
 from hypothesis import given, settings, strategies as st
 from openai._streaming import SSEDecoder
@@ -14,7 +13,7 @@ from streamapi import sse
 from streamapi.engines.planner import Planner
 from streamapi.engines.protocol import GenerationRequest, PromptMessage, TokenDelta, ToolCallStart
 from streamapi.serving.chat import ChatJob, _ChunkWriter
-from streamapi.serving.generation import Job, _uuid4_hex
+from streamapi.serving.generation import Job
 from streamapi.text import harness, instructions, writer
 from streamapi.text.memo import per_text
 from streamapi.text.tokenizer import (
@@ -229,13 +228,6 @@ def test_a_text_skipped_by_a_shortcut_has_nothing_its_pattern_finds(text: str) -
         assert "[[ ## " in text
     if text.isascii():
         assert writer._ASCII_WORD.findall(text) == writer._WORD.findall(text)
-
-
-def test_a_job_id_is_a_uuid4s_hex() -> None:
-    for _ in range(1000):
-        ident = _uuid4_hex()
-        parsed = uuid.UUID(hex=ident)
-        assert (parsed.hex, parsed.version, parsed.variant) == (ident, 4, uuid.RFC_4122)
 
 
 def test_a_per_text_memo_computes_a_text_once_and_a_long_one_each_time() -> None:

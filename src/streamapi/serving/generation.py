@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from operator import attrgetter
@@ -228,7 +228,7 @@ class Generation:
             else:
                 choices += [replace(template, choice_index=i, max_tokens=capped) for i in range(n)]
         return Job(
-            id=f"{id_prefix}{_uuid4_hex()}",
+            id=f"{id_prefix}{uuid.uuid4().hex}",
             created=int(time.time()),
             model=templates[0].model,
             choices=tuple(choices),
@@ -380,15 +380,6 @@ _MODEL_NAMES_KEPT = 256
 def _names_reasoning(pattern: str, model: str) -> bool:
     """Whether ``model``'s name matches the reasoning pattern (asked once per model name)."""
     return linear_search(pattern, model) is not None
-
-
-def _uuid4_hex() -> str:
-    """``uuid.uuid4().hex``, made as uuid4 makes it (16 random bytes, then the version and
-    variant bits) without building a ``UUID`` object."""
-    value = int.from_bytes(os.urandom(16), "big")
-    value = (value & ~(0xC000 << 48)) | (0x8000 << 48)  # variant: RFC 4122
-    value = (value & ~(0xF000 << 64)) | (4 << 76)  # version 4
-    return f"{value:032x}"
 
 
 class _Stopwatch:
