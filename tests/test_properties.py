@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 
 from hypothesis import given, settings, strategies as st
 from openai._streaming import SSEDecoder
@@ -13,7 +14,17 @@ from streamapi.engines.planner import Planner
 from streamapi.engines.protocol import GenerationRequest, PromptMessage, TokenDelta, ToolCallStart
 from streamapi.serving.chat import ChatJob, _Choice, _ChunkWriter
 from streamapi.serving.generation import Job
-from streamapi.text.tokenizer import tokenize
+from streamapi.text import harness, instructions, writer
+from streamapi.text.memo import per_text
+from streamapi.text.tokenizer import (
+    _ASCII_PIECES,
+    _PIECES,
+    count_chat_tokens,
+    count_prompt_tokens,
+    prefix_chars,
+    prompt_tokens,
+    tokenize,
+)
 
 DETERMINISTIC = settings(max_examples=300, derandomize=True, deadline=None)
 
@@ -64,6 +75,177 @@ def test_tokens_rejoin_into_the_text(text: str) -> None:
     tokens = tokenize(text)
     assert "".join(tokens) == text
     assert all(tokens)
+
+
+@DETERMINISTIC
+@given(text=st.text(), limit=st.integers(-2, 40))
+def test_a_limit_keeps_the_first_tokens_and_a_prompt_is_cut_the_same(text: str, limit: int) -> None:
+    tokens = tokenize(text)
+    assert tokenize(text, limit) == tokens[: max(limit, 0)]
+    assert prompt_tokens(text) == tokens  # remembered, or cut again for a long text
+    assert prompt_tokens(text) == tokens
+    assert count_prompt_tokens(text) == len(tokens)
+    assert count_chat_tokens([text, text]) == 2 * len(tokens) + 9
+
+
+# ASCII text is cut by a pattern of its own (faster): it must cut as the Unicode one does.
+_ASCII = st.characters(max_codepoint=127)
+_ASCII_PARTS = st.sampled_from(
+    ["'s", "'ll", " word", "12345", "__", "  ", "\x1c\x1f", " \t\n", "a-b"]
+)
+
+
+@DETERMINISTIC
+@given(parts=st.lists(st.one_of(st.text(_ASCII, max_size=3), _ASCII_PARTS), max_size=30))
+def test_ascii_text_is_cut_as_the_unicode_pattern_cuts_it(parts: list[str]) -> None:
+    text = "".join(parts)
+    assert _ASCII_PIECES.findall(text) == _PIECES.findall(text)
+
+
+def test_each_ascii_character_is_classed_as_the_unicode_pattern_classes_it() -> None:
+    for code in range(128):
+        char = chr(code)
+        for text in (char, char * 3, f"a{char}", f" {char}b", f"{char} x", f"'{char}", f"1{char}2"):
+            assert _ASCII_PIECES.findall(text) == _PIECES.findall(text), repr(text)
+
+
+# Texts that hold what the simulator's patterns look for, in mixed case and around the
+# edges its shortcuts rely on (ASCII or not, long runs of spaces and marks, contractions).
+_PROMPT_PARTS = st.sampled_from(
+    [
+        " Word",
+        " wOrDs",
+        " sentence",
+        " SENTENCES",
+        " one",
+        " 3",
+        " be brief",
+        " Keep it \u017fhort",
+        " briefly",
+        " tl;dr",
+        " json",
+        " JSON",
+        " j\u017fon",
+        " respond with",
+        " as",
+        " in",
+        ". ",
+        "? ",
+        "!\n",
+        "\n",
+        " works",
+        " mean",
+        " Matter",
+        " \u017f",
+        " \u0131",
+        " <task>",
+        "</task>",
+        " Task:",
+        "[[ ## answer ## ]]",
+        " Observation: ",
+        " extraordinarily",
+        "___________",
+        "abcdefghijklmnop",
+        " " * 40,
+        "." * 30,
+        "'re",
+        "'s",
+        " 12345",
+        " é",
+        "\x1c",
+    ]
+)
+_PROMPTS = st.lists(st.one_of(_PROMPT_PARTS, st.text(max_size=4)), max_size=24).map("".join)
+
+
+@DETERMINISTIC
+@given(text=_PROMPTS, limit=st.integers(0, 24))
+def test_a_capped_text_is_cut_as_the_whole_text_is(text: str, limit: int) -> None:
+    assert tokenize(text, limit) == tokenize(text)[:limit]
+
+
+def test_a_capped_text_is_cut_as_the_whole_text_is_across_window_ends() -> None:
+    # A capped text is matched in windows: pieces that a window's end cuts short (long
+    # words, runs of spaces or marks, contractions) must come out as in the whole text.
+    rng = random.Random(22)
+    parts = [
+        *"ab cd  \n\t'sxyz0189_.,!?-é漢AB\x1c",
+        *["abcdefghijklmnop", " abcdefghi", "___________", " " * 30, "1234567", " 'll", "'s"],
+        *["....!!!!,,,", "'re", " " * 200, "x" * 100, "\n\n", "'ll"],
+    ]
+    for _ in range(3000):
+        text = "".join(rng.choices(parts, k=rng.randint(0, 60)))
+        whole = tokenize(text)
+        for limit in (1, 2, 3, 5, 17, 40):
+            assert tokenize(text, limit) == whole[:limit], (text, limit)
+
+
+def test_a_long_enough_beginning_of_a_text_holds_its_first_tokens() -> None:
+    # A capped answer is written only as far as prefix_chars says its tokens need.
+    rng = random.Random(7)
+    parts = [" " * 90, "x" * 100, "." * 70, " word", "'s", "extraordinarily ", "\n\n", "_" * 40]
+    for _ in range(2000):
+        text = "".join(rng.choices(parts, k=rng.randint(0, 40)))
+        limit = rng.randint(0, 30)
+        whole = tokenize(text, limit)
+        for chars in (prefix_chars(limit), prefix_chars(limit) + rng.randint(1, 50)):
+            assert tokenize(text[:chars], limit) == whole, (text, limit, chars)
+
+
+@DETERMINISTIC
+@given(question=_PROMPTS, seed=st.integers(0, 2**32), max_chars=st.integers(0, 3000))
+def test_a_capped_answer_is_the_beginning_of_the_whole_answer(
+    question: str, seed: int, max_chars: int
+) -> None:
+    whole = writer.write_answer(question, random.Random(seed), min_chars=1378)
+    capped = writer.write_answer(question, random.Random(seed), min_chars=1378, max_chars=max_chars)
+    assert whole.startswith(capped)
+    assert len(capped) >= max_chars or capped == whole
+
+
+@DETERMINISTIC
+@given(text=_PROMPTS)
+def test_a_text_skipped_by_a_shortcut_has_nothing_its_pattern_finds(text: str) -> None:
+    # Each shortcut skips a pattern when a text lacks what every match holds.
+    may = instructions._may_hold
+    if instructions._WORDS_ASKED.search(text):
+        assert may(text, ("word",))
+    if instructions._SENTENCES_ASKED.search(text):
+        assert may(text, ("sentence",))
+    if instructions._BRIEF_ASKED.search(text):
+        assert may(text, instructions._BRIEF_WORDS)
+    assert instructions._asks_for_json(text) == bool(instructions._ASKS_FOR_JSON.search(text))
+    if writer._FIRST_SENTENCE.search(text):
+        assert any(mark in text for mark in ".?!\n")
+    first = text.split("\n")[0]
+    if writer._CLOSING_VERB.search(first) and first.isascii():
+        assert first.lower().endswith(writer._CLOSING_VERBS)
+    if harness._TAG.search(text):
+        assert "<" in text
+    if harness._ANNOUNCEMENTS.search(text):
+        assert ":" in text
+    if harness._FIELD_MARKER.search(text):
+        assert "[[ ## " in text
+    if text.isascii():
+        assert writer._ASCII_WORD.findall(text) == writer._WORD.findall(text)
+
+
+def test_a_per_text_memo_computes_a_text_once_and_a_long_one_each_time() -> None:
+    calls: list[str] = []
+
+    @per_text(maxsize=2, max_chars=5)
+    def shout(text: str) -> str:
+        calls.append(text)
+        return text.upper()
+
+    assert [shout("ab"), shout("ab"), shout("abcdef"), shout("abcdef")] == ["AB", "AB"] + [
+        "ABCDEF"
+    ] * 2
+    assert calls == ["ab", "abcdef", "abcdef"]  # a long text is not kept
+    for text in ("c", "d"):  # two more: "ab" is the least recent, and goes
+        shout(text)
+    shout("ab")
+    assert calls[-1] == "ab"
 
 
 _PLANNER = Planner(min_answer_chars=400)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
+from types import FrameType
 from typing import Any
 
 import pytest
 from asgi_lifespan import LifespanManager
-from starlette.types import Message
+from starlette.types import Message, Receive, Scope, Send
 
 from streamapi import scope_keys, sse
 from streamapi.app import create_app
 from streamapi.lifecycle import Lifecycle
+from streamapi.middleware import ServeLaterLayer
 from streamapi.settings import Settings
 from tests.asgi_driver import post_scope
 
@@ -133,20 +136,63 @@ async def test_frames_go_out_byte_for_byte_with_the_stream_headers() -> None:
     assert frames.released
 
 
-async def test_frames_skip_the_middleware_send_left_in_the_scope() -> None:
-    # The start goes through every layer (it gets the request id); frames do not.
+async def test_a_body_served_later_skips_the_layers_its_start_went_through() -> None:
+    # The start goes through every layer (it gets the request id) at once; the body is
+    # left in the ServeLater, served with the server's own send once the layers have
+    # returned, then the ends they left.
     client, hooks, frames = Client(), Hooks(), Frames(FRAMES)
     layered: list[Message] = []
+    seen: dict[str, Any] = {}
+    ended: list[list[str]] = []
 
     async def through_middleware(message: Message) -> None:
         layered.append(message)
         await client.send(message)
 
-    asgi_scope = scope() | {scope_keys.BODY_SEND: client.send}
-    await response(frames(), hooks)(asgi_scope, client.receive, through_middleware)
+    async def end() -> None:
+        ended.append(list(hooks.calls))
 
+    async def layer(asgi_scope: Scope, receive: Receive, send: Send) -> None:
+        await response(frames(), hooks)(asgi_scope, receive, through_middleware)
+        later = asgi_scope[scope_keys.SERVE_LATER]
+        seen.update(bodies=client.bodies(), started=frames.started, calls=list(hooks.calls))
+        later.ends.append(end)
+
+    await asyncio.wait_for(ServeLaterLayer(layer)(scope(), client.receive, client.send), DEADLINE_S)
+
+    assert seen == {"bodies": [], "started": False, "calls": ["start"]}
     assert [m["type"] for m in layered] == ["http.response.start"]
     assert client.bodies() == [*FRAMES, b""]
+    assert ended == [["start", "complete", "finish"]]  # after the stream's own end
+    assert frames.released
+
+
+async def test_a_body_served_later_ends_its_layers_however_it_ended() -> None:
+    client, hooks = Client(), Hooks()
+    ended: list[str] = []
+
+    async def failing() -> AsyncIterator[bytes]:
+        yield FRAMES[0]
+        raise RuntimeError("the engine broke")
+
+    async def end(name: str) -> None:
+        ended.append(name)
+        if name == "inner":
+            raise OSError("the journal's disk is full")
+
+    async def layer(asgi_scope: Scope, receive: Receive, send: Send) -> None:
+        await response(failing(), hooks)(asgi_scope, receive, send)
+        ends = asgi_scope[scope_keys.SERVE_LATER].ends
+        ends.extend([lambda: end("inner"), lambda: end("outer")])
+
+    with pytest.raises(OSError, match="disk is full") as raised:
+        await asyncio.wait_for(
+            ServeLaterLayer(layer)(scope(), client.receive, client.send), DEADLINE_S
+        )
+    # As nested ``finally`` blocks: each end runs, the last error goes on, with the first.
+    assert isinstance(raised.value.__context__, RuntimeError)
+    assert ended == ["inner", "outer"]
+    assert hooks.calls == ["start", "finish"]
 
 
 async def test_a_client_that_stops_reading_is_dropped_and_its_generator_closed() -> None:
@@ -201,8 +247,9 @@ async def test_a_ping_interval_of_zero_sends_no_pings() -> None:
         response(frames(), hooks, ping_interval_s=0)(scope(), client.receive, client.send)
     )
     await asyncio.sleep(0.05)
-    # This test, the response's task, its stream's task and the disconnect watcher.
-    assert len(asyncio.all_tasks()) == tasks_before + 3
+    # This test, and the response's (the request's) task, which watches for the client
+    # leaving while its stream's task sends: no ping task, no watcher task.
+    assert len(asyncio.all_tasks()) == tasks_before + 2
     await asyncio.wait_for(run, DEADLINE_S)
     assert client.bodies() == [*FRAMES, b""]
 
@@ -244,9 +291,22 @@ async def test_a_client_gone_before_the_first_frame_still_runs_on_finish() -> No
     # The generator never started, so its finally never runs: on_finish does.
     client, hooks, frames = Client(), Hooks(), Frames(FRAMES)
     client.gone.set()
-    client.stall_after_bodies = -1  # not even the response's start is taken
     await asyncio.wait_for(
         response(frames(), hooks)(scope(), client.receive, client.send), DEADLINE_S
+    )
+    assert not frames.started
+    assert client.bodies() == []
+    assert hooks.calls == ["start", "finish"]
+
+
+async def test_a_start_the_client_never_takes_is_dropped_after_the_send_timeout() -> None:
+    # A server takes a response's start at once (uvicorn writes it to the socket's
+    # buffer); one whose send waits is bounded by send_timeout_s, as any send is.
+    client, hooks, frames = Client(), Hooks(), Frames(FRAMES)
+    client.stall_after_bodies = -1  # not even the response's start is taken
+    await asyncio.wait_for(
+        response(frames(), hooks, send_timeout_s=0.1)(scope(), client.receive, client.send),
+        DEADLINE_S,
     )
     assert not frames.started
     assert hooks.calls == ["start", "finish"]
@@ -328,13 +388,15 @@ def test_bad_intervals_are_refused(ping_interval_s: float, send_timeout_s: float
 
 async def test_the_app_sends_a_streams_body_frames_to_the_servers_own_send() -> None:
     # Every layer between the server and the route (FastAPI's exception layers, ours)
-    # acts on a response's start only: the frames skip their send wrappers.
+    # acts on a response's start only: the body is served from outside them all, past
+    # their send wrappers, and none of them is on the stack while it is.
     app = create_app(Settings(time_to_first_token_ms=0, inter_token_latency_ms=0))
     asgi_scope = post_scope("/v1/chat/completions")
     asked = {"role": "user", "content": "Hi"}
     body = json.dumps({"model": "sim-small", "stream": True, "max_tokens": 3, "messages": [asked]})
     received = False
-    messages: list[tuple[str, bool]] = []
+    messages: list[tuple[str, list[str]]] = []
+    wrappers = {"send_at_edge", "_send", "sender", "send_response", "send_wrapper"}
 
     async def receive() -> Message:
         nonlocal received
@@ -345,13 +407,20 @@ async def test_the_app_sends_a_streams_body_frames_to_the_servers_own_send() -> 
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
-        # What a body message was sent with: this very function, left in the scope.
-        messages.append((message["type"], asgi_scope.get(scope_keys.BODY_SEND) is send))
+        caller: FrameType | None = sys._getframe(1)
+        through = []
+        while caller is not None:
+            if caller.f_code.co_name in wrappers:
+                through.append(caller.f_code.co_name)
+            caller = caller.f_back
+        messages.append((message["type"], through))
 
     async with LifespanManager(app) as manager:
         await asyncio.wait_for(manager.app(asgi_scope, receive, send), DEADLINE_S)
 
-    assert messages[0][0] == "http.response.start"
+    kind, through = messages[0]
+    assert kind == "http.response.start"
+    assert "send_at_edge" in through  # the start went through the layers
     assert len(messages) > 2
-    assert all(direct for kind, direct in messages if kind == "http.response.body")
-    assert scope_keys.BODY_SEND not in asgi_scope  # the reference cycle is broken
+    assert all(through == [] for kind, through in messages[1:])
+    assert scope_keys.SERVE_LATER not in asgi_scope  # the reference cycle is broken

@@ -192,9 +192,9 @@ def create_app(
     install_error_handlers(app, api.ERROR_DIALECTS, on_error=count_error)
     # One layer of ours (middleware.py says what it does, in which order, and how CORS
     # fits in), inside uvicorn's proxy headers when they are trusted and FastAPI's own
-    # outer layers. A stream's body frames skip every layer of the app (BODY_SEND, left by
-    # bypass_layers below), so a layer added that must see them (compression, say) would
-    # silently miss them: tests/test_edge_middleware.py pins this stack.
+    # outer layers. A stream's body skips every layer of the app (it is served from
+    # outside them, by bypass_layers below), so a layer added that must see it
+    # (compression, say) would silently miss it: tests/test_edge_middleware.py pins this stack.
     app.add_middleware(
         EdgeMiddleware,
         metrics=metrics,
@@ -210,7 +210,8 @@ def create_app(
         # so that every way of running the app trusts the same proxies, and no others:
         # uvicorn's default trusts loopback, where any local process can forge the header.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
-    # A stream's body frames skip every layer above: they act on a response's start.
+    # A stream's body is served from outside every layer above, once they have
+    # returned: they act on a response's start.
     bypass_layers(app)
     _document_extra_schemas(app)
     _add_redoc(app)

@@ -13,14 +13,13 @@ An HTTP request meets, in this order:
 then the app, and at its end the request's count by route and status.
 
 One layer rather than one per concern: every layer's coroutine frame, closures and
-``send`` wrapper stay alive for a whole stream. The concerns are plain functions
+``send`` wrapper would stay alive for a whole stream. The concerns are plain functions
 below, called from one ``__call__``; the one ``send`` wrapper touches a response's
-start only, and an error status's body (to journal why it failed). A stream's body
-frames skip it, and every layer FastAPI adds, altogether (``BodySendLayer`` below,
-``scope_keys.BODY_SEND``, ``sse.EventStreamResponse``). And a stream is served from
-this middleware itself (``scope_keys.SERVE_LATER``), once the layers inside it (the
-router, Starlette's exception handling, the route) have returned: an open stream
-keeps none of their frames alive.
+start only, and an error status's body (to journal why it failed). And a stream keeps
+none of the app's layers alive: it sends its start through them and leaves its body
+to ``ServeLaterLayer`` (below), outside them all, which serves it once they have
+returned, with the server's own ``receive`` and ``send``; this middleware's own end
+(the journal entry, the count) then runs after the stream's (``sse.ServeLater``).
 
 CORS must answer preflights after the origin check and before auth, and add its
 headers to every answer, 401s included. With ``--cors-allow-origins`` the middleware
@@ -39,7 +38,7 @@ import copy
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -62,6 +61,7 @@ from streamapi.errors import (
 )
 from streamapi.keys import KeyRing, Principal
 from streamapi.metrics import Metrics
+from streamapi.sse import ServeLater
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,21 @@ class EdgeMiddleware:
                 error_body.extend(message.get("body", b""))
             await send(message)
 
+        async def end() -> None:
+            """The request's end: its journal entry closed, then its count by route and
+            status. A stream's end, where the stream is served later (``ServeLater``)."""
+            try:
+                if entry is not None and journal is not None:
+                    entry.close(status, bytes(error_body), asyncio.get_running_loop().time())
+                    await journal.closed(entry)
+            finally:
+                if front:
+                    route = scope.get("route")
+                    # Unmatched paths share one label: clients must not mint label values.
+                    template = getattr(route, "path", None) or "unmatched"
+                    self.metrics.request(template, scope["method"], status)
+
+        journal: Journal | None = None
         try:
             if front:
                 refusal = self._origin_refusal(scope, headers)
@@ -194,36 +209,18 @@ class EdgeMiddleware:
                 state[scope_keys.PRINCIPAL] = principal
             journal = self.control.journal
             controlled, entry = await self._open_entry(scope, state, journal)
-            try:
-                declared = headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > self.max_body_bytes:
-                    await self._answer(self._too_large(), scope, receive, send_at_edge, headers)
-                    return
-                later: list[Callable[[], Awaitable[None]]] = []
-                scope[scope_keys.SERVE_LATER] = later
-                try:
-                    await self.app(scope, self._limited(receive), send_at_edge)
-                finally:
-                    # A streamed response is served from here (``sse.EventStreamResponse``),
-                    # with the layers inside already returned; however they returned, as it
-                    # alone ends what its request holds (the admission, the in-flight count).
-                    del scope[scope_keys.SERVE_LATER]
-                    if later:
-                        await later.pop()()
-            finally:
-                if entry is not None and journal is not None:
-                    entry.close(status, bytes(error_body), asyncio.get_running_loop().time())
-                    await journal.closed(entry)
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_body_bytes:
+                await self._answer(self._too_large(), scope, receive, send_at_edge, headers)
+                return
+            await self.app(scope, self._limited(receive), send_at_edge)
         finally:
-            if front:
-                # The server's send (``BodySendLayer``'s) holds the scope: a reference
-                # cycle, left to the garbage collector (which serve runs rarely) unless
-                # broken here.
-                scope.pop(scope_keys.BODY_SEND, None)
-                route = scope.get("route")
-                # Unmatched paths share one label: clients must not mint label values.
-                template = getattr(route, "path", None) or "unmatched"
-                self.metrics.request(template, scope["method"], status)
+            later: ServeLater | None = scope.get(scope_keys.SERVE_LATER)
+            if later is not None and later.serve is not None:
+                # A stream, served once this has returned: its request ends with it.
+                later.ends.append(end)
+            else:
+                await end()
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The origin check, then auth: a refused handshake is closed (HTTP 403, close 1008)."""
@@ -357,15 +354,24 @@ class EdgeMiddleware:
         return receive_within_limit
 
 
-class BodySendLayer:
-    """Leaves the server's own ``send`` in the scope (``scope_keys.BODY_SEND``) for a
-    stream's body frames, which go to it directly.
+class ServeLaterLayer:
+    """Serves a stream's body once every layer inside it has returned (``sse.ServeLater``).
 
-    Every layer between the server and the route acts on a response's start only,
-    or on an error status's body, which a stream's 200 never has: FastAPI's
-    (``ServerErrorMiddleware``'s ``send`` wrapper, its exception telemetry and
-    body limit), ours, CORS and Starlette's exception handling. ``bypass_layers``
-    puts this outside all of them.
+    Each layer of the app (FastAPI's ``ServerErrorMiddleware``, its exception
+    telemetry and body limit, ours, CORS, Starlette's exception handling, the
+    router, the route) is a coroutine its request's task awaits through: for a
+    stream, each frame, its ``send`` wrapper and what its locals hold (the
+    request, its parsed body) would stay alive as long as the stream. They all
+    act on a response's start only, or on an error status's body, which a
+    stream's 200 never has. So a streamed response sends its start through them,
+    leaves its body here and returns, and this serves it with the server's own
+    ``receive`` and ``send``; then the ends the layers inside left (the journal
+    entry, the request's count). ``bypass_layers`` puts this outside all of them.
+
+    An error from a stream's body, after its start, reaches the server from here
+    rather than through FastAPI's layers: they would have re-raised it (a started
+    response gets no 500), and the server logs it as before; FastAPI's own
+    OpenTelemetry exception event is not recorded for it.
     """
 
     __slots__ = ("app",)
@@ -373,22 +379,45 @@ class BodySendLayer:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # Not a coroutine: the app's own is awaited in its place, so an open stream
-        # keeps no frame of this layer. EdgeMiddleware, inside, takes the key out
-        # again when the request is over.
-        if scope["type"] == "http":
-            scope[scope_keys.BODY_SEND] = send
-        return self.app(scope, receive, send)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        later = ServeLater()
+        scope[scope_keys.SERVE_LATER] = later
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            # However the layers inside returned: a stream alone ends what its request
+            # holds (its admission, the in-flight count, the journal entry). Out of the
+            # scope first: the ends hold the scope, the scope would hold them.
+            del scope[scope_keys.SERVE_LATER]
+            if later.serve is not None:
+                for key in _RETURNED_LAYERS_KEYS:
+                    scope.pop(key, None)
+                try:
+                    await later.serve(receive, send)
+                finally:
+                    await later.end()
+
+
+# What FastAPI leaves in a request's scope for the layers that have returned by the
+# time a stream is served: its closed AsyncExitStacks and its route context.
+_RETURNED_LAYERS_KEYS = (
+    "fastapi_middleware_astack",
+    "fastapi_inner_astack",
+    "fastapi_function_astack",
+    "fastapi",
+)
 
 
 def bypass_layers(app: Starlette) -> None:
-    """Put ``BodySendLayer`` outside the middleware stack ``app`` builds (FastAPI's
+    """Put ``ServeLaterLayer`` outside the middleware stack ``app`` builds (FastAPI's
     exception layers included), inside whatever the app itself does first."""
     build = app.build_middleware_stack
 
     def build_middleware_stack() -> ASGIApp:
-        return BodySendLayer(build())
+        return ServeLaterLayer(build())
 
     # Starlette builds its stack on the first request, by this method.
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]

@@ -1,6 +1,6 @@
 """The per-request values the middleware and the body reader leave for the layers inside them.
 
-Each is set once, by one layer, in the ASGI scope's ``state`` dict (``BODY_SEND``
+Each is set once, by one layer, in the ASGI scope's ``state`` dict (``SERVE_LATER``
 in the scope itself), and read by plain dict look-ups: ``request.state`` builds a
 wrapper object on first use, on every request's hot path. Every key is
 namespaced, so none can collide with what another ASGI layer keeps there.
@@ -27,12 +27,9 @@ SMALL_BODY: Final = "streamapi.small_body"
 """Whether the request's JSON body is small enough to prepare on the event loop
 (``api.common.read_json``, which reads the body without keeping it)."""
 SERVE_LATER: Final = "streamapi.serve_later"
-"""In the scope itself: a list in which a streamed response leaves its serving, for
-``middleware.EdgeMiddleware`` to await once the layers inside it have returned
-(``sse.EventStreamResponse``)."""
-BODY_SEND: Final = "streamapi.body_send"
-"""In the scope itself: the server's own ``send`` (``middleware.BodySendLayer``), for a
-stream's body frames (the layers between touch only a response's start)."""
+"""In the scope itself: the ``sse.ServeLater`` in which a streamed response leaves its
+body, for ``middleware.ServeLaterLayer`` to serve once the layers inside it have
+returned."""
 
 
 def state_of(scope: Mapping[str, Any]) -> Mapping[str, Any]:

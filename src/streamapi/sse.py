@@ -13,15 +13,17 @@ clients parse:
 ``EventStreamResponse`` is written against Starlette's public ``Response``
 (for its headers) and the ASGI ``send`` and ``receive`` it is called with,
 rather than extending sse-starlette's ``EventSourceResponse``: what a stream
-needs here (its frames sent from a task of its own, one disconnect watcher, a
-send timeout that costs nothing per frame, the drain's deadline) would mean
-overriding that class's private methods, which any release may rename.
+needs here (its frames sent from a task of its own, its body served once the
+layers around it have returned, a send timeout that costs nothing per frame, the
+drain's deadline) would mean overriding that class's private methods, which any
+release may rename.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -30,7 +32,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from streamapi.lifecycle import DRAIN_EXPIRED
-from streamapi.scope_keys import BODY_SEND, SERVE_LATER
+from streamapi.scope_keys import SERVE_LATER
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +108,10 @@ class EventStreamResponse(Response):
       generator's ``finally``, but always runs this one. ``on_complete`` runs
       once every frame has been sent, before the body's end: only a stream that
       ran to its end calls it.
-    - **A client that leaves ends the stream at once.** One task watches
-      ``receive`` for ``http.disconnect`` and cancels the stream wherever it
-      waits; the frames' generator is closed, so what it holds is released.
+    - **A client that leaves ends the stream at once.** The request's task
+      watches ``receive`` for ``http.disconnect`` while the stream's own task
+      sends, and cancels the stream wherever it waits; the frames' generator is
+      closed, so what it holds is released.
     - **A client that stops reading is dropped.** Once one send has waited
       ``send_timeout_s`` (cut between 1 and 1.5 times that) the stream ends as
       above, with a warning, and the body is left unfinished. Time spent waiting
@@ -121,13 +124,13 @@ class EventStreamResponse(Response):
       waiting for its next token gets its error event from the generator.)
     - **``AbortConnection``** from the frames returns with the body unfinished:
       the server closes the socket, as when a network drops.
-    - **Fewer layers per frame.** The response's start goes through ``send``,
-      every layer of middleware; the frames through the ``send`` left in the
-      scope at ``BODY_SEND``, past the layers that only act on a start.
-    - **Fewer layers kept alive.** Where the middleware left a list at
-      ``SERVE_LATER`` in the scope, the response puts its serving there and
-      returns: the router, the exception handling and the route's frames return
-      with it, and the middleware serves the stream.
+    - **Fewer layers per frame, and none kept alive.** The response's start goes
+      through ``send``, every layer of middleware, at once. Where a layer left a
+      ``ServeLater`` at ``SERVE_LATER`` in the scope, the response leaves its body
+      there and returns: every layer inside that one (the framework's, ours, the
+      router, the route) returns with it, and that layer serves the body with the
+      server's own ``receive`` and ``send``, past the layers that only act on a
+      start, none of whose frames a stream then keeps alive.
     - **HEAD** is answered with the headers and an empty body; the frames are
       never read.
     """
@@ -162,111 +165,152 @@ class EventStreamResponse(Response):
         self._on_finish = on_finish
         # True from the response's start until its last frame: pings go out only then.
         self._active = False
+        # True once the stream has sent its end, or will send nothing more: a
+        # disconnect then is the server's answer to a complete response.
+        self._ended = False
+        self._head_only = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        later: list[Callable[[], Awaitable[None]]] | None = scope.get(SERVE_LATER)
-        if later is not None and not later:
-            # Served by the middleware that left the list, once every layer between it
-            # and here has returned: the router, the exception handling and the route's
-            # own frames (with the request and its parsed body) would otherwise stay
-            # alive, each of them, for the stream's whole life.
-            later.append(lambda: self._respond(scope, receive, send))
-            return
-        await self._respond(scope, receive, send)
-
-    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._on_start is not None:
             self._on_start()
+        self._head_only = scope["method"] == "HEAD"
+        start = {"type": "http.response.start", "status": self.status_code}
         try:
-            if scope["method"] == "HEAD":
-                await self._head(send)
-            else:
-                await self._serve(receive, send, scope.get(BODY_SEND, send))
-        except _SendTimedOut:
-            # A client that stopped reading; its generator has been closed.
-            logger.warning("Dropped a stream whose client stopped reading")
+            # Through every layer of middleware, now: they act on a response's start
+            # (its status, the headers they add), never on its body.
+            await self._send_within_timeout(send, {**start, "headers": self.raw_headers})
+        except BaseException as error:
+            await self._end(error)
             return
-        except AbortConnection:
-            # Returning with the body unfinished makes the server close the
-            # socket: the client gets an incomplete chunked body, not an event.
-            logger.info("Cut a stream's connection on purpose (an injected fault)")
+        # Sent: an open stream need not keep them (Starlette's response would).
+        self.raw_headers = []
+        body = self._head_body if self._head_only else self._serve
+        later: ServeLater | None = scope.get(SERVE_LATER)
+        if later is not None and later.serve is None:
+            # The body is served by the layer that left ``later``, with the server's own
+            # ``receive`` and ``send``, once every layer between it and here has
+            # returned: their frames (and the request, the parsed body, the route's
+            # locals) would otherwise stay alive, each of them, for the stream's life.
+            later.serve = body
             return
+        await body(receive, send)
+
+    async def _head_body(self, receive: Receive, send: Send) -> None:
+        """HEAD's empty body, then ``_end``."""
+        try:
+            await self._send_within_timeout(
+                send, {"type": "http.response.body", "body": b"", "more_body": False}
+            )
+        except BaseException as error:
+            await self._end(error)
+            return
+        await self._end(None)
+
+    async def _end(self, error: BaseException | None) -> None:
+        """``on_finish``, however the response ended; an error that is not the stream's own way
+        of ending (a dropped or cut client) goes on."""
+        try:
+            if isinstance(error, _SendTimedOut):
+                # A client that stopped reading; its generator has been closed.
+                logger.warning("Dropped a stream whose client stopped reading")
+            elif isinstance(error, AbortConnection):
+                # Returning with the body unfinished makes the server close the
+                # socket: the client gets an incomplete chunked body, not an event.
+                logger.info("Cut a stream's connection on purpose (an injected fault)")
+            elif error is not None:
+                raise error
         finally:
             if self._on_finish is not None:
                 await self._on_finish()
-        if self.background is not None:
+        if error is None and self.background is not None:
             await self.background()
 
-    async def _head(self, send: Send) -> None:
-        """The headers a GET would get, and no body: a stream would never end."""
-        await self._send_within_timeout(
-            send,
-            {
-                "type": "http.response.start",
-                "status": self.status_code,
-                "headers": self.raw_headers,
-            },
-        )
-        await self._send_within_timeout(
-            send, {"type": "http.response.body", "body": b"", "more_body": False}
-        )
+    async def _serve(self, receive: Receive, send: Send) -> None:
+        """``_stream`` in a task of its own, while this task watches for the client
+        leaving; then ``_end``.
 
-    async def _serve(self, receive: Receive, send: Send, body_send: Send) -> None:
-        """``_stream`` in a task of its own, which the request's task awaits.
-
-        Every wake-up of a task resumes each coroutine it awaits through, and
-        the request's task awaits through two dozen layers of server, framework
-        and middleware: a token resumed there costs each of them, twice. A task
-        whose stack starts at ``_stream`` pays that once per response instead.
-        Cancelling the request's task cancels this one (it is what it awaits).
+        Every wake-up of a task resumes each coroutine it awaits through, and the
+        request's task awaits through the server's and the framework's layers: a
+        token resumed there would cost each of them, twice. A task whose stack
+        starts at ``_stream`` pays that once per response instead. Meanwhile the
+        request's task, idle otherwise, waits on ``receive`` for ``http.disconnect``
+        and cancels the stream if the client has left; a server also answers
+        ``receive`` with it once the response is complete, and if it does not, the
+        stream's end wakes this task (``_STREAM_ENDED``). One task per stream beyond
+        the request's, and no watcher task. Cancelling the request's task cancels
+        the stream's.
         """
-        await asyncio.get_running_loop().create_task(self._stream(receive, send, body_send))
+        this = asyncio.current_task()
+        assert this is not None
+        stream = asyncio.get_running_loop().create_task(self._stream(send))
+        watch = _DisconnectWatch(this)
+        stream.add_done_callback(watch.stream_ended)
+        try:
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                watch.waiting = False
+                if not self._ended:
+                    stream.cancel(_CLIENT_GONE)
+            except BaseException as error:
+                watch.waiting = False
+                if isinstance(error, asyncio.CancelledError) and error.args == (_STREAM_ENDED,):
+                    this.uncancel()
+                else:
+                    # This task cancelled, or the server's receive failed: the stream
+                    # ends with it, its frames closed, before the error goes on.
+                    stream.cancel()
+                    await asyncio.wait((stream,))
+                    if not stream.cancelled():
+                        stream.exception()  # retrieved: the error that matters is this one
+                    raise
+            try:
+                await stream
+            except asyncio.CancelledError:
+                if this.cancelling():
+                    raise
+                # The stream's task was cancelled (the client gone) before its first
+                # step: its code never ran, so nothing closed the frames.
+                await _close(self._frames)
+        except BaseException as error:
+            await self._end(error)
+            return
+        await self._end(None)
 
-    async def _stream(self, receive: Receive, send: Send, body_send: Send) -> None:
-        """The stream, sent from the task that runs this, and one task that watches for disconnects.
+    async def _stream(self, send: Send) -> None:
+        """The frames, sent from the task that runs this.
 
-        Per response: this task, the watcher, and a pinger only when pings are
-        on; no task, timer or wrapper per frame (the watchdog checks flags this
-        loop sets). Shutdown is ``Lifecycle``'s drain, not a signal listener.
+        Per response: this task, and a pinger only when pings are on; no task,
+        timer or wrapper per frame (the watchdog checks flags this loop sets).
+        Shutdown is ``Lifecycle``'s drain, not a signal listener.
         """
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        streaming = True
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if streaming:
-                task.cancel(_CLIENT_GONE)
-
-        watcher = loop.create_task(watch())
         pinger: asyncio.Task[None] | None = None
-        watchdog = _SendWatchdog(task, loop, self._send_timeout_s)
+        watchdog = _SendWatchdog(task, self._send_timeout_s)
         frames = self._frames
         try:
-            watchdog.sending = True
-            start = {"type": "http.response.start", "status": self.status_code}
-            await send({**start, "headers": self.raw_headers})
-            # Waiting for a frame (a long first token, a slow upstream) is not a
-            # stalled send: only time inside send counts.
-            watchdog.sending = False
-            watchdog.sent += 1
             self._active = True
             if self._ping_interval_s > 0:
                 pinger = loop.create_task(self._pings(send))
+            # Waiting for a frame (a long first token, a slow upstream) is not a
+            # stalled send: only time inside send counts.
             async for frame in frames:
                 watchdog.sending = True
-                await body_send({"type": "http.response.body", "body": frame, "more_body": True})
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
                 watchdog.sending = False
                 watchdog.sent += 1
+                # Sent: not kept while the next one is made (a paced stream's whole life).
+                del frame
             if self._on_complete is not None:
                 self._on_complete()
-            self._active = streaming = False
+            self._active = False
+            self._ended = True
             watchdog.sending = True
-            await body_send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError as cancel:
-            streaming = False
+            self._ended = True
             if cancel.args == (_SEND_TIMED_OUT,):
                 task.uncancel()
                 await _close(frames)
@@ -278,15 +322,15 @@ class EventStreamResponse(Response):
             task.uncancel()
             await _close(frames)
         except BaseException:
-            streaming = False
+            self._ended = True
             # A failed send leaves the generator suspended at its yield: close it so
             # its cleanup (the engine's slot) runs before the error goes on.
             await _close(frames)
             raise
         finally:
-            self._active = streaming = False
+            self._active = False
+            self._ended = True
             watchdog.stop()
-            watcher.cancel()
             if pinger is not None:
                 pinger.cancel()
 
@@ -316,6 +360,53 @@ class EventStreamResponse(Response):
             raise _SendTimedOut() from None
 
 
+class ServeLater:
+    """Left in the scope at ``SERVE_LATER`` by the layer that serves streams once every
+    layer inside it has returned (``middleware.ServeLaterLayer``).
+
+    A streamed response sends its start through every layer, sets ``serve`` and
+    returns; that layer then awaits ``serve`` with the server's own ``receive`` and
+    ``send``, then ``end``, which runs ``ends``: what the layers inside have to do
+    once the stream is over (``middleware.EdgeMiddleware`` closes the request's
+    journal entry and counts it there), in the order they were added, innermost
+    layer first.
+    """
+
+    __slots__ = ("ends", "serve")
+
+    def __init__(self) -> None:
+        self.serve: Callable[[Receive, Send], Awaitable[None]] | None = None
+        self.ends: list[Callable[[], Awaitable[None]]] = []
+
+    async def end(self) -> None:
+        """Every end, each of them however the ones before ended, as nested ``finally``
+        blocks would."""
+        await _run_all(self.ends)
+
+
+async def _run_all(ends: list[Callable[[], Awaitable[None]]]) -> None:
+    if ends:
+        end = ends.pop(0)
+        try:
+            await end()
+        finally:
+            await _run_all(ends)
+
+
+class _DisconnectWatch:
+    """Wakes a request's task that waits on ``receive`` when its stream's task ends."""
+
+    __slots__ = ("task", "waiting")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.waiting = True
+
+    def stream_ended(self, _: asyncio.Task[None]) -> None:
+        if self.waiting:
+            self.task.cancel(_STREAM_ENDED)
+
+
 class _SendTimedOut(Exception):
     """A send waited ``send_timeout_s`` for the client: the stream is dropped."""
 
@@ -323,51 +414,97 @@ class _SendTimedOut(Exception):
 class _SendWatchdog:
     """Cancels the stream's task when one send has waited ``timeout_s`` for the client.
 
-    The stream's loop flags each send (``sending``, ``sent``); this checks the
-    flags a few times per timeout from one timer, instead of arming and
-    cancelling a timer around every send, which cost a noticeable share of a
-    paced stream's CPU (docs/performance.md, "Optimisation steps"). A send is
-    cut between 1 and 1.5 times ``timeout_s`` after it began. With no timeout
-    it never fires.
+    The stream's loop flags each send (``sending``, ``sent``); every open stream's
+    watchdog is checked a few times per timeout from one timer (``_WatchdogTimer``),
+    instead of arming and cancelling a timer around every send, which cost a
+    noticeable share of a paced stream's CPU (docs/performance.md, "Optimisation
+    steps"), or keeping a timer per stream, which cost each open stream a few
+    hundred bytes. A send is cut between 1 and 1.5 times ``timeout_s`` after it
+    began. With no timeout it never fires.
     """
 
-    __slots__ = ("_interval", "_loop", "_seen", "_stalled", "_task", "_timer", "sending", "sent")
-    _CHECKS = 4
+    __slots__ = ("_seen", "_stalled", "_task", "_timer", "sending", "sent")
 
-    def __init__(
-        self, task: asyncio.Task[Any], loop: asyncio.AbstractEventLoop, timeout_s: float | None
-    ) -> None:
+    def __init__(self, task: asyncio.Task[Any], timeout_s: float | None) -> None:
         self.sending = False
         self.sent = 0
         self._task = task
-        self._loop = loop
         self._seen = 0
         self._stalled = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: _WatchdogTimer | None = None
         if timeout_s is not None:
-            self._interval = timeout_s / self._CHECKS
-            self._timer = loop.call_later(self._interval, self._check)
+            self._timer = _WatchdogTimer.of(timeout_s)
+            self._timer.watch(self)
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """One look, from the timer: cancels the stream after enough looks at one pending send."""
         if self.sending and self.sent == self._seen:
             self._stalled += 1
             # Pending at this many checks in a row: for at least timeout_s.
-            if self._stalled > self._CHECKS:
+            if self._stalled > _WatchdogTimer.CHECKS:
+                self.stop()
                 self._task.cancel(_SEND_TIMED_OUT)
-                return
         else:
             self._stalled = 0
             self._seen = self.sent
-        self._timer = self._loop.call_later(self._interval, self._check)
 
     def stop(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
+            self._timer.unwatch(self)
+            self._timer = None
 
+
+class _WatchdogTimer:
+    """One timer per event loop and timeout, checking every open stream's watchdog
+    ``CHECKS`` times per timeout; armed only while a stream is open."""
+
+    CHECKS = 4
+
+    __slots__ = ("_handle", "_interval_s", "_loop", "_watched")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self._loop = loop
+        self._interval_s = timeout_s / self.CHECKS
+        self._watched: set[_SendWatchdog] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, timeout_s: float) -> _WatchdogTimer:
+        """The running loop's timer for ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        timers = _WATCHDOG_TIMERS.setdefault(loop, {})
+        timer = timers.get(timeout_s)
+        if timer is None:
+            timer = timers[timeout_s] = cls(loop, timeout_s)
+        return timer
+
+    def watch(self, watchdog: _SendWatchdog) -> None:
+        self._watched.add(watchdog)
+        if self._handle is None:
+            self._handle = self._loop.call_later(self._interval_s, self._check)
+
+    def unwatch(self, watchdog: _SendWatchdog) -> None:
+        self._watched.discard(watchdog)
+        if not self._watched and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        for watchdog in list(self._watched):
+            watchdog.check()
+        if self._watched:
+            self._handle = self._loop.call_later(self._interval_s, self._check)
+
+
+_WATCHDOG_TIMERS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[float, _WatchdogTimer]
+] = weakref.WeakKeyDictionary()
 
 # Cancellation messages: why the stream's task was cancelled.
 _SEND_TIMED_OUT = "streamapi: send timed out"
 _CLIENT_GONE = "streamapi: client disconnected"
+_STREAM_ENDED = "streamapi: stream ended"
 _STOP_NOW = frozenset({(_CLIENT_GONE,), (DRAIN_EXPIRED,)})
 _CLOSE_TIMEOUT_S = 5.0
 

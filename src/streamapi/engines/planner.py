@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -53,7 +53,7 @@ from streamapi.text.instructions import (
 )
 from streamapi.text.jsonschema import GenerationBudget, SchemaGenerator
 from streamapi.text.logprobs import logprob, top_logprobs
-from streamapi.text.tokenizer import tokenize
+from streamapi.text.tokenizer import prefix_chars, tokenize
 from streamapi.text.writer import (
     find_subject,
     greeting_reply,
@@ -96,6 +96,13 @@ _ANSWER_FIELDS = frozenset(
 )
 # How much of a tool's result an output tool's answer repeats.
 _ANSWER_CHARS = 300
+
+
+# The generator of unseeded plans; a forked worker reseeds it, as the random module does
+# its own, so that workers do not write the same answers.
+_UNSEEDED = random.Random()
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_UNSEEDED.seed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +385,11 @@ class Planner:
         if results:
             text = write_tool_answer(question, results, rng, min_chars=min_chars)
         else:
-            text = write_answer(question, rng, min_chars=min_chars)
+            # Only what max_tokens lets through is read, so only that much is written
+            # (with a stop sequence, the whole answer is searched for it).
+            cap = request.max_tokens
+            max_chars = prefix_chars(cap + 1) if cap is not None and not request.stop else None
+            text = write_answer(question, rng, min_chars=min_chars, max_chars=max_chars)
         return f"{image_note(images)} {text}" if images else text
 
     def _rng(self, request: GenerationRequest) -> random.Random:
@@ -387,7 +398,9 @@ class Planner:
         if seed is None and greedy:
             seed = 0  # greedy decoding is deterministic with or without a seed
         if seed is None:
-            return random.Random(secrets.randbits(64))
+            # Any draw will do: one generator, seeded from the system's randomness, serves
+            # every unseeded plan (seeding one per request cost more than its draws).
+            return _UNSEEDED
         conversation = hashlib.sha256()
         for message in request.messages:
             conversation.update(f"{message.role}\x00{message.content}\x01".encode())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from operator import attrgetter
 from typing import Protocol, TypeVar
 
 from streamapi.aio import aclose_iterator
@@ -23,7 +25,7 @@ from streamapi.linear_regex import search as linear_search
 from streamapi.metrics import Metrics
 from streamapi.serving.stream_errors import render_stream_error
 from streamapi.settings import Settings
-from streamapi.text.tokenizer import count_chat_tokens, count_tokens
+from streamapi.text.tokenizer import count_chat_tokens, count_prompt_tokens
 
 T = TypeVar("T")
 
@@ -131,6 +133,22 @@ class Generation:
         self._lifecycle = lifecycle
         self._metrics = metrics
         self._model_names = frozenset(settings.model_names)
+        self._model_lens: dict[str, int | None] = {}
+
+    def _max_model_len(self, model: str) -> int | None:
+        """``settings.max_model_len_of(model)``, kept per model name (the settings do not
+        change; reading them costs Pydantic attribute lookups and a pattern search)."""
+        if len(model) > _MODEL_NAME_CACHED_CHARS:
+            return self.settings.max_model_len_of(model)
+        limits = self._model_lens
+        try:
+            return limits[model]
+        except KeyError:
+            limit = self.settings.max_model_len_of(model)
+            if len(limits) >= _MODEL_NAMES_KEPT:
+                limits.clear()  # clients' own model names: bounded
+            limits[model] = limit
+            return limit
 
     def resolve_model(self, requested: str | None) -> str:
         """The model name a request is served under, or ``ModelNotFoundError``."""
@@ -145,9 +163,12 @@ class Generation:
         """Whether the answer starts with reasoning: asked for, or by setting or model name."""
         if asked is not None:
             return asked
-        return self.settings.reasoning or bool(
-            linear_search(self.settings.reasoning_model_pattern, model)
-        )
+        if self.settings.reasoning:
+            return True
+        pattern = self.settings.reasoning_model_pattern
+        if len(model) > _MODEL_NAME_CACHED_CHARS:  # a client's name: not kept
+            return linear_search(pattern, model) is not None
+        return _names_reasoning(pattern, model)
 
     def image_tokens(self, model: str, detail: str | None, *, param: str) -> int:
         """What one image costs in prompt tokens, or 400 if ``model`` reads text only.
@@ -194,7 +215,7 @@ class Generation:
             else [
                 count_chat_tokens(m.content for m in t.messages)
                 + sum(m.image_tokens for m in t.messages)
-                + sum(count_tokens(tool.prompt_text) for tool in t.tools)
+                + sum(count_prompt_tokens(tool.prompt_text) for tool in t.tools)
                 for t in templates
             ]
         )
@@ -203,7 +224,7 @@ class Generation:
             max_tokens = template.max_tokens
             # None for an upstream model whose context length the routes file does
             # not give: the upstream checks it with its own tokenizer.
-            limit = settings.max_model_len_of(template.model)
+            limit = self._max_model_len(template.model)
             capped = max_tokens
             if limit is not None:
                 if count + (max_tokens or 0) > limit or count >= limit:
@@ -212,7 +233,10 @@ class Generation:
                     )
                 room = limit - count
                 capped = room if max_tokens is None else min(max_tokens, room)
-            choices += [replace(template, choice_index=i, max_tokens=capped) for i in range(n)]
+            if n == 1 and template.choice_index == 0 and capped == max_tokens:
+                choices.append(template)  # the usual case: the template is the request
+            else:
+                choices += [replace(template, choice_index=i, max_tokens=capped) for i in range(n)]
         return Job(
             id=f"{id_prefix}{uuid.uuid4().hex}",
             created=int(time.time()),
@@ -239,17 +263,19 @@ class Generation:
         closed whatever it had opened and released ``lease``: all of a job's
         choices or none.
         """
-        requests = tuple(replace(request, request_id=request_id) for request in job.choices)
         if overrides is not None:
             requests = tuple(
                 replace(
                     request,
+                    request_id=request_id,
                     time_to_first_token_ms=overrides.time_to_first_token_ms,
                     inter_token_latency_ms=overrides.inter_token_latency_ms,
                     output_tokens=overrides.output_tokens,
                 )
-                for request in requests
+                for request in job.choices
             )
+        else:
+            requests = tuple(_with_request_id(request, request_id) for request in job.choices)
         streams: list[AsyncIterator[TokenDelta]] = []
         try:
             for request in requests:
@@ -336,6 +362,36 @@ class Generation:
     ) -> Iterable[bytes]:
         """The frames ending a stream that ``exc`` broke after its first byte (counted, logged)."""
         return render_stream_error(exc, job_id=job_id, metrics=self._metrics, render=render)
+
+
+# GenerationRequest's fields in the order its constructor takes them (every one is an
+# init field): a copy with one field changed is made positionally, in half the time of
+# ``dataclasses.replace``, which goes through keywords and the fields' metadata.
+_REQUEST_FIELDS = tuple(f.name for f in fields(GenerationRequest) if f.init)
+assert len(_REQUEST_FIELDS) == len(fields(GenerationRequest))
+_request_values = attrgetter(*_REQUEST_FIELDS)
+_REQUEST_ID_AT = _REQUEST_FIELDS.index("request_id")
+
+
+def _with_request_id(request: GenerationRequest, request_id: str | None) -> GenerationRequest:
+    """``replace(request, request_id=request_id)``, done once per request at admission."""
+    if request.request_id == request_id:
+        return request
+    values = list(_request_values(request))
+    values[_REQUEST_ID_AT] = request_id
+    return GenerationRequest(*values)
+
+
+# Model names up to this long have their context length and their reasoning pattern's
+# answer remembered, for this many names.
+_MODEL_NAME_CACHED_CHARS = 256
+_MODEL_NAMES_KEPT = 256
+
+
+@functools.lru_cache(maxsize=_MODEL_NAMES_KEPT)
+def _names_reasoning(pattern: str, model: str) -> bool:
+    """Whether ``model``'s name matches the reasoning pattern (asked once per model name)."""
+    return linear_search(pattern, model) is not None
 
 
 class _Stopwatch:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from streamapi.text.memo import per_text
+
 # A tag, opening or closing: ``<name ...>``, ``</name>``. Only names a harness uses (a
 # hyphen or an underscore in them, or a known word) are context: a user's own
 # ``<b>bold</b>`` is not. Attributes are bounded, so each ``<`` costs a bounded look.
@@ -51,16 +53,25 @@ def _is_context(name: str) -> bool:
     return "-" in lowered or "_" in lowered or lowered in _CONTEXT_NAMES
 
 
+@per_text()
 def user_words(text: str) -> str:
-    """``text`` without the harness's tagged context and announcements; "" if nothing is left."""
-    text = _without_context(text[:_MAX_SCAN_CHARS])
-    text = _ANNOUNCEMENTS.sub("", text)
+    """``text`` without the harness's tagged context and announcements; "" if nothing is left.
+
+    Each pattern is searched for only when the text holds the characters it needs (a
+    tag's "<", an announcement's ":", a field marker's "[[ ## "): most messages have none.
+    """
+    text = text[:_MAX_SCAN_CHARS]
+    if "<" in text:
+        text = _without_context(text)
+    if ":" in text:
+        text = _ANNOUNCEMENTS.sub("", text)
     # DSPy asks for its fields once, at the end: only the last such request is looked at,
     # so that a text repeating its opening words costs one bounded match.
     asked = text.rfind(_FIELDS_OPENING)
     if asked >= 0:
         text = text[:asked] + _FIELDS_ASKED.sub("", text[asked:], count=1)
-    text = _FIELD_MARKER.sub("", text)
+    if "[[ ## " in text:
+        text = _FIELD_MARKER.sub("", text)
     return "\n".join(line.rstrip() for line in text.strip().splitlines() if line.strip())
 
 

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from streamapi.text.memo import per_text
+
 # Where a prompt's JSON is looked for: enough for any real schema, bounded for safety.
 _MAX_SCAN_CHARS = 200_000
 _MAX_DECODE_ATTEMPTS = 64
@@ -79,7 +81,7 @@ def prompted_format(instructions: Sequence[str], *, json_mode: bool) -> Prompted
     shape; it counts when a text asks for JSON, or always when ``json_mode``
     (``response_format: json_object``) already asks for it.
     """
-    asked = json_mode or any(_ASKS_FOR_JSON.search(text) for text in instructions)
+    asked = json_mode or any(map(_asks_for_json, instructions))
     if not asked:
         return None
     schema: Mapping[str, Any] | None = None
@@ -239,17 +241,47 @@ BRIEF_SENTENCES = 2
 def asked_length(instructions: Sequence[str]) -> Length | None:
     """The length the instructions ask for: words first, then sentences, then brevity."""
     for text in reversed(instructions):  # the user's own words win over a system prompt's
-        if match := _WORDS_ASKED.search(text):
-            words = _count(match.group(1))
-            if 0 < words <= _MAX_WORDS:
-                return Length(words=words)
-        if match := _SENTENCES_ASKED.search(text):
-            sentences = _count(match.group(1))
-            if 0 < sentences <= _MAX_SENTENCES:
-                return Length(sentences=sentences)
-        if _BRIEF_ASKED.search(text):
-            return Length(sentences=BRIEF_SENTENCES)
+        length = _length_asked_in(text)
+        if length is not None:
+            return length
     return None
+
+
+# Words each length pattern needs: an ASCII text with none of them (most prompts) is
+# not searched. (In other texts, case-insensitive matching maps letters such as the
+# dotless i, U+0131, to ASCII ones, so those are always searched.)
+_BRIEF_WORDS = ("brief", "short", "concise", "succinct", "tl")
+
+
+def _may_hold(text: str, words: tuple[str, ...]) -> bool:
+    """False only when ``text`` is ASCII and holds none of ``words`` in any case."""
+    if not text.isascii():
+        return True
+    lowered = text.lower()
+    return any(word in lowered for word in words)
+
+
+@per_text()
+def _length_asked_in(text: str) -> Length | None:
+    """The length one text asks for (``asked_length``); a system prompt repeats, so it is
+    read once."""
+    if _may_hold(text, ("word",)) and (match := _WORDS_ASKED.search(text)):
+        words = _count(match.group(1))
+        if 0 < words <= _MAX_WORDS:
+            return Length(words=words)
+    if _may_hold(text, ("sentence",)) and (match := _SENTENCES_ASKED.search(text)):
+        sentences = _count(match.group(1))
+        if 0 < sentences <= _MAX_SENTENCES:
+            return Length(sentences=sentences)
+    if _may_hold(text, _BRIEF_WORDS) and _BRIEF_ASKED.search(text):
+        return Length(sentences=BRIEF_SENTENCES)
+    return None
+
+
+@per_text()
+def _asks_for_json(text: str) -> bool:
+    """Whether a text asks for JSON in words (``_ASKS_FOR_JSON``, which needs "json")."""
+    return _may_hold(text, ("json",)) and _ASKS_FOR_JSON.search(text) is not None
 
 
 def _count(spelled: str) -> int:

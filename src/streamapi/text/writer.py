@@ -9,11 +9,17 @@ give equal answers.
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import re
 from collections.abc import Sequence
 
+from streamapi.text.memo import per_text
+
 _WORD = re.compile(r"[^\W\d_][\w+#'-]*")
+# The same for ASCII text, where its classes are ASCII sets (faster to match).
+_ASCII_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_+#'-]*")
 _LEADING_ASKS = re.compile(
     r"^(?:(?:please|kindly|hey|hi|hello|so|ok|okay)[,!]?\s+)*"
     r"(?:(?:can|could|would|will) you\s+)?(?:please\s+)?"
@@ -43,8 +49,16 @@ _LONGEST_TERM = 24
 _FALLBACK_TERMS = ("the core idea", "practical use", "trade-offs", "quality", "clarity")
 
 
-def write_answer(question: str, rng: random.Random, *, min_chars: int) -> str:
-    """An answer of at least ``min_chars`` characters about ``question``."""
+def write_answer(
+    question: str, rng: random.Random, *, min_chars: int, max_chars: int | None = None
+) -> str:
+    """An answer of at least ``min_chars`` characters about ``question``.
+
+    With ``max_chars``, only the answer's beginning, at least ``max_chars`` long (or the
+    whole answer, if shorter): the rest is not written, and the draws it would have made
+    from ``rng`` are not made. A caller that reads no more than that (an answer capped by
+    ``max_tokens``) gets the same text for less work.
+    """
     subject = find_subject(question)
     terms = key_terms(question, subject)
     fill = _Filler(subject, terms, rng)
@@ -52,53 +66,103 @@ def write_answer(question: str, rng: random.Random, *, min_chars: int) -> str:
         fill(rng.choice(_OPENINGS)),
         fill(rng.choice(_LIST_HEADINGS)),
         "\n".join(fill(line) for line in _points(rng, len(terms))),
-        fill(rng.choice(_PRACTICE)),
     ]
+    # Parts are added in the order they are written, the closing last: each beginning
+    # returned below is the start of the whole answer.
+    enough = math.inf if max_chars is None else max_chars + 2
+    if _length(parts) >= enough:
+        return "\n\n".join(parts)
+    parts.append(fill(rng.choice(_PRACTICE)))
     extras = list(_EXTRAS)
     rng.shuffle(extras)
     closing = fill(rng.choice(_CLOSINGS))
     while extras and _length(parts) + len(closing) < min_chars:
+        if _length(parts) >= enough:
+            return "\n\n".join(parts)
         parts.append(fill(extras.pop()))
     while _length(parts) + len(closing) < min_chars:
+        if _length(parts) >= enough:
+            return "\n\n".join(parts)
         parts.append(fill(rng.choice(_EXTRAS)))
     parts.append(closing)
     return "\n\n".join(parts)
 
 
+# What find_subject cuts: the first sentence, an article, a closing verb.
+_FIRST_SENTENCE = re.compile(r"(?<=[.?!])\s|\n")
+_ARTICLE = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
+_CLOSING_VERBS = ("work", "works", "mean", "means", "matter")
+_CLOSING_VERB = re.compile(rf"\s+(?:{'|'.join(_CLOSING_VERBS)})$", re.IGNORECASE)
+
+
+@per_text()
 def find_subject(question: str) -> str:
     """The subject of a request: its first sentence without the asking words."""
-    first = re.split(r"(?<=[.?!])\s|\n", question.strip(), maxsplit=1)[0]
+    first = question.strip()
+    # A sentence ends at a newline, or at a space after ".", "?" or "!": a question with
+    # none of those is its own first sentence, and is not searched.
+    if any(mark in first for mark in ".?!\n"):
+        first = _FIRST_SENTENCE.split(first, maxsplit=1)[0]
     first = _LEADING_ASKS.sub("", first).strip(" \t.?!:;,\"'`")
-    first = re.sub(r"^(?:the|a|an)\s+", "", first, flags=re.IGNORECASE)
-    first = re.sub(r"\s+(?:work|works|mean|means|matter)$", "", first, flags=re.IGNORECASE)
+    first = _ARTICLE.sub("", first)
+    # An ASCII text that does not end with a closing verb (in any case) is not searched.
+    if not first.isascii() or first.lower().endswith(_CLOSING_VERBS):
+        first = _CLOSING_VERB.sub("", first)
     words = [word[:_LONGEST_TERM] for word in first.split()[:8]]
     return " ".join(words) if words else "this topic"
 
 
 def key_terms(question: str, subject: str, *, limit: int = 5) -> list[str]:
     """The request's most telling words: frequent, long, and not stop words."""
-    counts: dict[str, int] = {}
-    spelled: dict[str, str] = {}  # each word as first written, in order of first use
-    for found in _WORD.findall(question):
-        word = found.strip("'-")[:_LONGEST_TERM]
-        # Contractions ("what's", "don't") are grammar, not subject matter.
-        if len(word) <= 2 or "'" in word:
-            continue
-        lowered = word.lower()
-        if lowered in counts:
-            counts[lowered] += 1
-        elif lowered not in _STOPWORDS:
-            counts[lowered] = 1
-            spelled[lowered] = word
-    # Most used, then longest (up to 9 letters); a stable sort keeps first use last.
-    ranked = sorted(spelled, key=lambda w: (-counts[w], -min(len(w), 9)))
-    terms = [spelled[w] for w in ranked[:limit]]
+    terms = list(_ranked_terms(question)[:limit])
     for fallback in _FALLBACK_TERMS:
         if len(terms) >= 3:
             break
         if fallback not in terms and fallback != subject.lower():
             terms.append(fallback)
     return terms
+
+
+@per_text()
+def _ranked_terms(question: str) -> tuple[str, ...]:
+    """The words of ``question`` that are not stop words, most telling first (a text
+    read again, such as a tool's description or a repeated prompt, is ranked once)."""
+    counts: dict[str, int] = {}
+    spelled: dict[str, str] = {}  # each word as first written, in order of first use
+    lengths: dict[str, int] = {}  # its length, up to 9
+    for found in _words(question):
+        term = _term(found) if len(found) <= _LONGEST_TERM else _term.__wrapped__(found)
+        if term is None:
+            continue
+        lowered, word, stop = term
+        if lowered in counts:
+            counts[lowered] += 1
+        elif not stop:
+            counts[lowered] = 1
+            spelled[lowered] = word
+            lengths[lowered] = min(len(lowered), 9)
+    # Most used, then longest (up to 9 letters), then first used: two stable sorts, the
+    # second one's key first (reverse keeps equal keys in order).
+    ranked = sorted(spelled, key=lengths.__getitem__, reverse=True)
+    ranked.sort(key=counts.__getitem__, reverse=True)
+    return tuple([spelled[w] for w in ranked])
+
+
+@functools.lru_cache(maxsize=2048)
+def _term(found: str) -> tuple[str, str, bool] | None:
+    """A word as a term: its key (lower case), its spelling, whether it is a stop word;
+    None if it is no term. Words recur across prompts, so each is read once."""
+    word = found.strip("'-")[:_LONGEST_TERM]
+    # Contractions ("what's", "don't") are grammar, not subject matter.
+    if len(word) <= 2 or "'" in word:
+        return None
+    lowered = word.lower()
+    return lowered, word, lowered in _STOPWORDS
+
+
+def _words(text: str) -> list[str]:
+    """The words of ``text`` (``_WORD``)."""
+    return (_ASCII_WORD if text.isascii() else _WORD).findall(text)
 
 
 def _length(parts: list[str]) -> int:
@@ -310,7 +374,7 @@ def one_word(question: str) -> str:
     names = [
         word
         for sentence in re.split(r"(?<=[.?!:])\s+", question)
-        for word in _WORD.findall(sentence)[1:]  # a sentence's first word is capitalised anyway
+        for word in _words(sentence)[1:]  # a sentence's first word is capitalised anyway
         if word[:1].isupper() and len(word) > 2
     ]
     terms = key_terms(question, find_subject(question))
@@ -335,7 +399,7 @@ def proper_nouns(text: str) -> list[str]:
     """
     names: list[str] = []
     for sentence in re.split(r"(?<=[.?!:;])\s+|\n+", text):
-        words = _WORD.findall(sentence)
+        words = _words(sentence)
         run: list[str] = []
         for index, word in enumerate([*words, ""]):
             word = word.strip("'-")
