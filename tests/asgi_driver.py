@@ -122,6 +122,47 @@ def post_scope(path: str, headers: dict[str, str] | None = None) -> dict[str, An
     }
 
 
+class OpenStream:
+    """One streamed request held open: entered once its first body frame is out; on exit
+    the client leaves, and the request (the stream with it) ends.
+
+    ``app`` must be running (its lifespan entered). ``task`` is the request's task
+    while it is open, ``statuses`` the response starts' statuses.
+    """
+
+    def __init__(self, app: ASGIApp, scope: dict[str, Any], body: dict[str, Any]) -> None:
+        self.app, self.scope = app, scope
+        self._body = [{"type": "http.request", "body": json.dumps(body).encode()}]
+        self._first_frame, self._leave = asyncio.Event(), asyncio.Event()
+        self.statuses: list[int] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def _receive(self) -> Message:
+        if self._body:
+            return self._body.pop()
+        await self._leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.statuses.append(message["status"])
+        elif message.get("body"):
+            self._first_frame.set()
+
+    async def _serve(self) -> None:
+        await self.app(self.scope, self._receive, self._send)
+
+    async def __aenter__(self) -> OpenStream:
+        self.task = asyncio.create_task(self._serve())
+        await asyncio.wait_for(self._first_frame.wait(), timeout=10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._leave.set()  # the client leaves
+        assert self.task is not None
+        await asyncio.wait_for(self.task, timeout=10)
+
+
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of a Prometheus exposition, by name and labels."""
     return {

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import json
 import uuid
-from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -18,7 +15,7 @@ from streamapi import scope_keys
 from streamapi.app import create_app
 from streamapi.settings import Settings
 from streamapi.text.tokenizer import count_chat_tokens
-from tests.asgi_driver import Exchange, post_scope
+from tests.asgi_driver import Exchange, OpenStream, post_scope
 from tests.sse_helpers import chunks, content, events
 
 URL = "/v1/chat/completions"
@@ -295,30 +292,11 @@ async def test_an_open_stream_keeps_no_copy_of_its_prompt() -> None:
     app = create_app(Settings(time_to_first_token_ms=0, inter_token_latency_ms=60_000))
     marker = uuid.uuid4().hex
     prompt = {"role": "user", "content": f"{marker} " * 500 + "Explain queues"}
-    body = [
-        {"type": "http.request", "body": json.dumps(chat(messages=[prompt], stream=True)).encode()}
-    ]
+    body = chat(messages=[prompt], stream=True)
     del prompt
-    first_frame, leave = asyncio.Event(), asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        if body:
-            return body.pop()
-        await leave.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        if message.get("body"):
-            first_frame.set()
-
     async with LifespanManager(app) as manager:
-
-        async def serve() -> None:
-            await manager.app(post_scope(URL), receive, send)
-
-        request = asyncio.create_task(serve())
-        await asyncio.wait_for(first_frame.wait(), timeout=10)
-        held = _strings_holding(marker)
-        leave.set()
-        await asyncio.wait_for(request, timeout=10)
+        stream = OpenStream(manager.app, post_scope(URL), body)
+        del body
+        async with stream:
+            held = _strings_holding(marker)
     assert held == 0

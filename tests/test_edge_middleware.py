@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,7 +27,7 @@ from streamapi import scope_keys
 from streamapi.app import create_app
 from streamapi.middleware import EdgeMiddleware
 from streamapi.settings import Settings
-from tests.asgi_driver import post_scope
+from tests.asgi_driver import OpenStream, post_scope
 
 CHAT = {"model": "sim", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 APP_ORIGIN = "https://app.example"
@@ -252,38 +252,17 @@ async def test_an_open_stream_is_served_from_the_middleware_past_the_routes_laye
         admin_key="admin",
     )
     app = create_app(settings)
-    first_frame, leave = asyncio.Event(), asyncio.Event()
-    body = [{"type": "http.request", "body": json.dumps({**CHAT, "stream": True}).encode()}]
-    statuses: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        if body:
-            return body.pop()
-        await leave.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-        elif message.get("body"):
-            first_frame.set()
-
     async with LifespanManager(app) as manager:
         scope = post_scope("/v1/chat/completions")
-
-        async def serve_one() -> None:
-            await manager.app(scope, receive, send)
-
-        request = asyncio.create_task(serve_one())
-        await asyncio.wait_for(first_frame.wait(), timeout=10)
-        chain = _await_chain(request)
-        leave.set()  # the client leaves: the stream ends, and its request with it
-        await asyncio.wait_for(request, timeout=10)
+        async with OpenStream(manager.app, scope, {**CHAT, "stream": True}) as stream:
+            assert stream.task is not None
+            chain = _await_chain(stream.task)
+        # The client has left: the stream has ended, and its request with it.
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             entries = await http.get("/admin/journal", headers={"Authorization": "Bearer admin"})
             metrics = (await http.get("/metrics")).text
-    assert statuses == [200]
+    assert stream.statuses == [200]
     # Served from the middleware, the stream still ends what its request holds: its
     # journal entry (closed when the stream is), its admission and in-flight count.
     [entry] = entries.json()["entries"]
