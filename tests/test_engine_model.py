@@ -418,6 +418,32 @@ async def test_tokens_ready_together_share_a_write_and_paced_ones_do_not(
     assert texts[0] == texts[1]
 
 
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
+async def test_a_paced_stream_ends_in_the_write_of_its_last_token(serve: Serve, route: str) -> None:
+    # The last token's event, the finish chunk, the usage chunk and [DONE] are ready
+    # together: one write, not three.
+    body: dict[str, Any] = {
+        "max_tokens": 5,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if route == "/v1/completions":
+        body["prompt"] = QUESTION
+    else:
+        body["messages"] = [{"role": "user", "content": QUESTION}]
+    server = await serve(Settings(time_to_first_token_ms=0, inter_token_latency_ms=1))
+    exchange = server.exchange(body)
+    exchange.path = route
+    (done,) = await server.all(exchange)
+    assert done.writes == 5
+    chunks = done.chunks()
+    assert [_text(c) != "" for c in chunks].count(True) == 5
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 5
+    assert done.frames[-1].payload == "[DONE]"
+
+
 def _text(chunk: dict[str, Any]) -> str:
     return "".join(
         (c.get("delta") or {}).get("content") or c.get("text") or "" for c in chunk["choices"]

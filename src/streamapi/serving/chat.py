@@ -128,6 +128,9 @@ class ChatService:
     async def stream(self, chat: ChatJob, admission: Admission) -> AsyncIterator[bytes]:
         """SSE frames of a streamed chat completion, ending with ``[DONE]``."""
         writer = _ChunkWriter(chat, self._tokens_per_event)
+        # The frames that end the stream: every choice's finish chunk, the usage chunk,
+        # an error, and [DONE] are ready together, so they go out in one write.
+        tail = b""
         try:
             async for batch in self._generation.batches(admission):
                 # Deltas that were ready together go out in one write.
@@ -136,16 +139,21 @@ class ChatService:
                 else:
                     frames = [frame for index, delta in batch for frame in writer.add(index, delta)]
                 if frames:
-                    yield frames[0] if len(frames) == 1 else b"".join(frames)
+                    frame = frames[0] if len(frames) == 1 else b"".join(frames)
+                    if writer.finished:
+                        # The engine's stream ends with this batch.
+                        tail += frame
+                    else:
+                        yield frame
+                    del frame
                 # Not kept while the next batch is awaited: an open stream holds no
                 # delta or frame of its own.
                 del batch, frames
             if chat.include_usage:
-                yield writer.usage_chunk()
+                tail += writer.usage_chunk()
         except Exception as exc:
-            for frame in self._generation.stream_error(exc, chat.job.id, render_error):
-                yield frame
-        yield sse.DONE
+            tail += b"".join(self._generation.stream_error(exc, chat.job.id, render_error))
+        yield tail + sse.DONE
 
     async def complete(self, chat: ChatJob, admission: Admission) -> dict[str, Any]:
         """The whole completion at once (``stream`` false), as a ``chat.completion`` body."""
@@ -203,7 +211,15 @@ class _Choice:
 class _ChunkWriter:
     """Encodes the chunks of one completion, grouping tokens into events."""
 
-    __slots__ = ("_chat", "_choices", "_custom_calls", "_per_event", "_templated", "_usage")
+    __slots__ = (
+        "_chat",
+        "_choices",
+        "_custom_calls",
+        "_open",
+        "_per_event",
+        "_templated",
+        "_usage",
+    )
 
     def __init__(self, chat: ChatJob, tokens_per_event: int) -> None:
         job = chat.job
@@ -212,6 +228,7 @@ class _ChunkWriter:
         # (choice, call) of custom tools; made for the first, as most streams call none.
         self._custom_calls: set[tuple[int, int]] | None = None
         self._choices = tuple(_Choice() for _ in range(job.choice_count))
+        self._open = job.choice_count  # choices whose finish chunk is still to come
         # Counted only for the usage a stream sends (include_usage).
         self._usage = Usage.of(job) if chat.include_usage else None
         # Plain content chunks (the load-test case) are spliced into a frame
@@ -270,7 +287,13 @@ class _ChunkWriter:
             if choice.deltas:
                 frames.append(self._flush(index, choice))
             frames.append(self._chunk(index, {}, finish_reason=delta.finish_reason))
+            self._open -= 1
         return frames
+
+    @property
+    def finished(self) -> bool:
+        """Whether every choice has had its finish chunk."""
+        return self._open <= 0
 
     def usage_chunk(self) -> bytes:
         assert self._usage is not None  # counted when include_usage

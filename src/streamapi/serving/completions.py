@@ -104,6 +104,10 @@ class CompletionService:
         usage = Usage.of(job)
         offsets = [0] * job.choice_count
         pending: dict[int, list[TokenDelta]] = {}
+        # The frames that end the stream: every choice's finish chunk, the usage chunk,
+        # an error, and [DONE] are ready together, so they go out in one write.
+        tail = b""
+        unfinished = job.choice_count
         try:
             for index, echo in enumerate(completion.echoes):
                 text = "".join(d.text for d in echo)
@@ -126,14 +130,18 @@ class CompletionService:
                         group.clear()
                     if (finish := delta.finish_reason) is not None:
                         frames.append(self._chunk(job, index, "", finish_reason=finish))
+                        unfinished -= 1
                 if frames:
-                    yield b"".join(frames)
+                    if unfinished <= 0:
+                        # The engine's stream ends with this batch.
+                        tail += b"".join(frames)
+                    else:
+                        yield b"".join(frames)
             if completion.include_usage:
-                yield sse.encode_data(_body(job, [], usage_dict(usage)))
+                tail += sse.encode_data(_body(job, [], usage_dict(usage)))
         except Exception as exc:
-            for frame in self._generation.stream_error(exc, job.id, render_error):
-                yield frame
-        yield sse.DONE
+            tail += b"".join(self._generation.stream_error(exc, job.id, render_error))
+        yield tail + sse.DONE
 
     async def complete(self, completion: CompletionJob, admission: Admission) -> dict[str, Any]:
         """The whole completion (``stream`` false)."""
