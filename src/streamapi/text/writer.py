@@ -206,7 +206,11 @@ _LIST_HEADINGS = (
     "The essentials:",
     "What to keep in mind:",
 )
-_POINTS = (
+# A list, not a tuple: ``Random.sample`` checks that its population is a Sequence, and
+# CPython caches that answer for list (registered with MutableSequence) but not for
+# tuple (registered with Sequence itself), which costs a Python-level
+# ``ABCMeta.__subclasscheck__`` call per sample. The samples drawn are the same.
+_POINTS = [
     "**{t}**: define it precisely before relying on it; most confusion comes from vague "
     "assumptions here.",
     "**{t}**: measure it instead of guessing, and keep the measurements next to the design "
@@ -217,7 +221,7 @@ _POINTS = (
     "shows a need.",
     "**{t}**: document the reasoning behind it, not only the outcome, so others can build on it.",
     "**{t}**: plan for failure cases early; they are cheaper to handle by design than by repair.",
-)
+]
 _PRACTICE = (
     "In practice, the most reliable way to work with {subject} is iterative. Begin with a "
     "small, concrete example that exercises {t0}, verify that it behaves as expected, and "
