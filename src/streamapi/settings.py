@@ -61,6 +61,10 @@ LATENCY_PROFILES: Final[dict[LatencyProfile, LatencyPreset]] = {
 DEFAULT_MAX_MODEL_LEN: Final = 131_072
 CLAUDE_MAX_MODEL_LEN: Final = 200_000
 _CLAUDE_MODEL = re.compile(r"claude", re.IGNORECASE)
+# Model names up to this long have what is derived from them (their context length,
+# whether they reason) remembered, for this many names.
+MODEL_NAME_CACHED_CHARS: Final = 256
+MODEL_NAMES_KEPT: Final = 256
 
 
 class Settings(BaseSettings):
@@ -612,6 +616,7 @@ class Settings(BaseSettings):
     _routes: RoutesTable = PrivateAttr(default_factory=RoutesTable)
     _keys: KeyRing = PrivateAttr(default_factory=KeyRing)
     _recordings: list[Exchange] = PrivateAttr(default_factory=list)
+    _model_lens: dict[str, int | None] = PrivateAttr(default_factory=dict)
 
     @field_validator("replay_match")
     @classmethod
@@ -694,7 +699,31 @@ class Settings(BaseSettings):
         return names + [name for name in self._routes.models if name not in names]
 
     def max_model_len_of(self, model: str) -> int | None:
-        """The context length checked for ``model``: None lets its upstream check."""
+        """The context length checked for ``model``: None lets its upstream check.
+
+        Asked once per request, and remembered per model name (up to
+        ``MODEL_NAMES_KEPT`` names of up to ``MODEL_NAME_CACHED_CHARS`` characters,
+        as clients may send names of their own): reading it costs Pydantic attribute
+        lookups and a pattern search, and the settings do not change once the app is
+        made.
+        """
+        if len(model) > MODEL_NAME_CACHED_CHARS:
+            return self._max_model_len_of(model)
+        # Pydantic's dict of private attributes: ``self._model_lens`` goes through
+        # ``BaseModel.__getattr__``.
+        private = self.__pydantic_private__
+        assert private is not None
+        lens: dict[str, int | None] = private["_model_lens"]
+        try:
+            return lens[model]
+        except KeyError:
+            limit = self._max_model_len_of(model)
+            if len(lens) >= MODEL_NAMES_KEPT:
+                lens.clear()  # clients' own model names: bounded
+            lens[model] = limit
+            return limit
+
+    def _max_model_len_of(self, model: str) -> int | None:
         route = self._routes.models.get(model)
         if route is not None and route.max_model_len is not None:
             return route.max_model_len

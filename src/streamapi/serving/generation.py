@@ -24,7 +24,7 @@ from streamapi.lifecycle import DRAIN_EXPIRED, Lifecycle
 from streamapi.linear_regex import search as linear_search
 from streamapi.metrics import Metrics
 from streamapi.serving.stream_errors import render_stream_error
-from streamapi.settings import Settings
+from streamapi.settings import MODEL_NAME_CACHED_CHARS, MODEL_NAMES_KEPT, Settings
 from streamapi.text.tokenizer import count_chat_tokens, count_prompt_tokens
 
 T = TypeVar("T")
@@ -133,22 +133,6 @@ class Generation:
         self._lifecycle = lifecycle
         self._metrics = metrics
         self._model_names = frozenset(settings.model_names)
-        self._model_lens: dict[str, int | None] = {}
-
-    def _max_model_len(self, model: str) -> int | None:
-        """``settings.max_model_len_of(model)``, kept per model name (the settings do not
-        change; reading them costs Pydantic attribute lookups and a pattern search)."""
-        if len(model) > _MODEL_NAME_CACHED_CHARS:
-            return self.settings.max_model_len_of(model)
-        limits = self._model_lens
-        try:
-            return limits[model]
-        except KeyError:
-            limit = self.settings.max_model_len_of(model)
-            if len(limits) >= _MODEL_NAMES_KEPT:
-                limits.clear()  # clients' own model names: bounded
-            limits[model] = limit
-            return limit
 
     def resolve_model(self, requested: str | None) -> str:
         """The model name a request is served under, or ``ModelNotFoundError``."""
@@ -166,7 +150,7 @@ class Generation:
         if self.settings.reasoning:
             return True
         pattern = self.settings.reasoning_model_pattern
-        if len(model) > _MODEL_NAME_CACHED_CHARS:  # a client's name: not kept
+        if len(model) > MODEL_NAME_CACHED_CHARS:  # a client's name: not kept
             return linear_search(pattern, model) is not None
         return _names_reasoning(pattern, model)
 
@@ -224,7 +208,7 @@ class Generation:
             max_tokens = template.max_tokens
             # None for an upstream model whose context length the routes file does
             # not give: the upstream checks it with its own tokenizer.
-            limit = self._max_model_len(template.model)
+            limit = self.settings.max_model_len_of(template.model)
             capped = max_tokens
             if limit is not None:
                 if count + (max_tokens or 0) > limit or count >= limit:
@@ -382,13 +366,7 @@ def _with_request_id(request: GenerationRequest, request_id: str | None) -> Gene
     return GenerationRequest(*values)
 
 
-# Model names up to this long have their context length and their reasoning pattern's
-# answer remembered, for this many names.
-_MODEL_NAME_CACHED_CHARS = 256
-_MODEL_NAMES_KEPT = 256
-
-
-@functools.lru_cache(maxsize=_MODEL_NAMES_KEPT)
+@functools.lru_cache(maxsize=MODEL_NAMES_KEPT)
 def _names_reasoning(pattern: str, model: str) -> bool:
     """Whether ``model``'s name matches the reasoning pattern (asked once per model name)."""
     return linear_search(pattern, model) is not None
