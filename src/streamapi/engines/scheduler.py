@@ -200,7 +200,10 @@ class ScheduledSequence:
                 break
             if self.state is SequenceState.FINISHED:
                 raise StopAsyncIteration
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            # The step loop's own event loop: ``asyncio.get_running_loop()`` costs a
+            # getpid() system call on Python 3.11, once a token.
+            loop = self._scheduler.loop or asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
             try:
                 await waiter
             finally:
@@ -281,6 +284,8 @@ class Scheduler:
         self._kv_reserved = 0
         self._prefix = PrefixCache(model.kv_cache_tokens) if model.enable_prefix_caching else None
         self._task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the step loop runs on (its sequences' futures are made there)."""
         self._wakeup: asyncio.Future[None] | None = None
         self._in_step = False
         self._closed = False
@@ -311,7 +316,7 @@ class Scheduler:
         if self._closed:
             raise ServiceUnavailableError("The engine has stopped.", code="engine_stopped")
         if self._task is None or self._task.done():
-            loop = asyncio.get_running_loop()
+            loop = self.loop = asyncio.get_running_loop()
             self._task = loop.create_task(self._run(), name="streamapi-scheduler")
 
     def check_capacity(self) -> None:
@@ -328,7 +333,8 @@ class Scheduler:
         """Queue ``sequence`` for admission, or raise ``RateLimitError`` if the queue is full."""
         self.start()
         self.check_capacity()
-        sequence.enqueued_at = asyncio.get_running_loop().time()
+        assert self.loop is not None  # start() set it
+        sequence.enqueued_at = self.loop.time()
         self._waiting.append(sequence)
         self._wake_loop()
 
