@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -264,7 +264,7 @@ class ResponseService:
         others = [m for m in messages if m.role != "user"]
         output: list[dict[str, Any]] = [
             {
-                "id": f"msg_{uuid.uuid4().hex}",
+                "id": f"msg_{secrets.token_hex(16)}",
                 "type": "message",
                 "status": "completed",
                 "role": "user",
@@ -274,7 +274,7 @@ class ResponseService:
         ]
         output.append(
             {
-                "id": f"cmp_{uuid.uuid4().hex}",
+                "id": f"cmp_{secrets.token_hex(16)}",
                 "type": "compaction",
                 "encrypted_content": compaction.encode(others),
             }
@@ -282,7 +282,7 @@ class ResponseService:
         prompt = count_chat_tokens(m.content for m in messages)
         window = count_chat_tokens(m.content for m in others)
         return {
-            "id": f"resp_{uuid.uuid4().hex}",
+            "id": f"resp_{secrets.token_hex(16)}",
             "object": "response.compaction",
             "created_at": int(time.time()),
             "model": model,
@@ -615,7 +615,7 @@ class _Builder:
 
     def _open(self, kind: str, delta: TokenDelta) -> list[bytes]:
         index = len(self.output)
-        item = _Item(index, kind, f"{_ID_PREFIXES[kind]}{uuid.uuid4().hex}")
+        item = _Item(index, kind, f"{_ID_PREFIXES[kind]}{secrets.token_hex(16)}")
         if delta.tool_call is not None:
             item.call_id, item.name = delta.tool_call.id, delta.tool_call.name
             item.namespace = self._response.tools.namespaces.get(item.name)
