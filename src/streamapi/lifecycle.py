@@ -37,14 +37,16 @@ class Lifecycle:
     def request_finished(self) -> None:
         self.in_flight -= 1
 
-    def interruptible(self) -> Interruptible:
+    def interruptible(self, loop: asyncio.AbstractEventLoop | None = None) -> Interruptible:
         """Within this block the current task is cancelled when the grace period ends.
 
         That cancellation raises ``asyncio.CancelledError`` with ``DRAIN_EXPIRED``
         as its message, wherever the task waits: a stream asleep before its first
-        token ends at the deadline, not at its next token.
+        token ends at the deadline, not at its next token. ``loop`` is the running
+        loop, when the caller has it at hand (asking for it again costs a getpid()
+        system call on Python 3.11).
         """
-        return Interruptible(self._interruptible)
+        return Interruptible(self._interruptible, asyncio.current_task(loop))
 
     def begin_drain(self, grace_period_s: float) -> None:
         """Start draining; safe to call from a signal handler."""
@@ -84,15 +86,13 @@ class Interruptible:
 
     __slots__ = ("_task", "_tasks")
 
-    def __init__(self, tasks: set[asyncio.Task[object]]) -> None:
+    def __init__(self, tasks: set[asyncio.Task[object]], task: asyncio.Task[object] | None) -> None:
         self._tasks = tasks
-        self._task: asyncio.Task[object] | None = None
+        self._task = task
 
     def __enter__(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-            self._task = task
+        if self._task is not None:
+            self._tasks.add(self._task)
 
     def __exit__(
         self,

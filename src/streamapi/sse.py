@@ -240,9 +240,12 @@ class EventStreamResponse(Response):
         the request's, and no watcher task. Cancelling the request's task cancels
         the stream's.
         """
-        this = asyncio.current_task()
+        # Asked once and passed on: on Python 3.11 each asyncio.get_running_loop() and
+        # current_task() without a loop costs a getpid() system call.
+        loop = asyncio.get_running_loop()
+        this = asyncio.current_task(loop)
         assert this is not None
-        stream = asyncio.get_running_loop().create_task(self._stream(send))
+        stream = loop.create_task(self._stream(send, loop))
         watch = _DisconnectWatch(this)
         stream.add_done_callback(watch.stream_ended)
         try:
@@ -277,18 +280,17 @@ class EventStreamResponse(Response):
             return
         await self._end(None)
 
-    async def _stream(self, send: Send) -> None:
+    async def _stream(self, send: Send, loop: asyncio.AbstractEventLoop) -> None:
         """The frames, sent from the task that runs this.
 
         Per response: this task, and a pinger only when pings are on; no task,
         timer or wrapper per frame (the watchdog checks flags this loop sets).
         Shutdown is ``Lifecycle``'s drain, not a signal listener.
         """
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)
         assert task is not None
-        loop = asyncio.get_running_loop()
         pinger: asyncio.Task[None] | None = None
-        watchdog = _SendWatchdog(task, self._send_timeout_s)
+        watchdog = _SendWatchdog(task, self._send_timeout_s, loop)
         frames = self._frames
         try:
             self._active = True
@@ -425,7 +427,9 @@ class _SendWatchdog:
 
     __slots__ = ("_seen", "_stalled", "_task", "_timer", "sending", "sent")
 
-    def __init__(self, task: asyncio.Task[Any], timeout_s: float | None) -> None:
+    def __init__(
+        self, task: asyncio.Task[Any], timeout_s: float | None, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.sending = False
         self.sent = 0
         self._task = task
@@ -433,7 +437,7 @@ class _SendWatchdog:
         self._stalled = 0
         self._timer: _WatchdogTimer | None = None
         if timeout_s is not None:
-            self._timer = _WatchdogTimer.of(timeout_s)
+            self._timer = _WatchdogTimer.of(loop, timeout_s)
             self._timer.watch(self)
 
     def check(self) -> None:
@@ -469,9 +473,8 @@ class _WatchdogTimer:
         self._handle: asyncio.TimerHandle | None = None
 
     @classmethod
-    def of(cls, timeout_s: float) -> _WatchdogTimer:
-        """The running loop's timer for ``timeout_s``."""
-        loop = asyncio.get_running_loop()
+    def of(cls, loop: asyncio.AbstractEventLoop, timeout_s: float) -> _WatchdogTimer:
+        """``loop``'s timer for ``timeout_s``."""
         timers = _WATCHDOG_TIMERS.setdefault(loop, {})
         timer = timers.get(timeout_s)
         if timer is None:

@@ -289,13 +289,15 @@ class Generation:
         ``ServiceUnavailableError`` (code ``server_shutting_down``).
         """
         streams = admission.streams
-        clock = _Stopwatch(admission.arrived_at, self._metrics, len(streams))
+        # Asked once: each asyncio.get_running_loop() costs a getpid() on Python 3.11.
+        loop = asyncio.get_running_loop()
+        clock = _Stopwatch(admission.arrived_at, self._metrics, len(streams), loop)
         # One choice (the usual case) is read directly: each layer of async
         # generators costs every token a resumption.
         source = streams[0] if len(streams) == 1 else None
         merged = _merge(streams) if source is None else None
         try:
-            with self._lifecycle.interruptible():
+            with self._lifecycle.interruptible(loop):
                 if source is not None:
                     take_ready: Callable[[], list[TokenDelta]] | None = getattr(
                         source, "take_ready", None
@@ -379,10 +381,16 @@ class _Stopwatch:
 
     __slots__ = ("_arrived_at", "_last", "_loop", "_metrics")
 
-    def __init__(self, arrived_at: float, metrics: Metrics | None, choices: int) -> None:
+    def __init__(
+        self,
+        arrived_at: float,
+        metrics: Metrics | None,
+        choices: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self._arrived_at = arrived_at
         self._metrics = metrics
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop
         # Each choice's last token time (None before its first), in a list: an open
         # stream holds this, and a dict costs four times the bytes.
         self._last: list[float | None] = [None] * choices
