@@ -296,9 +296,20 @@ class EventStreamResponse(Response):
             self._active = True
             if self._ping_interval_s > 0:
                 pinger = loop.create_task(self._pings(send))
+            # A frame that ends with [DONE] ends an OpenAI stream: it is held while its
+            # generator finishes, then goes out with the body's end, in one write
+            # rather than two (a frame after it, which no protocol sends, would send
+            # it first).
+            last = b""
             # Waiting for a frame (a long first token, a slow upstream) is not a
             # stalled send: only time inside send counts.
             async for frame in frames:
+                if last:
+                    frame, last = last + frame, b""
+                if frame.endswith(DONE):
+                    last = frame
+                    del frame
+                    continue
                 watchdog.sending = True
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
                 watchdog.sending = False
@@ -310,7 +321,7 @@ class EventStreamResponse(Response):
             self._active = False
             self._ended = True
             watchdog.sending = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
         except asyncio.CancelledError as cancel:
             self._ended = True
             if cancel.args == (_SEND_TIMED_OUT,):
