@@ -169,16 +169,23 @@ class EventStreamResponse(Response):
         # disconnect then is the server's answer to a complete response.
         self._ended = False
         self._head_only = False
+        # The event loop the start was sent on, for the body's tasks.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._on_start is not None:
             self._on_start()
         self._head_only = scope["method"] == "HEAD"
         start = {"type": "http.response.start", "status": self.status_code}
+        # Asked once and passed on: on Python 3.11 each asyncio.get_running_loop() and
+        # current_task() without a loop costs a getpid() system call.
+        loop = asyncio.get_running_loop()
         try:
             # Through every layer of middleware, now: they act on a response's start
-            # (its status, the headers they add), never on its body.
-            await self._send_within_timeout(send, {**start, "headers": self.raw_headers})
+            # (its status, the headers they add), never on its body. Timed by a
+            # watchdog as the body's frames are (an asyncio.timeout costs a timer
+            # and three more getpid() calls).
+            await self._send_watched(send, {**start, "headers": self.raw_headers}, loop)
         except BaseException as error:
             await self._end(error)
             return
@@ -192,7 +199,9 @@ class EventStreamResponse(Response):
             # returned: their frames (and the request, the parsed body, the route's
             # locals) would otherwise stay alive, each of them, for the stream's life.
             later.serve = body
+            self._loop = loop
             return
+        self._loop = loop
         await body(receive, send)
 
     async def _head_body(self, receive: Receive, send: Send) -> None:
@@ -240,9 +249,7 @@ class EventStreamResponse(Response):
         the request's, and no watcher task. Cancelling the request's task cancels
         the stream's.
         """
-        # Asked once and passed on: on Python 3.11 each asyncio.get_running_loop() and
-        # current_task() without a loop costs a getpid() system call.
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         this = asyncio.current_task(loop)
         assert this is not None
         stream = loop.create_task(self._stream(send, loop))
@@ -359,6 +366,27 @@ class EventStreamResponse(Response):
                 )
             except _SendTimedOut:
                 return  # the stream's own next send times out and drops the client
+
+    async def _send_watched(
+        self, send: Send, message: Message, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """``send`` from the current task, or ``_SendTimedOut`` once it has waited
+        ``send_timeout_s`` (as ``_SendWatchdog`` times the body's frames)."""
+        task = asyncio.current_task(loop)
+        if task is None or self._send_timeout_s is None:
+            await self._send_within_timeout(send, message)
+            return
+        watchdog = _SendWatchdog(task, self._send_timeout_s, loop)
+        watchdog.sending = True
+        try:
+            await send(message)
+        except asyncio.CancelledError as cancel:
+            if cancel.args != (_SEND_TIMED_OUT,):
+                raise
+            task.uncancel()
+            raise _SendTimedOut() from None
+        finally:
+            watchdog.stop()
 
     async def _send_within_timeout(self, send: Send, message: Message) -> None:
         """``send``, or ``_SendTimedOut`` once it has waited ``send_timeout_s``.
