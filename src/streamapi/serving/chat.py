@@ -139,13 +139,10 @@ class ChatService:
                 else:
                     frames = [frame for index, delta in batch for frame in writer.add(index, delta)]
                 if frames:
-                    frame = frames[0] if len(frames) == 1 else b"".join(frames)
-                    if writer.finished:
-                        # The engine's stream ends with this batch.
-                        tail += frame
+                    if writer.unfinished:
+                        yield frames[0] if len(frames) == 1 else b"".join(frames)
                     else:
-                        yield frame
-                    del frame
+                        tail += b"".join(frames)  # the engine's stream ends with this batch
                 # Not kept while the next batch is awaited: an open stream holds no
                 # delta or frame of its own.
                 del batch, frames
@@ -215,10 +212,10 @@ class _ChunkWriter:
         "_chat",
         "_choices",
         "_custom_calls",
-        "_open",
         "_per_event",
         "_templated",
         "_usage",
+        "unfinished",
     )
 
     def __init__(self, chat: ChatJob, tokens_per_event: int) -> None:
@@ -228,7 +225,8 @@ class _ChunkWriter:
         # (choice, call) of custom tools; made for the first, as most streams call none.
         self._custom_calls: set[tuple[int, int]] | None = None
         self._choices = tuple(_Choice() for _ in range(job.choice_count))
-        self._open = job.choice_count  # choices whose finish chunk is still to come
+        self.unfinished = job.choice_count
+        """Choices whose finish chunk is still to come."""
         # Counted only for the usage a stream sends (include_usage).
         self._usage = Usage.of(job) if chat.include_usage else None
         # Plain content chunks (the load-test case) are spliced into a frame
@@ -287,13 +285,8 @@ class _ChunkWriter:
             if choice.deltas:
                 frames.append(self._flush(index, choice))
             frames.append(self._chunk(index, {}, finish_reason=delta.finish_reason))
-            self._open -= 1
+            self.unfinished -= 1
         return frames
-
-    @property
-    def finished(self) -> bool:
-        """Whether every choice has had its finish chunk."""
-        return self._open <= 0
 
     def usage_chunk(self) -> bytes:
         assert self._usage is not None  # counted when include_usage
