@@ -32,6 +32,7 @@ It imports only `streamapi.app`'s `create_app` and `streamapi.settings`' `Settin
     python bench/idle_memory.py
     python bench/idle_memory.py --modules 25 --sites 6
     python bench/idle_memory.py --src /tmp/main/src --json before.json
+    python bench/idle_memory.py --serve              # and a real `streamapi serve`'s RSS
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import time
 import tracemalloc
 from collections import defaultdict
 from collections.abc import Callable
@@ -88,10 +90,10 @@ _GENERIC = ("<frozen", "<string>", _STDLIB)
 _FIELDS = ("VmRSS", "RssAnon", "RssFile")
 
 
-def status_kib() -> tuple[int, int, int]:
-    """RSS, and its anonymous and file-backed parts (KiB), from ``/proc/self/status``."""
+def status_kib(pid: int | str = "self") -> tuple[int, int, int]:
+    """RSS, and its anonymous and file-backed parts (KiB), from ``/proc/PID/status``."""
     found: dict[str, int] = {}
-    with open("/proc/self/status", encoding="ascii") as status:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
         for line in status:
             name = line.split(":", 1)[0]
             if name in _FIELDS:
@@ -322,6 +324,32 @@ def _run(src: str | None, trace: bool, sites: int, pycache: str | None) -> dict[
     return result
 
 
+def serve_idle(src: str | None, pycache: str | None) -> list[tuple[str, tuple[int, int, int]]]:
+    """A real `streamapi serve` (default settings, unpaced): its RSS once started, then
+    once every generation route has answered (streamed) and embeddings once."""
+    import httpx
+    from launch import start_streamapi, stop
+
+    env = {"PYTHONDONTWRITEBYTECODE": ""} if pycache is not None else {}
+    if pycache is not None:
+        env["PYTHONPYCACHEPREFIX"] = pycache
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (src, os.environ.get("PYTHONPATH"))))
+    options = ("--time-to-first-token-ms", "0", "--inter-token-latency-ms", "0")
+    process, base = start_streamapi((*options, "--log-level", "warning"), env=env)
+    try:
+        readings = [("started", status_kib(process.pid))]
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for _, path, body in REQUESTS:
+                client.post(path, json={**body, "stream": True}).raise_for_status()
+            client.post("/v1/embeddings", json={"input": PROMPT}).raise_for_status()
+        time.sleep(0.2)  # the requests' tasks, done
+        readings.append(("every route served once", status_kib(process.pid)))
+    finally:
+        stop(process)
+    return readings
+
+
 def _mib(kib: float) -> str:
     return f"{kib / 1024:7.2f}"
 
@@ -393,6 +421,9 @@ def main() -> None:
         help="compile every module at import (no bytecode cache, as PYTHONDONTWRITEBYTECODE "
         "without .pyc files) instead of loading the bytecode a pip install writes",
     )
+    parser.add_argument(
+        "--serve", action="store_true", help="also read a real `streamapi serve`'s RSS"
+    )
     parser.add_argument("--json", type=Path, help="write every run's rows here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-trace", action="store_true", help=argparse.SUPPRESS)
@@ -422,6 +453,10 @@ def main() -> None:
                 row[field] = sorted(r[field] for r in same)[len(same) // 2]
     traced = _run(src, True, args.sites, pycache)
     report(rss, traced, args.modules)
+    if args.serve:
+        print("\nstreamapi serve (a process of its own; uvicorn's loop and protocol too):")
+        for label, (rss_kib, anon_kib, file_kib) in serve_idle(src, pycache):
+            print(f"  {label:31} {_mib(rss_kib)}  {_mib(anon_kib)} {_mib(file_kib)}")
     if args.json:
         args.json.write_text(json.dumps({"rss": runs, "traced": traced}, indent=1))
 
