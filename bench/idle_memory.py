@@ -422,7 +422,9 @@ def main() -> None:
         "without .pyc files) instead of loading the bytecode a pip install writes",
     )
     parser.add_argument(
-        "--serve", action="store_true", help="also read a real `streamapi serve`'s RSS"
+        "--serve",
+        action="store_true",
+        help="also read a real `streamapi serve`'s RSS (--runs times)",
     )
     parser.add_argument("--json", type=Path, help="write every run's rows here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -454,9 +456,11 @@ def main() -> None:
     traced = _run(src, True, args.sites, pycache)
     report(rss, traced, args.modules)
     if args.serve:
-        print("\nstreamapi serve (a process of its own; uvicorn's loop and protocol too):")
-        for label, (rss_kib, anon_kib, file_kib) in serve_idle(src, pycache):
-            print(f"  {label:31} {_mib(rss_kib)}  {_mib(anon_kib)} {_mib(file_kib)}")
+        served = [serve_idle(src, pycache) for _ in range(max(args.runs, 1))]
+        print(f"\nstreamapi serve, the median of {len(served)} (its own process: uvicorn's too):")
+        for index, (label, _) in enumerate(served[0]):
+            medians = [sorted(r[index][1][k] for r in served)[len(served) // 2] for k in range(3)]
+            print(f"  {label:31} {'  '.join(_mib(kib) for kib in medians)}")
     if args.json:
         args.json.write_text(json.dumps({"rss": runs, "traced": traced}, indent=1))
 
