@@ -33,6 +33,7 @@ It imports only `streamapi.app`'s `create_app` and `streamapi.settings`' `Settin
     python bench/idle_memory.py --modules 25 --sites 6
     python bench/idle_memory.py --src /tmp/main/src --json before.json
     python bench/idle_memory.py --serve              # and a real `streamapi serve`'s RSS
+    python bench/idle_memory.py --kinds              # code objects, pydantic, other objects
 """
 
 from __future__ import annotations
@@ -298,6 +299,50 @@ def child(trace: bool, sites: int) -> None:
     print(json.dumps(rows))
 
 
+# Packages that build what others ask for: their allocations go to the asker.
+_BUILDERS = frozenset({"pydantic", "pydantic_core", "typing_inspection", "typing_extensions"})
+
+
+def _package(filename: str) -> str | None:
+    if "/site-packages/" in filename:
+        path = filename.split("/site-packages/", 1)[1]
+        return "pydantic.v1" if path.startswith("pydantic/v1/") else path.split("/")[0]
+    if "/streamapi/" in filename and not filename.startswith(_STDLIB):
+        return "streamapi"
+    return None
+
+
+def kinds_child() -> None:
+    """What `import streamapi.app` and `create_app` leave traced, by asker and kind: code
+    objects (charged to the importing package), what pydantic built (models, adapters:
+    charged to the package that asked), and other objects (classes, functions, tables)."""
+    import fastapi  # noqa: F401
+    import uvicorn  # noqa: F401
+
+    tracemalloc.start(100)
+    before = tracemalloc.take_snapshot()
+    from streamapi.app import create_app
+    from streamapi.settings import Settings
+
+    app = create_app(Settings())
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    kinds: dict[str, float] = defaultdict(float)
+    for stat in after.compare_to(before, "traceback"):
+        frames = list(stat.traceback)[::-1]  # the innermost first
+        packages = [p for p in map(_package, (f.filename for f in frames)) if p]
+        if frames[0].filename.startswith("<frozen importlib._bootstrap_external"):
+            asker, kind = (packages[:1] or ["stdlib"])[0], "code objects"
+        elif packages and packages[0] in _BUILDERS:
+            asker = next((p for p in packages if p not in _BUILDERS), packages[0])
+            kind = "pydantic's models and adapters"
+        else:
+            asker, kind = (packages[:1] or ["stdlib"])[0], "objects"
+        kinds[f"{asker}: {kind}"] += stat.size_diff / 1024
+    del app
+    print(json.dumps(kinds))
+
+
 def _run(src: str | None, trace: bool, sites: int, pycache: str | None) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMAPI_")}
     # The engine unpaced (the requests end at once); every other setting its default.
@@ -309,7 +354,7 @@ def _run(src: str | None, trace: bool, sites: int, pycache: str | None) -> dict[
         env["PYTHONPYCACHEPREFIX"] = pycache
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (src, env.get("PYTHONPATH"))))
-    mode = ["--child-trace"] if trace else ["--child"]
+    mode = ["--child-kinds"] if sites < 0 else ["--child-trace"] if trace else ["--child"]
     done = subprocess.run(
         [sys.executable, __file__, *mode, "--sites", str(sites)],
         capture_output=True,
@@ -426,10 +471,20 @@ def main() -> None:
         action="store_true",
         help="also read a real `streamapi serve`'s RSS (--runs times)",
     )
+    parser.add_argument(
+        "--kinds",
+        action="store_true",
+        help="also split what importing and building the app leaves traced into code "
+        "objects, pydantic's models and other objects, by the package that asked",
+    )
     parser.add_argument("--json", type=Path, help="write every run's rows here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-trace", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-kinds", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_kinds:
+        kinds_child()
+        return
     if args.child or args.child_trace:
         child(args.child_trace, args.sites)
         return
@@ -455,6 +510,12 @@ def main() -> None:
                 row[field] = sorted(r[field] for r in same)[len(same) // 2]
     traced = _run(src, True, args.sites, pycache)
     report(rss, traced, args.modules)
+    if args.kinds:
+        kinds: dict[str, float] = _run(src, True, -1, pycache)
+        print("\nimport streamapi.app and create_app, traced MiB by asker and kind:")
+        for name, kib in sorted(kinds.items(), key=lambda item: -item[1]):
+            if kib >= 16:
+                print(f"  {name:56} {_mib(kib)}")
     if args.serve:
         served = [serve_idle(src, pycache) for _ in range(max(args.runs, 1))]
         print(f"\nstreamapi serve, the median of {len(served)} (its own process: uvicorn's too):")
