@@ -319,10 +319,11 @@ def test_bench_imports_nothing_of_the_server() -> None:
     ).stdout.split()
     assert "streamapi.bench.runner" in loaded
     # One exception: --replay reads cassettes with streamapi.cassettes, the format's one
-    # reader. It is standard library only and imports nothing else of streamapi (checked
-    # here), so the bench still loads nothing of the server it measures.
+    # reader, and its match keys (streamapi.replay_keys). Both are standard library only
+    # and import nothing else of streamapi (checked here), so the bench still loads
+    # nothing of the server it measures.
     outside = [m for m in loaded if m != "streamapi" and not m.startswith("streamapi.bench")]
-    assert outside == ["streamapi.cassettes"]
+    assert outside == ["streamapi.cassettes", "streamapi.replay_keys"]
 
 
 def test_python_m_streamapi_bench_runs_the_same_command() -> None:

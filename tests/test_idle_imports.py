@@ -82,6 +82,7 @@ OFF_BY_DEFAULT = (
     "streamapi.api.admin",
     "streamapi.engines.upstream",
     "streamapi.engines.replay",
+    "streamapi.cassettes",
     "streamapi.control.cassette_rules",
     "streamapi.state.redis_store",
 )

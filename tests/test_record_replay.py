@@ -31,11 +31,11 @@ from streamapi.app import create_app
 from streamapi.cassettes import (
     dumps_exchanges,
     match_view,
-    parse_match_keys,
     read_cassette,
     write_atomic,
 )
 from streamapi.cli import main
+from streamapi.replay_keys import parse_match_keys
 from streamapi.settings import Settings
 from tests.asgi_driver import Exchange
 from tests.sse_helpers import chunks, content

@@ -14,8 +14,9 @@ one ``exchange`` number, in the order things happened:
   ``unreachable``, ``cancelled``) and the error message, if any.
 
 One event a line keeps a recording diff-friendly. This module is pure: the
-standard library only, nothing of the server, so settings, engines and tools
-all read cassettes the same way.
+standard library only, and of the server only the match keys (``replay_keys.py``,
+standard library only too), so settings, engines and tools all read cassettes the
+same way.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
+
+from streamapi.replay_keys import ANSWER_PARAMS, DEFAULT_MATCH
 
 FORMAT: Final = "streamapi-cassette"
 VERSION: Final = 1
@@ -72,40 +75,6 @@ KEPT_RESPONSE_HEADERS: Final = frozenset(
 
 # --- matching ---------------------------------------------------------------
 
-# Body fields that change the answer: compared by ``params`` (or one by one).
-ANSWER_PARAMS: Final = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "max_tokens",
-    "seed",
-    "stop",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-    "logprobs",
-    "top_logprobs",
-    "reasoning_effort",
-    "ignore_eos",
-)
-MATCH_KEYS: Final = (
-    "endpoint",
-    "model",
-    "messages",
-    "system",
-    "last_user_message",
-    "tools",
-    "tool_names",
-    "params",
-    "user_text",
-    "assistant_turns",
-    *ANSWER_PARAMS,
-)
-DEFAULT_MATCH: Final = ("endpoint", "model", "messages", "tools", "params")
-# What a coding agent's next run keeps (docs/testing/coding-agents.md): its system
-# prompt (dates, paths), tool results (paths, timings) and reminders change per run,
-# but not what the user typed nor, in a replay, the assistant's recorded turns.
-AGENT_MATCH: Final = ("endpoint", "model", "tool_names", "params", "user_text", "assistant_turns")
 # Harness context wrapped in a tag (Claude Code's <system-reminder>, Codex's
 # <environment_context>, <user_instructions>...): its opening and closing tags.
 _TAG: Final = re.compile(r"<(/?)([A-Za-z][\w-]*)(?:\s[^<>]*)?>")
@@ -113,25 +82,6 @@ _TAG: Final = re.compile(r"<(/?)([A-Za-z][\w-]*)(?:\s[^<>]*)?>")
 
 class CassetteError(ValueError):
     """A cassette cannot be read; the message names the file and the line."""
-
-
-def parse_match_keys(text: str) -> tuple[str, ...]:
-    """``"model,last_user_message"`` as keys; raises ``ValueError`` naming a bad one.
-
-    ``agent`` stands for ``AGENT_MATCH``, the keys a coding agent's sessions replay by.
-    """
-    keys = tuple(
-        expanded
-        for key in text.split(",")
-        if key.strip()
-        for expanded in (AGENT_MATCH if key.strip() == "agent" else (key.strip(),))
-    )
-    if not keys:
-        raise ValueError("name at least one key")
-    unknown = [key for key in keys if key not in MATCH_KEYS]
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} (keys: {', '.join(MATCH_KEYS)})")
-    return keys
 
 
 # --- the recorded exchange --------------------------------------------------

@@ -11,22 +11,19 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamapi.cassettes import (
-    DEFAULT_MATCH,
-    CassetteError,
-    Exchange,
-    load_exchanges,
-    parse_match_keys,
-)
 from streamapi.fault_grammar import FaultSyntaxError, parse_fault_choices
 from streamapi.keys import KeyRing, load_keys
 from streamapi.linear_regex import RegexError, compile_linear
+from streamapi.replay_keys import DEFAULT_MATCH, parse_match_keys
 from streamapi.routes_file import RoutesTable, load_routes
+
+if TYPE_CHECKING:
+    from streamapi.cassettes import Exchange
 
 LatencyProfile = Literal["default", "instant", "8b-1gpu", "70b-8gpu"]
 
@@ -662,6 +659,12 @@ class Settings(BaseSettings):
         if self.routes_file is not None:
             self._routes = load_routes(self.routes_file)
         self._keys = load_keys(self.api_keys, self.api_keys_file)
+        if self.replay_dir is None and self.record_dir is None:
+            return self
+        # Imported only to record or replay: a server that does neither keeps none of the
+        # cassette code in memory (docs/performance.md, "Idle memory").
+        from streamapi.cassettes import CassetteError, load_exchanges
+
         try:
             if self.replay_dir is not None:
                 self._recordings = load_exchanges(self.replay_dir)

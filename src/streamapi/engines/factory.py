@@ -39,10 +39,11 @@ async def start_engine(
         return simulator
     # Imported only for a routes file with upstreams: httpx (and what it pulls in),
     # the upstream, replay and cassette code are megabytes a simulator never uses.
-    from streamapi.cassettes import Matcher, Recorder, parse_match_keys
+    from streamapi.cassettes import Matcher, Recorder
     from streamapi.engines.dispatch import ModelDispatchEngine
     from streamapi.engines.replay import ReplayEngine
     from streamapi.engines.upstream import UpstreamEngine
+    from streamapi.replay_keys import parse_match_keys
 
     transports = transports or {}
     redactor = _redactor(settings)
