@@ -3,6 +3,9 @@
 #
 #   bench/steps.sh COMMIT [COMMIT ...]
 #
+# A COMMIT named `ceiling` runs this checkout's raw-ASGI ceiling (bench/servers/ceiling.py)
+# the same way, for ratios taken beside it.
+#
 # For each commit: its tree's server (from a git worktree) pinned to core 0, this
 # checkout's load generator on core 1, a warm-up of 50 short requests, then
 #   unpaced: 20 streams for 5 s, 64 tokens each, 0 ms per token;
@@ -17,7 +20,7 @@ PORT=${PORT:-18150}
 PACED_STREAMS=${PACED_STREAMS:-400}
 TREE=$(mktemp -d)/tree
 for sha in "$@"; do
-  git worktree add -q --detach "$TREE" "$sha"
+  [ "$sha" = ceiling ] || git worktree add -q --detach "$TREE" "$sha"
   for mode in unpaced "paced$PACED_STREAMS"; do
     if [ $mode = unpaced ]; then
       pace=(--time-to-first-token-ms 0 --inter-token-latency-ms 0)
@@ -26,9 +29,15 @@ for sha in "$@"; do
       pace=(--time-to-first-token-ms 0 --inter-token-latency-ms 20)
       load=(--concurrency "$PACED_STREAMS" --duration 8 --ramp-up 1.3 --warmup 1.3)
     fi
-    PYTHONPATH="$TREE/src" taskset -c 0 python -m streamapi serve --host 127.0.0.1 --port "$PORT" \
-      "${pace[@]}" --load-factor 0 --max-num-seqs 100000 --max-waiting-requests 100000 \
-      --log-level warning > /dev/null 2>&1 &
+    if [ "$sha" = ceiling ]; then
+      itl=${pace[3]}  # the ceiling's first token comes a tick after the request, as ours
+      taskset -c 0 python bench/servers/ceiling.py --host 127.0.0.1 --port "$PORT" \
+        --ttft-ms "$itl" --itl-ms "$itl" > /dev/null 2>&1 &
+    else
+      PYTHONPATH="$TREE/src" taskset -c 0 python -m streamapi serve --host 127.0.0.1 \
+        --port "$PORT" "${pace[@]}" --load-factor 0 --max-num-seqs 100000 \
+        --max-waiting-requests 100000 --log-level warning > /dev/null 2>&1 &
+    fi
     server=$!
     for _ in $(seq 50); do curl -s -o /dev/null "127.0.0.1:$PORT/health" && break; sleep 0.2; done
     python -m streamapi.bench --url "http://127.0.0.1:$PORT" --concurrency 8 --requests 50 \
@@ -53,5 +62,5 @@ else:
           f"failed {r['requests']['failed']}")
 PY
   done
-  git worktree remove --force "$TREE"
+  [ "$sha" = ceiling ] || git worktree remove --force "$TREE"
 done
