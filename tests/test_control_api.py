@@ -225,7 +225,11 @@ async def test_frame_faults_on_the_wire(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/chat/completions", json=body, headers=fault)
     payloads = events(response.text)
     assert "[DONE]" not in payloads
-    assert all(json.loads(p)["choices"] for p in payloads)
+    chunks = [json.loads(p) for p in payloads]
+    assert all(chunk["choices"] for chunk in chunks)  # no usage chunk
+    # Everything else is there: the answer's five tokens and its finish.
+    assert sum(bool(c["choices"][0]["delta"].get("content")) for c in chunks) == 5
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
 async def test_an_invalid_fault_header_is_400_naming_it(client: httpx.AsyncClient) -> None:

@@ -299,6 +299,14 @@ async def test_no_usage_removes_each_protocols_usage() -> None:
     assert orjson.loads(nulled.split(b"data: ")[1])["response"]["usage"] is None
 
 
+async def test_frame_faults_act_on_each_event_of_a_write() -> None:
+    # A stream's last write holds its last token, the usage chunk and [DONE] together.
+    assert await collect("no_done", [CHUNK + USAGE + sse.DONE]) == [CHUNK + USAGE]
+    assert await collect("no_usage", [CHUNK, CHUNK + USAGE + sse.DONE]) == [CHUNK, CHUNK + sse.DONE]
+    both = await collect("no_done;no_usage", [CHUNK + USAGE + sse.DONE, USAGE + sse.DONE])
+    assert both == [CHUNK]
+
+
 async def test_malformed_cuts_the_json_of_one_event_after_k_tokens() -> None:
     early = await collect("malformed,after=5", [CHUNK], tokens_so_far=4)
     assert early == [CHUNK]

@@ -32,10 +32,8 @@ async def watch_frames(frames: AsyncIterator[bytes], watch: Watch) -> AsyncItera
     entry = watch.entry
     try:
         async for frame in frames:
-            if no_done and (frame == sse.DONE or frame.startswith(_TERMINAL_PREFIXES)):
-                continue
-            out: bytes | None = _without_usage(frame) if no_usage else frame
-            if out is None:
+            out = _without_events(frame, no_done=no_done, no_usage=no_usage)
+            if not out:
                 continue
             if (
                 malformed is not None
@@ -56,6 +54,27 @@ async def watch_frames(frames: AsyncIterator[bytes], watch: Watch) -> AsyncItera
         await aclose_iterator(frames)
 
 
+def _without_events(frame: bytes, *, no_done: bool, no_usage: bool) -> bytes:
+    """``frame`` without its terminal event (``no_done``) and its usage (``no_usage``).
+
+    A frame is one write and may hold several events: a stream's last token, its finish
+    and usage chunks and ``[DONE]`` go out together. Each event is looked at alone.
+    """
+    if not no_done and not no_usage:
+        return frame
+    kept: list[bytes] = []
+    for event in frame.split(b"\n\n"):
+        if not event:
+            continue
+        event += b"\n\n"
+        if no_done and (event == sse.DONE or event.startswith(_TERMINAL_PREFIXES)):
+            continue
+        out = _without_usage(event) if no_usage else event
+        if out is not None:
+            kept.append(out)
+    return b"".join(kept)
+
+
 def _cut_json(frame: bytes) -> bytes:
     """The frame's first event with its JSON cut in half: what a proxy that truncates a write sends.
 
@@ -69,7 +88,7 @@ def _cut_json(frame: bytes) -> bytes:
 
 
 def _without_usage(frame: bytes) -> bytes | None:
-    """The frame with its usage taken out (None: drop the whole frame).
+    """One event with its usage taken out (None: drop the event).
 
     OpenAI's data-only streams lose their usage chunk; Anthropic's
     ``message_delta`` loses its ``usage``; a Response's terminal event reports
