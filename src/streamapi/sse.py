@@ -191,6 +191,7 @@ class EventStreamResponse(Response):
             return
         # Sent: an open stream need not keep them (Starlette's response would).
         self.raw_headers = []
+        self._loop = loop
         body = self._head_body if self._head_only else self._serve
         later: ServeLater | None = scope.get(SERVE_LATER)
         if later is not None and later.serve is None:
@@ -199,9 +200,7 @@ class EventStreamResponse(Response):
             # returned: their frames (and the request, the parsed body, the route's
             # locals) would otherwise stay alive, each of them, for the stream's life.
             later.serve = body
-            self._loop = loop
             return
-        self._loop = loop
         await body(receive, send)
 
     async def _head_body(self, receive: Receive, send: Send) -> None:
@@ -315,7 +314,6 @@ class EventStreamResponse(Response):
                     frame, last = last + frame, b""
                 if frame.endswith(DONE):
                     last = frame
-                    del frame
                     continue
                 watchdog.sending = True
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
