@@ -8,9 +8,10 @@ and ``prefill_ms(u) = TTFT + per_token x u`` per step.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -24,7 +25,7 @@ from streamapi.engines.scheduler import (
     Scheduler,
 )
 from streamapi.engines.simulator import SimulatorEngine
-from streamapi.errors import RateLimitError, ServiceUnavailableError
+from streamapi.errors import APIError, RateLimitError, ServiceUnavailableError
 from streamapi.text.tokenizer import chat_prompt_tokens
 from tests.virtual_time import virtual_time
 
@@ -353,6 +354,52 @@ async def test_aclose_stops_the_loop_and_ends_open_sequences_with_503(
         scheduler.submit(sequence(scheduler, "b", tokens=1))
 
 
+@pytest.mark.parametrize("ending", ["abort", "engine stops"])
+async def test_a_waiting_consumer_gets_the_end_and_one_cancelled_meanwhile_logs_nothing(
+    clock: asyncio.AbstractEventLoop, ending: str
+) -> None:
+    # A sequence hands its consumer a future; the step loop settles it with the next
+    # delta, the end or an error. A consumer cancelled after its future was settled (a
+    # client leaving as its stream ends) never reads it: that is no error to report.
+    reported: list[dict[str, object]] = []
+    clock.set_exception_handler(lambda _, context: reported.append(context))
+    scheduler = Scheduler(BatchModel(inter_token_latency_ms=10))
+
+    async def end(seq: ScheduledSequence) -> None:
+        if ending == "abort":
+            await seq.aclose()
+        else:
+            await scheduler.aclose()
+
+    read, left = sequence(scheduler, "read", tokens=100), sequence(scheduler, "left", tokens=100)
+    for seq in (read, left):
+        scheduler.submit(seq)
+    await gather(anext(read), anext(left))  # the same step's tokens: none is ready now
+
+    async def next_delta(seq: ScheduledSequence) -> TokenDelta:
+        return await anext(seq)
+
+    reader = asyncio.create_task(next_delta(read))
+    leaver = asyncio.create_task(next_delta(left))
+    await asyncio.sleep(0)  # both wait on their futures now
+    await end(read)
+    if ending == "abort":
+        await end(left)
+    leaver.cancel()  # its future is settled already: the cancel wins, the end goes unread
+    if ending == "abort":
+        with pytest.raises(StopAsyncIteration):
+            await reader
+    else:
+        with pytest.raises(ServiceUnavailableError):
+            await reader
+    with pytest.raises(asyncio.CancelledError):
+        await leaver
+    del reader, leaver, read, left
+    gc.collect()
+    await asyncio.sleep(0)
+    assert reported == []
+
+
 async def test_jitter_is_bounded_and_reproducible_with_a_seed(
     clock: asyncio.AbstractEventLoop,
 ) -> None:
@@ -533,4 +580,31 @@ async def test_take_ready_carries_the_cached_prompt_count_and_nothing_after_abor
     scheduler.submit(third)
     await third.aclose()
     assert third.take_ready() == []
+    await scheduler.aclose()
+
+
+async def test_a_plan_that_fails_ends_its_own_stream_not_the_step_loop(
+    clock: asyncio.AbstractEventLoop,
+) -> None:
+    # A sequence's deltas are made in the step loop as it hands them on: one plan's
+    # failure is that stream's error, and the other streams go on.
+    class Broken(DeltaList):
+        def __iter__(self) -> Iterator[TokenDelta]:
+            yield TokenDelta(" fine")
+            raise RuntimeError("a planner bug")
+
+    scheduler = Scheduler(BatchModel(inter_token_latency_ms=10))
+    broken = ScheduledSequence(
+        scheduler, plan=Broken([TokenDelta(" fine"), TokenDelta(" never", "stop")]), prompt=["x"]
+    )
+    healthy = sequence(scheduler, "healthy", tokens=3)
+    scheduler.submit(broken)
+    scheduler.submit(healthy)
+
+    async def read(seq: ScheduledSequence) -> list[str]:
+        return [delta.text async for delta in seq]
+
+    outcome = await asyncio.gather(read(broken), read(healthy), return_exceptions=True)
+    assert isinstance(outcome[0], APIError)
+    assert outcome[1] == [" t0", " t1", " t2"]
     await scheduler.aclose()

@@ -184,36 +184,61 @@ class ScheduledSequence:
         self.cached_tokens = 0
         self.enqueued_at = self.scheduled_at = self.first_token_at = 0.0
         self.next_due = math.inf
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[TokenDelta] | None = None
         self._error: APIError | None = None
 
     def __aiter__(self) -> ScheduledSequence:
         return self
 
-    async def __anext__(self) -> TokenDelta:
-        while True:
-            if self.state is SequenceState.ABORTED:
-                raise StopAsyncIteration
-            if self._error is not None:
-                raise self._error
-            if self.consumed < self.produced:
-                break
-            if self.state is SequenceState.FINISHED:
-                raise StopAsyncIteration
-            # The step loop's own event loop: ``asyncio.get_running_loop()`` costs a
-            # getpid() system call on Python 3.11, once a token.
-            loop = self._scheduler.loop or asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
+    def __anext__(self) -> asyncio.Future[TokenDelta]:
+        """The next delta, as a future: done now if the delta is ready (or the sequence
+        over), else when the step loop produces it.
+
+        A future rather than a coroutine: a coroutine would cost each token one more
+        object and one more level for the stream's task to resume through, and an open
+        stream would hold its frame while it waits.
+        """
+        # The step loop's own event loop: ``asyncio.get_running_loop()`` costs a
+        # getpid() system call on Python 3.11, once a token.
+        loop = self._scheduler.loop or asyncio.get_running_loop()
+        future: asyncio.Future[TokenDelta] = loop.create_future()
+        if (
+            self.consumed < self.produced
+            or self._error is not None
+            or self.state is SequenceState.FINISHED
+            or self.state is SequenceState.ABORTED
+        ):
+            self._settle(future)
+        else:
+            self._waiter = future  # the usual case: the step loop settles it
+        return future
+
+    def _settle(self, future: asyncio.Future[TokenDelta]) -> bool:
+        """Give ``future`` the next delta, or the sequence's end or error; False if there is
+        none of them yet."""
+        if self.state is SequenceState.ABORTED:
+            future.set_exception(StopAsyncIteration())
+        elif self._error is not None:
+            future.set_exception(self._error)
+        elif self.consumed < self.produced:
+            index = self.consumed
+            self.consumed += 1
             try:
-                await waiter
-            finally:
-                self._waiter = None
-        index = self.consumed
-        self.consumed += 1
-        delta = next(self._reader)
-        if index == 0 and self.cached_tokens:
-            return replace(delta, cached_prompt_tokens=self.cached_tokens)
-        return delta
+                delta = next(self._reader)
+            except Exception:
+                # Made in the step loop now: a plan that fails ends its own stream
+                # (an in-stream error), not the loop every stream shares.
+                logger.exception("A sequence's plan failed")
+                future.set_exception(APIError("The engine failed while generating."))
+                return True
+            if index == 0 and self.cached_tokens:
+                delta = replace(delta, cached_prompt_tokens=self.cached_tokens)
+            future.set_result(delta)
+        elif self.state is SequenceState.FINISHED:
+            future.set_exception(StopAsyncIteration())
+        else:
+            return False
+        return True
 
     def take_ready(self) -> list[TokenDelta]:
         """The deltas produced and not yet consumed, taken now without waiting.
@@ -250,8 +275,9 @@ class ScheduledSequence:
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        # A waiter cancelled with its consumer is done: nothing is taken for it.
+        if waiter is not None and (waiter.done() or self._settle(waiter)):
+            self._waiter = None
 
     def _fail(self, error: APIError) -> None:
         self._error = error
