@@ -13,15 +13,21 @@
 # Server CPU is utime + stime from /proc/PID/stat over the run. One line per run.
 # PACED_STREAMS=200 runs the paced load with fewer streams (the mode is then named
 # paced200): on a loaded machine the load generator keeps up with fewer.
+# MAX_TOKENS=256 makes every stream longer (64 by default); two runs with different
+# lengths split a paced event's CPU into what each event costs and what each request
+# costs, spread over its events. MODES=paced runs the paced load alone.
 # Needs a 2-core machine (taskset), and the repository's venv active.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-18150}
 PACED_STREAMS=${PACED_STREAMS:-400}
+MAX_TOKENS=${MAX_TOKENS:-64}
+MODES=${MODES:-unpaced paced}
 TREE=$(mktemp -d)/tree
 for sha in "$@"; do
   [ "$sha" = ceiling ] || git worktree add -q --detach "$TREE" "$sha"
-  for mode in unpaced "paced$PACED_STREAMS"; do
+  for mode in $MODES; do
+    [ $mode = paced ] && mode=paced$PACED_STREAMS
     if [ $mode = unpaced ]; then
       pace=(--time-to-first-token-ms 0 --inter-token-latency-ms 0)
       load=(--concurrency 20 --duration 5)
@@ -43,7 +49,7 @@ for sha in "$@"; do
     python -m streamapi.bench --url "http://127.0.0.1:$PORT" --concurrency 8 --requests 50 \
       --max-tokens 8 --ignore-eos > /dev/null 2>&1
     t0=$(awk '{print $14+$15}' "/proc/$server/stat")
-    python -m streamapi.bench --url "http://127.0.0.1:$PORT" "${load[@]}" --max-tokens 64 \
+    python -m streamapi.bench --url "http://127.0.0.1:$PORT" "${load[@]}" --max-tokens "$MAX_TOKENS" \
       --ignore-eos --cpu 1 --json > "$TREE.json" 2> /dev/null
     t1=$(awk '{print $14+$15}' "/proc/$server/stat")
     kill -TERM "$server"; wait "$server" || true
