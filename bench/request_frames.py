@@ -20,33 +20,15 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
+
+from launch import http_scope
 
 from streamapi.app import create_app
 from streamapi.settings import Settings
 
 CHAT = {"model": "sim", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
-
-
-def _scope(state: Mapping[str, Any]) -> dict[str, Any]:
-    headers = {"content-type": "application/json", "host": "127.0.0.1"}
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-        # What a server copies into every request's scope from the lifespan's state.
-        "state": dict(state),
-    }
 
 
 def await_chain(task: asyncio.Task[Any]) -> list[tuple[str, int]]:
@@ -85,7 +67,9 @@ async def main(cors_allow_origins: list[str]) -> None:
             first_frame.set()
 
     async with app.router.lifespan_context(app) as state:
-        request = asyncio.create_task(app(_scope(state or {}), receive, send))
+        request = asyncio.create_task(
+            app(http_scope("POST", "/v1/chat/completions", state or {}), receive, send)
+        )
         await asyncio.wait_for(first_frame.wait(), timeout=10)
         chain = await_chain(request)
         leave.set()
