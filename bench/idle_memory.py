@@ -58,6 +58,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from asgi_scope import http_scope
+
 STEPS = (
     "import streamapi.app",
     "create_app",
@@ -203,25 +205,7 @@ class Meter:
 
 async def _request(app: Any, state: dict[str, Any], method: str, path: str, body: Any) -> bytes:
     raw = json.dumps(body).encode() if body is not None else b""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "client": ("127.0.0.1", 1),
-        "server": ("bench", 80),
-        "headers": [
-            (b"host", b"bench"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(raw)).encode()),
-        ],
-        "state": dict(state),  # what a server gives each request of the lifespan's state
-    }
+    scope = http_scope(method, path, state, body_bytes=len(raw))
     pending = [{"type": "http.request", "body": raw}]
     done = asyncio.Event()
     status, chunks = [0], []

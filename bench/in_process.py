@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from launch import http_scope
+from asgi_scope import http_scope
 
 from streamapi.app import create_app
 from streamapi.bench.runner import _WORDS as WORDS  # the bench's prompts: 32 of these words

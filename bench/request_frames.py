@@ -23,7 +23,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-from launch import http_scope
+from asgi_scope import http_scope
 
 from streamapi.app import create_app
 from streamapi.settings import Settings
