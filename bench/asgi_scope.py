@@ -1,11 +1,12 @@
-"""The ASGI scope of a request to an app run in-process, for the bench scripts.
+"""The ASGI scope and ``receive`` of a request to an app run in-process, for the bench scripts.
 
 Standard library only: `idle_memory.py` imports it into the interpreter it measures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 HOST = "127.0.0.1"
@@ -34,3 +35,17 @@ def http_scope(
         "server": (HOST, 8000),
         "state": dict(state),
     }
+
+
+def receiver(body: bytes, leave: asyncio.Event) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """``receive`` for one request: its body, then, once ``leave`` is set, the client gone
+    (what a server answers once the response is complete, or its client has left)."""
+    pending = [{"type": "http.request", "body": body}]
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop()
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    return receive

@@ -58,7 +58,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from asgi_scope import http_scope
+from asgi_scope import http_scope, receiver
 
 STEPS = (
     "import streamapi.app",
@@ -206,15 +206,8 @@ class Meter:
 async def _request(app: Any, state: dict[str, Any], method: str, path: str, body: Any) -> bytes:
     raw = json.dumps(body).encode() if body is not None else b""
     scope = http_scope(method, path, state, body_bytes=len(raw))
-    pending = [{"type": "http.request", "body": raw}]
     done = asyncio.Event()
     status, chunks = [0], []
-
-    async def receive() -> dict[str, Any]:
-        if pending:
-            return pending.pop()
-        await done.wait()
-        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
@@ -224,7 +217,7 @@ async def _request(app: Any, state: dict[str, Any], method: str, path: str, body
             if not message.get("more_body", False):
                 done.set()
 
-    await app(scope, receive, send)
+    await app(scope, receiver(raw, done), send)
     if status[0] != 200:
         raise SystemExit(f"{path}: {status[0]} {b''.join(chunks)[:300]!r}")
     return b"".join(chunks)

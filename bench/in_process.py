@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from asgi_scope import http_scope
+from asgi_scope import http_scope, receiver
 
 from streamapi.app import create_app
 from streamapi.bench.runner import _WORDS as WORDS  # the bench's prompts: 32 of these words
@@ -97,14 +97,7 @@ async def _run(
                 "stream_options": {"include_usage": True},
             }
         ).encode()
-        pending = [{"type": "http.request", "body": body}]
         done = asyncio.Event()
-
-        async def receive() -> dict[str, Any]:
-            if pending:
-                return pending.pop()
-            await done.wait()
-            return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.body":
@@ -113,7 +106,7 @@ async def _run(
                     done.set()
 
         scope = http_scope("POST", "/v1/chat/completions", state, body_bytes=len(body))
-        await app(scope, receive, send)
+        await app(scope, receiver(body, done), send)
         counts["requests"] += 1
 
     async def client(delay_s: float) -> None:

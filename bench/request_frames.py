@@ -23,7 +23,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-from asgi_scope import http_scope
+from asgi_scope import http_scope, receiver
 
 from streamapi.app import create_app
 from streamapi.settings import Settings
@@ -54,13 +54,7 @@ async def main(cors_allow_origins: list[str]) -> None:
     app = create_app(settings)
     first_frame = asyncio.Event()
     leave = asyncio.Event()
-    body = [{"type": "http.request", "body": json.dumps(CHAT).encode()}]
-
-    async def receive() -> dict[str, Any]:
-        if body:
-            return body.pop()
-        await leave.wait()
-        return {"type": "http.disconnect"}
+    receive = receiver(json.dumps(CHAT).encode(), leave)
 
     async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.body" and message.get("body"):
