@@ -18,8 +18,9 @@ The model (docs/engine-model.md gives the formulas and a worked example):
 
 Sequences hand their tokens to the consumer through a counter into their
 plan, not a queue: a consumer slower than the steps falls behind by at most its
-plan's length (bounded by ``max_model_len``). The plan makes each delta when the
-consumer reads it, so an open sequence holds no delta of its own.
+plan's length (bounded by ``max_model_len``). The plan makes each delta as it is
+handed on (the step loop settles a waiting consumer's future with it; a consumer that
+fell behind takes the ready ones), so an open sequence holds no delta of its own.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ class ScheduledSequence:
             try:
                 delta = next(self._reader)
             except Exception:
-                # Made in the step loop now: a plan that fails ends its own stream
+                # Usually made in the step loop: a plan that fails ends its own stream
                 # (an in-stream error), not the loop every stream shares.
                 logger.exception("A sequence's plan failed")
                 future.set_exception(APIError("The engine failed while generating."))
