@@ -180,6 +180,8 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--apps", nargs="+", choices=sorted(APPS), default=["streamapi", "ceiling"])
     arguments = parser.parse_args()
+    if len(set(arguments.tokens)) != 2 or min(arguments.tokens) < 1:
+        parser.error("--tokens takes two different lengths (the split needs both)")
     if arguments.seconds <= 3 * RAMP_S:
         parser.error(f"--seconds must be over {3 * RAMP_S:g} (the ramp, then the window)")
     uvloop.run(main(arguments))
