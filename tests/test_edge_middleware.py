@@ -25,7 +25,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from streamapi import scope_keys
 from streamapi.app import create_app
-from streamapi.middleware import EdgeMiddleware
+from streamapi.middleware import EdgeMiddleware, ServeLaterLayer
 from streamapi.settings import Settings
 from tests.asgi_driver import OpenStream, post_scope
 
@@ -286,3 +286,53 @@ async def test_an_open_stream_is_served_from_the_middleware_past_the_routes_laye
         "ServeLaterLayer.__call__",
         "EventStreamResponse._serve",
     ]
+
+
+# What FastAPI puts in the scope of a request its native telemetry records.
+_RECORDED = {"fastapi.telemetry": object()}
+
+
+@pytest.mark.parametrize(
+    ("extra", "served"),
+    [
+        # As `streamapi serve` runs the app: FastAPI's and Starlette's own calls return too.
+        ({}, ["ServeLaterLayer.__call__", "EventStreamResponse._serve"]),
+        # A request FastAPI's telemetry records is served inside its span, to the end.
+        (
+            _RECORDED,
+            [
+                "ServeLaterLayer.__call__",
+                "FastAPI.__call__",
+                "Starlette.__call__",
+                "ServeLaterLayer.__call__",
+                "EventStreamResponse._serve",
+            ],
+        ),
+    ],
+    ids=["outside-fastapi", "telemetry-recorded"],
+)
+async def test_a_layer_around_the_app_serves_the_stream_from_outside_fastapis_own_call(
+    extra: dict[str, Any], served: list[str]
+) -> None:
+    settings = Settings(
+        served_model_names=["sim"], time_to_first_token_ms=0, inter_token_latency_ms=60_000
+    )
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        outer = ServeLaterLayer(manager.app)
+        scope = {**post_scope("/v1/chat/completions"), **extra}
+        async with OpenStream(outer, scope, {**CHAT, "stream": True}) as stream:
+            assert stream.task is not None
+            chain = _await_chain(stream.task)
+        transport = httpx.ASGITransport(app=outer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            metrics = (await http.get("/metrics")).text
+    assert stream.statuses == [200]
+    # (Less asgi-lifespan's own layer, which hands the app its lifespan state.)
+    chain = [name for name in chain if not name.startswith("state_middleware.")]
+    assert chain[chain.index("ServeLaterLayer.__call__") :][: len(served)] == served
+    # Served from either layer, the stream ended what its request holds, once.
+    assert scope_keys.SERVE_LATER not in scope
+    assert "streamapi_streams_in_flight 0.0" in metrics
+    labels = 'method="POST",route="/v1/chat/completions",status="200"'
+    assert "streamapi_requests_total{" + labels + "} 1.0" in metrics

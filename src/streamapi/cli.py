@@ -34,6 +34,7 @@ from streamapi.app import create_app
 from streamapi.control.rules import RulesError, load_rules
 from streamapi.edge import edge_protocol
 from streamapi.lifecycle import Lifecycle
+from streamapi.middleware import ServeLaterLayer
 from streamapi.settings import Settings
 from streamapi.state import PER_WORKER, check_reachable
 
@@ -118,6 +119,10 @@ def serve(args: list[str]) -> int:
 
 
 def _uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
+    if not isinstance(app, str):
+        # Streams served from outside FastAPI's and Starlette's own calls too: an open
+        # stream keeps neither coroutine alive (the app's own layer defers to this one).
+        app = ServeLaterLayer(app)
     return uvicorn.Config(
         app,
         host=settings.host,

@@ -368,6 +368,12 @@ class ServeLaterLayer:
     ``receive`` and ``send``; then the ends the layers inside left (the journal
     entry, the request's count). ``bypass_layers`` puts this outside all of them.
 
+    Layers stack: one inside leaves the stream to one outside it (``streamapi
+    serve`` wraps the whole app in one, outside FastAPI's and Starlette's own
+    calls), unless FastAPI's native telemetry records this request (its
+    ``"fastapi.telemetry"`` in the scope): then the stream is served inside, so
+    that the request's span and duration cover the whole stream.
+
     An error from a stream's body, after its start, reaches the server from here
     rather than through FastAPI's layers: they would have re-raised it (a started
     response gets no 500), and the server logs it as before; FastAPI's own
@@ -380,8 +386,10 @@ class ServeLaterLayer:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or (
+            scope_keys.SERVE_LATER in scope and scope.get(_FASTAPI_TELEMETRY) is None
+        ):
+            await self.app(scope, receive, send)  # not a stream, or served outside
             return
         later = ServeLater()
         scope[scope_keys.SERVE_LATER] = later
@@ -390,8 +398,9 @@ class ServeLaterLayer:
         finally:
             # However the layers inside returned: a stream alone ends what its request
             # holds (its admission, the in-flight count, the journal entry). Out of the
-            # scope first: the ends hold the scope, the scope would hold them.
-            del scope[scope_keys.SERVE_LATER]
+            # scope first: the ends hold the scope, the scope would hold them. (Popped:
+            # a layer outside, which left the stream to this one, pops it too.)
+            scope.pop(scope_keys.SERVE_LATER, None)
             if later.serve is not None:
                 for key in _RETURNED_LAYERS_KEYS:
                     scope.pop(key, None)
@@ -400,6 +409,10 @@ class ServeLaterLayer:
                 finally:
                     await later.end()
 
+
+# Where FastAPI keeps the telemetry of a request it records (None when its
+# ``exclude`` excludes the request): set before the layers inside run.
+_FASTAPI_TELEMETRY = "fastapi.telemetry"
 
 # What FastAPI leaves in a request's scope for the layers that have returned by the
 # time a stream is served: its closed AsyncExitStacks and its route context.
