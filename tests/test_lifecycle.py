@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from typing import Any
 
 import httpx
@@ -167,6 +169,40 @@ async def test_streams_open_when_the_drain_starts_run_to_completion(
         await asyncio.wait_for(task, 5)
     body = b"".join(m.get("body", b"") for m in client.sent if m["type"] == "http.response.body")
     assert chunks(body.decode())[-1]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_a_stream_left_mid_send_is_not_kept_for_the_drain() -> None:
+    # A client that stops reading, then leaves: its stream's task is cancelled inside a
+    # send, and the stream's frames are closed where they stood, never reaching the end
+    # of the engine's stream. The drain, which holds the tasks it will end, must not
+    # keep that one alive.
+    app = create_app(Settings(time_to_first_token_ms=0, inter_token_latency_ms=1))
+    async with LifespanManager(app) as manager:
+        client = _Client(manager.app, _chat(stream=True, max_tokens=1_000))
+        stuck = asyncio.Event()
+        forwarded = client.send
+
+        async def send(message: Message) -> None:
+            await forwarded(message)
+            if message["type"] == "http.response.body":
+                stuck.set()
+                await asyncio.Event().wait()  # the client's window never opens again
+
+        client.send = send  # type: ignore[method-assign]
+        run = asyncio.create_task(client.run())
+        await asyncio.wait_for(stuck.wait(), 5)
+        [stream] = [
+            t
+            for t in asyncio.all_tasks()
+            if getattr(t.get_coro(), "__qualname__", "") == "EventStreamResponse._stream"
+        ]
+        gone = weakref.ref(stream)
+        del stream
+        client.gone.set()
+        await asyncio.wait_for(run, 5)
+        await asyncio.sleep(0)
+        gc.collect()
+        assert gone() is None
 
 
 async def test_streams_still_open_after_the_grace_period_end_with_an_error_event(
