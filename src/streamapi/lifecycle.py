@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from types import TracebackType
 
 logger = logging.getLogger(__name__)
@@ -26,9 +25,7 @@ class Lifecycle:
         self.draining = False
         self.drain_expired = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Weakly: a task that left a block without its exit (its reader abandoned) is
-        # no stream to end once it is gone.
-        self._interruptible: weakref.WeakSet[asyncio.Task[object]] = weakref.WeakSet()
+        self._interruptible: set[asyncio.Task[object]] = set()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Remember the loop the server runs on (called from the app's lifespan)."""
@@ -76,7 +73,7 @@ class Lifecycle:
         self.drain_expired = True
         if self.in_flight:
             logger.warning("Grace period over: ending %d open request(s)", self.in_flight)
-        for task in list(self._interruptible):
+        for task in self._interruptible:
             task.cancel(DRAIN_EXPIRED)
 
 
@@ -89,9 +86,7 @@ class Interruptible:
 
     __slots__ = ("_task", "_tasks")
 
-    def __init__(
-        self, tasks: weakref.WeakSet[asyncio.Task[object]], task: asyncio.Task[object] | None
-    ) -> None:
+    def __init__(self, tasks: set[asyncio.Task[object]], task: asyncio.Task[object] | None) -> None:
         self._tasks = tasks
         self._task = task
 

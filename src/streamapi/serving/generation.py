@@ -6,19 +6,10 @@ import asyncio
 import functools
 import secrets
 import time
-import types
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Generator,
-    Iterable,
-    Sequence,
-)
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from streamapi.aio import aclose_iterator
 from streamapi.engines.protocol import Engine, GenerationRequest, TokenDelta
@@ -29,7 +20,7 @@ from streamapi.errors import (
     ModelNotFoundError,
     ServiceUnavailableError,
 )
-from streamapi.lifecycle import DRAIN_EXPIRED, Interruptible, Lifecycle
+from streamapi.lifecycle import DRAIN_EXPIRED, Lifecycle
 from streamapi.linear_regex import search as linear_search
 from streamapi.metrics import Metrics
 from streamapi.serving.stream_errors import render_stream_error
@@ -288,7 +279,7 @@ class Generation:
         job.choices = ()
         return Admission(job, streams, arrived_at=arrived_at, metrics=self._metrics, lease=lease)
 
-    def batches(self, admission: Admission) -> AsyncIterator[list[tuple[int, TokenDelta]]]:
+    async def batches(self, admission: Admission) -> AsyncIterator[list[tuple[int, TokenDelta]]]:
         """Every choice's deltas as they come, tagged with the choice index, in batches.
 
         A batch is a delta waited for and whatever else the engine holds ready
@@ -301,10 +292,48 @@ class Generation:
         # Asked once: each asyncio.get_running_loop() costs a getpid() on Python 3.11.
         loop = asyncio.get_running_loop()
         clock = _Stopwatch(admission.arrived_at, self._metrics, len(streams), loop)
-        interruptible = self._lifecycle.interruptible(loop)
-        if len(streams) == 1:
-            return _OneChoice(streams[0], clock, interruptible)
-        return _many_choices(streams, clock, interruptible)
+        # One choice (the usual case) is read directly: each layer of async
+        # generators costs every token a resumption.
+        source = streams[0] if len(streams) == 1 else None
+        merged = _merge(streams) if source is None else None
+        try:
+            with self._lifecycle.interruptible(loop):
+                if source is not None:
+                    take_ready: Callable[[], list[TokenDelta]] | None = getattr(
+                        source, "take_ready", None
+                    )
+                    async for delta in source:
+                        ready = take_ready() if take_ready is not None else None
+                        batch = (
+                            [(0, delta), *[(0, each) for each in ready]] if ready else [(0, delta)]
+                        )
+                        clock.time(batch)
+                        # Neither the deltas nor their batch are kept while the next is
+                        # awaited: an open stream holds no delta of its own.
+                        del delta, ready
+                        yield batch
+                        del batch
+                elif merged is not None:
+                    async for index, delta in merged:
+                        batch = [(index, delta)]
+                        clock.time(batch)
+                        del delta
+                        yield batch
+                        del batch
+        except asyncio.CancelledError as cancel:
+            if cancel.args != (DRAIN_EXPIRED,):
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise ServiceUnavailableError(
+                "Generation aborted: server shutting down.", code="server_shutting_down"
+            ) from None
+        finally:
+            if merged is not None:
+                await merged.aclose()
+            else:
+                await aclose_iterator(streams[0])
 
     async def whole(self, admission: Admission, work: Awaitable[T]) -> T:
         """A non-streamed answer: an error status counts as an end, not a disconnect."""
@@ -382,84 +411,6 @@ class _Stopwatch:
                 self._last[index] = now
             if delta.finish_reason is not None:
                 metrics.e2e_request_latency.observe(now - self._arrived_at)
-
-
-class _OneChoice:
-    """``Generation.batches`` of a job with one choice (the usual case).
-
-    An async iterator of its own rather than an async generator: an open stream holds
-    these few slots rather than a generator's frame, and each delta reaches the stream
-    through one coroutine fewer. The engine's stream is read directly, and closed with
-    the admission (``Admission.aclose``).
-    """
-
-    __slots__ = ("_clock", "_interruptible", "_source", "_take_ready")
-
-    def __init__(
-        self, source: AsyncIterator[TokenDelta], clock: _Stopwatch, interruptible: Interruptible
-    ) -> None:
-        self._source = source
-        self._take_ready: Callable[[], list[TokenDelta]] | None = getattr(
-            source, "take_ready", None
-        )
-        self._clock = clock
-        # Until the engine's stream ends, or this fails: the drain's end interrupts the
-        # task reading it (one left behind goes with its task: ``Lifecycle`` holds it weakly).
-        self._interruptible = interruptible
-        interruptible.__enter__()
-
-    def __aiter__(self) -> _OneChoice:
-        return self
-
-    @types.coroutine
-    def __anext__(self) -> Generator[Any, None, list[tuple[int, TokenDelta]]]:
-        try:
-            delta = yield from self._source.__anext__().__await__()
-        except asyncio.CancelledError as cancel:
-            self._interruptible.__exit__(None, None, None)
-            if cancel.args != (DRAIN_EXPIRED,):
-                raise
-            raise _shutting_down() from None
-        except BaseException:  # the end (StopAsyncIteration), or the engine's error
-            self._interruptible.__exit__(None, None, None)
-            raise
-        take_ready = self._take_ready
-        ready = take_ready() if take_ready is not None else None
-        batch = [(0, delta), *[(0, each) for each in ready]] if ready else [(0, delta)]
-        self._clock.time(batch)
-        return batch
-
-
-async def _many_choices(
-    streams: Sequence[AsyncIterator[TokenDelta]], clock: _Stopwatch, interruptible: Interruptible
-) -> AsyncGenerator[list[tuple[int, TokenDelta]]]:
-    """``Generation.batches`` of a job with several choices: their deltas interleaved."""
-    merged = _merge(streams)
-    try:
-        with interruptible:
-            async for index, delta in merged:
-                batch = [(index, delta)]
-                clock.time(batch)
-                del delta
-                yield batch
-                del batch
-    except asyncio.CancelledError as cancel:
-        if cancel.args != (DRAIN_EXPIRED,):
-            raise
-        raise _shutting_down() from None
-    finally:
-        await merged.aclose()
-
-
-def _shutting_down() -> ServiceUnavailableError:
-    """What a stream's wait for its next delta ends with when the drain's end cancelled
-    it: an in-stream error rather than a cancellation (the task goes on to send it)."""
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
-    return ServiceUnavailableError(
-        "Generation aborted: server shutting down.", code="server_shutting_down"
-    )
 
 
 async def _merge(
