@@ -176,20 +176,6 @@ class EdgeMiddleware:
                 error_body.extend(message.get("body", b""))
             await send(message)
 
-        async def end() -> None:
-            """The request's end: its journal entry closed, then its count by route and
-            status. A stream's end, where the stream is served later (``ServeLater``)."""
-            try:
-                if entry is not None and journal is not None:
-                    entry.close(status, bytes(error_body), asyncio.get_running_loop().time())
-                    await journal.closed(entry)
-            finally:
-                if front:
-                    route = scope.get("route")
-                    # Unmatched paths share one label: clients must not mint label values.
-                    template = getattr(route, "path", None) or "unmatched"
-                    self.metrics.request(template, scope["method"], status)
-
         journal: Journal | None = None
         try:
             if front:
@@ -215,6 +201,8 @@ class EdgeMiddleware:
                 return
             await self.app(scope, self._limited(receive), send_at_edge)
         finally:
+            # The start has gone out (or nothing will): the status is known.
+            end = _RequestEnd(self if front else None, scope, entry, journal, status, error_body)
             later: ServeLater | None = scope.get(scope_keys.SERVE_LATER)
             if later is not None and later.serve is not None:
                 # A stream, served once this has returned: its request ends with it.
@@ -352,6 +340,44 @@ class EdgeMiddleware:
             return message
 
         return receive_within_limit
+
+
+class _RequestEnd:
+    """A request's end at the edge: its journal entry closed, then its count by route and
+    status (by the front half only). A stream's, left in its ``ServeLater`` until the
+    stream is over, as these few slots rather than a closure and the cells it would keep."""
+
+    __slots__ = ("_counter", "_entry", "_error_body", "_journal", "_scope", "_status")
+
+    def __init__(
+        self,
+        counter: EdgeMiddleware | None,
+        scope: Scope,
+        entry: JournalEntry | None,
+        journal: Journal | None,
+        status: int,
+        error_body: bytearray,
+    ) -> None:
+        self._counter = counter
+        self._scope = scope
+        self._entry = entry
+        self._journal = journal
+        self._status = status
+        self._error_body = bytes(error_body)
+
+    async def __call__(self) -> None:
+        scope, status = self._scope, self._status
+        try:
+            entry, journal = self._entry, self._journal
+            if entry is not None and journal is not None:
+                entry.close(status, self._error_body, asyncio.get_running_loop().time())
+                await journal.closed(entry)
+        finally:
+            if self._counter is not None:
+                route = scope.get("route")
+                # Unmatched paths share one label: clients must not mint label values.
+                template = getattr(route, "path", None) or "unmatched"
+                self._counter.metrics.request(template, scope["method"], status)
 
 
 class ServeLaterLayer:
