@@ -4,8 +4,9 @@ A server's CPU per event mixes the kernel's socket writes, uvicorn's HTTP, the l
 generator's pull on the same machine, and the app. This script runs the app alone:
 N paced chat streams (one token every ``--itl-ms``, a new 32-word prompt each, usage
 asked for) through the ASGI app in this process, with a ``send`` that only counts, on
-uvloop as ``streamapi serve`` runs. The same load runs against the raw-ASGI ceiling
-(``bench/servers/ceiling.py``) for a baseline taken the same way.
+uvloop and inside a ``middleware.ServeLaterLayer`` as ``streamapi serve`` runs. The same
+load runs against the raw-ASGI ceiling (``bench/servers/ceiling.py``) for a baseline taken
+the same way.
 
 Each run's CPU (process time over the measured window, after a ramp-up) is divided
 by the events sent. Runs at two stream lengths (``--tokens``, 16 and 64 by default)
@@ -40,7 +41,8 @@ import uvloop
 from asgi_scope import http_scope, receiver
 
 from streamapi.app import create_app
-from streamapi.bench.runner import _WORDS as WORDS  # the bench's prompts: 32 of these words
+from streamapi.bench.runner import _WORDS as WORDS
+from streamapi.middleware import ServeLaterLayer  # the bench's prompts: 32 of these words
 from streamapi.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent / "servers"))
@@ -65,7 +67,7 @@ async def _streamapi(itl_ms: float) -> AsyncIterator[tuple[App, dict[str, Any]]]
         # As `streamapi serve` does once started: the start-up heap out of the collector's way.
         gc.collect()
         gc.freeze()
-        yield app, dict(state or {})
+        yield ServeLaterLayer(app), dict(state or {})  # as cli.serve runs it
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ figures do not depend on the machine's load.
 
     python bench/request_frames.py
     python bench/request_frames.py --cors-allow-origins https://app.example
+    python bench/request_frames.py --bare
     PYTHONPATH=<another tree>/src python bench/request_frames.py   # another commit's app
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 from asgi_scope import http_scope, receiver
 
 from streamapi.app import create_app
+from streamapi.middleware import ServeLaterLayer
 from streamapi.settings import Settings
 
 CHAT = {"model": "sim", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
@@ -44,7 +46,7 @@ def await_chain(task: asyncio.Task[Any]) -> list[tuple[str, int]]:
     return chain
 
 
-async def main(cors_allow_origins: list[str]) -> None:
+async def main(cors_allow_origins: list[str], *, bare: bool) -> None:
     settings = Settings(
         served_model_names=["sim"],
         time_to_first_token_ms=0,
@@ -52,6 +54,7 @@ async def main(cors_allow_origins: list[str]) -> None:
         cors_allow_origins=cors_allow_origins,
     )
     app = create_app(settings)
+    served = app if bare else ServeLaterLayer(app)  # as cli.serve runs it
     first_frame = asyncio.Event()
     leave = asyncio.Event()
     receive = receiver(json.dumps(CHAT).encode(), leave)
@@ -62,7 +65,7 @@ async def main(cors_allow_origins: list[str]) -> None:
 
     async with app.router.lifespan_context(app) as state:
         request = asyncio.create_task(
-            app(http_scope("POST", "/v1/chat/completions", state or {}), receive, send)
+            served(http_scope("POST", "/v1/chat/completions", state or {}), receive, send)
         )
         await asyncio.wait_for(first_frame.wait(), timeout=10)
         chain = await_chain(request)
@@ -77,4 +80,6 @@ async def main(cors_allow_origins: list[str]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cors-allow-origins", nargs="*", default=[])
-    asyncio.run(main(parser.parse_args().cors_allow_origins))
+    parser.add_argument("--bare", action="store_true", help="the app alone, not as served")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.cors_allow_origins, bare=arguments.bare))
