@@ -41,8 +41,8 @@ import uvloop
 from asgi_scope import http_scope, receiver
 
 from streamapi.app import create_app
-from streamapi.bench.runner import _WORDS as WORDS
-from streamapi.middleware import ServeLaterLayer  # the bench's prompts: 32 of these words
+from streamapi.bench.runner import _WORDS as WORDS  # the bench's prompts: 32 of these words
+from streamapi.middleware import ServeLaterLayer
 from streamapi.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent / "servers"))
