@@ -32,7 +32,8 @@ It imports only `streamapi.app`'s `create_app` and `streamapi.settings`' `Settin
     python bench/idle_memory.py
     python bench/idle_memory.py --modules 25 --sites 6
     python bench/idle_memory.py --src /tmp/main/src --json before.json
-    python bench/idle_memory.py --serve              # and a real `streamapi serve`'s RSS
+    python bench/idle_memory.py --serve              # and a real `streamapi serve`'s RSS,
+                                                     # beside its floors' (FLOORS)
     python bench/idle_memory.py --kinds              # code objects, pydantic, other objects
 """
 
@@ -372,6 +373,55 @@ def serve_idle(src: str | None, pycache: str | None) -> list[tuple[str, tuple[in
     return readings
 
 
+# The floors a served streamapi stands on, each a script of bench/servers/: the
+# smallest FastAPI app on uvicorn, and the raw-ASGI ceiling (uvicorn and orjson alone).
+FLOORS = (
+    ("fastapi_hello.py", "FastAPI, one route"),
+    ("ceiling.py", "raw-ASGI ceiling"),
+)
+
+
+def floor_idle(script: str, pycache: str | None) -> list[tuple[str, tuple[int, int, int]]]:
+    """One of ``FLOORS`` served by uvicorn: its RSS once started, then once it has
+    answered (``GET /health``, and for the ceiling one streamed chat completion)."""
+    import httpx
+    from launch import HOST, free_port, stop
+
+    env = dict(os.environ)
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = pycache
+    port = free_port()
+    command = [sys.executable, str(Path(__file__).parent / "servers" / script)]
+    process = subprocess.Popen(
+        [*command, "--host", HOST, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    client.get("/health", timeout=1)
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise SystemExit(f"{script} did not start") from None
+                    time.sleep(0.05)
+            readings = [("started", status_kib(process.pid))]
+            if script == "ceiling.py":
+                chat = REQUESTS[0][2]
+                client.post("/v1/chat/completions", json={**chat, "stream": True})
+            client.get("/health").raise_for_status()
+        time.sleep(0.2)
+        readings.append(("served", status_kib(process.pid)))
+    finally:
+        stop(process)
+    return readings
+
+
 def _mib(kib: float) -> str:
     return f"{kib / 1024:7.2f}"
 
@@ -499,6 +549,15 @@ def main() -> None:
         for index, (label, _) in enumerate(served[0]):
             medians = [sorted(r[index][1][k] for r in served)[len(served) // 2] for k in range(3)]
             print(f"  {label:31} {'  '.join(_mib(kib) for kib in medians)}")
+        print("the floors it stands on, each its own uvicorn process, the same way:")
+        for script, name in FLOORS:
+            floors = [floor_idle(script, pycache) for _ in range(max(args.runs, 1))]
+            for index, (label, _) in enumerate(floors[0]):
+                medians = [
+                    sorted(r[index][1][k] for r in floors)[len(floors) // 2] for k in range(3)
+                ]
+                row = f"{name}, {label}"
+                print(f"  {row:31} {'  '.join(_mib(kib) for kib in medians)}")
     if args.json:
         args.json.write_text(json.dumps({"rss": runs, "traced": traced}, indent=1))
 
