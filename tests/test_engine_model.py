@@ -339,6 +339,31 @@ async def test_two_apps_in_one_process_keep_separate_metrics(serve: Serve) -> No
     assert value(await idle.metrics(), "vllm:request_success_total", finished_reason="length") == 0
 
 
+async def test_each_finish_reason_and_status_keeps_its_own_count(serve: Serve) -> None:
+    # The counters' labelled children are kept by their label values: a second value
+    # must get its own series, and a value seen again the series it had.
+    server = await serve(model_settings(inter_token_latency_ms=0))
+    await server.all(
+        server.exchange(chat(max_tokens=2)),
+        server.exchange(chat(max_tokens=4096)),
+        server.exchange(chat(max_tokens=3)),
+    )
+    await server.client.get("/v1/models/nope")
+    await server.client.get("/v1/models")
+    await server.client.get("/v1/models/nope")
+    await server.client.post(URL, json={"messages": []}, headers=JSON)  # 400
+    metrics = await server.metrics()
+    assert value(metrics, "vllm:request_success_total", finished_reason="length") == 2
+    assert value(metrics, "vllm:request_success_total", finished_reason="stop") == 1
+    models = "/v1/models/{model_id:path}"
+    get, post = {"method": "GET"}, {"method": "POST"}
+    assert value(metrics, "streamapi_requests_total", route=models, status="404", **get) == 2
+    assert value(metrics, "streamapi_requests_total", route="/v1/models", status="200", **get) == 1
+    chats = "/v1/chat/completions"
+    assert value(metrics, "streamapi_requests_total", route=chats, status="200", **post) == 3
+    assert value(metrics, "streamapi_requests_total", route=chats, status="400", **post) == 1
+
+
 def test_a_profile_presets_the_latency_settings_and_explicit_ones_win() -> None:
     settings = Settings(latency_profile="70b-8gpu", inter_token_latency_ms=12)
     assert settings.time_to_first_token_ms == 10
