@@ -385,7 +385,7 @@ def floor_idle(script: str, pycache: str | None) -> list[tuple[str, tuple[int, i
     """One of ``FLOORS`` served by uvicorn: its RSS once started, then once it has
     answered (``GET /health``, and for the ceiling one streamed chat completion)."""
     import httpx
-    from launch import HOST, free_port, stop
+    from launch import HOST, free_port, stop, wait_healthy
 
     env = dict(os.environ)
     if pycache is not None:
@@ -399,18 +399,12 @@ def floor_idle(script: str, pycache: str | None) -> list[tuple[str, tuple[int, i
         stderr=subprocess.DEVNULL,
         env=env,
     )
+    base = f"http://{HOST}:{port}"
     try:
-        with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=30) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    client.get("/health", timeout=1)
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise SystemExit(f"{script} did not start") from None
-                    time.sleep(0.05)
-            readings = [("started", status_kib(process.pid))]
+        if not wait_healthy(process, base, timeout_s=20):
+            raise SystemExit(f"{script} did not start")
+        readings = [("started", status_kib(process.pid))]
+        with httpx.Client(base_url=base, timeout=30) as client:
             if script == "ceiling.py":
                 chat = REQUESTS[0][2]
                 client.post("/v1/chat/completions", json={**chat, "stream": True})

@@ -56,18 +56,26 @@ def start_streamapi(
         if log is not None and not isinstance(out, int):
             out.close()
     base = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            time.sleep(0.05)
+    if wait_healthy(process, base, timeout_s=timeout_s):
+        return process, base
     process.kill()
     process.wait(timeout=10)
     raise SystemExit(
         f"streamapi did not start within {timeout_s:g} s" + (f"; see {log}" if log else "")
     )
+
+
+def wait_healthy(process: subprocess.Popen[bytes], base: str, *, timeout_s: float) -> bool:
+    """Whether the server at ``base`` answered ``GET /health`` with 200 within
+    ``timeout_s`` (False at once if ``process`` has exited)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            time.sleep(0.05)
+    return False
 
 
 def stop(process: subprocess.Popen[bytes], *, timeout_s: float = 40.0) -> int:
