@@ -202,7 +202,8 @@ class EdgeMiddleware:
             await self.app(scope, self._limited(receive), send_at_edge)
         finally:
             # The start has gone out (or nothing will): the status is known.
-            end = _RequestEnd(self if front else None, scope, entry, journal, status, error_body)
+            counted = self.metrics if front else None  # counted by the front half only
+            end = _RequestEnd(counted, scope, entry, journal, status, error_body)
             later: ServeLater | None = scope.get(scope_keys.SERVE_LATER)
             if later is not None and later.serve is not None:
                 # A stream, served once this has returned: its request ends with it.
@@ -347,18 +348,18 @@ class _RequestEnd:
     status (by the front half only). A stream's, left in its ``ServeLater`` until the
     stream is over, as these few slots rather than a closure and the cells it would keep."""
 
-    __slots__ = ("_counter", "_entry", "_error_body", "_journal", "_scope", "_status")
+    __slots__ = ("_entry", "_error_body", "_journal", "_metrics", "_scope", "_status")
 
     def __init__(
         self,
-        counter: EdgeMiddleware | None,
+        metrics: Metrics | None,
         scope: Scope,
         entry: JournalEntry | None,
         journal: Journal | None,
         status: int,
         error_body: bytearray,
     ) -> None:
-        self._counter = counter
+        self._metrics = metrics
         self._scope = scope
         self._entry = entry
         self._journal = journal
@@ -373,11 +374,11 @@ class _RequestEnd:
                 entry.close(status, self._error_body, asyncio.get_running_loop().time())
                 await journal.closed(entry)
         finally:
-            if self._counter is not None:
+            if self._metrics is not None:
                 route = scope.get("route")
                 # Unmatched paths share one label: clients must not mint label values.
                 template = getattr(route, "path", None) or "unmatched"
-                self._counter.metrics.request(template, scope["method"], status)
+                self._metrics.request(template, scope["method"], status)
 
 
 class ServeLaterLayer:
