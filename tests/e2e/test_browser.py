@@ -116,6 +116,9 @@ def _logged_in(offline: Offline) -> Page:
     page.fill("#admin-key", ADMIN_KEY)
     page.click("#keys-save")
     expect(page.locator("#connection")).to_have_text("live")
+    # "live" shows once the events' response has started; the server's hello (which
+    # fills the model list and enables or disables the controls) is read after it.
+    expect(page.locator("#pg-model option").first).to_be_attached()
     return page
 
 
